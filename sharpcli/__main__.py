@@ -1,0 +1,3 @@
+from sharpcli.cli import main
+
+main()

@@ -1,0 +1,30 @@
+"""Stability thresholds ("edges") for the top Hessian eigenvalue, SPEC §4."""
+
+from __future__ import annotations
+
+import math
+
+
+def gd_edge(lr: float, momentum: float = 0.0, nesterov: bool = False) -> float:
+    """GD edge of stability (Cohen et al. 2021): 2/η, (2+2β)/η with heavy ball,
+    (2+2β)/(η(1+2β)) with Nesterov momentum β."""
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if nesterov:
+        return (2.0 + 2.0 * momentum) / (lr * (1.0 + 2.0 * momentum))
+    return (2.0 + 2.0 * momentum) / lr
+
+
+def sam_edge(lr: float, rho: float, grad_norm: float) -> float:
+    """SAM edge (Long & Bartlett 2024) for normalised SAM: the positive root λ of
+    ηλ(1 + ρλ/‖g‖) = 2, i.e. (‖g‖/(2ρ))(√(1 + 8ρ/(η‖g‖)) − 1). Equals 2/η at ρ = 0."""
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if rho == 0:
+        return 2.0 / lr
+    if grad_norm <= 0:
+        # ‖g‖ → 0 pushes the edge to 0: the perturbation dominates the step.
+        return 0.0
+    x = 8.0 * rho / (lr * grad_norm)
+    # (√(1+x) − 1) loses precision for tiny x; x/(√(1+x)+1) is the same number, stably.
+    return (grad_norm / (2.0 * rho)) * (x / (math.sqrt(1.0 + x) + 1.0))

@@ -1,0 +1,1 @@
+"""Matrix-free linear algebra on symmetric operators: eigensolvers, trace, spectral density."""

@@ -1,0 +1,46 @@
+"""The one abstraction the eigensolvers see: a symmetric linear operator with a matvec.
+
+Lanczos, power iteration, Hutchinson and SLQ know nothing about models; the Hessian of a
+network (sharpcli.hessian) and a dense test matrix both look like this.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class LinearOperator(Protocol):
+    """A symmetric operator on flat vectors of length `size`."""
+
+    size: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """Return A @ v for a 1-D tensor v of length `size`."""
+        ...
+
+
+class DenseOperator:
+    """A symmetric matrix held in memory: ground truth for tests, and quadratics."""
+
+    def __init__(self, matrix: torch.Tensor):
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"need a square matrix, got shape {tuple(matrix.shape)}")
+        self.matrix = matrix
+        self.size = matrix.shape[0]
+        self.dtype = matrix.dtype
+        self.device = matrix.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ v
+
+
+def matrix_with_spectrum(eigenvalues, *, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """Q diag(eigenvalues) Qᵀ with a random orthogonal Q: a test matrix whose spectrum we chose."""
+    lam = torch.as_tensor(eigenvalues, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), generator=gen, dtype=dtype))
+    return (q * lam) @ q.T

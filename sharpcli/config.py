@@ -112,8 +112,8 @@ class TrainConfig:
 
 # Keys written into config.json beside the settings, for the record; not settings themselves.
 RECORD_ONLY_KEYS = {"versions", "resolved_device", "created", "total_steps", "steps_per_epoch",
-                    "num_params", "command"}
+                    "num_params", "command", "input_shape", "num_classes"}
 
 # Settings that do not change what is computed: runs differing only in these are repeats.
 NON_SETTING_KEYS = {"seed", "run_name", "reports_dir", "checkpoints_dir", "resume", "quiet",
-                    "device", "data_dir", "download", "physical_batch_size"} | RECORD_ONLY_KEYS
+                    "device", "data_dir", "download", "physical_batch_size", "keep_last"} | RECORD_ONLY_KEYS

@@ -1,0 +1,153 @@
+"""Checkpoint files (SPEC §6): plain tensors, numbers, strings, lists and dicts, loaded with
+`weights_only=True` so that an untrusted file can never execute code."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sharpcli.atomic import atomic_write
+from sharpcli.errors import SharpError
+
+CHECKPOINT_FORMAT = "sharpcli-checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("format", "version", "step", "epoch", "config", "model", "optimizer", "rng")
+_NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def checkpoint_path(checkpoint_dir: str | Path, step: int) -> Path:
+    return Path(checkpoint_dir) / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """The run's checkpoint files in step order."""
+    d = Path(checkpoint_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, *, step: int, epoch: float, config: dict, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None, extra: dict | None = None) -> Path:
+    """Write atomically; `extra` carries the training loop's own state (tensors and numbers)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": int(step),
+        "epoch": float(epoch),
+        "config": config,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "rng": rng_state(),
+        "extra": extra or {},
+    }
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The validated payload of a checkpoint file, tensors on the CPU; never runs code."""
+    path = Path(path)
+    if not path.exists():
+        raise SharpError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise SharpError(f"{path} is a folder, not a checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
+        raise SharpError(f"{path} is not a sharpcli checkpoint: it holds objects that cannot be "
+                         f"loaded safely ({first[:120]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise SharpError(f"{path} is not a readable checkpoint (truncated or corrupted?): "
+                         f"{type(err).__name__}") from None
+    except Exception as err:  # torch raises assorted types on garbage input
+        raise SharpError(f"{path} is not a readable checkpoint: {type(err).__name__}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise SharpError(f"{path} is not a sharpcli checkpoint (no format={CHECKPOINT_FORMAT!r})")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise SharpError(f"{path} is an incomplete sharpcli checkpoint: missing {missing}")
+    if payload["version"] > CHECKPOINT_VERSION:
+        raise SharpError(f"{path} has checkpoint version {payload['version']}; this sharpcli reads "
+                         f"up to {CHECKPOINT_VERSION}: upgrade sharpcli")
+    return payload
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint rebuilt for analysis: the model in eval mode, its config and its data."""
+
+    path: Path
+    step: int
+    epoch: float
+    config: dict
+    model: nn.Module
+    device: torch.device
+    payload: dict
+
+    @property
+    def loss_fn(self):
+        from sharpcli.losses import get_loss
+
+        return get_loss(self.config["loss"])
+
+    def data(self):
+        """(x_train, y_train, x_test, y_test) exactly as the run used them."""
+        splits = load_run_data(self.config, self.device)
+        return splits.x_train, splits.y_train, splits.x_test, splits.y_test
+
+
+def load_run_data(config: dict, device):
+    from sharpcli.data import load_dataset
+
+    return load_dataset(config["dataset"], data_dir=config.get("data_dir", "data"),
+                        download=False, train_size=config.get("train_size"),
+                        test_size=config.get("test_size"), device=device)
+
+
+def build_model_from_config(config: dict, input_shape, num_classes: int) -> nn.Module:
+    from sharpcli.models import build_model
+
+    return build_model(config["model"], tuple(input_shape), num_classes, width=config.get("width"),
+                       depth=config.get("depth", 2), activation=config.get("activation", "tanh"))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> Checkpoint:
+    """Load a checkpoint for analysis: `ckpt.model` (eval mode), `ckpt.config`, `ckpt.step`,
+    `ckpt.loss_fn`, `ckpt.data()`. The model is on the CPU unless `device` is given."""
+    payload = read_checkpoint(path)
+    config = payload["config"]
+    shape, classes = config.get("input_shape"), config.get("num_classes")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if shape is None or classes is None:
+        splits = load_run_data(config, "cpu")
+        shape, classes = splits.input_shape, splits.num_classes
+    model = build_model_from_config(config, shape, classes)
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError) as err:
+        raise SharpError(f"{path}: the weights do not fit the model its config describes "
+                         f"({str(err).splitlines()[0][:160]})") from None
+    model.to(dev).eval()
+    return Checkpoint(Path(path), payload["step"], payload["epoch"], config, model, dev, payload)

@@ -1,0 +1,72 @@
+"""Between the model's parameter tensors and the flat vectors eigensolvers want: one place."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+MEASUREMENT_MODES = ("eval", "train")
+
+
+def trainable_params(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def named_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameters grouped by the module that owns them ("0.weight", "0.bias" → "0"), in
+    model order: the blocks of a per-layer spectrum."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(name.rpartition(".")[0] or name, []).append(p)
+    return groups
+
+
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(vec: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of `vec` shaped like each tensor of `like` (no copy)."""
+    sizes = [t.numel() for t in like]
+    return [piece.view_as(t) for piece, t in zip(torch.split(vec, sizes), like)]
+
+
+def num_params(params: Sequence[torch.Tensor]) -> int:
+    return sum(p.numel() for p in params)
+
+
+@contextmanager
+def measurement_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module]:
+    """Put the model in the state a Hessian or evaluation is taken in, then restore it exactly.
+
+    "eval": BatchNorm uses its running statistics, Dropout is off — the function the
+    trained network computes. "train": BatchNorm normalises each chunk with its own batch
+    statistics (the function the optimizer differentiated), Dropout still off so the
+    operator is deterministic. Running statistics are restored afterwards, so measuring
+    never changes the model (PyHessian leaves models in eval mode; we don't).
+    """
+    if mode not in MEASUREMENT_MODES:
+        raise ValueError(f"mode must be one of {MEASUREMENT_MODES}, got {mode!r}")
+    flags = [(m, m.training) for m in model.modules()]
+    saved_buffers = None
+    try:
+        if mode == "eval":
+            model.eval()
+        else:
+            model.train()
+            saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
+            for m in model.modules():
+                if isinstance(m, nn.modules.dropout._DropoutNd):
+                    m.eval()
+        yield model
+    finally:
+        for m, was_training in flags:
+            m.training = was_training
+        if saved_buffers is not None:
+            with torch.no_grad():
+                for b, saved in saved_buffers:
+                    b.copy_(saved)

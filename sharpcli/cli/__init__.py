@@ -24,6 +24,7 @@ app = typer.Typer(
 
 # One line per command module; each adds its command(s) to `app`.
 _COMMAND_MODULES: list[str] = [
+    "sharpcli.cli.train",
 ]
 
 

@@ -1,0 +1,126 @@
+"""`sharp train`: flags map one to one onto TrainConfig fields."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from sharpcli.config import Dataset, Loss, Model, Optimizer, Schedule, TrainConfig
+from sharpcli.cli.progress import progress_bar
+
+D = TrainConfig()  # defaults shown in --help come from the dataclass, the one source of truth
+DATA, MODEL, OPT, SAM, MEAS, RUN = "Data", "Model", "Optimizer", "SAM / Eigen-SAM", "Measurement", "Run"
+
+
+def _opt(help: str, panel: str, *names: str):
+    return typer.Option(*names, help=help, rich_help_panel=panel)
+
+
+def train_command(
+    dataset: Annotated[Dataset, _opt("Data set; mnist1d and digits are generated/shipped offline.", DATA)] = Dataset(D.dataset),
+    data_dir: Annotated[str, _opt("Folder holding the torchvision data sets.", DATA)] = D.data_dir,
+    download: Annotated[bool, _opt("Allow torchvision to download a missing data set into --data-dir.", DATA)] = D.download,
+    train_size: Annotated[Optional[int], _opt("Use the first N training examples (default 1000; 0 = all).", DATA)] = D.train_size,
+    test_size: Annotated[Optional[int], _opt("Use the first N test examples (default 1000; 0 = all).", DATA)] = D.test_size,
+    model: Annotated[Model, _opt("Architecture; ResNets and WRN are the CIFAR variants.", MODEL)] = Model(D.model),
+    width: Annotated[Optional[int], _opt("Hidden units (mlp) or base channels (cnn, resnet, wrn); default per model.", MODEL)] = D.width,
+    depth: Annotated[int, _opt("Hidden layers (mlp) or conv layers (cnn).", MODEL)] = D.depth,
+    activation: Annotated[str, _opt("Activation: tanh, relu, gelu, elu, softplus, silu, identity.", MODEL)] = D.activation,
+    loss: Annotated[Loss, _opt("mse = 0.5·‖f(x) − onehot(y)‖² averaged over examples; ce = cross-entropy.", MODEL)] = Loss(D.loss),
+    optimizer: Annotated[Optimizer, _opt("gd (full batch), sgd, sam or eigen-sam.", OPT)] = Optimizer(D.optimizer),
+    lr: Annotated[float, _opt("Step size η.", OPT)] = D.lr,
+    momentum: Annotated[float, _opt("Heavy-ball momentum β.", OPT)] = D.momentum,
+    nesterov: Annotated[bool, _opt("Use Nesterov momentum.", OPT)] = D.nesterov,
+    weight_decay: Annotated[float, _opt("L2 weight decay (not part of the measured Hessian).", OPT)] = D.weight_decay,
+    batch_size: Annotated[Optional[int], _opt("Minibatch size; omitted = full batch.", OPT)] = D.batch_size,
+    physical_batch_size: Annotated[int, _opt("Examples per forward pass when computing full-batch quantities (memory bound).", OPT)] = D.physical_batch_size,
+    steps: Annotated[Optional[int], _opt("Number of updates (default 1000 unless --epochs).", OPT)] = D.steps,
+    epochs: Annotated[Optional[int], _opt("Number of passes over the training subset.", OPT)] = D.epochs,
+    schedule: Annotated[Schedule, _opt("Learning-rate schedule.", OPT)] = Schedule(D.schedule),
+    rho: Annotated[float, _opt("SAM radius ρ.", SAM)] = D.rho,
+    adaptive: Annotated[bool, _opt("ASAM: scale the perturbation by |w|.", SAM)] = D.adaptive,
+    alpha: Annotated[float, _opt("Eigen-SAM weight α of the top-eigenvector component.", SAM)] = D.alpha,
+    eig_every: Annotated[int, _opt("Eigen-SAM: refresh the top-eigenvector estimate every N steps.", SAM)] = D.eig_every,
+    eig_iters: Annotated[int, _opt("Eigen-SAM: power-iteration steps per refresh.", SAM)] = D.eig_iters,
+    sam_start: Annotated[Optional[int], _opt("Late-phase SAM: base optimizer until T (steps, or epochs with --epochs), SAM after.", SAM)] = D.sam_start,
+    sharpness_every: Annotated[int, _opt("Measure λ₁ every N steps (0 = off).", MEAS)] = D.sharpness_every,
+    sharpness_samples: Annotated[Optional[int], _opt("Examples in the sharpness Hessian (first N of the training subset; default all).", MEAS)] = D.sharpness_samples,
+    sharpness_k: Annotated[int, _opt("Top eigenvalues computed per measurement (λ₁ goes to metrics.csv).", MEAS)] = D.sharpness_k,
+    sharpness_iters: Annotated[int, _opt("Most Lanczos iterations per measurement.", MEAS)] = D.sharpness_iters,
+    sharpness_tol: Annotated[float, _opt("Lanczos residual tolerance, relative to λ₁.", MEAS)] = D.sharpness_tol,
+    eval_every: Annotated[int, _opt("Evaluate train/test loss and accuracy every N steps.", MEAS)] = D.eval_every,
+    checkpoint_every: Annotated[int, _opt("Save a checkpoint every N steps (and at the end).", MEAS)] = D.checkpoint_every,
+    keep_last: Annotated[Optional[int], _opt("Keep only the newest N checkpoints.", MEAS)] = D.keep_last,
+    seed: Annotated[int, _opt("Random seed (initialisation, batches, probes).", RUN)] = D.seed,
+    device: Annotated[str, _opt("auto, cpu, cuda, cuda:N or mps.", RUN)] = D.device,
+    run_name: Annotated[Optional[str], _opt("Name of the run (default: built from the settings).", RUN)] = D.run_name,
+    reports_dir: Annotated[str, _opt("Where reports/<run>/ goes.", RUN)] = D.reports_dir,
+    checkpoints_dir: Annotated[str, _opt("Where checkpoints/<run>/ goes.", RUN)] = D.checkpoints_dir,
+    resume: Annotated[bool, _opt("Continue the run from its latest checkpoint (same settings).", RUN)] = D.resume,
+    quiet: Annotated[bool, _opt("No progress bar and no summary.", RUN, "--quiet", "-q")] = D.quiet,
+    stop_loss: Annotated[Optional[float], _opt("Stop once the train loss is at or below this.", RUN)] = D.stop_loss,
+    stop_acc: Annotated[Optional[float], _opt("Stop once the train accuracy (0–1) is at or above this.", RUN)] = D.stop_acc,
+) -> None:
+    """Train one model, logging loss, accuracy, ‖g‖, λ₁, alignment and the edges to
+    reports/<run>/metrics.csv and saving checkpoints to checkpoints/<run>/.
+
+    With no flags: full-batch GD on MNIST-1D with a tanh MLP and MSE loss, where λ₁ rises to
+    2/η and hovers there (Cohen et al. 2021)."""
+    from sharpcli.train import train
+
+    values = dict(locals())
+    values.pop("train")
+    for key, value in values.items():
+        if hasattr(value, "value"):
+            values[key] = value.value
+    for key in ("train_size", "test_size"):  # 0 means the whole split
+        if values[key] == 0:
+            values[key] = None
+    config = TrainConfig(**values)
+
+    with progress_bar("train", total=1, quiet=quiet) as bar:
+        def on_step(step: int, total: int, row: dict | None) -> None:
+            if bar is None:
+                return
+            task = bar.task_ids[0]
+            info = None
+            if row is not None:
+                parts = []
+                if row.get("train_loss") is not None:
+                    parts.append(f"loss {row['train_loss']:.4g}")
+                if row.get("sharpness") is not None:
+                    parts.append(f"λ₁ {row['sharpness']:.4g} / 2/η {row['gd_edge']:.4g}")
+                info = "  ".join(parts)
+            bar.update(task, completed=step, total=total, **({"info": info} if info else {}))
+
+        result = train(config, progress=on_step)
+
+    if not quiet:
+        print_summary(result)
+
+
+def print_summary(result) -> None:
+    out = Console(highlight=False)
+    row = result.last_row
+    out.print(f"run {result.run_name}: {result.last_step} steps in {result.seconds:.1f} s"
+              + (f" (stopped early: {result.stopped_early})" if result.stopped_early else ""))
+    if row.get("train_loss") is not None:
+        out.print(f"final train loss {row['train_loss']:.4g}, train acc {row['train_acc']:.3f}, "
+                  f"test acc {row['test_acc']:.3f}")
+    lam = result.last_measured("sharpness")
+    if lam is not None:
+        edge_col = "sam_edge" if result.last_measured("sam_edge") is not None and row.get("phase") in ("sam", "eigen-sam") else "gd_edge"
+        edge = result.last_measured(edge_col)
+        name = "SAM edge" if edge_col == "sam_edge" else "2/η"
+        ratio = lam / edge if edge else float("nan")
+        verdict = ("at the edge of stability" if abs(ratio - 1) <= 0.1 else
+                   "below the edge" if ratio < 1 else "above the edge")
+        out.print(f"final sharpness λ₁ = {lam:.4g}, {name} = {edge:.4g}, ratio {ratio:.3f}: {verdict}")
+    out.print(f"metrics: {result.report_dir / 'metrics.csv'}")
+    out.print(f"checkpoints: {result.checkpoint_dir}/")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

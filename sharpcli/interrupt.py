@@ -1,0 +1,40 @@
+"""Ctrl-C and SIGTERM as a request to stop at the next safe point, so that a long job
+saves what it has done instead of dying mid-write."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class StopRequest:
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """SIGINT/SIGTERM set `request.signal_name`; a second SIGINT raises KeyboardInterrupt at
+    once for the impatient. Outside the main thread, signals are left alone."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request.signal_name = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

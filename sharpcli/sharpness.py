@@ -1,0 +1,46 @@
+"""Sharpness: the top eigenvalue λ₁ of the training-loss Hessian, and the alignment of a
+direction with its eigenvector v₁."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sharpcli.hessian import HessianOperator
+from sharpcli.linalg.lanczos import lanczos
+from sharpcli.losses import LossFn
+
+
+@dataclass
+class Sharpness:
+    eigenvalues: torch.Tensor   # (k,) descending
+    residuals: torch.Tensor     # (k,)
+    top_vector: torch.Tensor    # v₁, unit, on the model's device
+    n_hvp: int
+
+    @property
+    def value(self) -> float:
+        return float(self.eigenvalues[0])
+
+
+def measure_sharpness(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
+                      k: int = 1, tol: float = 1e-3, max_iter: int = 100,
+                      v0: torch.Tensor | None = None, seed: int = 0, chunk_size: int = 4096,
+                      mode: str = "eval") -> Sharpness:
+    """λ₁..λ_k of the Hessian of the mean loss over (x, y) by Lanczos; `v0` (the last v₁)
+    warm-starts it, which cuts the HVPs needed along a training run severalfold."""
+    op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode)
+    result = lanczos(op, k=k, tol=tol, max_iter=min(max_iter, op.size), v0=v0, seed=seed)
+    return Sharpness(result.eigenvalues, result.residuals, result.eigenvectors[:, 0].detach(),
+                     result.n_matvec)
+
+
+def alignment(direction: torch.Tensor, top_vector: torch.Tensor) -> float:
+    """|cos(direction, v₁)|: the sign of an eigenvector is arbitrary."""
+    d = direction.to(top_vector.dtype)
+    denom = d.norm() * top_vector.norm()
+    if denom == 0:
+        return float("nan")
+    return float((d @ top_vector).abs() / denom)

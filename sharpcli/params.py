@@ -51,22 +51,22 @@ def measurement_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module
     """
     if mode not in MEASUREMENT_MODES:
         raise ValueError(f"mode must be one of {MEASUREMENT_MODES}, got {mode!r}")
-    flags = [(m, m.training) for m in model.modules()]
-    saved_buffers = None
+    flags = [(m, m.training, getattr(m, "track_running_stats", None)) for m in model.modules()]
     try:
         if mode == "eval":
             model.eval()
         else:
             model.train()
-            saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
             for m in model.modules():
                 if isinstance(m, nn.modules.dropout._DropoutNd):
                     m.eval()
+                elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    # Batch statistics without touching the running ones (no in-place update
+                    # that would invalidate a cached autograd graph).
+                    m.track_running_stats = False
         yield model
     finally:
-        for m, was_training in flags:
+        for m, was_training, tracked in flags:
             m.training = was_training
-        if saved_buffers is not None:
-            with torch.no_grad():
-                for b, saved in saved_buffers:
-                    b.copy_(saved)
+            if tracked is not None:
+                m.track_running_stats = tracked

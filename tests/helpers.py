@@ -1,0 +1,45 @@
+"""Ground truth for the tests: dense Hessians of small models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+
+def dense_hessian(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """∇²L(w) of the mean loss over all of (x, y) at once, by torch.autograd.functional.hessian
+    on the flattened trainable parameters — no chunking, an independent computation."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p.detach() for n, p in model.named_parameters() if p.requires_grad]
+    shapes = [p.shape for p in params]
+    flat = torch.cat([p.reshape(-1) for p in params])
+
+    def loss_of(w: torch.Tensor) -> torch.Tensor:
+        tensors, i = {}, 0
+        for name, shape in zip(names, shapes):
+            k = shape.numel()
+            tensors[name] = w[i:i + k].view(shape)
+            i += k
+        return loss_fn(functional_call(model, tensors, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss_of, flat)
+
+
+def tiny_mlp(in_dim=6, hidden=8, classes=3, seed=0, dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden),
+                         nn.Tanh(), nn.Linear(hidden, classes)).to(dtype)
+
+
+def tiny_cnn(channels=3, classes=3, seed=0, dtype=torch.float64) -> nn.Module:
+    """A conv net on 1×6×6 images, small enough for a dense Hessian (~300 parameters)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, channels, 3), nn.Tanh(), nn.Conv2d(channels, channels, 3),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(channels * 2 * 2, classes)).to(dtype)
+
+
+def tiny_bn_net(seed=0, dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.5),
+                         nn.Linear(6, 3)).to(dtype)

@@ -1,1 +1,15 @@
 """Matrix-free linear algebra on symmetric operators: eigensolvers, trace, spectral density."""
+
+from sharpcli.linalg.density import slq_density
+from sharpcli.linalg.lanczos import lanczos
+from sharpcli.linalg.operator import DenseOperator, LinearOperator, matrix_with_spectrum
+from sharpcli.linalg.power import power_iteration
+from sharpcli.linalg.results import (DensityResult, EigenResult, LinalgInputError,
+                                     TraceResult)
+from sharpcli.linalg.trace import hutchinson_trace
+
+__all__ = [
+    "DenseOperator", "DensityResult", "EigenResult", "LinalgInputError", "LinearOperator",
+    "TraceResult", "hutchinson_trace", "lanczos", "matrix_with_spectrum", "power_iteration",
+    "slq_density",
+]

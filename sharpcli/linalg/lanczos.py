@@ -1,0 +1,166 @@
+"""Lanczos with full reorthogonalisation: the default eigensolver for Hessian spectra.
+
+After m steps from a unit vector v₁ the process has built an orthonormal basis V_m of the
+Krylov space span{v₁, Av₁, …, A^{m−1}v₁} and a tridiagonal T_m = V_mᵀ A V_m with
+
+    A V_m = V_m T_m + β_m v_{m+1} e_mᵀ.
+
+If T_m s = θ s, the Ritz pair (θ, V_m s) has residual ‖A V_m s − θ V_m s‖ = |β_m s_m|, so
+convergence is checked from T_m alone, without extra matvecs (Golub & Van Loan §10.1;
+Parlett, "The Symmetric Eigenvalue Problem", ch. 13). Each step costs one matvec; T_m is
+tiny and is diagonalised in float64 on the CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, check_k,
+                                     check_positive, make_generator, random_vector,
+                                     start_vector)
+
+# β below this many ε·‖A‖ means the Krylov space is (numerically) invariant.
+_BREAKDOWN = 100.0
+
+
+class LanczosProcess:
+    """The three-term recurrence plus full reorthogonalisation, one matvec per `step()`.
+
+    The basis is stored as rows of one (max_steps, size) tensor on the operator's device, so
+    reorthogonalising against it is two matrix-vector products ("twice is enough": classical
+    Gram–Schmidt repeated once, Giraud et al. 2005).
+    """
+
+    def __init__(self, op, v0: torch.Tensor, max_steps: int):
+        self.op = op
+        self.max_steps = max_steps
+        self.basis = torch.empty(max_steps, op.size, dtype=op.dtype, device=op.device)
+        self.basis[0] = v0
+        self.alphas: list[float] = []
+        self.betas: list[float] = []   # betas[j] couples step j to step j+1
+        self.n_matvec = 0
+        self.anorm = 0.0               # running lower bound on ‖A‖: max ‖A v_j‖
+        self.eps = torch.finfo(op.dtype).eps
+        self.broke_down = False        # the last step found an invariant subspace
+
+    @property
+    def m(self) -> int:
+        return len(self.alphas)
+
+    def _orthogonalise(self, w: torch.Tensor, upto: int) -> torch.Tensor:
+        q = self.basis[:upto]
+        for _ in range(2):
+            w = w - q.T @ (q @ w)
+        return w
+
+    def step(self) -> None:
+        j = self.m
+        v = self.basis[j]
+        w = apply(self.op, v)
+        self.n_matvec += 1
+        # one host sync per step for α, ‖Av‖ and β: negligible next to a Hessian-vector product
+        alpha = torch.dot(v, w)
+        self.anorm = max(self.anorm, float(w.norm()))
+        w = w - alpha * v
+        if j > 0:
+            w = w - self.betas[-1] * self.basis[j - 1]
+        w = self._orthogonalise(w, j + 1)
+        beta = float(w.norm())
+        alpha = float(alpha)
+        if not (abs(alpha) < float("inf") and beta < float("inf")):
+            raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
+        self.alphas.append(alpha)
+        self.betas.append(beta)
+        self.broke_down = beta <= _BREAKDOWN * self.eps * self.anorm
+        if not self.broke_down and j + 1 < self.max_steps:
+            self.basis[j + 1] = w / beta
+
+    def restart(self, gen: torch.Generator) -> None:
+        """Continue after an invariant subspace with a random vector orthogonal to the basis;
+        the coupling β is set to zero, so T becomes block diagonal (as ARPACK does)."""
+        j = self.m
+        w = self._orthogonalise(random_vector(self.op, gen, "gaussian"), j)
+        self.basis[j] = w / w.norm()
+        self.betas[-1] = 0.0
+        self.broke_down = False
+
+    def eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues (ascending) and eigenvectors of T_m, float64 CPU. LAPACK's tridiagonal
+        solver (MRRR) is O(m²) and single-threaded, so calling it every step stays cheap."""
+        if self.m == 1:
+            return torch.tensor(self.alphas, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
+        theta, s = scipy.linalg.eigh_tridiagonal(np.array(self.alphas), np.array(self.betas[:-1]),
+                                                 lapack_driver="stemr")
+        return torch.from_numpy(theta), torch.from_numpy(s)
+
+    def ritz(self, k: int):
+        """The top-k Ritz values (descending), their coordinate vectors s (m, k) and the
+        residual norms |β_m s_{m,i}|, all float64 CPU."""
+        theta, s = self.eigh()
+        theta, s = theta.flip(0)[:k], s.flip(1)[:, :k]
+        residuals = abs(self.betas[-1]) * s[-1].abs()
+        return theta, s, residuals
+
+
+def _tolerance_scale(theta_top: float, tmax: float, eps: float) -> float:
+    """max(|θ₁|, √ε·‖T‖, tiny): relative to the top Ritz value, floored so that an operator
+    whose top eigenvalue is ~0 next to large negative ones can still converge."""
+    return max(abs(theta_top), eps ** 0.5 * tmax, torch.finfo(torch.float64).tiny)
+
+
+def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
+            seed: int = 0) -> EigenResult:
+    """Top-k eigenpairs of a symmetric operator, by algebraic value (largest first).
+
+    Runs Lanczos with full reorthogonalisation, one matvec per iteration, and stops when all
+    k top Ritz pairs have residual ‖Av − θv‖ ≤ tol·max(|θ₁|, √ε‖T‖) (checked every
+    iteration from the tridiagonal matrix, at no matvec cost), after `max_iter` iterations,
+    or when the basis spans the whole space (size ≤ max_iter: the results are then exact).
+    Large negative eigenvalues are never returned as "top": only the algebraic order counts.
+
+    The reported residuals are |β_m s_{m,i}|, which equal ‖Av − θv‖ up to about ε‖A‖
+    rounding. `converged[i]` says whether pair i meets the tolerance.
+
+    `v0` warm-starts the process (e.g. the previous top eigenvector along a training run);
+    otherwise a Gaussian vector from `seed`. If the Krylov space of the start vector is
+    invariant before k pairs are found (e.g. v0 is an exact eigenvector), the process
+    continues with a random vector orthogonal to the basis.
+
+    Multiplicity: single-vector Lanczos sees each eigenspace through one direction, so an
+    exactly repeated eigenvalue is found once (further copies only appear after a restart
+    on an exhausted Krylov space, or through rounding). Close but distinct eigenvalues
+    (clusters) are found, at the cost of more iterations.
+
+    Memory: the basis holds up to min(max_iter, size) vectors of the operator's size.
+    """
+    check_k(op, k)
+    check_positive("max_iter", max_iter)
+    if max_iter < k:
+        raise LinalgInputError(f"max_iter={max_iter} is below k={k}: Lanczos needs at least "
+                               "k iterations for k eigenpairs")
+    if not tol >= 0:
+        raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
+    gen = make_generator(seed, op.device)
+    steps = min(max_iter, op.size)
+    proc = LanczosProcess(op, start_vector(op, v0, gen), steps)
+    while True:
+        proc.step()
+        done = proc.m == steps
+        if proc.m >= k:
+            theta, s, res = proc.ritz(k)
+            scale = _tolerance_scale(float(theta[0]), max(map(abs, proc.alphas)) + max(proc.betas),
+                                     proc.eps)
+            converged = res <= tol * scale
+            if bool(converged.all()) or done:
+                break
+        if done:
+            break
+        if proc.broke_down:
+            proc.restart(gen)
+    y = s.to(dtype=op.dtype, device=op.device)
+    vectors = proc.basis[: proc.m].T @ y
+    vectors = vectors / vectors.norm(dim=0, keepdim=True)
+    return EigenResult(eigenvalues=theta.clone(), eigenvectors=vectors, residuals=res.clone(),
+                       converged=converged.clone(), n_matvec=proc.n_matvec, iterations=proc.m)

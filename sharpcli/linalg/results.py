@@ -1,0 +1,108 @@
+"""What the solvers return, and the few helpers they all share: argument checks and seeded
+probe vectors on the operator's device.
+
+Small numbers (eigenvalues, residuals, trace estimates, quadrature nodes) come back as
+float64 on the CPU, ready for a CSV; vectors stay in the operator's dtype on its device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sharpcli.errors import SharpError
+
+
+class LinalgInputError(SharpError, ValueError):
+    """A solver argument out of range (k > size, a zero start vector, ...).
+
+    A ValueError for library callers, a SharpError (exit code 2) for the CLI."""
+
+
+@dataclass
+class EigenResult:
+    """Top-k eigenpairs of a symmetric operator."""
+
+    eigenvalues: torch.Tensor   # (k,) descending (largest algebraic first), float64 CPU
+    eigenvectors: torch.Tensor  # (size, k) unit columns, op.dtype on op.device
+    residuals: torch.Tensor     # (k,) ‖A v − λ v‖ for each pair, float64 CPU
+    converged: torch.Tensor     # (k,) bool
+    n_matvec: int               # matvecs spent in total
+    iterations: int
+
+
+@dataclass
+class TraceResult:
+    """A stochastic estimate of tr(A) with its standard error."""
+
+    estimate: float
+    stderr: float   # nan when fewer than two probes were averaged
+    n_matvec: int   # matvecs spent in total
+    n_probes: int   # Hutchinson probes averaged (for Hutch++: the residual-phase probes)
+
+
+@dataclass
+class DensityResult:
+    """A smoothed spectral density from stochastic Lanczos quadrature."""
+
+    grid: torch.Tensor     # (grid_size,) eigenvalue axis, float64 CPU
+    density: torch.Tensor  # (grid_size,) non-negative, trapezoid integral 1 over grid
+    nodes: torch.Tensor    # (n_runs, m) Ritz values of each run, float64 CPU
+    weights: torch.Tensor  # (n_runs, m) quadrature weights, each row sums to 1
+    n_matvec: int
+    sigma: float           # the absolute Gaussian width used for smoothing
+
+
+def check_positive(name: str, value: int) -> None:
+    if int(value) != value or value < 1:
+        raise LinalgInputError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_k(op, k: int) -> None:
+    """1 ≤ k ≤ op.size, with a message that names both."""
+    if int(k) != k or k < 1:
+        raise LinalgInputError(f"k must be a positive integer, got {k!r}")
+    if k > op.size:
+        raise LinalgInputError(f"k={k} eigenpairs requested from an operator of size {op.size}")
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A private generator on the operator's device: probes are drawn where they are used,
+    and the global RNG is never touched."""
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def random_vector(op, gen: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
+    """A probe of length op.size: 'gaussian' N(0, 1) or 'rademacher' ±1 entries."""
+    if kind == "gaussian":
+        return torch.randn(op.size, generator=gen, dtype=op.dtype, device=op.device)
+    if kind == "rademacher":
+        bits = torch.randint(0, 2, (op.size,), generator=gen, dtype=op.dtype, device=op.device)
+        return bits.mul_(2).sub_(1)
+    raise LinalgInputError(f"probe must be 'gaussian' or 'rademacher', got {kind!r}")
+
+
+def start_vector(op, v0, gen: torch.Generator) -> torch.Tensor:
+    """The unit start vector: v0 when given (any dtype/device, flattened), else Gaussian."""
+    if v0 is None:
+        v = random_vector(op, gen, "gaussian")
+    else:
+        v = torch.as_tensor(v0).detach().reshape(-1).to(device=op.device, dtype=op.dtype)
+        if v.numel() != op.size:
+            raise LinalgInputError(f"v0 has {v.numel()} entries, the operator has size {op.size}")
+    norm = v.norm()
+    if not torch.isfinite(norm) or norm == 0:
+        raise LinalgInputError("v0 must be a finite, non-zero vector")
+    return v / norm
+
+
+def apply(op, v: torch.Tensor) -> torch.Tensor:
+    """op.matvec(v), checked to be a vector of the right length (a cheap guard against an
+    operator that returns a parameter list or a batch)."""
+    w = op.matvec(v)
+    if w.shape != (op.size,):
+        raise LinalgInputError(f"matvec returned shape {tuple(w.shape)}, expected ({op.size},)")
+    return w

@@ -1,0 +1,88 @@
+"""Stochastic trace estimation: Hutchinson (1989) and Hutch++ (Meyer, Musco, Musco &
+Woodruff, SOSA 2021).
+
+Hutchinson: for Rademacher z, E[zᵀAz] = tr(A); average n probes, one matvec each.
+Hutch++: spend a third of the matvecs on a sketch Q = orth(AS) of the dominant range, a
+third on tr(QᵀAQ) exactly, and the last third on Hutchinson for the deflated remainder
+(I − QQᵀ)A(I − QQᵀ). On spectra dominated by a few large eigenvalues — Hessians of
+trained networks — the variance drops from O(1/m) to O(1/m²).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sharpcli.linalg.results import (LinalgInputError, TraceResult, apply, check_positive,
+                                     make_generator, random_vector)
+
+MIN_PROBES = 10  # probes averaged before an early stop may trust its standard error
+
+
+def _stderr(values: list[float]) -> float:
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    var = sum((x - mean) ** 2 for x in values) / (n - 1)
+    return math.sqrt(var / n)
+
+
+def _hutchinson_phase(op, gen, n_probes: int, tol: float | None, offset: float,
+                      basis: torch.Tensor | None) -> list[float]:
+    """zᵀAz for up to n_probes Rademacher z (projected off `basis` when given), stopping
+    early once stderr ≤ tol·|offset + mean|."""
+    values: list[float] = []
+    for _ in range(n_probes):
+        z = random_vector(op, gen, "rademacher")
+        if basis is not None:
+            z = z - basis @ (basis.T @ z)
+        # one host sync per probe: needed for the early stop, cheap next to the matvec
+        values.append(float(torch.dot(z, apply(op, z)).double()))
+        if tol is not None and len(values) >= MIN_PROBES:
+            estimate = offset + sum(values) / len(values)
+            if _stderr(values) <= tol * abs(estimate):
+                break
+    return values
+
+
+def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed: int = 0,
+                     method: str = "hutchinson") -> TraceResult:
+    """Estimate tr(A) with at most `n_probes` matvecs.
+
+    method="hutchinson": the mean of zᵀAz over Rademacher probes z; stderr is the sample
+    standard deviation over √n. With `tol`, stop early (after at least 10 probes) once
+    stderr ≤ tol·|estimate|.
+
+    method="hutch++": `n_probes` is the whole matvec budget m (at least 3), split as in
+    the paper: s = m//3 sketch columns (s matvecs for AS, s for tr(QᵀAQ)) and the remaining
+    m − 2s for Hutchinson on the deflated remainder. The stderr is that of the remainder
+    part (the sketch part is exact given Q); `tol` applies to the remainder phase the same
+    way. `n_probes` in the result counts the remainder probes. A budget of 3·size or more
+    makes the sketch span the whole space: the trace is then exact (stderr 0) after 2·size
+    matvecs.
+
+    The result counts matvecs exactly. Probes are drawn on the operator's device from a
+    generator seeded with `seed`.
+    """
+    check_positive("n_probes", n_probes)
+    if tol is not None and not tol > 0:
+        raise LinalgInputError(f"tol must be positive or None, got {tol!r}")
+    gen = make_generator(seed, op.device)
+    if method == "hutchinson":
+        values = _hutchinson_phase(op, gen, n_probes, tol, 0.0, None)
+        return TraceResult(sum(values) / len(values), _stderr(values), len(values), len(values))
+    if method != "hutch++":
+        raise LinalgInputError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
+    if n_probes < 3:
+        raise LinalgInputError(f"hutch++ needs a budget of at least 3 matvecs, got {n_probes}")
+    s = min(n_probes // 3, op.size)
+    sketch = torch.stack([apply(op, random_vector(op, gen, "rademacher")) for _ in range(s)], dim=1)
+    q, _ = torch.linalg.qr(sketch)  # (size, s), orthonormal columns even if AS is rank-deficient
+    low_rank = sum(float(torch.dot(q[:, i], apply(op, q[:, i])).double()) for i in range(s))
+    if s == op.size:  # Q spans the whole space: tr(QᵀAQ) is the trace, nothing is left
+        return TraceResult(low_rank, 0.0, 2 * s, 0)
+    values = _hutchinson_phase(op, gen, n_probes - 2 * s, tol, low_rank, q)
+    estimate = low_rank + sum(values) / len(values)
+    return TraceResult(estimate, _stderr(values), 2 * s + len(values), len(values))

@@ -1,0 +1,93 @@
+"""Hutchinson and Hutch++ against exact traces."""
+
+import math
+
+import pytest
+import torch
+
+from sharpcli.linalg import DenseOperator, hutchinson_trace, matrix_with_spectrum
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Dense LAPACK references on a busy 2-core machine crawl with several OpenMP threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Counting(DenseOperator):
+    def __init__(self, matrix):
+        super().__init__(matrix)
+        self.calls = 0
+
+    def matvec(self, v):
+        self.calls += 1
+        return super().matvec(v)
+
+
+# a spectrum dominated by a few large eigenvalues, like a trained network's Hessian
+LOW_RANK = torch.cat([torch.linspace(50, 100, 8), torch.linspace(-0.5, 1, 192)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_within_three_stderr(dtype, method):
+    lam = torch.linspace(-2, 10, 120)
+    op = Counting(matrix_with_spectrum(lam, seed=0).to(dtype))
+    exact = float(lam.sum())
+    for seed in range(5):
+        op.calls = 0
+        r = hutchinson_trace(op, n_probes=60, seed=seed, method=method)
+        assert r.n_matvec == op.calls == 60
+        assert r.stderr > 0 and abs(r.estimate - exact) <= 3 * r.stderr, (seed, r, exact)
+    assert r.n_probes == (60 if method == "hutchinson" else 20)
+
+
+def test_hutch_plus_plus_beats_hutchinson_at_equal_matvecs():
+    op = DenseOperator(matrix_with_spectrum(LOW_RANK, seed=1))
+    exact = float(LOW_RANK.sum())
+    seeds = range(6)
+    err = {m: sum(abs(hutchinson_trace(op, n_probes=30, seed=s, method=m).estimate - exact)
+                  for s in seeds) / len(seeds) for m in ("hutchinson", "hutch++")}
+    assert err["hutch++"] < 0.2 * err["hutchinson"], err
+
+
+def test_hutch_plus_plus_is_exact_on_low_rank():
+    lam = torch.zeros(80, dtype=torch.float64)
+    lam[:5] = torch.tensor([9.0, 7.0, -3.0, 2.0, 1.0])
+    r = hutchinson_trace(DenseOperator(matrix_with_spectrum(lam, seed=2)), n_probes=18, method="hutch++")
+    assert abs(r.estimate - 16.0) < 1e-10 and r.stderr < 1e-10 and r.n_matvec == 18
+
+
+def test_early_stop():
+    op = Counting(matrix_with_spectrum(torch.linspace(1, 1.5, 100), seed=3))
+    r = hutchinson_trace(op, n_probes=1000, tol=0.01, seed=0)
+    assert 10 <= r.n_probes == r.n_matvec == op.calls < 1000
+    assert r.stderr <= 0.01 * abs(r.estimate)
+    assert abs(r.estimate - 125) <= 4 * r.stderr
+    op.calls = 0
+    pp = hutchinson_trace(op, n_probes=150, tol=1e-2, seed=0, method="hutch++")
+    assert pp.n_matvec == op.calls == 100 + pp.n_probes and 10 <= pp.n_probes < 50
+    assert pp.stderr <= 1e-2 * abs(pp.estimate)
+
+
+def test_hutch_plus_plus_with_budget_beyond_size_is_exact():
+    lam = torch.linspace(-3, 5, 20, dtype=torch.float64)
+    op = Counting(matrix_with_spectrum(lam, seed=4))
+    r = hutchinson_trace(op, n_probes=100, method="hutch++")
+    assert abs(r.estimate - float(lam.sum())) < 1e-10 and r.stderr == 0.0
+    assert r.n_matvec == op.calls == 40 and r.n_probes == 0
+
+
+def test_single_probe_has_no_stderr():
+    r = hutchinson_trace(DenseOperator(torch.eye(4, dtype=torch.float64)), n_probes=1)
+    assert r.estimate == 4.0 and math.isnan(r.stderr)
+
+
+def test_bad_arguments():
+    op = DenseOperator(torch.eye(4, dtype=torch.float64))
+    for kwargs in (dict(n_probes=0), dict(method="hutch"), dict(tol=0.0), dict(method="hutch++", n_probes=2)):
+        with pytest.raises(ValueError):
+            hutchinson_trace(op, **kwargs)

@@ -130,7 +130,7 @@ def build_model_from_config(config: dict, input_shape, num_classes: int) -> nn.M
     from sharpcli.models import build_model
 
     return build_model(config["model"], tuple(input_shape), num_classes, width=config.get("width"),
-                       depth=config.get("depth", 2), activation=config.get("activation", "tanh"))
+                       depth=config.get("depth", 2), activation=config.get("activation"))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> Checkpoint:

@@ -57,12 +57,12 @@ class TrainConfig:
     model: str = "mlp"
     width: int | None = None  # None: the model's own default (mlp 100, cnn 32, resnet 64, wrn 16)
     depth: int = 2
-    activation: str = "tanh"
+    activation: str | None = None  # None: the model's own default (tanh for mlp/cnn, relu for ResNets)
     # loss
     loss: str = "mse"
     # optimizer
     optimizer: str = "gd"
-    lr: float = 0.05
+    lr: float = 0.3  # with the defaults, λ₁ reaches 2/η ≈ 6.7 by step ~300 and hovers there
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -84,7 +84,7 @@ class TrainConfig:
     sharpness_iters: int = 100
     sharpness_tol: float = 1e-3
     eval_every: int = 20
-    checkpoint_every: int = 500
+    checkpoint_every: int = 100
     keep_last: int | None = None
     # run
     seed: int = 0

@@ -32,22 +32,25 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 MODELS = ("mlp", "cnn", "resnet18", "resnet50", "wrn28-10")
 DEFAULT_WIDTH = {"mlp": 100, "cnn": 32, "resnet18": 64, "resnet50": 64, "wrn28-10": 16}
+# tanh for the small nets (Cohen et al.'s edge-of-stability setting), relu for the ResNets.
+DEFAULT_ACTIVATION = {"mlp": "tanh", "cnn": "tanh", "resnet18": "relu", "resnet50": "relu",
+                      "wrn28-10": "relu"}
 DEFAULT_DEPTH = 2  # only the mlp and the cnn have a variable depth
 
 
 def build_model(name: str, input_shape: tuple, num_classes: int, *, width: int | None = None,
-                depth: int = DEFAULT_DEPTH, activation: str = "tanh") -> nn.Module:
+                depth: int = DEFAULT_DEPTH, activation: str | None = None) -> nn.Module:
     """The network `name` for examples of shape `input_shape` and `num_classes` outputs.
 
     `width`: hidden units (mlp), channels (cnn), base channels (resnets: 64, wrn: 16);
-    None takes the default. `depth`: hidden layers (mlp) or conv layers (cnn); the ResNets
+    None takes the default; so does `activation` (DEFAULT_ACTIVATION). `depth`: hidden layers (mlp) or conv layers (cnn); the ResNets
     and the WRN have a fixed depth, so any other value than the default is refused rather
     than silently ignored.
     """
     name = str(getattr(name, "value", name))
     if name not in MODELS:
         raise SharpError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
-    activation = str(getattr(activation, "value", activation))
+    activation = DEFAULT_ACTIVATION[name] if activation is None else str(getattr(activation, "value", activation))
     if activation not in ACTIVATIONS:
         raise SharpError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
     act = ACTIVATIONS[activation]

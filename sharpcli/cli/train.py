@@ -27,7 +27,7 @@ def train_command(
     model: Annotated[Model, _opt("Architecture; ResNets and WRN are the CIFAR variants.", MODEL)] = Model(D.model),
     width: Annotated[Optional[int], _opt("Hidden units (mlp) or base channels (cnn, resnet, wrn); default per model.", MODEL)] = D.width,
     depth: Annotated[int, _opt("Hidden layers (mlp) or conv layers (cnn).", MODEL)] = D.depth,
-    activation: Annotated[str, _opt("Activation: tanh, relu, gelu, elu, softplus, silu, identity.", MODEL)] = D.activation,
+    activation: Annotated[Optional[str], _opt("Activation: tanh, relu, gelu, elu, softplus, silu, identity (default: tanh for mlp/cnn, relu for ResNets).", MODEL)] = D.activation,
     loss: Annotated[Loss, _opt("mse = 0.5·‖f(x) − onehot(y)‖² averaged over examples; ce = cross-entropy.", MODEL)] = Loss(D.loss),
     optimizer: Annotated[Optimizer, _opt("gd (full batch), sgd, sam or eigen-sam.", OPT)] = Optimizer(D.optimizer),
     lr: Annotated[float, _opt("Step size η.", OPT)] = D.lr,

@@ -5,6 +5,9 @@ Order within step t (so that a checkpoint, a logged row and a resume all agree):
   2. g = ∇L_B(w_t) on the step's batch (the full training set for gd);
   3. if step t is logged: evaluate, measure λ₁ and v₁ at w_t, write the row;
   4. update w_t → w_{t+1} with the phase's rule.
+In SAM phases, between 2 and 3, ε is built from g (Eigen-SAM first refreshes its estimate
+of v₁ if due); step 4 is then the SAM step of sharpcli.sam: the base optimizer moves w
+with ∇L_B(w + ε). Late-phase SAM keeps the same base optimizer, momentum buffers included.
 The last step T only measures and checkpoints: the final row describes the final weights.
 """
 
@@ -27,12 +30,14 @@ from sharpcli.csvlog import METRICS_COLUMNS, CsvLog
 from sharpcli.data import load_dataset
 from sharpcli.edges import gd_edge, sam_edge
 from sharpcli.errors import DivergedError, Interrupted, SharpError
+from sharpcli.hessian import HessianOperator
 from sharpcli.interrupt import stop_on_signals
 from sharpcli.losses import get_loss
 from sharpcli.models import build_model
 from sharpcli.objective import accumulate_gradient, evaluate, gradient_vector
 from sharpcli.optim import build_base_optimizer, lr_at, set_lr
 from sharpcli.params import trainable_params
+from sharpcli.sam import EigenEstimate, check_sam_settings, perturbation, sam_step
 from sharpcli.sharpness import alignment, measure_sharpness
 from sharpcli.train_setup import (SAM_OPTIMIZERS, StepPlan, choose_run_name, plan_steps,
                                   resolve_device, validate_config)
@@ -99,8 +104,9 @@ class BatchSampler:
 def _versions() -> dict:
     import numpy
 
-    return {"sharpcli": sharpcli.__version__, "torch": torch.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"sharpcli": sharpcli.__version__, "torch": str(torch.__version__),
+            "numpy": str(numpy.__version__), "python": platform.python_version()}
 
 
 def _check_resumable(stored: dict, config: TrainConfig, where: Path) -> None:
@@ -116,6 +122,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
     """Run `sharp train` as a library call; returns what was logged. Raises SharpError on bad
     settings, DivergedError on NaN/inf, Interrupted on SIGINT/SIGTERM (after saving)."""
     validate_config(config)
+    check_sam_settings(config.optimizer, config.adaptive)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
@@ -144,6 +151,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
                   num_classes=data.num_classes)
 
     start_step, elapsed_before, top_vector = 0, 0.0, None
+    eigen = EigenEstimate(config.eig_every, config.eig_iters)  # Eigen-SAM's estimate of v₁
     existing = list_checkpoints(ckpt_dir) if config.resume else []
     if existing:
         payload = read_checkpoint(existing[-1])
@@ -157,6 +165,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
         top_vector = extra.get("top_vector")
         if top_vector is not None:
             top_vector = top_vector.to(device)
+        if extra.get("eigen_vector") is not None:
+            eigen.v = extra["eigen_vector"].to(device)
     elif (report_dir / "metrics.csv").exists() and not config.resume:
         raise SharpError(f"run {run_name!r} already exists in {report_dir}; "
                          f"use --resume to continue it or another --run-name")
@@ -170,7 +180,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
     def checkpoint(step: int) -> None:
         save_checkpoint(checkpoint_path(ckpt_dir, step), step=step, epoch=plan.epoch_at(step),
                         config=record, model=model, optimizer=optimizer,
-                        extra={"elapsed": elapsed(), "top_vector": top_vector})
+                        extra={"elapsed": elapsed(), "top_vector": top_vector,
+                               "eigen_vector": eigen.v})
         if config.keep_last:
             for old in list_checkpoints(ckpt_dir)[:-config.keep_last]:
                 old.unlink(missing_ok=True)
@@ -206,8 +217,15 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
                                     f"‖g‖ {float(grad_norm)}); last good checkpoint: {last_good}; "
                                     f"try a smaller --lr than {config.lr:g}")
 
-            # The perturbation direction this step's update is built from (∝ g without SAM).
+            # The perturbation direction this step's update is built from: ε in SAM phases
+            # (SPEC §4), ∝ g otherwise.
             direction = g
+            if phase in SAM_OPTIMIZERS:
+                if phase == "eigen-sam" and eigen.due(step):
+                    batch_hessian = HessianOperator(model, loss_fn, xb, yb, chunk_size=chunk, mode="train")
+                    eigen.refresh(batch_hessian, seed=config.seed + step)
+                direction = perturbation(phase, g, params, rho=config.rho, adaptive=config.adaptive,
+                                         alpha=config.alpha, v=eigen.v)  # ε
 
             # 3. measure and log
             measure_sharp = config.sharpness_every and step % config.sharpness_every == 0
@@ -217,8 +235,9 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
                 row = {"step": step, "epoch": plan.epoch_at(step), "phase": phase, "lr": lr,
                        "rho": config.rho if phase in SAM_OPTIMIZERS else None,
                        "grad_norm": float(grad_norm),
-                       "gd_edge": gd_edge(lr, config.momentum, config.nesterov)}
-                if phase in SAM_OPTIMIZERS:
+                       # lr reaches 0 at the end of a cosine schedule: no edge then.
+                       "gd_edge": gd_edge(lr, config.momentum, config.nesterov) if lr > 0 else None}
+                if phase in SAM_OPTIMIZERS and lr > 0:
                     row["sam_edge"] = sam_edge(lr, config.rho, float(grad_norm))
                 if evaluate_now:
                     row["train_loss"], row["train_acc"] = evaluate(model, loss_fn, x, y, chunk)
@@ -249,8 +268,10 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
             # 4. the update
             set_lr(optimizer, lr)
             if phase in SAM_OPTIMIZERS:
-                raise SharpError(f"--optimizer {phase} is not available yet")
-            optimizer.step()
+                # The SAM step: the base optimizer moves w with ∇L_B(w + ε) instead of g.
+                sam_step(model, loss_fn, xb, yb, direction, optimizer, chunk)
+            else:
+                optimizer.step()
     result.seconds = elapsed()
     return result
 

@@ -1,0 +1,128 @@
+"""`sharp train` end to end on tiny runs: files, columns, checkpoints, and the logged
+sharpness against the dense Hessian of the logged weights."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import sharpcli
+from sharpcli.checkpoints import list_checkpoints
+from sharpcli.cli import main
+from sharpcli.config import TrainConfig
+from sharpcli.csvlog import METRICS_COLUMNS
+from sharpcli.train import train
+from tests.helpers import dense_hessian
+
+TINY = ["--train-size", "64", "--test-size", "32", "--width", "8", "--quiet"]
+
+
+def run_cli(tmp_path, *args):
+    argv = ["train", *TINY, "--reports-dir", str(tmp_path / "reports"),
+            "--checkpoints-dir", str(tmp_path / "checkpoints"), *args]
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code in (0, None), f"sharp {' '.join(argv)} exited {exc.code}"
+
+
+def metrics(tmp_path, run):
+    return pd.read_csv(tmp_path / "reports" / run / "metrics.csv")
+
+
+def test_gd_run_writes_metrics_config_and_checkpoints(tmp_path):
+    run_cli(tmp_path, "--steps", "10", "--sharpness-every", "5", "--eval-every", "5",
+            "--checkpoint-every", "5", "--run-name", "r")
+    df = metrics(tmp_path, "r")
+    assert list(df.columns) == METRICS_COLUMNS
+    assert df["step"].tolist() == [0, 5, 10]
+    assert (df["phase"] == "gd").all()
+    assert df["sharpness"].notna().all() and df["alignment"].between(0, 1).all()
+    assert df["gd_edge"].eq(2 / 0.3).all() and df["sam_edge"].isna().all() and df["rho"].isna().all()
+    assert df["train_loss"].iloc[-1] < df["train_loss"].iloc[0]
+    config = json.loads((tmp_path / "reports" / "r" / "config.json").read_text())
+    assert config["lr"] == 0.3 and config["seed"] == 0 and config["train_size"] == 64
+    assert "torch" in config["versions"] and config["total_steps"] == 10
+    names = [p.name for p in list_checkpoints(tmp_path / "checkpoints" / "r")]
+    assert names == ["step-00000000.pt", "step-00000005.pt", "step-00000010.pt"]
+
+
+def test_checkpoint_loads_safely_and_rebuilds_model_and_data(tmp_path):
+    run_cli(tmp_path, "--steps", "4", "--checkpoint-every", "2", "--sharpness-every", "0",
+            "--run-name", "r")
+    path = tmp_path / "checkpoints" / "r" / "step-00000004.pt"
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "sharpcli-checkpoint" and raw["step"] == 4
+    assert {"model", "optimizer", "rng", "config", "epoch", "version"} <= set(raw)
+    ckpt = sharpcli.load_checkpoint(path)
+    assert ckpt.step == 4 and not ckpt.model.training
+    x, y, xt, yt = ckpt.data()
+    assert x.shape == (64, 40) and xt.shape == (32, 40)
+    with torch.no_grad():
+        loss = ckpt.loss_fn(ckpt.model(x), y).item()
+    df = metrics(tmp_path, "r")
+    assert loss == pytest.approx(df.set_index("step").loc[4, "train_loss"], rel=1e-6)
+
+
+def test_logged_sharpness_is_the_dense_top_eigenvalue(tmp_path):
+    # The row at step t and the checkpoint at step t describe the same weights w_t.
+    run_cli(tmp_path, "--steps", "6", "--checkpoint-every", "3", "--sharpness-every", "3",
+            "--eval-every", "3", "--sharpness-tol", "1e-6", "--sharpness-k", "3", "--run-name", "r")
+    df = metrics(tmp_path, "r").set_index("step")
+    for step in (3, 6):
+        ckpt = sharpcli.load_checkpoint(tmp_path / "checkpoints" / "r" / f"step-{step:08d}.pt")
+        model = ckpt.model.double()
+        x, y, _, _ = ckpt.data()
+        lam = torch.linalg.eigvalsh(dense_hessian(model, ckpt.loss_fn, x.double(), y))[-1].item()
+        assert df.loc[step, "sharpness"] == pytest.approx(lam, rel=1e-4)
+
+
+def test_sgd_momentum_nesterov_cosine_and_epochs(tmp_path):
+    run_cli(tmp_path, "--optimizer", "sgd", "--batch-size", "16", "--epochs", "3", "--lr", "0.1",
+            "--momentum", "0.9", "--nesterov", "--schedule", "cosine", "--weight-decay", "1e-4",
+            "--eval-every", "4", "--sharpness-every", "4", "--run-name", "s")
+    df = metrics(tmp_path, "s")
+    assert df["step"].tolist() == [0, 4, 8, 12]  # 3 epochs of ceil(64/16) = 4 steps
+    assert df["epoch"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert (df["phase"] == "sgd").all()
+    expected_lr = [0.5 * 0.1 * (1 + math.cos(math.pi * s / 12)) for s in (0, 4, 8, 12)]
+    assert df["lr"].tolist() == pytest.approx(expected_lr)
+    nesterov_edge = [(2 + 2 * 0.9) / (lr * (1 + 2 * 0.9)) for lr in expected_lr[:-1]]
+    assert df["gd_edge"].iloc[:-1].tolist() == pytest.approx(nesterov_edge)
+
+
+def test_heavy_ball_edge_and_sharpness_subset(tmp_path):
+    run_cli(tmp_path, "--optimizer", "gd", "--momentum", "0.5", "--steps", "2",
+            "--sharpness-every", "1", "--sharpness-samples", "20", "--run-name", "m")
+    df = metrics(tmp_path, "m")
+    assert df["gd_edge"].tolist() == pytest.approx([(2 + 1.0) / 0.3] * 3)
+
+
+def test_stop_loss_ends_the_run_with_a_checkpoint(tmp_path):
+    cfg = TrainConfig(train_size=64, test_size=32, width=8, steps=50, eval_every=1,
+                      sharpness_every=0, stop_loss=10.0, run_name="stop",
+                      reports_dir=str(tmp_path / "reports"), checkpoints_dir=str(tmp_path / "ck"))
+    result = train(cfg)
+    assert result.stopped_early and result.last_step == 0
+    assert (tmp_path / "ck" / "stop" / "step-00000000.pt").exists()
+
+
+def test_default_run_names_do_not_overwrite(tmp_path):
+    for _ in range(2):
+        run_cli(tmp_path, "--steps", "1", "--sharpness-every", "0")
+    runs = sorted(p.name for p in (tmp_path / "reports").iterdir())
+    assert runs == ["mnist1d-mlp-gd-lr0.3-seed0", "mnist1d-mlp-gd-lr0.3-seed0-2"]
+
+
+def test_resume_continues_to_the_same_metrics(tmp_path):
+    common = ["--steps", "8", "--sharpness-every", "2", "--eval-every", "2", "--checkpoint-every", "4"]
+    run_cli(tmp_path, *common, "--run-name", "full")
+    # A run stopped after step 4's checkpoint, then resumed with more steps allowed.
+    run_cli(tmp_path, "--steps", "5", "--sharpness-every", "2", "--eval-every", "2",
+            "--checkpoint-every", "4", "--run-name", "part")
+    run_cli(tmp_path, *common, "--run-name", "part", "--resume")
+    a = metrics(tmp_path, "full").drop(columns="seconds")
+    b = metrics(tmp_path, "part").drop(columns="seconds")
+    pd.testing.assert_frame_equal(a, b)

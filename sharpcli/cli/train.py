@@ -118,6 +118,10 @@ def print_summary(result) -> None:
         verdict = ("at the edge of stability" if abs(ratio - 1) <= 0.1 else
                    "below the edge" if ratio < 1 else "above the edge")
         out.print(f"final sharpness λ₁ = {lam:.4g}, {name} = {edge:.4g}, ratio {ratio:.3f}: {verdict}")
+        reached = next((r["step"] for r in result.rows if r.get("sharpness") is not None
+                        and r.get(edge_col) and r["sharpness"] >= 0.9 * r[edge_col]), None)
+        if reached is not None:
+            out.print(f"λ₁ first came within 10% of the edge at step {reached}")
     out.print(f"metrics: {result.report_dir / 'metrics.csv'}")
     out.print(f"checkpoints: {result.checkpoint_dir}/")
 

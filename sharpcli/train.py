@@ -43,6 +43,8 @@ from sharpcli.train_setup import (SAM_OPTIMIZERS, StepPlan, choose_run_name, pla
                                   resolve_device, validate_config)
 
 # Settings that may differ when a run is resumed: they do not change what is computed.
+TOP_EIGENVALUE_COLUMNS = ["step", "index", "eigenvalue", "residual"]
+
 RESUMABLE_CHANGES = {"resume", "quiet", "device", "steps", "epochs", "data_dir", "keep_last"}
 
 
@@ -188,7 +190,11 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
 
     log = CsvLog(report_dir / "metrics.csv", METRICS_COLUMNS)
     log.open(fresh=not existing, keep_below_step=start_step)
-    with stop_on_signals() as stop, log:
+    # λ₁…λ_k of each measurement when k > 1 (metrics.csv has room for λ₁ only).
+    top_log = CsvLog(report_dir / "top_eigenvalues.csv", TOP_EIGENVALUE_COLUMNS)
+    if config.sharpness_k > 1:
+        top_log.open(fresh=not existing, keep_below_step=start_step)
+    with stop_on_signals() as stop, log, top_log:
         for step in range(start_step, plan.total_steps + 1):
             is_last = step == plan.total_steps
             if stop.requested:
@@ -248,6 +254,10 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
                                           tol=config.sharpness_tol, max_iter=config.sharpness_iters,
                                           v0=top_vector, seed=config.seed + step, chunk_size=chunk)
                     top_vector = s.top_vector
+                    if config.sharpness_k > 1:
+                        top_log.write_many({"step": step, "index": i + 1, "eigenvalue": float(lam),
+                                            "residual": float(res)}
+                                           for i, (lam, res) in enumerate(zip(s.eigenvalues, s.residuals)))
                     row["sharpness"] = s.value
                     row["alignment"] = alignment(direction, s.top_vector)
                 row["seconds"] = elapsed()

@@ -71,12 +71,16 @@ def test_logged_sharpness_is_the_dense_top_eigenvalue(tmp_path):
     run_cli(tmp_path, "--steps", "6", "--checkpoint-every", "3", "--sharpness-every", "3",
             "--eval-every", "3", "--sharpness-tol", "1e-6", "--sharpness-k", "3", "--run-name", "r")
     df = metrics(tmp_path, "r").set_index("step")
+    top = pd.read_csv(tmp_path / "reports" / "r" / "top_eigenvalues.csv")
+    assert top["step"].tolist() == [0, 0, 0, 3, 3, 3, 6, 6, 6] and top["index"].tolist() == [1, 2, 3] * 3
     for step in (3, 6):
         ckpt = sharpcli.load_checkpoint(tmp_path / "checkpoints" / "r" / f"step-{step:08d}.pt")
         model = ckpt.model.double()
         x, y, _, _ = ckpt.data()
-        lam = torch.linalg.eigvalsh(dense_hessian(model, ckpt.loss_fn, x.double(), y))[-1].item()
-        assert df.loc[step, "sharpness"] == pytest.approx(lam, rel=1e-4)
+        lams = torch.linalg.eigvalsh(dense_hessian(model, ckpt.loss_fn, x.double(), y)).flip(0)[:3]
+        assert df.loc[step, "sharpness"] == pytest.approx(lams[0].item(), rel=1e-4)
+        logged = top[top["step"] == step]["eigenvalue"].to_numpy()
+        assert logged == pytest.approx(lams.numpy(), rel=1e-4)
 
 
 def test_sgd_momentum_nesterov_cosine_and_epochs(tmp_path):

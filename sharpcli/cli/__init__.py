@@ -24,6 +24,9 @@ app = typer.Typer(
 
 # One line per command module; each adds its command(s) to `app`.
 _COMMAND_MODULES: list[str] = [
+    "sharpcli.cli.eos",
+    "sharpcli.cli.plot",
+    "sharpcli.cli.summarize",
     "sharpcli.cli.train",
 ]
 

@@ -1,0 +1,161 @@
+"""`sharp eos`: measured sharpness against the GD and SAM edges, with a verdict per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+HELP = (
+    "Compare measured sharpness λ₁ with the edge of stability, run by run.\n\n"
+    "For each step where λ₁ was measured, the edge is the SAM edge (Long & Bartlett 2024) in "
+    "sam/eigen-sam phases and the GD edge otherwise: 2/η, with momentum β (2+2β)/η, with "
+    "Nesterov (2+2β)/(η(1+2β)); ratio = λ₁/edge. Writes reports/<run>/eos.csv "
+    "(step,phase,sharpness,grad_norm,gd_edge,sam_edge,edge,ratio,at_edge) and prints a "
+    "summary per run.\n\n"
+    "Verdict: the edge is reached at the first ratio ≥ 1 − band. From there on (that "
+    "measurement included): above-edge if the median ratio > 1 + band; at-edge if at least "
+    "--threshold of the measurements lie within the band |ratio − 1| ≤ band; otherwise the "
+    "side (below-edge or above-edge) holding more of the out-of-band measurements, "
+    "below-edge on a tie. Never reached: below-edge.\n\n"
+    "Calculator: with --lr (and --momentum, --nesterov, --rho, --grad-norm) and no RUN, "
+    "prints the GD edge, and the SAM edge when --rho is given."
+)
+
+
+def eos(
+    runs: Annotated[Optional[list[str]], typer.Argument(
+        help="Run directories (reports/<run>) or run names under reports/.",
+        metavar="RUN", show_default=False)] = None,
+    band: Annotated[float, typer.Option(
+        help="Half-width of the band around the edge: at the edge means "
+             "|ratio − 1| ≤ band.")] = 0.1,
+    threshold: Annotated[float, typer.Option(
+        help="Fraction of the measurements after the edge is reached that must lie within "
+             "the band for the verdict at-edge.")] = 0.5,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Exit 1 unless every run's verdict is at-edge.")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Where to write eos.csv instead of reports/<run>/eos.csv: with one RUN the CSV "
+             "file itself; with several (or when it is an existing directory), a directory "
+             "receiving <out>/<run>/eos.csv.",
+        show_default=False)] = None,
+    from_checkpoints: Annotated[bool, typer.Option(
+        "--from-checkpoints", help="Measure λ₁ (Lanczos) and the full-batch ‖g‖ at every "
+        "checkpoint of the run instead of reading metrics.csv.")] = False,
+    device: Annotated[str, typer.Option(
+        help="Device for --from-checkpoints (cpu, cuda, cuda:N, mps).")] = "cpu",
+    samples: Annotated[Optional[int], typer.Option(
+        help="--from-checkpoints: the Hessian and gradient of the first N training examples "
+             "(default: the run's --sharpness-samples, else its whole training subset).",
+        min=1, show_default=False)] = None,
+    tol: Annotated[float, typer.Option(help="--from-checkpoints: Lanczos tolerance.")] = 1e-3,
+    max_iter: Annotated[int, typer.Option(
+        help="--from-checkpoints: Lanczos iteration limit.", min=1)] = 100,
+    seed: Annotated[int, typer.Option(
+        help="--from-checkpoints: seed of Lanczos's random start vector.")] = 0,
+    lr: Annotated[Optional[float], typer.Option(
+        help="Calculator: step size η (no RUN then).", show_default=False)] = None,
+    momentum: Annotated[float, typer.Option(
+        help="Calculator: momentum β (enters the GD edge only).")] = 0.0,
+    nesterov: Annotated[bool, typer.Option(
+        "--nesterov", help="Calculator: Nesterov momentum.")] = False,
+    rho: Annotated[Optional[float], typer.Option(
+        help="Calculator: SAM radius ρ; prints the SAM edge too (needs --grad-norm).",
+        show_default=False)] = None,
+    grad_norm: Annotated[Optional[float], typer.Option(
+        help="Calculator: gradient norm ‖g‖ for the SAM edge.", show_default=False)] = None,
+) -> None:
+    from sharpcli.errors import SharpError
+
+    calculator = {"--lr": lr, "--rho": rho, "--grad-norm": grad_norm}
+    if not runs:
+        if lr is None:
+            raise SharpError("give RUN directories, or --lr (with --rho and --grad-norm for "
+                             "the SAM edge) for the calculator; see sharp eos --help")
+        _calculator(lr, momentum, nesterov, rho, grad_norm)
+        return
+    given = [name for name, value in calculator.items() if value is not None]
+    if given or momentum or nesterov:
+        flags = given + (["--momentum"] if momentum else []) + (["--nesterov"] if nesterov else [])
+        raise SharpError(f"{', '.join(flags)}: calculator flags, not used with RUN (the run's "
+                         "own lr, momentum and rho apply)")
+    if not from_checkpoints and samples is not None:
+        raise SharpError("--samples applies to --from-checkpoints only")
+    _runs(runs, band, threshold, strict, out, from_checkpoints,
+          dict(device=device, samples=samples, tol=tol, max_iter=max_iter, seed=seed))
+
+
+def _calculator(lr, momentum, nesterov, rho, grad_norm) -> None:
+    from sharpcli.eos import edges_at
+
+    edges = edges_at(lr, momentum, nesterov, rho, grad_norm)
+    if nesterov:
+        formula = "(2+2β)/(η(1+2β))"
+    elif momentum:
+        formula = "(2+2β)/η"
+    else:
+        formula = "2/η"
+    print(f"gd_edge  {edges['gd_edge']:.6g}  GD edge {formula}, η={lr:g}, β={momentum:g}")
+    if "sam_edge" in edges:
+        print(f"sam_edge {edges['sam_edge']:.6g}  SAM edge (Long & Bartlett 2024), η={lr:g}, "
+              f"ρ={rho:g}, ‖g‖={grad_norm:g}")
+
+
+def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from sharpcli.eos import check_band, eos_run, write_eos_csv
+    from sharpcli.errors import SharpError, StrictCheckFailed
+
+    check_band(band, threshold)
+    console = Console(highlight=False)
+    results = []
+    for run in runs:
+        if from_checkpoints:
+            measure_kwargs["on_checkpoint"] = lambda path, row: print(
+                f"  {path.name}: λ₁={row['sharpness']:.4g} ‖g‖={row['grad_norm']:.4g}",
+                flush=True)
+        results.append(eos_run(run, band, threshold, from_checkpoints,
+                               **(measure_kwargs if from_checkpoints else {})))
+    names = [r.run_dir.name for r in results]
+    if out is not None and len(results) > 1 and len(set(names)) < len(names):
+        raise SharpError(f"--out with several runs needs distinct run names, got {names}")
+
+    table = Table(title=f"Edge of stability (band ±{band:g})")
+    for header, justify in [("run", "left"), ("edge", "left"), ("n", "right"),
+                            ("reached at", "right"), ("in band", "right"),
+                            ("median", "right"), ("final", "right"), ("verdict", "left")]:
+        table.add_column(header, justify=justify, overflow="fold")
+    colours = {"at-edge": "green", "below-edge": "yellow", "above-edge": "red"}
+    for r in results:
+        s = r.summary
+        table.add_row(escape(s.run), s.edges, str(s.n_measured),
+                      "never" if s.edge_step is None else str(s.edge_step),
+                      "–" if s.in_band is None else f"{s.in_band:.0%}",
+                      _fmt(s.median_ratio), _fmt(s.final_ratio),
+                      f"[{colours[s.verdict]}]{s.verdict}[/]")
+    console.print(table)
+    for r in results:
+        if out is None:
+            path = r.run_dir / "eos.csv"
+        elif len(results) == 1 and not out.is_dir():
+            path = out
+        else:
+            path = out / r.run_dir.name / "eos.csv"
+        print(f"wrote {write_eos_csv(r.table, path)}")  # one line, whatever the width
+    failed = [r.summary for r in results if r.summary.verdict != "at-edge"]
+    if strict and failed:
+        listing = ", ".join(f"{s.run}: {s.verdict}" for s in failed)
+        raise StrictCheckFailed(f"--strict: not at the edge ({listing})")
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eos", help=HELP)(eos)

@@ -1,0 +1,269 @@
+"""PNG figures of runs: sharpness against the edges, loss and accuracy, alignment, density.
+
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
+state, no display needed). With several runs every figure holds all of them: colour names
+the run, line style names the quantity.
+
+Where they go: one run → its report folder, `reports/<run>/sharpness.png` etc.; several runs
+→ `out_dir` when given (same names), else the first run's report folder with the names
+prefixed `compare-` so that the run's own figures are not overwritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import Formatter
+
+from sharpcli.edges import gd_edge
+from sharpcli.eos import edge_columns
+from sharpcli.errors import SharpError
+from sharpcli.runs import SAM_PHASES, Run, load_run, read_density
+
+FIGURES = ("sharpness", "loss", "alignment", "density")
+PLOT_COLUMNS = ("step", "phase", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                "sharpness", "alignment")
+
+
+@dataclass
+class PlotResult:
+    written: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # figure → why it was not drawn
+
+
+def plot_runs(runs: Sequence[str | Path], out_dir: str | Path | None = None, *,
+              log_scale: bool = False, dpi: int = 150,
+              only: Sequence[str] | None = None) -> PlotResult:
+    """Draw every figure the runs have data for (or those named in `only`); see the module
+    docstring for where they go. `log_scale` puts the sharpness and loss axes on a log scale."""
+    if not dpi > 0:
+        raise SharpError(f"--dpi must be positive, got {dpi}")
+    unknown = sorted(set(only or ()) - set(FIGURES))
+    if unknown:
+        raise SharpError(f"unknown figure {unknown[0]!r}; expected one of {', '.join(FIGURES)}")
+    loaded = [load_run(r, required=PLOT_COLUMNS) for r in runs]
+    if out_dir is not None:
+        folder, prefix = Path(out_dir), ""
+    elif len(loaded) == 1:
+        folder, prefix = loaded[0].path, ""
+    else:
+        folder, prefix = loaded[0].path, "compare-"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SharpError(f"cannot create the folder {folder}: {err.strerror}") from None
+    result = PlotResult()
+    for name, fig in figures(loaded, log_scale=log_scale, only=only).items():
+        if isinstance(fig, str):
+            result.skipped[name] = fig
+            continue
+        path = folder / f"{prefix}{name}.png"
+        try:
+            fig.savefig(path, dpi=dpi)
+        except OSError as err:
+            raise SharpError(f"cannot write {path}: {err.strerror}") from None
+        result.written.append(path)
+    return result
+
+
+def figures(runs: Sequence[Run], *, log_scale: bool = False,
+            only: Sequence[str] | None = None) -> dict[str, Figure | str]:
+    """The figures of FIGURES (or of `only`) for these runs: each a matplotlib Figure, or a
+    string that says why there is nothing to draw."""
+    runs = list(runs)
+    labels = _labels(runs)
+    draws = {"sharpness": _sharpness, "loss": _loss, "alignment": _alignment,
+             "density": _density}
+    return {name: draws[name](runs, labels, log_scale)
+            for name in FIGURES if only is None or name in only}
+
+
+def _labels(runs: list[Run]) -> list[str]:
+    """Run names for the legend; the parent folder is added where names repeat."""
+    names = [r.name for r in runs]
+    return [f"{r.path.parent.name}/{r.name}" if names.count(r.name) > 1 else r.name for r in runs]
+
+
+def _colours(n: int) -> list:
+    return [f"C{i % 10}" for i in range(n)]
+
+
+def _style_legend(ax, styles: list[tuple[str, str]], loc: str) -> None:
+    """A second legend in grey that maps line styles to quantities."""
+    handles = [Line2D([], [], color="0.3", linestyle=ls, label=label) for ls, label in styles]
+    ax.add_artist(ax.legend(handles=handles, loc=loc, fontsize="small", framealpha=0.8))
+
+
+def _marker(df: pd.DataFrame) -> str | None:
+    return "o" if len(df) <= 60 else None
+
+
+def _sharpness(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | str:
+    if not any(r.metrics["sharpness"].notna().any() for r in runs):
+        return "no sharpness measured (train with --sharpness-every N)"
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    single = len(runs) == 1
+    has_sam = False
+    for run, label, colour in zip(runs, labels, _colours(len(runs))):
+        m = run.metrics.sort_values("step", kind="stable")
+        edges = edge_columns(m, run.config)
+        measured = m[m["sharpness"].notna()]
+        ax.plot(measured["step"], measured["sharpness"], color=colour, marker=_marker(measured),
+                markersize=3, linewidth=1.5, label="sharpness λ₁" if single else label)
+        gd = edges[edges["gd_edge"].notna()]
+        ax.plot(gd["step"], gd["gd_edge"], color="black" if single else colour,
+                linestyle="--", linewidth=1.2, label="GD edge 2/η" if single else None)
+        sam = edges[edges["sam_edge"].notna() & edges["phase"].isin(SAM_PHASES)]
+        if len(sam):
+            has_sam = True
+            ax.plot(sam["step"], sam["sam_edge"], color="tab:red" if single else colour,
+                    linestyle=":", linewidth=1.5, label="SAM edge" if single else None)
+        if single and len(sam) and (m["phase"].isin(SAM_PHASES)).any():
+            steps = m.loc[m["phase"].isin(SAM_PHASES), "step"]
+            ax.axvspan(steps.min(), steps.max(), color="tab:red", alpha=0.06, label="SAM phase")
+    if log_scale:
+        _plain_log_axis(ax)
+    ax.set_xlabel("step")
+    ax.set_ylabel("top Hessian eigenvalue λ₁")
+    ax.set_title("Sharpness and the edges of stability" + (f": {labels[0]}" if single else ""))
+    ax.grid(True, alpha=0.3)
+    if single:
+        ax.legend(loc="best", fontsize="small")
+    else:
+        styles = [("-", "sharpness λ₁"), ("--", "GD edge 2/η")]
+        styles += [(":", "SAM edge")] if has_sam else []
+        _style_legend(ax, styles, loc="lower right")
+        ax.legend(loc="upper left", fontsize="small", title="run")
+    return fig
+
+
+def _loss(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | str:
+    cols = ("train_loss", "test_loss", "train_acc", "test_acc")
+    if not any(r.metrics[c].notna().any() for r in runs for c in cols):
+        return "no loss or accuracy logged"
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    single = len(runs) == 1
+    for run, label, colour in zip(runs, labels, _colours(len(runs))):
+        m = run.metrics.sort_values("step", kind="stable")
+        for ax, split, ls in ((ax_loss, "train", "-"), (ax_loss, "test", "--"),
+                              (ax_acc, "train", "-"), (ax_acc, "test", "--")):
+            col = f"{split}_{'loss' if ax is ax_loss else 'acc'}"
+            d = m[m[col].notna()]
+            if d.empty:
+                continue
+            y = d[col] * (100 if ax is ax_acc else 1)
+            name = split if single else (label if split == "train" else None)
+            ax.plot(d["step"], y, color=colour, linestyle=ls, marker=_marker(d), markersize=2.5,
+                    linewidth=1.4, label=name)
+    if log_scale:
+        _plain_log_axis(ax_loss)
+    ax_loss.set_title("Loss")
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_title("Accuracy")
+    ax_acc.set_ylabel("accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    if single:
+        ax_loss.legend(fontsize="small")
+        ax_acc.legend(fontsize="small")
+    else:
+        _style_legend(ax_acc, [("-", "train"), ("--", "test")], loc="lower right")
+        ax_loss.legend(fontsize="small", title="run")
+    fig.suptitle(f"Training: {labels[0]}" if single else "Training")
+    return fig
+
+
+def _alignment(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | str:
+    if not any(r.metrics["alignment"].notna().any() for r in runs):
+        return "no alignment measured (measured together with sharpness)"
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for run, label, colour in zip(runs, labels, _colours(len(runs))):
+        m = run.metrics.sort_values("step", kind="stable")
+        d = m[m["alignment"].notna()]
+        ax.plot(d["step"], d["alignment"], color=colour, marker=_marker(d), markersize=3,
+                linewidth=1.3, label=label)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("|cos(ε, v₁)|")
+    ax.set_title("Alignment of the update direction ε with the top eigenvector v₁")
+    ax.grid(True, alpha=0.3)
+    if len(runs) > 1:
+        ax.legend(fontsize="small", title="run")
+    return fig
+
+
+def _density(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | str:
+    densities = [(run, label, read_density(run.path)) for run, label in zip(runs, labels)]
+    densities = [(r, lab, d) for r, lab, d in densities if d is not None and len(d)]
+    if not densities:
+        return "no density.csv (write one with sharp spectrum --density)"
+    n = len(densities)
+    ncols = min(n, 3)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(5.5 * ncols, 4.2 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (run, label, d) in zip(axes, densities):
+        groups = sorted(d.groupby(["step", "checkpoint"], sort=False), key=lambda g: g[0][0])
+        cmap = _viridis()
+        top = float(d["density"].max()) if d["density"].notna().any() else 1.0
+        for i, ((step, _), g) in enumerate(groups):
+            g = g.sort_values("eigenvalue")
+            colour = cmap(i / max(len(groups) - 1, 1))
+            ax.plot(g["eigenvalue"], g["density"].clip(lower=top * 1e-10), color=colour,
+                    linewidth=1.3, label=f"step {int(step)}")
+        lr = run.config.get("lr")
+        if lr:
+            edge = gd_edge(float(lr), float(run.config.get("momentum") or 0.0),
+                           bool(run.config.get("nesterov")))
+            ax.axvline(edge, color="black", linestyle="--", linewidth=1, label="GD edge 2/η")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=top * 1e-8)
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("density")
+        ax.set_title(f"Hessian spectral density: {label}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small", ncols=2 if len(groups) > 6 else 1)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig
+
+
+def _plain_log_axis(ax) -> None:
+    """A log y axis labelled 20, 30, 0.01 rather than 2×10¹."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_PlainLog(ax.yaxis.get_major_formatter()))
+    ax.yaxis.set_minor_formatter(_PlainLog(ax.yaxis.get_minor_formatter()))
+
+
+class _PlainLog(Formatter):
+    """matplotlib's log formatter decides which ticks get a label (minor ones too over short
+    ranges); this one only changes how those labels read."""
+
+    def __init__(self, inner: Formatter):
+        self.inner = inner
+
+    def set_axis(self, axis) -> None:
+        super().set_axis(axis)
+        self.inner.set_axis(axis)
+
+    def set_locs(self, locs) -> None:
+        self.inner.set_locs(locs)
+
+    def __call__(self, x, pos=None) -> str:
+        return f"{x:g}" if self.inner(x, pos) else ""
+
+
+def _viridis():
+    from matplotlib import colormaps
+
+    return colormaps["viridis"]

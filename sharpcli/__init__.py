@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
-from sharpcli.checkpoints import load_checkpoint  # noqa: E402
-
 __all__ = ["load_checkpoint", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: importing torch takes seconds, and `sharp --help` or `sharp summarize` need none.
+    if name == "load_checkpoint":
+        from sharpcli.checkpoints import load_checkpoint
+
+        return load_checkpoint
+    raise AttributeError(f"module 'sharpcli' has no attribute {name!r}")

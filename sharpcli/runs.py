@@ -18,11 +18,9 @@ from typing import Iterable
 
 import pandas as pd
 
+from sharpcli.csvlog import METRICS_COLUMNS
 from sharpcli.errors import SharpError
 
-METRICS_COLUMNS = ("step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",
-                   "test_acc", "grad_norm", "sharpness", "alignment", "gd_edge", "sam_edge",
-                   "seconds")
 # Every metrics column except `phase` holds numbers (or nothing).
 NUMERIC_METRICS = tuple(c for c in METRICS_COLUMNS if c != "phase")
 PHASES = ("gd", "sgd", "sam", "eigen-sam")

@@ -26,6 +26,7 @@ app = typer.Typer(
 _COMMAND_MODULES: list[str] = [
     "sharpcli.cli.eos",
     "sharpcli.cli.plot",
+    "sharpcli.cli.spectrum",
     "sharpcli.cli.summarize",
     "sharpcli.cli.train",
 ]

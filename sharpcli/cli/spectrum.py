@@ -1,0 +1,211 @@
+"""`sharp spectrum`: flags map one to one onto SpectrumConfig; the work is sharpcli.spectrum."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sharpcli.cli.progress import progress_bar
+from sharpcli.spectrum import SpectrumConfig
+
+D = SpectrumConfig()
+EIG, TRACE, DENS, DATA, RUN = "Eigenvalues", "Trace", "Density", "Hessian", "Run"
+
+HELP = (
+    "Hessian spectrum of checkpoints: top-k eigenvalues, trace, spectral density.\n\n"
+    "CKPT_OR_RUN is a checkpoint file, a checkpoint folder checkpoints/<run>, a run folder "
+    "reports/<run> or a run name; a run means all of its checkpoints in step order, so one "
+    "command gives the spectrum's history over training. The model, loss and data come from "
+    "each checkpoint's config; the Hessian is that of the mean loss over the first --samples "
+    "examples of --split (default: the run's whole training subset), every example weighted "
+    "equally however the products are chunked.\n\n"
+    "Writes spectrum.csv (checkpoint,step,block,quantity,index,value,residual,converged,"
+    "n_hvp,seconds) into the run's report folder, or beside the checkpoint when it has "
+    "none, or to --out; with --density also density.csv (checkpoint,step,eigenvalue,density) "
+    "beside it. index is the eigenvalue's rank (1 = largest) and 0 for trace and density; "
+    "residual is ‖Hv − λv‖ for eigenvalues and the standard error for trace and density; "
+    "n_hvp and seconds are those of the computation that produced the row (the whole top-k "
+    "solve for eigenvalues). The density row's value is the trace the density implies "
+    "(n times its mean). Each file is rewritten by the command.\n\n"
+    "Models are measured in eval mode: BatchNorm uses its running statistics, Dropout is "
+    "off. --hessian-mode train normalises each chunk of --batch-size examples by its own "
+    "batch statistics instead, the function SGD differentiated (which then depends on the "
+    "chunking); Dropout stays off. The model is left exactly as found."
+)
+
+
+class Method(str, Enum):
+    lanczos = "lanczos"
+    power = "power"
+
+
+class TraceMethod(str, Enum):
+    hutchinson = "hutchinson"
+    hutchpp = "hutch++"
+
+
+class Split(str, Enum):
+    train = "train"
+    test = "test"
+
+
+class Backend(str, Enum):
+    native = "native"
+    pyhessian = "pyhessian"
+
+
+class HessianMode(str, Enum):
+    eval = "eval"
+    train = "train"
+
+
+def _opt(help: str, panel: str, *names: str, **kw):
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
+
+
+def spectrum_command(
+    targets: Annotated[list[str], typer.Argument(
+        help="Checkpoint files, checkpoints/<run>, reports/<run> or run names.",
+        metavar="CKPT_OR_RUN...", show_default=False)],
+    top_k: Annotated[int, _opt("Number of top eigenvalues (largest first).", EIG)] = D.top_k,
+    method: Annotated[Optional[Method], _opt(
+        "lanczos (default: full reorthogonalisation, then restarts on the deflated operator "
+        "so that repeated or clustered eigenvalues are not missed) or power (iteration with "
+        "deflation, as PyHessian; finds the largest |λ| first). --backend pyhessian: power "
+        "only.", EIG,
+        show_default=False)] = None,
+    tol: Annotated[float, _opt(
+        "lanczos: stop when every residual ‖Hv − λv‖ ≤ tol·|λ₁|; power and pyhessian: when λ "
+        "changes by less than tol relative between iterations.", EIG)] = D.tol,
+    max_iter: Annotated[Optional[int], _opt(
+        "Most Hessian-vector products per Lanczos run (default max(100, 2·top-k)), or per "
+        "eigenvalue for power and pyhessian (default 100).", EIG, show_default=False)] = D.max_iter,
+    per_layer: Annotated[bool, _opt(
+        "Also the top eigenvalues (and with --trace the trace) of each layer's diagonal Hessian "
+        "block, block = the module owning the parameters.", EIG)] = D.per_layer,
+    trace: Annotated[bool, _opt("Estimate the trace (Rademacher probes) with its standard error.",
+                                TRACE)] = D.trace,
+    trace_probes: Annotated[int, _opt("Hutchinson probes (hutch++: the whole HVP budget).",
+                                      TRACE)] = D.trace_probes,
+    trace_method: Annotated[TraceMethod, _opt("hutchinson, or hutch++ (Meyer et al. 2021: lower "
+                                              "variance when a few eigenvalues dominate).",
+                                              TRACE)] = TraceMethod(D.trace_method),
+    trace_tol: Annotated[Optional[float], _opt(
+        "Stop early once the standard error ≤ tol·|trace| (after 10 probes). pyhessian: its "
+        "own rule, relative change of the running mean. Default: all probes.", TRACE,
+        show_default=False)] = D.trace_tol,
+    density: Annotated[bool, _opt("Spectral density by stochastic Lanczos quadrature into "
+                                  "density.csv.", DENS)] = D.density,
+    density_runs: Annotated[int, _opt("SLQ runs (random probes) averaged.", DENS)] = D.density_runs,
+    density_iters: Annotated[int, _opt("Lanczos steps per SLQ run.", DENS)] = D.density_iters,
+    density_grid: Annotated[int, _opt("Points of the eigenvalue grid.", DENS)] = D.density_grid,
+    density_sigma: Annotated[float, _opt("Gaussian smoothing width, relative to the spectrum's "
+                                         "range; keep --density-grid ≳ 10/sigma.",
+                                         DENS)] = D.density_sigma,
+    density_out: Annotated[Optional[Path], _opt(
+        "Where density.csv goes (default: beside spectrum.csv).", DENS,
+        show_default=False)] = None,
+    samples: Annotated[Optional[int], _opt(
+        "The first N examples of the split (default: all of the run's subset).", DATA,
+        show_default=False)] = D.samples,
+    split: Annotated[Split, _opt("Examples of the training or the test subset.", DATA)] = Split(D.split),
+    batch_size: Annotated[Optional[int], _opt(
+        "Examples per chunk of a Hessian-vector product (memory bound; default: the run's "
+        "--physical-batch-size).", DATA, show_default=False)] = D.batch_size,
+    hessian_mode: Annotated[HessianMode, _opt(
+        "eval: BatchNorm running statistics; train: each chunk's batch statistics. Dropout "
+        "is off in both.", DATA)] = HessianMode(D.hessian_mode),
+    backend: Annotated[Backend, _opt(
+        "native, or pyhessian to cross-check with the pyhessian package (eigenvalues and "
+        "trace only).", RUN)] = Backend(D.backend),
+    device: Annotated[str, _opt("auto, cpu, cuda, cuda:N or mps.", RUN)] = D.device,
+    seed: Annotated[int, _opt("Seed of the random start vectors and probes.", RUN)] = D.seed,
+    out: Annotated[Optional[Path], _opt(
+        "Write every row to this CSV instead of reports/<run>/spectrum.csv.", RUN,
+        show_default=False)] = None,
+    quiet: Annotated[bool, _opt("No progress bar and no table.", RUN, "--quiet", "-q")] = False,
+) -> None:
+    from sharpcli.interrupt import stop_on_signals
+    from sharpcli.spectrum import run_spectrum
+
+    cfg = SpectrumConfig(
+        top_k=top_k, method=method.value if method else None, tol=tol, max_iter=max_iter,
+        trace=trace, trace_probes=trace_probes, trace_method=trace_method.value,
+        trace_tol=trace_tol, density=density, density_runs=density_runs,
+        density_iters=density_iters, density_grid=density_grid, density_sigma=density_sigma,
+        per_layer=per_layer, samples=samples, split=split.value, batch_size=batch_size,
+        backend=backend.value, hessian_mode=hessian_mode.value, device=device, seed=seed)
+    with stop_on_signals() as stop, progress_bar("spectrum", total=1, quiet=quiet) as bar:
+        def on_start(i, total, path):
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=i, total=total, info=path.name)
+
+        def on_done(i, total, result):
+            if bar is not None:
+                lam = next((r.value for r in result.rows if r.quantity == "eigenvalue"), math.nan)
+                bar.update(bar.task_ids[0], completed=i + 1, info=f"step {result.step}: λ₁ {lam:.4g}")
+
+        results = run_spectrum(targets, cfg, out=out, density_out=density_out,
+                               should_stop=lambda: stop.requested, on_start=on_start,
+                               on_done=on_done)
+    if not quiet:
+        print_table(results, cfg)
+
+
+def print_table(results, cfg: SpectrumConfig) -> None:
+    """One line per checkpoint and block: λ₁..λ_k, their largest residual ‖Hv − λv‖, how many
+    converged, the trace, and the products and seconds of it all; the detail is in the CSV."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    if not console.is_terminal:  # a log file or a pipe: no terminal width to fit
+        console = Console(highlight=False, width=160)
+    k = cfg.top_k
+    title = (f"Hessian spectrum ({cfg.backend}, {cfg.eigen_method}, top {k}; "
+             f"{results[0].n_examples} {cfg.split} examples, {results[0].n_params} parameters)"
+             if results else "Hessian spectrum")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table.add_column("step", justify="right")
+    table.add_column("block", overflow="fold")
+    for i in range(1, k + 1):
+        table.add_column(f"λ{_subscript(i)}", justify="right")
+    table.add_column("resid", justify="right")
+    table.add_column("conv", justify="right")
+    if cfg.trace:
+        table.add_column("trace", justify="right")
+        table.add_column("± se", justify="right")
+    table.add_column("HVPs", justify="right")
+    table.add_column("s", justify="right")
+    for result in results:
+        blocks = dict.fromkeys(r.block for r in result.rows)
+        for block in blocks:
+            rows = [r for r in result.rows if r.block == block]
+            eig = [r for r in rows if r.quantity == "eigenvalue"]
+            cells = [str(result.step), block] + [f"{r.value:.4g}" for r in eig] + [""] * (k - len(eig))
+            cells.append(f"{max(r.residual for r in eig):.2g}" if eig else "")
+            cells.append(f"{sum(bool(r.converged) for r in eig)}/{len(eig)}")
+            if cfg.trace:
+                tr = next((r for r in rows if r.quantity == "trace"), None)
+                cells += [f"{tr.value:.4g}", f"{tr.residual:.2g}"] if tr else ["", ""]
+            # eigenvalue rows repeat their solve's cost: count it once
+            solves = {(r.quantity, r.n_hvp, r.seconds) for r in rows}
+            cells.append(str(sum(n for _, n, _ in solves)))
+            cells.append(f"{sum(s for _, _, s in solves):.2f}")
+            table.add_row(*cells)
+    console.print(table)
+    for path in dict.fromkeys(p for r in results for p in (r.spectrum_csv, r.density_csv) if p):
+        console.print(f"wrote {path}")
+
+
+def _subscript(i: int) -> str:
+    return str(i).translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("spectrum", help=HELP)(spectrum_command)

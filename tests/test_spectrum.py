@@ -1,0 +1,237 @@
+"""sharpcli.spectrum and the pyhessian backend against dense Hessians of small models."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from sharpcli.errors import Interrupted, SharpError
+from sharpcli.hessian import HessianOperator
+from sharpcli.linalg import DenseOperator, lanczos, matrix_with_spectrum
+from sharpcli.losses import ce_loss, mse_loss
+from sharpcli.params import named_param_groups
+from sharpcli.pyhessian_backend import _pairs, pyhessian_eigenvalues, pyhessian_trace
+from sharpcli.spectrum import Problem, SpectrumConfig, compute_spectrum, lanczos_top_k
+from tests.helpers import dense_hessian, tiny_bn_net, tiny_mlp
+
+
+def _problem(model, loss=mse_loss, n=40, seed=1, **kw):
+    gen = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(n, model[0].in_features, generator=gen, dtype=dtype)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    return Problem(model, loss, x, y, **kw)
+
+
+def _dense(problem):
+    """The Hessian in float64 of the model's weights as they are (float32 or not)."""
+    model = copy.deepcopy(problem.model).double()
+    return dense_hessian(model, problem.loss_fn, problem.x.double(), problem.y)
+
+
+def _rows(problem, **cfg):
+    return [r for rows, _ in compute_spectrum(problem, SpectrumConfig(**cfg)) for r in rows]
+
+
+def _values(rows, quantity="eigenvalue", block="all"):
+    return torch.tensor([r.value for r in rows if r.quantity == quantity and r.block == block],
+                        dtype=torch.float64)
+
+
+# --- native -------------------------------------------------------------------------------
+
+def test_lanczos_top_k_matches_dense_eigenvalues_in_float32():
+    problem = _problem(tiny_mlp(dtype=torch.float32))
+    truth = torch.linalg.eigvalsh(_dense(problem)).flip(0)
+    rows = _rows(problem, top_k=8, tol=1e-5, max_iter=200)
+    assert [r.index for r in rows] == list(range(1, 9))
+    assert all(r.converged for r in rows)
+    assert len({(r.n_hvp, r.seconds) for r in rows}) == 1  # the whole solve, on every row
+    # float32 products carry relative errors ~1e-7 of ‖H‖; we see ~1e-7 relative here
+    assert torch.allclose(_values(rows), truth[:8], rtol=1e-4, atol=0)
+    for r, lam in zip(rows, truth):
+        assert r.residual <= 1e-5 * float(truth[0]) * 1.01
+
+
+def test_power_iteration_matches_dense_top_eigenvalue():
+    problem = _problem(tiny_mlp(dtype=torch.float64), loss=ce_loss)
+    truth = torch.linalg.eigvalsh(_dense(problem))
+    assert truth[-1] > -truth[0]  # power iteration finds the largest |λ|: make it λ₁
+    rows = _rows(problem, top_k=1, method="power", tol=1e-10, max_iter=2000)
+    assert rows[0].value == pytest.approx(float(truth[-1]), rel=1e-6)
+
+
+def test_repeated_eigenvalues_are_found_with_their_multiplicity():
+    op = DenseOperator(matrix_with_spectrum([5, 5, 5, 3, 1, 0.5, 0.2, -1, -2, -4]))
+    assert lanczos(op, 4, tol=1e-10).eigenvalues.tolist() != pytest.approx([5, 5, 5, 3])
+    res = lanczos_top_k(op, 4, tol=1e-10)
+    assert res.eigenvalues.tolist() == pytest.approx([5, 5, 5, 3], abs=1e-8)
+    assert (res.residuals < 1e-8).all() and res.converged.all()
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_trace_within_three_standard_errors_of_dense_trace(method):
+    problem = _problem(tiny_mlp(dtype=torch.float32))
+    truth = float(torch.trace(_dense(problem)))
+    (row,) = [r for r in _rows(problem, top_k=1, trace=True, trace_probes=60, trace_method=method)
+              if r.quantity == "trace"]
+    assert row.index == 0 and row.n_hvp == 60 and row.converged is None
+    assert 0 < row.residual < 0.2 * abs(truth)
+    assert abs(row.value - truth) <= 3 * row.residual
+
+
+def test_density_integrates_to_one_and_sits_at_dense_eigenvalues():
+    problem = _problem(tiny_mlp(hidden=4, dtype=torch.float64), n=30)  # 63 parameters
+    truth = torch.linalg.eigvalsh(_dense(problem))
+    out = list(compute_spectrum(problem, SpectrumConfig(top_k=1, density=True, density_runs=10,
+                                                        density_iters=100, density_grid=4000,
+                                                        density_sigma=0.002)))
+    (summary,), curve = out[-1]
+    t = torch.tensor([c["eigenvalue"] for c in curve], dtype=torch.float64)
+    d = torch.tensor([c["density"] for c in curve], dtype=torch.float64)
+    assert (d >= 0).all() and float(torch.trapezoid(d, t)) == pytest.approx(1, abs=1e-9)
+    # with as many Lanczos steps as parameters the nodes are the eigenvalues: the mass lies
+    # within a few smoothing widths of them
+    width = 0.002 * float(truth[-1] - truth[0])
+    near = (t[:, None] - truth[None, :]).abs().min(dim=1).values <= 4 * width
+    assert float(torch.trapezoid(d * near, t)) > 0.999
+    # the density's mean times n is the trace (Hutchinson over the SLQ probes)
+    assert summary.quantity == "density" and summary.n_hvp == 10 * 63
+    assert abs(summary.value - float(truth.sum())) <= 3 * summary.residual
+
+
+def test_per_layer_blocks_match_dense_sub_blocks():
+    # MSE: the output layer's block repeats each eigenvalue once per class
+    problem = _problem(tiny_mlp(dtype=torch.float32))
+    dense = _dense(problem)
+    rows = _rows(problem, top_k=6, tol=1e-6, max_iter=200, per_layer=True)
+    start = 0
+    for name, params in named_param_groups(problem.model).items():
+        n = sum(p.numel() for p in params)
+        block = dense[start:start + n, start:start + n]
+        start += n
+        truth = torch.linalg.eigvalsh(block).flip(0)[:6]
+        assert torch.allclose(_values(rows, block=name), truth, atol=1e-4 * float(truth[0]), rtol=0), name
+    assert start == dense.shape[0]
+    head = _values(rows, block="4").tolist()  # three copies of each value, all found
+    assert head[:3] == pytest.approx([head[0]] * 3, rel=1e-4) and head[3] < head[0] * (1 - 1e-3)
+
+
+def test_small_block_gives_all_its_eigenvalues_and_top_k_above_size_is_an_error():
+    model = tiny_bn_net(dtype=torch.float32)  # BatchNorm block: 12 parameters
+    problem = _problem(model)
+    rows = _rows(problem, top_k=15, per_layer=True, max_iter=100)
+    assert len(_values(rows, block="1")) == 12 and len(_values(rows)) == 15
+    with pytest.raises(SharpError, match="--top-k 100 is more than the model's 69 parameters"):
+        _rows(problem, top_k=100, max_iter=200)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_batchnorm_modes_and_the_model_is_left_as_found(mode):
+    model = tiny_bn_net(dtype=torch.float64)
+    model.train()
+    problem = _problem(model, n=24, chunk_size=24)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    truth = torch.linalg.eigvalsh(HessianOperator(model, mse_loss, problem.x, problem.y,
+                                                  mode=mode).dense()).flip(0)[:3]
+    rows = _rows(problem, top_k=3, tol=1e-8, max_iter=69, hessian_mode=mode)
+    assert torch.allclose(_values(rows), truth, rtol=1e-7)
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    other = "train" if mode == "eval" else "eval"
+    assert not torch.allclose(_values(_rows(problem, top_k=3, tol=1e-8, max_iter=69,
+                                            hessian_mode=other)), truth, rtol=1e-3)
+
+
+def test_should_stop_interrupts_within_one_product():
+    calls = []
+    problem = _problem(tiny_mlp(), should_stop=lambda: calls.append(1) or len(calls) > 5)
+    with pytest.raises(Interrupted):
+        _rows(problem, top_k=3, tol=1e-12, max_iter=100)
+    assert len(calls) == 6
+
+
+# --- the pyhessian backend ----------------------------------------------------------------
+
+def test_pyhessian_lambda1_agrees_with_native_within_its_tolerance():
+    problem = _problem(tiny_mlp(dtype=torch.float64), loss=ce_loss)
+    truth = torch.linalg.eigvalsh(_dense(problem)).flip(0)
+    tol = 1e-4
+    ph = pyhessian_eigenvalues(problem, 1, tol=tol, max_iter=1000, seed=0)
+    native = _values(_rows(problem, top_k=1, tol=1e-8, max_iter=200))
+    assert float(native[0]) == pytest.approx(float(truth[0]), rel=1e-10)
+    # power iteration stops when λ changes by < tol relative; the error left is about that
+    # change over 1 − (λ₂/λ₁)², the rate at which the Rayleigh quotient converges
+    rho = float(truth[1] / truth[0])
+    assert bool(ph.converged[0])
+    assert abs(float(ph.eigenvalues[0]) - float(native[0])) <= tol / (1 - rho**2) * float(native[0])
+    # its residual is that of the vector whose Rayleigh quotient it returned: an eigenvalue
+    # lies within it (and it is no larger than the vector distance allows)
+    assert abs(float(ph.eigenvalues[0]) - float(truth[0])) <= float(ph.residuals[0])
+
+
+def test_pyhessian_trace_within_three_standard_errors():
+    problem = _problem(tiny_mlp(dtype=torch.float64))
+    truth = float(torch.trace(_dense(problem)))
+    tr = pyhessian_trace(problem, 50, seed=3)
+    assert tr.n_probes == 50 and tr.n_matvec == 50
+    assert abs(tr.estimate - truth) <= 3 * tr.stderr
+
+
+@pytest.mark.parametrize("chunk_size", [40, 15])  # its cached-gradient path, its loader path
+def test_pyhessian_counts_every_product(monkeypatch, chunk_size):
+    problem = _problem(tiny_mlp(dtype=torch.float64), chunk_size=chunk_size)
+    grads = []
+    original = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: grads.append(1) or original(*a, **k))
+    res = pyhessian_eigenvalues(problem, 2, tol=0.0, max_iter=7)  # tol 0: never converges
+    assert res.n_matvec == 14 and not res.converged.any()
+    chunks = math.ceil(40 / chunk_size)
+    assert len(grads) == (14 * chunks if chunks > 1 else 14)
+    assert torch.allclose(res.eigenvalues, res.eigenvalues.sort(descending=True).values)
+
+
+def test_pyhessian_leaves_model_rng_and_dtype_as_found():
+    model = tiny_bn_net(dtype=torch.float64)
+    model.train()
+    model[4].eval()  # a mixed state, restored module by module
+    problem = _problem(model, n=24)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    pyhessian_eigenvalues(problem, 2, max_iter=20)
+    pyhessian_trace(problem, 5)
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_pyhessian_measures_what_native_eval_mode_measures():
+    model = tiny_bn_net(dtype=torch.float64)
+    model.train()
+    problem = _problem(model, n=24)
+    native = _values(_rows(problem, top_k=1, tol=1e-9, max_iter=69))
+    ph = pyhessian_eigenvalues(problem, 1, tol=1e-9, max_iter=3000)
+    assert float(ph.eigenvalues[0]) == pytest.approx(float(native[0]), rel=1e-5)
+
+
+@pytest.mark.parametrize("flags,words", [
+    ({"per_layer": True}, "--per-layer"), ({"density": True}, "torch.eig"),
+    ({"method": "lanczos"}, "power iteration only"), ({"trace_method": "hutch++"}, "hutch++"),
+    ({"hessian_mode": "train"}, "eval mode")])
+def test_pyhessian_refuses_what_it_lacks(flags, words):
+    with pytest.raises(SharpError, match="--backend pyhessian cannot do") as err:
+        SpectrumConfig(backend="pyhessian", **flags).validate()
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_replay_of_pyhessians_stopping_rule():
+    # pair 1 converges at its 3rd product (returns the 2nd quotient); pair 2 runs out (max 3)
+    quotients = [1.0, 2.0, 2.0001, 5.0, 6.0, 7.0]
+    assert _pairs(quotients, 2, 1e-3, 3) == [(1, True), (5, False)]
+    assert _pairs(quotients[:-1], 2, 1e-3, 3) is None

@@ -98,8 +98,9 @@ def spectrum_command(
         "Stop early once the standard error ≤ tol·|trace| (after 10 probes). pyhessian: its "
         "own rule, relative change of the running mean. Default: all probes.", TRACE,
         show_default=False)] = D.trace_tol,
-    density: Annotated[bool, _opt("Spectral density by stochastic Lanczos quadrature into "
-                                  "density.csv.", DENS)] = D.density,
+    density: Annotated[bool, _opt("Spectral density of the whole network's Hessian by "
+                                  "stochastic Lanczos quadrature, into density.csv.",
+                                  DENS)] = D.density,
     density_runs: Annotated[int, _opt("SLQ runs (random probes) averaged.", DENS)] = D.density_runs,
     density_iters: Annotated[int, _opt("Lanczos steps per SLQ run.", DENS)] = D.density_iters,
     density_grid: Annotated[int, _opt("Points of the eigenvalue grid.", DENS)] = D.density_grid,

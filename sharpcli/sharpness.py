@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sharpcli.hessian import HessianOperator
-from sharpcli.linalg.lanczos import lanczos
+from sharpcli.linalg import lanczos, lanczos_top_k
 from sharpcli.losses import LossFn
 
 
@@ -32,7 +32,10 @@ def measure_sharpness(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: tor
     """λ₁..λ_k of the Hessian of the mean loss over (x, y) by Lanczos; `v0` (the last v₁)
     warm-starts it, which cuts the HVPs needed along a training run severalfold."""
     op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode)
-    result = lanczos(op, k=k, tol=tol, max_iter=min(max_iter, op.size), v0=v0, seed=seed)
+    if k == 1:
+        result = lanczos(op, k=1, tol=tol, max_iter=min(max_iter, op.size), v0=v0, seed=seed)
+    else:  # restarts catch cluster members and repeated eigenvalues a single run misses
+        result = lanczos_top_k(op, k, tol=tol, max_iter=max_iter, v0=v0, seed=seed)
     return Sharpness(result.eigenvalues, result.residuals, result.eigenvectors[:, 0].detach(),
                      result.n_matvec)
 

@@ -12,7 +12,8 @@ from sharpcli.linalg import DenseOperator, lanczos, matrix_with_spectrum
 from sharpcli.losses import ce_loss, mse_loss
 from sharpcli.params import named_param_groups
 from sharpcli.pyhessian_backend import _pairs, pyhessian_eigenvalues, pyhessian_trace
-from sharpcli.spectrum import Problem, SpectrumConfig, compute_spectrum, lanczos_top_k
+from sharpcli.linalg import lanczos_top_k
+from sharpcli.spectrum import Problem, SpectrumConfig, compute_spectrum
 from tests.helpers import dense_hessian, tiny_bn_net, tiny_mlp
 
 

@@ -1,5 +1,6 @@
 """Matrix-free linear algebra on symmetric operators: eigensolvers, trace, spectral density."""
 
+from sharpcli.linalg.deflation import lanczos_top_k
 from sharpcli.linalg.density import slq_density
 from sharpcli.linalg.lanczos import lanczos
 from sharpcli.linalg.operator import DenseOperator, LinearOperator, matrix_with_spectrum
@@ -10,6 +11,6 @@ from sharpcli.linalg.trace import hutchinson_trace
 
 __all__ = [
     "DenseOperator", "DensityResult", "EigenResult", "LinalgInputError", "LinearOperator",
-    "TraceResult", "hutchinson_trace", "lanczos", "matrix_with_spectrum", "power_iteration",
-    "slq_density",
+    "TraceResult", "hutchinson_trace", "lanczos", "lanczos_top_k", "matrix_with_spectrum",
+    "power_iteration", "slq_density",
 ]

@@ -12,25 +12,45 @@ from typing import Any, Callable
 
 from sharpcli.errors import SharpError
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class _RememberWriteErrors:
+    """The file as `write` sees it, remembering the first OSError a write raised: torch.save
+    reports a failed write as a RuntimeError, and we still want to say "disk full"."""
+
+    def __init__(self, f) -> None:
+        self._f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    target = None
     try:
         with os.fdopen(fd, mode) as f:
-            write(f)
+            target = _RememberWriteErrors(f)
+            write(target)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         _remove_quietly(tmp)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause = target.error if target is not None and target.error is not None else err
+        if isinstance(cause, OSError) and cause.errno in _DISK_FULL:
             raise SharpError(f"no space left on the device while writing {path}; "
                              f"free some space (or use --keep-last) and --resume") from None
-        raise
-    except BaseException:
-        _remove_quietly(tmp)
         raise
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,12 +73,13 @@ def read_checkpoint(path: str | Path) -> dict:
         raise SharpError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise SharpError(f"{path} is a folder, not a checkpoint file")
+    _check_zip_checksums(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
-        raise SharpError(f"{path} is not a sharpcli checkpoint: it holds objects that cannot be "
-                         f"loaded safely ({first[:120]})") from None
+        raise SharpError(_refusal(path, str(err))) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise SharpError(f"{path} is not a readable checkpoint (truncated or corrupted?): "
                          f"{type(err).__name__}") from None
@@ -88,10 +90,49 @@ def read_checkpoint(path: str | Path) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise SharpError(f"{path} is an incomplete sharpcli checkpoint: missing {missing}")
+    wrong = [k for k, kind in _KINDS.items() if not isinstance(payload[k], kind)]
+    if wrong:
+        raise SharpError(f"{path} is a damaged sharpcli checkpoint: {', '.join(wrong)} "
+                         f"{'has' if len(wrong) == 1 else 'have'} the wrong type")
     if payload["version"] > CHECKPOINT_VERSION:
         raise SharpError(f"{path} has checkpoint version {payload['version']}; this sharpcli reads "
                          f"up to {CHECKPOINT_VERSION}: upgrade sharpcli")
     return payload
+
+
+# The type each field must have, so that a file with the right keys but the wrong contents
+# is an error here rather than a traceback later.
+_KINDS = {"version": int, "step": int, "epoch": (int, float), "config": dict, "model": dict,
+          "optimizer": dict, "rng": dict}
+
+
+def _check_zip_checksums(path: Path) -> None:
+    """torch.load does not check the CRC-32 that torch.save writes for every entry of the zip,
+    so a damaged file could load as plausible garbage; reading it once here (fast next to
+    loading) catches that. Files that are not zips are left to torch.load to reject."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except Exception as err:  # zipfile raises assorted types on damaged headers
+        raise SharpError(f"{path} is not a readable checkpoint (truncated or corrupted?): "
+                         f"{type(err).__name__}") from None
+    if damaged is not None:
+        raise SharpError(f"{path} is a corrupted checkpoint: its contents fail their "
+                         f"checksum (damaged on disk or in transfer)")
+
+
+def _refusal(path: Path, message: str) -> str:
+    """One line from torch's long weights_only explanation: the Python objects the file asked
+    for (loading those could run code), or else what the unpickler could not read."""
+    names = re.findall(r"GLOBAL ([\w.]+)", message)
+    if names:
+        return (f"{path} is not a sharpcli checkpoint: loading it would call "
+                f"{', '.join(dict.fromkeys(names))}, which could run code; refused")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+    return (f"{path} is not a readable checkpoint: unsupported pickle content"
+            + (f" ({detail.group(1).strip()})" if detail else ""))
 
 
 @dataclass

@@ -1,11 +1,14 @@
-"""Append-only CSV logs with a fixed header: each row is flushed as soon as it is written,
-so a crash or Ctrl-C loses nothing already logged."""
+"""Append-only CSV logs with a fixed header: each row goes to the file in one unbuffered
+write as soon as it is logged, so a crash or Ctrl-C loses nothing already logged, and a row
+that could not be written whole (disk full) is cut off again rather than left half there."""
 
 from __future__ import annotations
 
 import csv
 import errno
+import io
 import math
+import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -26,6 +29,13 @@ def format_cell(value) -> str:
     return str(value)
 
 
+def _step_of(cell: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        return math.inf  # unreadable: never kept
+
+
 class CsvLog:
     """A CSV file with a fixed column list. `truncate_after_step` supports --resume: rows at
     or after the resumed step are dropped before they are logged again."""
@@ -38,13 +48,12 @@ class CsvLog:
     def open(self, *, fresh: bool, keep_below_step: int | None = None) -> "CsvLog":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if fresh or not self.path.exists():
-            self._file = open(self.path, "w", newline="")
-            self._file.write(",".join(self.columns) + "\n")
-            self._file.flush()
+            self._file = open(self.path, "wb", buffering=0)
+            self._append(",".join(self.columns) + "\n")
             return self
         if keep_below_step is not None:
             self._keep_rows_below(keep_below_step)
-        self._file = open(self.path, "a", newline="")
+        self._file = open(self.path, "ab", buffering=0)
         return self
 
     def _keep_rows_below(self, step: int) -> None:
@@ -54,7 +63,8 @@ class CsvLog:
         if header != self.columns:
             raise SharpError(f"{self.path} has columns {header}, expected {self.columns}")
         i = header.index("step")
-        kept = [r for r in body if r and int(float(r[i])) < step]
+        # A row cut short by a crash is dropped: it would read back as a row of empty cells.
+        kept = [r for r in body if len(r) == len(header) and _step_of(r[i]) < step]
         from sharpcli.atomic import atomic_write
 
         def write(f):
@@ -68,12 +78,22 @@ class CsvLog:
         unknown = set(row) - set(self.columns)
         if unknown:
             raise ValueError(f"columns {sorted(unknown)} are not in {self.path.name}")
-        line = ",".join(format_cell(row.get(c)) for c in self.columns) + "\n"
+        line = io.StringIO()  # csv quotes a cell holding a comma (a checkpoint path may)
+        csv.writer(line, lineterminator="\n").writerow(format_cell(row.get(c)) for c in self.columns)
+        self._append(line.getvalue())
+
+    def _append(self, line: str) -> None:
+        data = memoryview(line.encode())
+        start = self._file.seek(0, os.SEEK_END)
         try:
-            self._file.write(line)
-            self._file.flush()
-        except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            while data:  # an unbuffered write may take only part of the bytes
+                data = data[self._file.write(data):]
+        except BaseException as err:
+            try:
+                os.ftruncate(self._file.fileno(), start)  # never leave half a row behind
+            except OSError:
+                pass
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SharpError(f"no space left on the device while writing {self.path}") from None
             raise
 

@@ -45,7 +45,8 @@ from sharpcli.train_setup import (SAM_OPTIMIZERS, StepPlan, choose_run_name, pla
 # Settings that may differ when a run is resumed: they do not change what is computed.
 TOP_EIGENVALUE_COLUMNS = ["step", "index", "eigenvalue", "residual"]
 
-RESUMABLE_CHANGES = {"resume", "quiet", "device", "steps", "epochs", "data_dir", "keep_last"}
+RESUMABLE_CHANGES = {"resume", "quiet", "device", "steps", "epochs", "data_dir", "keep_last",
+                     "reports_dir", "checkpoints_dir"}  # a moved run can be resumed
 
 
 @dataclass
@@ -184,6 +185,10 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
                         config=record, model=model, optimizer=optimizer,
                         extra={"elapsed": elapsed(), "top_vector": top_vector,
                                "eigen_vector": eigen.v})
+
+    def prune() -> None:
+        """--keep-last, applied once the step's gradient is known to be finite: a checkpoint
+        of diverged weights must never push out the last good one."""
         if config.keep_last:
             for old in list_checkpoints(ckpt_dir)[:-config.keep_last]:
                 old.unlink(missing_ok=True)
@@ -199,9 +204,12 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
             is_last = step == plan.total_steps
             if stop.requested:
                 checkpoint(step)
+                prune()
                 raise Interrupted(f"stopped by {stop.signal_name} at step {step}; saved "
                                   f"{checkpoint_path(ckpt_dir, step)}; continue with --resume")
-            if (step % config.checkpoint_every == 0 or is_last) and not (existing and step == start_step):
+            saved_now = ((step % config.checkpoint_every == 0 or is_last)
+                         and not (existing and step == start_step))
+            if saved_now:
                 checkpoint(step)
 
             # 2. the gradient of the step's batch at w_t
@@ -214,6 +222,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
             g = gradient_vector(params)
             grad_norm = g.norm()
             if not (torch.isfinite(batch_loss) and torch.isfinite(grad_norm)):
+                if saved_now:  # w_t itself is bad: not a checkpoint to resume from
+                    checkpoint_path(ckpt_dir, step).unlink(missing_ok=True)
                 saved = list_checkpoints(ckpt_dir)
                 last_good = saved[-1] if saved else "none"
                 log.write({"step": step, "epoch": plan.epoch_at(step), "phase": phase, "lr": lr,
@@ -222,6 +232,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
                 raise DivergedError(f"training diverged at step {step} (loss {float(batch_loss)}, "
                                     f"‖g‖ {float(grad_norm)}); last good checkpoint: {last_good}; "
                                     f"try a smaller --lr than {config.lr:g}")
+            if saved_now:
+                prune()
 
             # The perturbation direction this step's update is built from: ε in SAM phases
             # (SPEC §4), ∝ g otherwise.
@@ -270,6 +282,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
             stop_reason = _early_stop(config, row)
             if stop_reason and not is_last:
                 checkpoint(step)
+                prune()
                 result.stopped_early = stop_reason
                 break
             if is_last:

@@ -29,6 +29,8 @@ def _positive(value, flag: str, *, allow_zero: bool = False, optional: bool = Fa
     if value is None or (value < 0 if allow_zero else value <= 0) or value != value:
         bound = "zero or more" if allow_zero else "positive"
         raise SharpError(f"{flag} must be {bound}, got {value}")
+    if not math.isfinite(value):
+        raise SharpError(f"{flag} must be a finite number, got {value}")
 
 
 def validate_config(c: TrainConfig) -> None:

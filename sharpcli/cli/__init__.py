@@ -42,10 +42,39 @@ def _register_all() -> None:
 _register_all()
 
 
+def _click_errors() -> tuple[type, tuple[type, ...]]:
+    try:  # recent Typer ships its own copy of click
+        from typer._click import exceptions as ex
+    except ImportError:  # pragma: no cover - older Typer on the real click
+        from click import exceptions as ex
+    help_error = getattr(ex, "NoArgsIsHelpError", None)
+    return ex.ClickException, (help_error,) if help_error else ()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `sharp` console script and `python -m sharpcli`."""
+    """Entry point of the `sharp` console script and `python -m sharpcli`.
+
+    Every way out is an exit code of SPEC §1 with at most one line on stderr: usage errors
+    (bad choice, bad number, unknown option) and SharpError exit 2 (DivergedError and
+    StrictCheckFailed 1, Interrupted 130); Ctrl-C outside a training loop exits 130 quietly.
+    Anything else is a bug and keeps its traceback."""
+    click_error, help_errors = _click_errors()
     try:
-        app(args=argv, prog_name="sharp")
+        # standalone_mode=False: click's errors reach us instead of a multi-line Rich box.
+        code = app(args=argv, prog_name="sharp", standalone_mode=False)
     except SharpError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except help_errors as err:  # `sharp` alone: the help text
+        err.show()
+        sys.exit(err.exit_code)
+    except click_error as err:
+        message = " ".join(err.format_message().replace(": Value error, ", ": ").split())
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        print(f"error: {message}{hint}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        sys.exit(130)
+    if isinstance(code, int) and not isinstance(code, bool):  # typer.Exit(code), --help
+        sys.exit(code)

@@ -6,6 +6,7 @@ The signalled runs start together as subprocesses, and the uninterrupted referen
 this process meanwhile, so that the start-up of Python and torch is paid once in wall time."""
 
 import csv
+import os
 import re
 import signal
 import threading
@@ -126,15 +127,24 @@ def assert_one_line_error_text(err: str) -> None:
     assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
 
 
-def test_ctrl_c_outside_the_training_loop_exits_130_quietly(tmp_path, monkeypatch):
-    """Ctrl-C while the data loads (before the loop's handler is installed): exit 130, no
-    traceback, nothing half written."""
+def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def sigterm(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler interrupts this at once
+
+
+@pytest.mark.parametrize("interrupt", [ctrl_c, sigterm], ids=["SIGINT", "SIGTERM"])
+def test_signal_outside_the_training_loop_exits_130_quietly(tmp_path, monkeypatch, interrupt):
+    """A signal while the data loads (before the loop's own handler is installed): exit 130,
+    no traceback, nothing half written."""
     import sharpcli.train
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(sharpcli.train, "load_dataset", interrupted)
+    monkeypatch.setattr(sharpcli.train, "load_dataset", interrupt)
+    previous = signal.getsignal(signal.SIGTERM)
     result = sharp(*train_args(tmp_path, "r", "--steps", "4"))
     assert result.code == 130 and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "checkpoints").exists()
+    assert signal.getsignal(signal.SIGTERM) is previous

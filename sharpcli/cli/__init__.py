@@ -6,7 +6,9 @@ arrive as SharpError and leave as one line on stderr with the exit code SPEC §1
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import typer
 
@@ -51,6 +53,19 @@ def _click_errors() -> tuple[type, tuple[type, ...]]:
     return ex.ClickException, (help_error,) if help_error else ()
 
 
+def _sigterm_as_ctrl_c():
+    """SIGTERM outside a loop that handles it itself (training, spectrum) ends the command as
+    Ctrl-C does: exit 130, no traceback. Returns the handler it replaced (None off the main
+    thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `sharp` console script and `python -m sharpcli`.
 
@@ -59,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     StrictCheckFailed 1, Interrupted 130); Ctrl-C outside a training loop exits 130 quietly.
     Anything else is a bug and keeps its traceback."""
     click_error, help_errors = _click_errors()
+    previous_sigterm = _sigterm_as_ctrl_c()
     try:
         # standalone_mode=False: click's errors reach us instead of a multi-line Rich box.
         code = app(args=argv, prog_name="sharp", standalone_mode=False)
@@ -76,5 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(err.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         sys.exit(130)
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     if isinstance(code, int) and not isinstance(code, bool):  # typer.Exit(code), --help
         sys.exit(code)

@@ -90,7 +90,9 @@ def train_command(
                 parts = []
                 if row.get("train_loss") is not None:
                     parts.append(f"loss {row['train_loss']:.4g}")
-                if row.get("sharpness") is not None:
+                if row.get("sharpness") is not None and row.get("sam_edge") is not None:
+                    parts.append(f"λ₁ {row['sharpness']:.4g} / SAM edge {row['sam_edge']:.4g}")
+                elif row.get("sharpness") is not None and row.get("gd_edge") is not None:
                     parts.append(f"λ₁ {row['sharpness']:.4g} / 2/η {row['gd_edge']:.4g}")
                 info = "  ".join(parts)
             bar.update(task, completed=step, total=total, **({"info": info} if info else {}))

@@ -117,3 +117,12 @@ RECORD_ONLY_KEYS = {"versions", "resolved_device", "created", "total_steps", "st
 # Settings that do not change what is computed: runs differing only in these are repeats.
 NON_SETTING_KEYS = {"seed", "run_name", "reports_dir", "checkpoints_dir", "resume", "quiet",
                     "device", "data_dir", "download", "physical_batch_size", "keep_last"} | RECORD_ONLY_KEYS
+
+# Settings that a given optimizer never reads: leaving them out of a run's setting keeps,
+# say, a gd run and a gd run with a different (unused) --rho in one group.
+UNUSED_BY_OPTIMIZER = {
+    "gd": {"rho", "adaptive", "alpha", "eig_every", "eig_iters", "sam_start"},
+    "sgd": {"rho", "adaptive", "alpha", "eig_every", "eig_iters", "sam_start"},
+    "sam": {"alpha", "eig_every", "eig_iters"},
+    "eigen-sam": {"adaptive"},
+}

@@ -1,7 +1,8 @@
 """One table over many runs: mean ± std over seeds, grouped by setting (SPEC §8).
 
 A run's *setting* is its config.json minus NON_SETTING_KEYS (seed, run_name, device, paths,
-record-only keys such as versions) and minus any keys the caller chooses to ignore; runs
+record-only keys such as versions), minus the flags its optimizer never reads (--rho for
+gd, say: UNUSED_BY_OPTIMIZER) and minus any keys the caller chooses to ignore; runs
 with equal settings are repeats over seeds and form one group. Per run:
 
 - final_test_acc: the last non-empty test_acc (a fraction in [0, 1], as in metrics.csv);
@@ -24,7 +25,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from sharpcli.config import NON_SETTING_KEYS
+from sharpcli.config import NON_SETTING_KEYS, UNUSED_BY_OPTIMIZER
 from sharpcli.errors import SharpError
 from sharpcli.runs import (METRICS_FILE, Run, find_run_dirs, last_value, read_config,
                            read_metrics, writable)
@@ -49,7 +50,7 @@ class Summary:
 
 def setting_of(config: dict, ignore: Iterable[str] = ()) -> dict:
     """The keys of a config that define what was computed."""
-    skip = NON_SETTING_KEYS | set(ignore)
+    skip = NON_SETTING_KEYS | UNUSED_BY_OPTIMIZER.get(config.get("optimizer"), set()) | set(ignore)
     return {k: v for k, v in config.items() if k not in skip}
 
 

@@ -107,6 +107,13 @@ def test_setting_of():
     assert "steps" not in setting_of(c, ignore=["steps"])
 
 
+def test_flags_the_optimizer_never_reads_do_not_split_groups(tmp_path):
+    write_run(tmp_path / "a", config("gd", 0, rho=0.05), rows(0.9, 0.9, 1.0))
+    write_run(tmp_path / "b", config("gd", 1, rho=0.1), rows(0.9, 0.9, 1.0))
+    write_run(tmp_path / "c", config("sam", 0, rho=0.1), rows(0.9, 0.9, 1.0))
+    assert summarize([tmp_path]).table["n_seeds"].tolist() == [2, 1]
+
+
 def test_int_and_float_values_are_one_setting(tmp_path):
     write_run(tmp_path / "a", config("gd", 0, lr=1), rows(0.9, 0.9, 1.0))
     write_run(tmp_path / "b", config("gd", 1, lr=1.0), rows(0.9, 0.9, 1.0))

@@ -135,7 +135,7 @@ def test_markdown(reports, tmp_path, capsys):
     assert out.splitlines() == [
         "| optimizer | rho | n | final test acc (%) | best test acc (%) | final λ₁ |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
-        "| gd | 0 | 3 | 92.0 ± 2.0 | 94.0 ± 2.6 | 12.0 ± 2.0 |",
+        "| gd | – | 3 | 92.0 ± 2.0 | 94.0 ± 2.6 | 12.0 ± 2.0 |",  # rho: unused by gd
         "| sam | 0.05 | 3 | 94.0 ± 1.0 | 95.3 ± 1.5 | 6.00 ± 1.00 |",
     ]
     assert f"wrote {tmp_path / 's.csv'}" in err  # stdout stays pure markdown

@@ -10,6 +10,10 @@ from enum import Enum
 from sharpcli.errors import SharpError
 
 
+# How a Hessian or evaluation treats BatchNorm: running statistics, or each chunk's own.
+MEASUREMENT_MODES = ("eval", "train")
+
+
 class Dataset(str, Enum):
     mnist1d = "mnist1d"
     digits = "digits"

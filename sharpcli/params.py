@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-MEASUREMENT_MODES = ("eval", "train")
+from sharpcli.config import MEASUREMENT_MODES
 
 
 def trainable_params(model: nn.Module) -> list[nn.Parameter]:

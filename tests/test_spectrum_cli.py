@@ -9,7 +9,8 @@ import torch
 from sharpcli import load_checkpoint
 from sharpcli.cli import main
 from sharpcli.errors import Interrupted
-from sharpcli.spectrum import SPECTRUM_COLUMNS, SpectrumConfig, run_spectrum
+from sharpcli.spectrum_config import SPECTRUM_COLUMNS, SpectrumConfig
+from sharpcli.spectrum_run import run_spectrum
 from tests.helpers import dense_hessian
 
 

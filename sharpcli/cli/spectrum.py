@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from sharpcli.cli.progress import progress_bar
-from sharpcli.spectrum import SpectrumConfig
+from sharpcli.spectrum_config import SpectrumConfig
 
 D = SpectrumConfig()
 EIG, TRACE, DENS, DATA, RUN = "Eigenvalues", "Trace", "Density", "Hessian", "Run"
@@ -131,7 +131,7 @@ def spectrum_command(
     quiet: Annotated[bool, _opt("No progress bar and no table.", RUN, "--quiet", "-q")] = False,
 ) -> None:
     from sharpcli.interrupt import stop_on_signals
-    from sharpcli.spectrum import run_spectrum
+    from sharpcli.spectrum_run import run_spectrum
 
     cfg = SpectrumConfig(
         top_k=top_k, method=method.value if method else None, tol=tol, max_iter=max_iter,

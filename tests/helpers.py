@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from sharpcli.linalg import DenseOperator
+
 
 def dense_hessian(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """∇²L(w) of the mean loss over all of (x, y) at once, by torch.autograd.functional.hessian
@@ -43,3 +45,17 @@ def tiny_bn_net(seed=0, dtype=torch.float64) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.5),
                          nn.Linear(6, 3)).to(dtype)
+
+
+class CountingOperator(DenseOperator):
+    """A dense symmetric operator that counts its matvecs (and checks what it is fed), so
+    tests can compare a solver's own count and cost with the truth."""
+
+    def __init__(self, matrix: torch.Tensor):
+        super().__init__(matrix)
+        self.calls = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        assert v.dtype == self.dtype and v.device == self.device
+        self.calls += 1
+        return super().matvec(v)

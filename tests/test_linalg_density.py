@@ -4,25 +4,7 @@ import pytest
 import torch
 
 from sharpcli.linalg import DenseOperator, matrix_with_spectrum, slq_density
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Dense LAPACK references on a busy 2-core machine crawl with several OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class Counting(DenseOperator):
-    def __init__(self, matrix):
-        super().__init__(matrix)
-        self.calls = 0
-
-    def matvec(self, v):
-        self.calls += 1
-        return super().matvec(v)
+from tests.helpers import CountingOperator as Counting
 
 
 def window_mass(result, centre, half_width):

@@ -5,33 +5,11 @@ import torch
 
 from sharpcli.errors import SharpError
 from sharpcli.linalg import DenseOperator, EigenResult, lanczos, matrix_with_spectrum
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Dense LAPACK references on a busy 2-core machine crawl with several OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.helpers import CountingOperator as Counting
 
 
 # (dtype, relative eigenvalue error, solver tol)
 PRECISION = {torch.float64: (1e-8, 1e-7), torch.float32: (1e-4, 1e-4)}
-
-
-class Counting(DenseOperator):
-    """A dense operator that counts its matvecs, to check the solvers' own counts."""
-
-    def __init__(self, matrix):
-        super().__init__(matrix)
-        self.calls = 0
-
-    def matvec(self, v):
-        assert v.dtype == self.dtype and v.device == self.device
-        self.calls += 1
-        return super().matvec(v)
 
 
 def make_op(eigenvalues, dtype, seed=0):

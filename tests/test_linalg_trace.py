@@ -6,25 +6,7 @@ import pytest
 import torch
 
 from sharpcli.linalg import DenseOperator, hutchinson_trace, matrix_with_spectrum
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Dense LAPACK references on a busy 2-core machine crawl with several OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class Counting(DenseOperator):
-    def __init__(self, matrix):
-        super().__init__(matrix)
-        self.calls = 0
-
-    def matvec(self, v):
-        self.calls += 1
-        return super().matvec(v)
+from tests.helpers import CountingOperator as Counting
 
 
 # a spectrum dominated by a few large eigenvalues, like a trained network's Hessian

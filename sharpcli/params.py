@@ -40,33 +40,48 @@ def num_params(params: Sequence[torch.Tensor]) -> int:
 
 
 @contextmanager
+def running_stats_frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """BatchNorm normalises with the batch's statistics and leaves its running statistics (and
+    num_batches_tracked) alone; every other module runs as it is set.
+
+    In train mode, track_running_stats=False means "use the batch's statistics and pass no
+    running buffers to update": no in-place write that would invalidate a cached autograd
+    graph (momentum=0 would still count batches)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    tracked = [m.track_running_stats for m in norms]
+    try:
+        for m in norms:
+            m.track_running_stats = False
+        yield model
+    finally:
+        for m, t in zip(norms, tracked):
+            m.track_running_stats = t
+
+
+@contextmanager
 def measurement_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module]:
     """Put the model in the state a Hessian or evaluation is taken in, then restore it exactly.
 
     "eval": BatchNorm uses its running statistics, Dropout is off — the function the
     trained network computes. "train": BatchNorm normalises each chunk with its own batch
-    statistics (the function the optimizer differentiated), Dropout still off so the
-    operator is deterministic. Running statistics are restored afterwards, so measuring
-    never changes the model (PyHessian leaves models in eval mode; we don't).
+    statistics (the function the optimizer differentiated) without updating its running
+    ones, Dropout still off so the operator is deterministic. Measuring never changes the
+    model (PyHessian leaves models in eval mode; we don't).
     """
     if mode not in MEASUREMENT_MODES:
         raise ValueError(f"mode must be one of {MEASUREMENT_MODES}, got {mode!r}")
-    flags = [(m, m.training, getattr(m, "track_running_stats", None)) for m in model.modules()]
+    flags = [(m, m.training) for m in model.modules()]
     try:
         if mode == "eval":
             model.eval()
+            yield model
         else:
             model.train()
             for m in model.modules():
                 if isinstance(m, nn.modules.dropout._DropoutNd):
                     m.eval()
-                elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    # Batch statistics without touching the running ones (no in-place update
-                    # that would invalidate a cached autograd graph).
-                    m.track_running_stats = False
-        yield model
+            with running_stats_frozen(model):
+                yield model
     finally:
-        for m, was_training, tracked in flags:
+        for m, was_training in flags:
             m.training = was_training
-            if tracked is not None:
-                m.track_running_stats = tracked

@@ -33,8 +33,7 @@ Choices (the papers leave them open):
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -43,7 +42,7 @@ from sharpcli.errors import SharpError
 from sharpcli.linalg.power import power_iteration
 from sharpcli.losses import LossFn
 from sharpcli.objective import accumulate_gradient
-from sharpcli.params import flatten, trainable_params, unflatten
+from sharpcli.params import flatten, running_stats_frozen, trainable_params, unflatten
 
 
 def _unit(g: torch.Tensor) -> torch.Tensor:
@@ -96,23 +95,6 @@ def perturbation(phase: str, g: torch.Tensor, params: Sequence[torch.Tensor], *,
 def check_sam_settings(optimizer: str, adaptive: bool) -> None:
     if adaptive and optimizer != "sam":
         raise SharpError(f"--adaptive (ASAM) applies to --optimizer sam, not {optimizer}")
-
-
-@contextmanager
-def running_stats_frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """BatchNorm normalises with batch statistics but leaves its running statistics (and
-    num_batches_tracked) alone; every other module, dropout included, runs as it is set."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    tracked = [m.track_running_stats for m in norms]
-    try:
-        for m in norms:
-            # In train mode, track_running_stats=False means "use the batch's statistics and
-            # pass no running buffers to update" (momentum=0 would still count batches).
-            m.track_running_stats = False
-        yield model
-    finally:
-        for m, t in zip(norms, tracked):
-            m.track_running_stats = t
 
 
 def sam_step(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,

@@ -11,9 +11,9 @@ from sharpcli.edges import sam_edge
 from sharpcli.hessian import HessianOperator
 from sharpcli.linalg import matrix_with_spectrum
 from sharpcli.objective import accumulate_gradient, gradient_vector
-from sharpcli.params import flatten, trainable_params
+from sharpcli.params import flatten, running_stats_frozen, trainable_params
 from sharpcli.sam import (EigenEstimate, asam_perturbation, eigen_sam_perturbation,
-                          perturbation, running_stats_frozen, sam_perturbation, sam_step)
+                          perturbation, sam_perturbation, sam_step)
 from tests.helpers import tiny_bn_net
 
 A = matrix_with_spectrum([5.0, 2.0, 1.0, 0.5, -0.3, 0.1], seed=3)  # 6×6, float64, indefinite

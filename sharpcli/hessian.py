@@ -4,6 +4,11 @@ H = ∇²L(w) with L = (1/N) Σᵢ ℓ(f(xᵢ; w), yᵢ). The product Hv is a do
 (Pearlmutter 1994), chunk by chunk, each chunk weighted by its share n/N of the examples.
 With `params` a subset of the weights, the operator is that diagonal block of H: the same
 eigensolvers then give per-layer spectra.
+
+`hvp="forward-over-reverse"` computes each chunk's Hv instead as the directional derivative
+of the gradient, torch.func.jvp(torch.func.grad(L), w, v): the same product, exact, with no
+graph kept between products. Double backward with a cached graph is the default, because
+it was the faster on every model family we measured (benchmarks/RESULTS.md §2).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.func import functional_call, grad, jvp
 
 from sharpcli.losses import LossFn
 from sharpcli.objective import chunk_slices, full_batch_gradient  # noqa: F401  (re-exported)
@@ -25,13 +31,19 @@ class HessianOperator:
     examples fit in one chunk the gradient graph is built once and each product is then a
     single backward pass through it (half the work of recomputing the forward).
     The model's train/eval mode and buffers are left exactly as found.
+    `hvp` picks how a product is computed (HVP_MODES; see the module docstring).
     """
+
+    HVP_MODES = ("double-backward", "forward-over-reverse")
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
-                 mode: str = "eval", cache_graph: bool = True):
+                 mode: str = "eval", cache_graph: bool = True, hvp: str = "double-backward"):
         if len(x) == 0:
             raise ValueError("the Hessian needs at least one example")
+        if hvp not in self.HVP_MODES:
+            raise ValueError(f"hvp must be one of {self.HVP_MODES}, got {hvp!r}")
+        self.hvp = hvp
         self.model, self.loss_fn, self.x, self.y = model, loss_fn, x, y
         self.params = list(params) if params is not None else trainable_params(model)
         self.size = sum(p.numel() for p in self.params)
@@ -41,7 +53,10 @@ class HessianOperator:
         self.slices = chunk_slices(len(x), chunk_size)
         self.n_matvec = 0
         self._cached_grads = None
-        if cache_graph and len(self.slices) == 1:
+        if hvp == "forward-over-reverse":
+            ids = {id(p): name for name, p in model.named_parameters()}
+            self._names = [ids[id(p)] for p in self.params]
+        elif cache_graph and len(self.slices) == 1:
             with measurement_mode(model, mode):
                 self._cached_grads = self._chunk_gradient(self.slices[0])
 
@@ -58,6 +73,19 @@ class HessianOperator:
                                  allow_unused=True)
         return flatten([h if h is not None else torch.zeros_like(p) for h, p in zip(hv, self.params)])
 
+    def _chunk_jvp(self, sl: slice, vs: list[torch.Tensor]) -> torch.Tensor:
+        """Forward-over-reverse: d/dt ∇L_chunk(w + t v) at t = 0, by torch.func."""
+        w = (sl.stop - sl.start) / len(self.x)
+        xs, ys = self.x[sl], self.y[sl]
+
+        def chunk_loss(weights: dict) -> torch.Tensor:
+            # Only self.params are replaced; other parameters and buffers are the module's own.
+            return w * self.loss_fn(functional_call(self.model, weights, (xs,)), ys)
+
+        primals = {n: p.detach() for n, p in zip(self._names, self.params)}
+        _, hv = jvp(grad(chunk_loss), (primals,), (dict(zip(self._names, vs)),))
+        return flatten([hv[n] for n in self._names])
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         if v.shape != (self.size,):
             raise ValueError(f"vector of shape {tuple(v.shape)} for an operator of size {self.size}")
@@ -68,7 +96,10 @@ class HessianOperator:
         out = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         with measurement_mode(self.model, self.mode):
             for sl in self.slices:
-                out += self._grad_dot(self._chunk_gradient(sl), vs, retain=False)
+                if self.hvp == "forward-over-reverse":
+                    out += self._chunk_jvp(sl, vs)
+                else:
+                    out += self._grad_dot(self._chunk_gradient(sl), vs, retain=False)
         return out
 
     def dense(self) -> torch.Tensor:

@@ -1,0 +1,121 @@
+"""HVP cost: one Hessian-vector product over one gradient on the same data, per model family.
+
+Variants, all of the mean loss over the same examples, timed interleaved in one process:
+- gradient: forward + backward (torch.autograd.grad), the unit of cost;
+- double backward: forward + backward with create_graph + a second backward (Pearlmutter);
+  what HessianOperator does when the examples span several chunks;
+- double backward, cached graph: the second backward only, on a graph built once; what
+  HessianOperator does when all examples fit in one chunk (the default up to 4096);
+- forward-over-reverse: torch.func.jvp of torch.func.grad (forward-mode through the
+  gradient computation; no graph can be kept between products);
+- HessianOperator.matvec in each of its modes, the library path with its flat-vector
+  bookkeeping.
+Each product is checked against the double-backward one before timing.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch.func import functional_call, grad, jvp
+
+from common import base_parser, command_line, interleaved, machine_line, setup, table, write_section
+from sharpcli.data import load_dataset
+from sharpcli.hessian import HessianOperator
+from sharpcli.losses import mse_loss
+from sharpcli.models import build_model
+from sharpcli.params import flatten, trainable_params, unflatten
+
+FAMILIES = {
+    # name: (data set, examples, model, width, depth)
+    "mlp 15k (default)": ("mnist1d", 1000, "mlp", 100, 2),
+    "mlp 0.3M": ("mnist1d", 1000, "mlp", 500, 2),
+    "cnn 20k (1-D)": ("mnist1d", 1000, "cnn", 64, 2),
+    "cnn 40k (2-D)": ("digits", 1000, "cnn", 64, 2),
+    "resnet18 w8 (BN, eval)": ("digits", 256, "resnet18", 8, 2),
+}
+QUICK = {
+    "mlp": ("mnist1d", 200, "mlp", 50, 2),
+    "cnn": ("mnist1d", 200, "cnn", 16, 2),
+    "resnet18 w4": ("digits", 64, "resnet18", 4, 2),
+}
+
+
+def variants(model, x, y):
+    params = trainable_params(model)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    n = sum(p.numel() for p in params)
+    v = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    vs = unflatten(v, params)
+
+    def loss_of(pdict):
+        return mse_loss(functional_call(model, pdict, (x,)), y)
+
+    primals = {k: p.detach() for k, p in zip(names, params)}
+    tangents = dict(zip(names, vs))
+
+    def gradient():
+        loss = mse_loss(model(x), y)
+        return flatten(torch.autograd.grad(loss, params))
+
+    def double_backward():
+        loss = mse_loss(model(x), y)
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        return flatten(torch.autograd.grad(g, params, grad_outputs=vs))
+
+    def forward_over_reverse():
+        _, hv = jvp(grad(loss_of), (primals,), (tangents,))
+        return flatten([hv[k] for k in names])
+
+    ops = {mode: HessianOperator(model, mse_loss, x, y, hvp=mode)
+           for mode in HessianOperator.HVP_MODES}
+    uncached = HessianOperator(model, mse_loss, x, y, cache_graph=False)
+    cached_graph = ops["double-backward"]
+
+    fns = {"gradient": gradient, "double backward": double_backward,
+           "double backward, cached graph": lambda: cached_graph.matvec(v),
+           "forward-over-reverse": forward_over_reverse,
+           "operator, double backward (uncached)": lambda: uncached.matvec(v)}
+    for mode, op in ops.items():
+        if mode != "double-backward":
+            fns[f"operator, {mode}"] = (lambda o: lambda: o.matvec(v))(op)
+    ref = double_backward()
+    for name, fn in fns.items():
+        if name != "gradient":
+            out = fn()
+            err = float((out - ref).norm() / ref.norm())
+            if err > 1e-4:
+                print(f"  {name}: relative difference {err:.2e} from double backward",
+                      file=sys.stderr)
+    return n, fns
+
+
+def main():
+    p = base_parser(__doc__.splitlines()[0])
+    args = p.parse_args()
+    setup(args.threads)
+    families = QUICK if args.quick else FAMILIES
+    rows = []
+    for fam, (dataset, n_ex, model_name, width, depth) in families.items():
+        data = load_dataset(dataset, train_size=n_ex, test_size=10)
+        torch.manual_seed(0)
+        model = build_model(model_name, data.input_shape, data.num_classes, width=width,
+                            depth=depth).eval()
+        n, fns = variants(model, data.x_train, data.y_train)
+        t = interleaved(fns, args.repeats, warmup=2)
+        print(fam, {k: f"{v * 1e3:.2f} ms" for k, v in t.items()}, file=sys.stderr)
+        base = t["gradient"]
+        for name, sec in t.items():
+            rows.append([fam, f"{n:,}", n_ex, name, sec * 1e3, sec / base])
+    text = [f"## 2. HVP cost: one Hessian-vector product over one gradient\n",
+            f"`{command_line()}` — {machine_line(args.threads)}\n",
+            "Models at initialisation (PyTorch default), eval mode, MSE loss, float32; "
+            f"medians of {args.repeats} interleaved repeats. `ratio` = time / time of one "
+            "gradient (forward + backward) on the same examples.\n",
+            table(["model", "parameters", "examples", "variant", "ms", "ratio"], rows)]
+    write_section("hvp" + ("-quick" if args.quick else ""), "\n".join(text))
+
+
+if __name__ == "__main__":
+    main()

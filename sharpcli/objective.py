@@ -38,25 +38,32 @@ def evaluate(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
 
 
 def accumulate_gradient(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-                        chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                        chunk_size: int = 4096) -> torch.Tensor:
     """Set each parameter's .grad to the gradient of the mean loss over (x, y).
 
     Runs in the model's current mode (train mode during training, so BatchNorm updates
-    its statistics as in any training step). Returns (loss, accuracy) as 0-d tensors of
-    the forward passes, still on the device.
+    its statistics as in any training step). Returns the loss of the forward passes as a
+    0-d tensor, still on the device (no host sync: this is the hot loop).
     """
     n = len(x)
     model.zero_grad(set_to_none=True)
     loss = torch.zeros((), device=x.device)
-    acc = torch.zeros((), device=x.device)
     for sl in chunk_slices(n, chunk_size):
-        out = model(x[sl])
         w = (sl.stop - sl.start) / n
-        chunk_loss = loss_fn(out, y[sl])
+        chunk_loss = loss_fn(model(x[sl]), y[sl])
         (w * chunk_loss).backward()
         loss += w * chunk_loss.detach()
-        acc += w * accuracy(out.detach(), y[sl])
-    return loss, acc
+    return loss
+
+
+def gradient_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """‖g‖ of the gradient held in .grad, without building the flat vector (0-d tensor)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads, 2.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def gradient_vector(params: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -34,7 +34,7 @@ from sharpcli.hessian import HessianOperator
 from sharpcli.interrupt import stop_on_signals
 from sharpcli.losses import get_loss
 from sharpcli.models import build_model
-from sharpcli.objective import accumulate_gradient, evaluate, gradient_vector
+from sharpcli.objective import accumulate_gradient, evaluate, gradient_norm, gradient_vector
 from sharpcli.optim import build_base_optimizer, lr_at, set_lr
 from sharpcli.params import trainable_params
 from sharpcli.sam import EigenEstimate, check_sam_settings, perturbation, sam_step
@@ -218,10 +218,9 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
             idx = sampler.indices(step)
             xb, yb = x[idx], y[idx]
             model.train()
-            batch_loss, _ = accumulate_gradient(model, loss_fn, xb, yb, chunk)
-            g = gradient_vector(params)
-            grad_norm = g.norm()
-            if not (torch.isfinite(batch_loss) and torch.isfinite(grad_norm)):
+            batch_loss = accumulate_gradient(model, loss_fn, xb, yb, chunk)
+            grad_norm = gradient_norm(params)
+            if not torch.isfinite(batch_loss + grad_norm):  # one host sync per step
                 if saved_now:  # w_t itself is bad: not a checkpoint to resume from
                     checkpoint_path(ckpt_dir, step).unlink(missing_ok=True)
                 saved = list_checkpoints(ckpt_dir)
@@ -235,9 +234,15 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
             if saved_now:
                 prune()
 
+            # 3. measure and log
+            measure_sharp = config.sharpness_every and step % config.sharpness_every == 0
+            evaluate_now = step % config.eval_every == 0 or is_last
+
             # The perturbation direction this step's update is built from: ε in SAM phases
-            # (SPEC §4), ∝ g otherwise.
-            direction = g
+            # (SPEC §4), ∝ g otherwise. The flat g is only built when something reads it.
+            direction = None
+            if measure_sharp or phase in SAM_OPTIMIZERS:
+                direction = g = gradient_vector(params)
             if phase in SAM_OPTIMIZERS:
                 if phase == "eigen-sam" and eigen.due(step):
                     batch_hessian = HessianOperator(model, loss_fn, xb, yb, chunk_size=chunk, mode="train")
@@ -245,9 +250,6 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
                 direction = perturbation(phase, g, params, rho=config.rho, adaptive=config.adaptive,
                                          alpha=config.alpha, v=eigen.v)  # ε
 
-            # 3. measure and log
-            measure_sharp = config.sharpness_every and step % config.sharpness_every == 0
-            evaluate_now = step % config.eval_every == 0 or is_last
             row = None
             if measure_sharp or evaluate_now:
                 row = {"step": step, "epoch": plan.epoch_at(step), "phase": phase, "lr": lr,

@@ -74,15 +74,15 @@ def test_checkpoint_of_the_diverged_step_is_not_kept(tmp_path):
 
 def test_nan_gradient_with_finite_loss(tmp_path, monkeypatch):
     """The gradient alone going NaN (here: forced at step 5) is a divergence too."""
-    real = sharpcli.train.gradient_vector
+    real = sharpcli.train.gradient_norm
     calls = []
 
     def nan_at_step_5(params):
-        g = real(params)
+        norm = real(params)
         calls.append(1)
-        return torch.full_like(g, math.nan) if len(calls) == 6 else g
+        return torch.full_like(norm, math.nan) if len(calls) == 6 else norm
 
-    monkeypatch.setattr(sharpcli.train, "gradient_vector", nan_at_step_5)
+    monkeypatch.setattr(sharpcli.train, "gradient_norm", nan_at_step_5)
     result = sharp(*train_args(tmp_path, "r", "--steps", "10", "--sharpness-every", "2",
                                "--eval-every", "2", "--checkpoint-every", "2"))
     line = assert_one_line_error(result, 1, "diverged at step 5", "‖g‖ nan")

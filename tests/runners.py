@@ -96,3 +96,14 @@ def without_column(lines: list[str], column: str) -> list[str]:
     """CSV lines (no quoted commas) without one column: for comparing runs minus `seconds`."""
     i = lines[0].split(",").index(column)
     return [",".join(c for j, c in enumerate(line.split(",")) if j != i) for line in lines]
+
+
+def cli(args, capsys):
+    """Run `sharp ARGS` in-process: (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sharpcli.cli import main
 from sharpcli.edges import gd_edge, sam_edge
 from sharpcli.eos import (EOS_COLUMNS, edge_table, eos_run, measure_checkpoints,
                           summarize_edges)
 from sharpcli.errors import SharpError
 from sharpcli.runs import write_run
+from tests.runners import cli
 
 LR = 0.1  # GD edge 2/η = 20
 
@@ -94,17 +94,6 @@ def runs(tmp_path):
         "sam": write_run(reports / "sam", base_config(optimizer="sam", run_name="sam"), sam_rows()),
     }
     return paths
-
-
-def cli(args, capsys):
-    """Run `sharp ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- the library ------------------------------------------------------------------------

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sharpcli.cli import main
 from sharpcli.edges import sam_edge
 from sharpcli.errors import SharpError
 from sharpcli.plots import figures, plot_runs
 from sharpcli.runs import load_run, write_run
+from tests.runners import cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -51,17 +51,6 @@ def assert_png(path: Path, min_size=(100, 100)):
         assert img.format == "PNG"
         assert img.size[0] >= min_size[0] and img.size[1] >= min_size[1]
         return img.size
-
-
-def cli(args, capsys):
-    """Run `sharp ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_single_run_writes_every_figure_into_its_folder(tmp_path, capsys):

@@ -5,10 +5,10 @@ import math
 import pandas as pd
 import pytest
 
-from sharpcli.cli import main
 from sharpcli.errors import SharpError
 from sharpcli.runs import write_run
 from sharpcli.summarize import format_mean_std, setting_of, summarize, to_markdown
+from tests.runners import cli
 
 # Two settings × three seeds. Each run logs test_acc at steps 0, 10, 20 and sharpness at
 # 0 and 10 (step 20 has no sharpness: the final sharpness is the step-10 value).
@@ -57,17 +57,6 @@ def reports(tmp_path):
         where = root / "exp-a" if optimizer == "gd" else root / "exp-b" / "nested"
         write_run(where / f"{optimizer}-s{seed}", config(optimizer, seed), rows(**v))
     return root
-
-
-def cli(args, capsys):
-    """Run `sharp ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_means_and_stds_by_hand(reports):

@@ -56,7 +56,7 @@ class TrainConfig:
     data_dir: str = "data"
     download: bool = False
     train_size: int | None = 1000
-    test_size: int | None = 1000
+    test_size: int | None = None  # None: the whole test split (mnist1d: 1000, digits: 360)
     # model
     model: str = "mlp"
     width: int | None = None  # None: the model's own default (mlp 100, cnn 32, resnet 64, wrn 16)

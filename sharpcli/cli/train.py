@@ -23,7 +23,7 @@ def train_command(
     data_dir: Annotated[str, _opt("Folder holding the torchvision data sets.", DATA)] = D.data_dir,
     download: Annotated[bool, _opt("Allow torchvision to download a missing data set into --data-dir.", DATA)] = D.download,
     train_size: Annotated[Optional[int], _opt("Use the first N training examples (default 1000; 0 = all).", DATA)] = D.train_size,
-    test_size: Annotated[Optional[int], _opt("Use the first N test examples (default 1000; 0 = all).", DATA)] = D.test_size,
+    test_size: Annotated[Optional[int], _opt("Use the first N test examples (default: the whole test split).", DATA)] = D.test_size,
     model: Annotated[Model, _opt("Architecture; ResNets and WRN are the CIFAR variants.", MODEL)] = Model(D.model),
     width: Annotated[Optional[int], _opt("Hidden units (mlp) or base channels (cnn, resnet, wrn); default per model.", MODEL)] = D.width,
     depth: Annotated[int, _opt("Hidden layers (mlp) or conv layers (cnn).", MODEL)] = D.depth,

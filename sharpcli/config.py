@@ -4,7 +4,7 @@ checkpoint so that a checkpoint alone rebuilds its model and data."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from sharpcli.errors import SharpError

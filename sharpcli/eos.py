@@ -263,7 +263,8 @@ def measure_checkpoints(run_dir: str | Path, *, config: dict | None = None,
 
     import sharpcli
     try:
-        from sharpcli.hessian import HessianOperator, full_batch_gradient
+        from sharpcli.hessian import HessianOperator
+        from sharpcli.objective import full_batch_gradient
         from sharpcli.linalg.lanczos import lanczos
     except ImportError as err:
         raise SharpError(f"--from-checkpoints needs the Hessian solver, missing here: {err}") \

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 
 from sharpcli.losses import LossFn
-from sharpcli.objective import chunk_slices, full_batch_gradient  # noqa: F401  (re-exported)
+from sharpcli.objective import chunk_slices
 from sharpcli.params import flatten, measurement_mode, trainable_params, unflatten
 
 

@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -120,18 +120,7 @@ def read_metrics(run_dir: str | os.PathLike,
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise SharpError(f"{path} is missing: nothing was logged for this run")
-    try:
-        df = pd.read_csv(path, dtype={"phase": "string"})
-    except pd.errors.EmptyDataError:
-        raise SharpError(f"{path} is empty: expected a header with columns "
-                         f"{','.join(METRICS_COLUMNS)}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
-        raise SharpError(f"{path} is not a readable CSV: {str(err).strip().splitlines()[0]}") \
-            from None
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise SharpError(f"{path} lacks columns {','.join(missing)}; expected the columns "
-                         f"{','.join(METRICS_COLUMNS)}")
+    df = _read_csv(path, required, METRICS_COLUMNS, dtype={"phase": "string"})
     for col in NUMERIC_METRICS:
         if col not in df.columns:
             continue
@@ -160,15 +149,7 @@ def read_density(run_dir: str | os.PathLike) -> pd.DataFrame | None:
     path = Path(run_dir) / DENSITY_FILE
     if not path.is_file():
         return None
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise SharpError(f"{path} is not a readable CSV: {str(err).strip().splitlines()[0]}") \
-            from None
-    missing = [c for c in DENSITY_COLUMNS if c not in df.columns]
-    if missing:
-        raise SharpError(f"{path} lacks columns {','.join(missing)}; expected "
-                         f"{','.join(DENSITY_COLUMNS)}")
+    df = _read_csv(path, DENSITY_COLUMNS, DENSITY_COLUMNS)
     for col in ("step", "eigenvalue", "density"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
@@ -229,3 +210,20 @@ def checkpoint_files(run_dir: str | os.PathLike, config: dict | None = None) -> 
             return files
     tried = " or ".join(str(c) for c in candidates)
     raise SharpError(f"no checkpoints (step-XXXXXXXX.pt) for run {run_dir.name!r} in {tried}")
+
+
+def _read_csv(path: Path, required: Iterable[str], expected: Sequence[str], **kw) -> pd.DataFrame:
+    """A CSV as a DataFrame, or a one-line SharpError naming the file and what was expected."""
+    try:
+        df = pd.read_csv(path, **kw)
+    except pd.errors.EmptyDataError:
+        raise SharpError(f"{path} is empty: expected a header with columns "
+                         f"{','.join(expected)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+        raise SharpError(f"{path} is not a readable CSV: {str(err).strip().splitlines()[0]}") \
+            from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise SharpError(f"{path} lacks columns {','.join(missing)}; expected the columns "
+                         f"{','.join(expected)}")
+    return df

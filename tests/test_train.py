@@ -61,9 +61,13 @@ def test_checkpoint_loads_safely_and_rebuilds_model_and_data(tmp_path):
     x, y, xt, yt = ckpt.data()
     assert x.shape == (64, 40) and xt.shape == (32, 40)
     with torch.no_grad():
-        loss = ckpt.loss_fn(ckpt.model(x), y).item()
-    df = metrics(tmp_path, "r")
-    assert loss == pytest.approx(df.set_index("step").loc[4, "train_loss"], rel=1e-6)
+        out = ckpt.model(x)
+        loss = ckpt.loss_fn(out, y).item()
+        acc = (out.argmax(1) == y).float().mean().item()
+        test_acc = (ckpt.model(xt).argmax(1) == yt).float().mean().item()
+    row = metrics(tmp_path, "r").set_index("step").loc[4]
+    assert loss == pytest.approx(row["train_loss"], rel=1e-6)
+    assert acc == pytest.approx(row["train_acc"]) and test_acc == pytest.approx(row["test_acc"])
 
 
 def test_logged_sharpness_is_the_dense_top_eigenvalue(tmp_path):
@@ -77,8 +81,15 @@ def test_logged_sharpness_is_the_dense_top_eigenvalue(tmp_path):
         ckpt = sharpcli.load_checkpoint(tmp_path / "checkpoints" / "r" / f"step-{step:08d}.pt")
         model = ckpt.model.double()
         x, y, _, _ = ckpt.data()
-        lams = torch.linalg.eigvalsh(dense_hessian(model, ckpt.loss_fn, x.double(), y)).flip(0)[:3]
+        lams, vecs = torch.linalg.eigh(dense_hessian(model, ckpt.loss_fn, x.double(), y))
+        lams = lams.flip(0)[:3]
         assert df.loc[step, "sharpness"] == pytest.approx(lams[0].item(), rel=1e-4)
+        # alignment = |cos(g, v₁)| with g the full-batch gradient at w_t (gd: ε ∝ g)
+        model.zero_grad()
+        ckpt.loss_fn(model(x.double()), y).backward()
+        g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        cos = (g @ vecs[:, -1]).abs() / g.norm()
+        assert df.loc[step, "alignment"] == pytest.approx(cos.item(), rel=1e-3, abs=1e-6)
         logged = top[top["step"] == step]["eigenvalue"].to_numpy()
         assert logged == pytest.approx(lams.numpy(), rel=1e-4)
 

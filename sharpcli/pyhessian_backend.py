@@ -53,8 +53,8 @@ def check_supported(cfg: SpectrumConfig) -> None:
     if cfg.method == "lanczos":
         lacks.append("--method lanczos (it computes eigenvalues by power iteration only: "
                      "use --method power or leave --method out)")
-    if cfg.trace_method == "hutch++":
-        lacks.append("--trace-method hutch++ (it has Hutchinson only)")
+    if cfg.trace_method in ("hutch++", "gauss-newton"):
+        lacks.append(f"--trace-method {cfg.trace_method} (it has Hutchinson only)")
     if cfg.hessian_mode == "train":
         lacks.append("--hessian-mode train (it always puts the model in eval mode)")
     if lacks:

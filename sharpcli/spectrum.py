@@ -20,7 +20,9 @@ from torch import nn
 
 from sharpcli.errors import Interrupted, SharpError
 from sharpcli.hessian import HessianOperator
-from sharpcli.linalg import hutchinson_trace, lanczos_top_k, power_iteration, slq_density
+from sharpcli.ggn import GaussNewtonPart, gauss_newton_separable
+from sharpcli.linalg import (control_variate_trace, hutchinson_trace, lanczos_top_k,
+                             power_iteration, slq_density)
 from sharpcli.params import named_param_groups, num_params, trainable_params
 from sharpcli.spectrum_config import (DENSITY_COLUMNS, SPECTRUM_COLUMNS,  # noqa: F401 (re-exported)
                                       SpectrumConfig, SpectrumRow)
@@ -78,6 +80,11 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig) -> Iterator[tuple[li
 
         yield from pyhessian_quantities(problem, cfg)
         return
+    if cfg.trace and trace_method(problem.model, cfg) == "gauss-newton" \
+            and not gauss_newton_separable(problem.model, cfg.hessian_mode):
+        raise SharpError("--trace-method gauss-newton needs each example's output to depend on "
+                         "that example alone, and BatchNorm in --hessian-mode train normalises by "
+                         "the batch; use --hessian-mode eval or --trace-method hutchinson")
     for block, params in parameter_blocks(problem.model, cfg.per_layer).items():
         yield _eigen_rows(problem, cfg, block, params), []
         if cfg.trace:
@@ -111,11 +118,29 @@ def _eigen_rows(problem, cfg, block, params) -> list[SpectrumRow]:
                  bool(res.converged[i]), res.n_matvec, seconds) for i in range(k)]
 
 
+def trace_method(model: nn.Module, cfg: SpectrumConfig) -> str:
+    """--trace-method with `auto` resolved: the Gauss–Newton control variate wherever it
+    applies (each example's output its own), Hutchinson where it does not."""
+    if cfg.trace_method != "auto":
+        return cfg.trace_method
+    return "gauss-newton" if gauss_newton_separable(model, cfg.hessian_mode) else "hutchinson"
+
+
 def _trace_rows(problem, cfg, block, params) -> list[SpectrumRow]:
     start = time.perf_counter()
     op = _operator(problem, cfg, params)
-    res = hutchinson_trace(op, n_probes=cfg.trace_probes, tol=cfg.trace_tol or None,
-                           seed=cfg.seed, method=cfg.trace_method)
+    method = trace_method(problem.model, cfg)
+    if method == "gauss-newton":
+        # tr H = tr G (exact) + E[zᵀHz − zᵀGz]: only the small remainder is left to chance
+        part = GaussNewtonPart(problem.model, problem.loss_fn, problem.x, problem.y,
+                               chunk_size=problem.chunk_size, params=params,
+                               mode=cfg.hessian_mode)
+        res = control_variate_trace(op, part.trace(), part.quadratic_form,
+                                    n_probes=cfg.trace_probes, tol=cfg.trace_tol or None,
+                                    seed=cfg.seed)
+    else:
+        res = hutchinson_trace(op, n_probes=cfg.trace_probes, tol=cfg.trace_tol or None,
+                               seed=cfg.seed, method=method)
     seconds = time.perf_counter() - start
     return [_row(problem, block, "trace", 0, res.estimate, res.stderr, None, res.n_matvec,
                  seconds)]

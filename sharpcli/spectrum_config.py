@@ -15,7 +15,7 @@ SPECTRUM_COLUMNS = ["checkpoint", "step", "block", "quantity", "index", "value",
 DENSITY_COLUMNS = ["checkpoint", "step", "eigenvalue", "density"]
 METHODS = ("lanczos", "power")
 BACKENDS = ("native", "pyhessian")
-TRACE_METHODS = ("hutchinson", "hutch++")
+TRACE_METHODS = ("auto", "gauss-newton", "hutchinson", "hutch++")
 SPLITS = ("train", "test")
 
 
@@ -29,8 +29,8 @@ class SpectrumConfig:
     max_iter: int | None = None    # lanczos: per run (default max(100, 2k)); power: per pair (100)
     trace: bool = False
     trace_probes: int = 100
-    trace_method: str = "hutchinson"
-    trace_tol: float | None = None  # stop early once stderr ≤ tol·|trace| (None: all probes)
+    trace_method: str = "auto"      # gauss-newton where each example's output is its own, else hutchinson
+    trace_tol: float | None = 1e-3  # stop early once stderr ≤ tol·|trace| (None: all probes)
     density: bool = False
     density_runs: int = 5
     density_iters: int = 80

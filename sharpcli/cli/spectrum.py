@@ -44,6 +44,8 @@ class Method(str, Enum):
 
 
 class TraceMethod(str, Enum):
+    auto = "auto"
+    gauss_newton = "gauss-newton"
     hutchinson = "hutchinson"
     hutchpp = "hutch++"
 
@@ -89,15 +91,19 @@ def spectrum_command(
         "block, block = the module owning the parameters.", EIG)] = D.per_layer,
     trace: Annotated[bool, _opt("Estimate the trace (Rademacher probes) with its standard error.",
                                 TRACE)] = D.trace,
-    trace_probes: Annotated[int, _opt("Hutchinson probes (hutch++: the whole HVP budget).",
+    trace_probes: Annotated[int, _opt("Most probes, one HVP each (hutch++: the whole HVP budget).",
                                       TRACE)] = D.trace_probes,
-    trace_method: Annotated[TraceMethod, _opt("hutchinson, or hutch++ (Meyer et al. 2021: lower "
-                                              "variance when a few eigenvalues dominate).",
-                                              TRACE)] = TraceMethod(D.trace_method),
+    trace_method: Annotated[TraceMethod, _opt(
+        "gauss-newton: the Gauss–Newton part's trace exactly (per-example Jacobians), probes "
+        "only for the small rest, ~100× less variance; hutchinson; hutch++ (Meyer et al. "
+        "2021: for spectra a few eigenvalues dominate). auto: gauss-newton unless BatchNorm "
+        "in --hessian-mode train couples the examples, then hutchinson.",
+        TRACE)] = TraceMethod(D.trace_method),
     trace_tol: Annotated[Optional[float], _opt(
-        "Stop early once the standard error ≤ tol·|trace| (after 10 probes). pyhessian: its "
-        "own rule, relative change of the running mean. Default: all probes.", TRACE,
-        show_default=False)] = D.trace_tol,
+        "Stop early once the standard error ≤ tol·|trace| (after 10 probes, 5 for "
+        "gauss-newton; 0: all probes). pyhessian: its own rule, relative change of the "
+        "running mean.",
+        TRACE)] = D.trace_tol,
     density: Annotated[bool, _opt("Spectral density of the whole network's Hessian by "
                                   "stochastic Lanczos quadrature, into density.csv.",
                                   DENS)] = D.density,

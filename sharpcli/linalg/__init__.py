@@ -7,10 +7,10 @@ from sharpcli.linalg.operator import DenseOperator, LinearOperator, matrix_with_
 from sharpcli.linalg.power import power_iteration
 from sharpcli.linalg.results import (DensityResult, EigenResult, LinalgInputError,
                                      TraceResult)
-from sharpcli.linalg.trace import hutchinson_trace
+from sharpcli.linalg.trace import control_variate_trace, hutchinson_trace
 
 __all__ = [
     "DenseOperator", "DensityResult", "EigenResult", "LinalgInputError", "LinearOperator",
-    "TraceResult", "hutchinson_trace", "lanczos", "lanczos_top_k", "matrix_with_spectrum",
+    "TraceResult", "control_variate_trace", "hutchinson_trace", "lanczos", "lanczos_top_k", "matrix_with_spectrum",
     "power_iteration", "slq_density",
 ]

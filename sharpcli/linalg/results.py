@@ -7,7 +7,7 @@ float64 on the CPU, ready for a CSV; vectors stay in the operator's dtype on its
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,6 +40,7 @@ class TraceResult:
     stderr: float   # nan when fewer than two probes were averaged
     n_matvec: int   # matvecs spent in total
     n_probes: int   # Hutchinson probes averaged (for Hutch++: the residual-phase probes)
+    samples: list[float] = field(default_factory=list)  # the averaged per-probe values, in order
 
 
 @dataclass

@@ -1,34 +1,47 @@
 """Spectrum accuracy and cost: sharpcli's solvers against PyHessian on the same checkpoint,
 data, device (CPU) and thread count.
 
-For each checkpoint: λ₁, the top 5 and the trace, each by sharpcli (Lanczos; Hutch++ and
-Hutchinson) and by PyHessian 0.1 with its defaults (power iteration with deflation, tol 1e-3,
-at most 100 products per eigenvalue; Hutchinson, tol 1e-3, at most 100 probes), called
-directly. Errors are relative, against
+For each checkpoint: λ₁, the top 5 and the trace, each by sharpcli exactly as `sharp spectrum`
+computes them (eigenvalues: `lanczos_top_k`, Lanczos plus its restart check for missed
+eigenvalues, tol 1e-3; trace: the default `--trace-method auto`, i.e. the exact Gauss–Newton
+trace plus Hutchinson on the remainder, at most 100 probes, stopping once its standard
+error is below 0.3% of the trace), and by PyHessian 0.1
+with its defaults (power iteration with deflation, tol 1e-3, at most 100 products per
+eigenvalue; Hutchinson, tol 1e-3, at most 100 probes), called directly. For the top 5, a
+single Lanczos run without the restart check is listed too. Errors are relative, against
 - the dense Hessian (float64, eigvalsh) for the small MLP;
 - a tightly converged Lanczos (float64, residual tol 1e-10) for the larger ones, and for the
-  trace a float64 Hutch++ with a large budget (its standard error is quoted).
+  trace a float64 Hutch++ with a budget of 1200 products (its standard error is quoted).
+  These references share no code path with the Gauss–Newton estimator.
 Both sides run in float32 on the model as trained, with a cached gradient graph (one chunk
 of all examples). HVPs are counted by wrapping each library's product; wall times include
-building the operator (the forward and backward with create_graph), and are medians over
-interleaved repeats. Stochastic methods are run over several seeds: errors are medians.
+building the operator (the forward and backward with create_graph) and, for the
+Gauss–Newton trace, its Jacobian pass and one forward-mode product per probe. Each seed's
+calls are timed back to back (sharpcli, PyHessian), after one untimed warm-up of each;
+seconds are medians over the seeds.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import sys
+import time
 
 import torch
 from torch import nn
 
-from common import (base_parser, command_line, interleaved, machine_line, setup, table,
+from common import (WORK, base_parser, command_line, machine_line, setup, table,
                     trained_checkpoint, write_section)
 import sharpcli
+from sharpcli.ggn import GaussNewtonPart
 from sharpcli.hessian import HessianOperator
-from sharpcli.linalg import hutchinson_trace, lanczos
+from sharpcli.linalg import control_variate_trace, hutchinson_trace, lanczos, lanczos_top_k
 from sharpcli.losses import mse_loss
+from sharpcli.spectrum_config import SpectrumConfig
+
+DEFAULTS = SpectrumConfig()  # the flags' defaults: the benchmark measures what users get
 
 # pyhessian/__init__.py rebinds the name `pyhessian.hessian` to the class, hiding the
 # module: its module-level hessian_vector_product is reached through sys.modules.
@@ -92,60 +105,86 @@ class PyHessianRun:
         return sorted(values, reverse=True), self.n_hvp
 
 
-def native(model, x, y, what: str, seed: int, trace_budget: int):
+def native(model, x, y, what: str, seed: int):
+    """What `sharp spectrum` runs (sharpcli.spectrum), on the same operator."""
     op = HessianOperator(model, mse_loss, x, y)
-    if what == "lambda1":
-        r = lanczos(op, k=1, seed=seed)
+    if what in ("lambda1", "top5"):
+        r = lanczos_top_k(op, 1 if what == "lambda1" else 5, tol=DEFAULTS.tol,
+                          max_iter=DEFAULTS.iterations, seed=seed)
         return r.eigenvalues.tolist(), r.n_matvec
-    if what == "top5":
-        r = lanczos(op, k=5, seed=seed)
+    if what == "top5 (one Lanczos run)":
+        r = lanczos(op, k=5, tol=DEFAULTS.tol, max_iter=DEFAULTS.iterations, seed=seed)
         return r.eigenvalues.tolist(), r.n_matvec
-    r = hutchinson_trace(op, n_probes=trace_budget, seed=seed, method="hutch++")
+    part = GaussNewtonPart(model, mse_loss, x, y)
+    r = control_variate_trace(op, part.trace(), part.quadratic_form,
+                              n_probes=DEFAULTS.trace_probes, tol=DEFAULTS.trace_tol, seed=seed)
     return [r.estimate], r.n_matvec
 
 
-def truth(model64, x64, y, kind: str, quick: bool):
+def truth(model64, x64, y, kind: str, quick: bool, cache: str):
+    """λ₁…λ₅ and the trace with its standard error, cached per checkpoint as JSON."""
+    path = WORK / f"reference-{cache}{'-quick' if quick else ''}.json"
+    if path.exists():
+        ref = json.loads(path.read_text())
+        return ref["top"], ref["trace"], ref["trace_stderr"]
     op = HessianOperator(model64, mse_loss, x64, y)
     if kind == "dense":
         evals = torch.linalg.eigvalsh(op.dense())
-        return evals.flip(0)[:5].tolist(), float(evals.sum()), 0.0
-    r = lanczos(op, k=5, tol=1e-10, max_iter=100 if quick else 400, seed=123)
-    if not bool(r.converged.all()):
-        print(f"  warning: reference Lanczos residuals {r.residuals.tolist()}", file=sys.stderr)
-    tr = hutchinson_trace(op, n_probes=90 if quick else 1200, seed=321, method="hutch++")
-    return r.eigenvalues.tolist(), tr.estimate, tr.stderr
+        top, tr, se = evals.flip(0)[:5].tolist(), float(evals.sum()), 0.0
+    else:
+        r = lanczos(op, k=5, tol=1e-10, max_iter=100 if quick else 400, seed=123)
+        if not bool(r.converged.all()):
+            print(f"  warning: reference Lanczos residuals {r.residuals.tolist()}", file=sys.stderr)
+        t = hutchinson_trace(op, n_probes=90 if quick else 1200, seed=321, method="hutch++")
+        top, tr, se = r.eigenvalues.tolist(), t.estimate, t.stderr
+    path.write_text(json.dumps({"top": top, "trace": tr, "trace_stderr": se, "kind": kind}))
+    return top, tr, se
 
 
 def rel_err(values, ref) -> float:
     return max(abs(v - r) / abs(r) for v, r in zip(values, ref))
 
 
+QUANTITIES = (("lambda1", 1), ("top5", 5), ("top5 (one Lanczos run)", 5), ("trace", 1))
+
+
 def run_case(name, settings, kind, args):
-    ckpt = sharpcli.load_checkpoint(trained_checkpoint(f"spectrum-{name}", **settings))
+    path = trained_checkpoint(f"spectrum-{name}", **settings)
+    ckpt = sharpcli.load_checkpoint(path)
     model = ckpt.model
     x, y = ckpt.data()[:2]
     n_params = sum(p.numel() for p in model.parameters())
     model64 = copy.deepcopy(model).double()
-    ref_top, ref_trace, ref_trace_se = truth(model64, x.double(), y, kind, args.quick)
+    ref_top, ref_trace, ref_trace_se = truth(model64, x.double(), y, kind, args.quick,
+                                             path.parent.name)
     print(f"{name}: {n_params} parameters, {len(x)} examples, λ = {ref_top}, "
           f"tr = {ref_trace:.6g} ± {ref_trace_se:.2g}", file=sys.stderr)
     ph = PyHessianRun(model, x, y)
-    seeds = range(args.seeds)
+    native(model, x, y, "trace", 0)  # warm-ups: torch.func's first call sets itself up
+    ph("lambda1", 0)
     rows = []
-    for what, ref, k in (("lambda1", ref_top[:1], 1), ("top5", ref_top[:5], 5),
-                         ("trace", [ref_trace], 1)):
-        results = {"native": [native(model, x, y, what, s, args.trace_budget) for s in seeds],
-                   "pyhessian": [ph(what, s) for s in seeds]}
-        times = interleaved({"native": lambda: native(model, x, y, what, 0, args.trace_budget),
-                             "pyhessian": lambda: ph(what, 0)}, args.repeats)
-        for method, res in results.items():
-            errs = [rel_err(v[:k], ref) for v, _ in res]
-            hvps = statistics.mean(n for _, n in res)
-            rows.append([name, what, method, statistics.median(errs), max(errs), hvps,
-                         times[method]])
-        nat, pyh = rows[-2], rows[-1]
-        rows.append([name, what, "native / pyhessian", nat[3] / pyh[3] if pyh[3] else float("nan"),
-                     "", nat[5] / pyh[5], nat[6] / pyh[6]])
+    for what, k in QUANTITIES:
+        ref = [ref_trace] if what == "trace" else ref_top[:k]
+        res = {"native": [], "pyhessian": []}
+        secs = {"native": [], "pyhessian": []}
+        for s in range(args.seeds):
+            for method in (("native",) if "one Lanczos" in what else ("native", "pyhessian")):
+                t0 = time.perf_counter()
+                out = native(model, x, y, what, s) if method == "native" else ph(what.split()[0], s)
+                secs[method].append(time.perf_counter() - t0)
+                res[method].append(out)
+        print(f"  {what}: native {statistics.mean(n for _, n in res['native']):.1f} HVPs, "
+              f"{statistics.median(secs['native']):.3g} s", file=sys.stderr)
+        for method in ("native", "pyhessian"):
+            if not res[method]:
+                continue
+            errs = [rel_err(v[:k], ref) for v, _ in res[method]]
+            rows.append([name, what, method, statistics.median(errs), max(errs),
+                         statistics.mean(n for _, n in res[method]), statistics.median(secs[method])])
+        if res["pyhessian"]:
+            nat, pyh = rows[-2], rows[-1]
+            rows.append([name, what, "native / pyhessian", nat[3] / pyh[3] if pyh[3] else float("nan"),
+                         "", nat[5] / pyh[5], nat[6] / pyh[6]])
     sweep = trace_sweep(name, model, x, y, ref_trace, args.budgets, args.sweep_seeds)
     return n_params, len(x), ref_top, ref_trace, ref_trace_se, rows, sweep
 
@@ -155,51 +194,69 @@ def rms(errs) -> float:
 
 
 def trace_sweep(name, model, x, y, ref_trace, budgets, seeds):
-    """RMS relative trace error over seeds against the HVP budget m: PyHessian's Hutchinson
-    with exactly m probes (prefix means of one long run: what maxIter=m returns on the same
-    RNG stream) and sharpcli's Hutch++ with a budget of m."""
+    """RMS relative trace error over seeds against the number of probes m: PyHessian's
+    Hutchinson with exactly m probes (prefix means of one long run: what maxIter=m returns
+    on the same RNG stream), sharpcli's Hutch++ with a budget of m HVPs, and sharpcli's
+    Gauss–Newton estimator with m probes (prefix means likewise; m HVPs plus m forward-mode
+    products plus one Jacobian pass)."""
     ph = PyHessianRun(model, x, y)
     op = HessianOperator(model, mse_loss, x, y)
-    hutch = {m: [] for m in budgets}
-    hpp = {m: [] for m in budgets}
+    part = GaussNewtonPart(model, mse_loss, x, y)
+    t0 = time.perf_counter()
+    tr_g = part.trace()
+    jacobian_seconds = time.perf_counter() - t0
+    errs = {key: {m: [] for m in budgets} for key in ("hutch", "hpp", "gn")}
     for s in range(seeds):
         vhv, _ = ph("trace", 1000 + s, trace_probes=max(budgets))
+        gn = control_variate_trace(op, tr_g, part.quadratic_form, n_probes=max(budgets),
+                                   seed=1000 + s)
         for m in budgets:
-            hutch[m].append((statistics.mean(vhv[:m]) - ref_trace) / ref_trace)
+            errs["hutch"][m].append((statistics.mean(vhv[:m]) - ref_trace) / ref_trace)
             est = hutchinson_trace(op, n_probes=m, seed=1000 + s, method="hutch++").estimate
-            hpp[m].append((est - ref_trace) / ref_trace)
-    rows = [[name, m, rms(hutch[m]), rms(hpp[m])] for m in budgets]
+            errs["hpp"][m].append((est - ref_trace) / ref_trace)
+            errs["gn"][m].append((tr_g + statistics.mean(gn.samples[:m]) - ref_trace) / ref_trace)
+    rows = [[name, m] + [rms(errs[key][m]) for key in ("hutch", "hpp", "gn")] for m in budgets]
 
-    def first_below(errs):
-        return next((m for m in budgets if rms(errs[m]) <= 0.01), None)
-    return rows, first_below(hutch), first_below(hpp)
+    def first_below(e):
+        return next((m for m in budgets if rms(e[m]) <= 0.01), None)
+    exact_g = (tr_g - ref_trace) / ref_trace
+    return rows, [first_below(errs[key]) for key in ("hutch", "hpp", "gn")], exact_g, jacobian_seconds
 
 
 def main():
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--sweep-seeds", type=int, default=10, help="seeds of the trace sweep")
-    p.add_argument("--seeds", type=int, default=5, help="seeds of the random starts/probes")
-    p.add_argument("--trace-budget", type=int, default=30, help="Hutch++ matvec budget")
-    p.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 40, 80, 160, 320],
-                   help="HVP budgets of the trace sweep")
+    p.add_argument("--sweep-seeds", type=int, default=4, help="seeds of the trace sweep")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the random starts/probes")
+    p.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 40, 80],
+                   help="probe counts of the trace sweep")
+    p.add_argument("--only", nargs="+", metavar="CASE", help="run only these cases")
     args = p.parse_args()
     setup(args.threads)
     cases = QUICK if args.quick else CASES
+    if args.only:
+        cases = {n: cases[n] for n in args.only}
     out = [f"## 1. Spectrum: sharpcli against PyHessian\n",
            f"`{command_line()}` — {machine_line(args.threads)}\n",
            "Truth: " + "; ".join(f"{n} by {'dense eigvalsh' if k == 'dense' else 'float64 Lanczos tol 1e-10'}"
                                  for n, (_, k) in cases.items()) + ". "
-           f"native: `lanczos(k, tol=1e-3, max_iter=100)` for eigenvalues, "
-           f"`hutchinson_trace(method='hutch++', n_probes={args.trace_budget})` for the trace; "
+           "native: what `sharp spectrum` runs — `lanczos_top_k(op, k, tol=1e-3)` (Lanczos plus "
+           "its restart check) for eigenvalues; for the trace `--trace-method auto`: exact "
+           "Gauss–Newton trace plus `control_variate_trace` on the remainder (≤ "
+           f"{DEFAULTS.trace_probes} probes, tol {DEFAULTS.trace_tol}). \"top5 (one Lanczos run)\" is `lanczos(op, 5, tol=1e-3)` without the check. "
            "pyhessian: `hessian(...).eigenvalues(top_n=k)` and `.trace()` with their defaults. "
            f"Errors: relative, max over the k values, median (and worst) over {args.seeds} seeds; "
-           f"HVPs: mean over the seeds; seconds: median of {args.repeats} interleaved repeats.\n"]
+           "HVPs: mean over the seeds (the Gauss–Newton trace also spends one Jacobian pass and "
+           "one forward-mode product per probe: they are in its seconds, not its HVPs); seconds: "
+           "median over the seeds, each seed's calls timed back to back.\n"]
     all_rows, sweep_rows, reach = [], [], []
     for name, (settings, kind) in cases.items():
         n_params, n_ex, ref_top, ref_trace, se, rows, sweep = run_case(name, settings, kind, args)
         sweep_rows += sweep[0]
-        reach.append(f"{name}: PyHessian's Hutchinson {sweep[1] or '> ' + str(max(args.budgets))}, "
-                     f"sharpcli's Hutch++ {sweep[2] or '> ' + str(max(args.budgets))}")
+        top = max(args.budgets)
+        hutch, hpp, gn = (str(m) if m else f"> {top}" for m in sweep[1])
+        reach.append(f"{name}: PyHessian's Hutchinson {hutch}, sharpcli's Hutch++ {hpp}, "
+                     f"Gauss–Newton {gn} (its exact tr G alone is off by {sweep[2]:+.2%}; the "
+                     f"Jacobian pass took {sweep[3]:.3g} s)")
         out.append(f"- **{name}**: {n_params:,} parameters, {n_ex} examples (mnist1d), "
                    f"trained by `sharp train` {settings}; λ₁…λ₅ = "
                    + ", ".join(f"{v:.6g}" for v in ref_top)
@@ -208,10 +265,12 @@ def main():
     out.append("")
     out.append(table(["model", "quantity", "method", "rel. error (median)", "rel. error (worst)",
                       "HVPs", "seconds"], all_rows))
-    out.append("\n### Trace error against the HVP budget\n")
-    out.append(f"RMS relative error over {args.sweep_seeds} seeds with exactly m HVPs. "
-               "HVPs to reach 1% RMS error — " + "; ".join(reach) + ".\n")
-    out.append(table(["model", "HVPs m", "PyHessian Hutchinson", "sharpcli Hutch++"], sweep_rows))
+    out.append("\n### Trace error against the number of probes\n")
+    out.append(f"RMS relative error over {args.sweep_seeds} seeds with exactly m probes (one HVP "
+               "each; Hutch++: a budget of m HVPs). Probes to reach 1% RMS error — "
+               + "; ".join(reach) + ".\n")
+    out.append(table(["model", "probes m", "PyHessian Hutchinson", "sharpcli Hutch++",
+                      "sharpcli Gauss–Newton"], sweep_rows))
     write_section("spectrum" + ("-quick" if args.quick else ""), "\n".join(out))
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from sharpcli.errors import Interrupted, SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.ggn import GaussNewtonPart, gauss_newton_separable
-from sharpcli.linalg import (control_variate_trace, hutchinson_trace, lanczos_top_k,
+from sharpcli.linalg import (control_variate_trace, hutchinson_trace, lanczos, lanczos_top_k,
                              power_iteration, slq_density)
 from sharpcli.params import named_param_groups, num_params, trainable_params
 from sharpcli.spectrum_config import (DENSITY_COLUMNS, SPECTRUM_COLUMNS,  # noqa: F401 (re-exported)
@@ -109,8 +109,10 @@ def _eigen_rows(problem, cfg, block, params) -> list[SpectrumRow]:
     start = time.perf_counter()
     op = _operator(problem, cfg, params)  # timed too: building the gradient graph is part of it
     k = min(cfg.top_k, op.size)
-    if cfg.eigen_method == "lanczos":
+    if cfg.eigen_method == "lanczos" and cfg.check_missed:
         res = lanczos_top_k(op, k, tol=cfg.tol, max_iter=cfg.iterations, seed=cfg.seed)
+    elif cfg.eigen_method == "lanczos":
+        res = lanczos(op, k, tol=cfg.tol, max_iter=min(cfg.iterations, op.size), seed=cfg.seed)
     else:
         res = power_iteration(op, k, tol=cfg.tol, max_iter=cfg.iterations, seed=cfg.seed)
     seconds = time.perf_counter() - start

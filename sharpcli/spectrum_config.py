@@ -26,6 +26,7 @@ class SpectrumConfig:
     top_k: int = 5
     method: str | None = None      # None: lanczos (native); pyhessian has power iteration only
     tol: float = 1e-3              # lanczos: residual ≤ tol·|λ₁|; power: relative change of λ
+    check_missed: bool = True      # lanczos: restarts on the deflated operator (lanczos_top_k)
     max_iter: int | None = None    # lanczos: per run (default max(100, 2k)); power: per pair (100)
     trace: bool = False
     trace_probes: int = 100

@@ -236,3 +236,33 @@ def test_replay_of_pyhessians_stopping_rule():
     quotients = [1.0, 2.0, 2.0001, 5.0, 6.0, 7.0]
     assert _pairs(quotients, 2, 1e-3, 3) == [(1, True), (5, False)]
     assert _pairs(quotients[:-1], 2, 1e-3, 3) is None
+
+
+def test_no_check_missed_is_cheaper_and_can_miss_repeated_eigenvalues():
+    """The MSE output layer's Hessian block is I_C ⊗ mean([h; 1][h; 1]ᵀ): each eigenvalue
+    C = 3 times over. The default restarts find all three copies of the top one; a single
+    Lanczos run (--no-check-missed) sees each eigenspace once, and returns the next distinct
+    eigenvalues instead — fewer products, the documented risk."""
+    model = tiny_mlp(hidden=20, dtype=torch.float64)
+    problem = _problem(model, n=60)
+    block = list(model[4].parameters())
+    op = HessianOperator(model, mse_loss, problem.x, problem.y, params=block)
+    truth = torch.linalg.eigvalsh(op.dense()).flip(0)
+    distinct = truth[::3][:3]
+    torch.testing.assert_close(truth[:3], distinct[:1].expand(3))  # the block's structure
+    checked = [r for r in _rows(problem, top_k=3, per_layer=True, tol=1e-8) if r.block == "4"]
+    single = [r for r in _rows(problem, top_k=3, per_layer=True, tol=1e-8, check_missed=False)
+              if r.block == "4"]
+    torch.testing.assert_close(torch.tensor([r.value for r in checked], dtype=torch.float64),
+                               truth[:3], rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(torch.tensor([r.value for r in single], dtype=torch.float64),
+                               distinct, rtol=1e-7, atol=1e-9)
+    assert single[0].n_hvp < checked[0].n_hvp
+
+
+def test_no_check_missed_matches_dense_on_a_whole_network():
+    problem = _problem(tiny_mlp(dtype=torch.float64))
+    truth = torch.linalg.eigvalsh(_dense(problem)).flip(0)[:4]
+    rows = _rows(problem, top_k=4, tol=1e-8, check_missed=False)
+    torch.testing.assert_close(_values(rows), truth, rtol=1e-7, atol=1e-9)
+    assert rows[0].n_hvp < _rows(problem, top_k=4, tol=1e-8)[0].n_hvp

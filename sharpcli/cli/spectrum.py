@@ -83,6 +83,11 @@ def spectrum_command(
     tol: Annotated[float, _opt(
         "lanczos: stop when every residual ‖Hv − λv‖ ≤ tol·|λ₁|; power and pyhessian: when λ "
         "changes by less than tol relative between iterations.", EIG)] = D.tol,
+    check_missed: Annotated[bool, _opt(
+        "lanczos: after convergence, one more Lanczos run on the deflated Hessian looks for "
+        "eigenvalues the first run missed (repeated ones, or a member of a tight cluster); "
+        "--no-check-missed saves those products (typically 40% of them) at that risk.",
+        EIG)] = D.check_missed,
     max_iter: Annotated[Optional[int], _opt(
         "Most Hessian-vector products per Lanczos run (default max(100, 2·top-k)), or per "
         "eigenvalue for power and pyhessian (default 100).", EIG, show_default=False)] = D.max_iter,
@@ -141,6 +146,7 @@ def spectrum_command(
 
     cfg = SpectrumConfig(
         top_k=top_k, method=method.value if method else None, tol=tol, max_iter=max_iter,
+        check_missed=check_missed,
         trace=trace, trace_probes=trace_probes, trace_method=trace_method.value,
         trace_tol=trace_tol, density=density, density_runs=density_runs,
         density_iters=density_iters, density_grid=density_grid, density_sigma=density_sigma,

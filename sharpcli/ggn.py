@@ -41,14 +41,18 @@ def gauss_newton_separable(model: nn.Module, mode: str) -> bool:
 
 
 def output_hessians(loss_fn: LossFn, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Λₙ = ∂²ℓ(fₙ, yₙ)/∂fₙ² for every example, shape (n, C).
+    """Λₙ = ∂²ℓ(fₙ, yₙ)/∂fₙ² for every example, shape (n, C, C).
 
     The loss is a mean of per-example terms, so n·loss has no cross-example second
-    derivatives: row c of every Λₙ comes from one backward pass of ∂(n·loss)/∂f_{·c}."""
+    derivatives: row c of every Λₙ is ∂/∂f of ∂(n·loss)/∂f_{·c}, all C rows in one batched
+    backward pass."""
     f = outputs.detach().requires_grad_(True)
-    g = torch.autograd.grad(len(f) * loss_fn(f, labels), f, create_graph=True)[0]
-    rows = [torch.autograd.grad(g[:, c].sum(), f, retain_graph=True)[0] for c in range(f.shape[1])]
-    return torch.stack(rows, dim=1).detach()  # (n, C, C); symmetric
+    with torch.enable_grad():
+        g = torch.autograd.grad(len(f) * loss_fn(f, labels), f, create_graph=True)[0]
+        n_out = f.shape[1]
+        basis = torch.eye(n_out, dtype=f.dtype, device=f.device)[:, None, :].expand(n_out, len(f), n_out)
+        rows = torch.autograd.grad(g, f, grad_outputs=basis, is_grads_batched=True)[0]
+    return rows.permute(1, 0, 2).detach()  # (n, C, C); symmetric
 
 
 class GaussNewtonPart:
@@ -68,6 +72,7 @@ class GaussNewtonPart:
         self.size = sum(p.numel() for p in self.params)
         self.chunk_size = chunk_size
         self.n_jvp = 0
+        self._lambdas: dict[int, torch.Tensor] = {}  # chunk start → Λ of its examples
 
     def _primals(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in zip(self.names, self.params)}
@@ -192,7 +197,11 @@ class GaussNewtonPart:
                 xs, ys = self.x[sl], self.y[sl]
                 outputs, jv = jvp(lambda w: functional_call(self.model, w, (xs,)),
                                   (primals,), (tangents,))
-                lam = output_hessians(self.loss_fn, outputs, ys)
+                lam = self._lambdas.get(sl.start)
+                if lam is None:  # the weights are fixed, so each chunk's Λ is computed once
+                    lam = output_hessians(self.loss_fn, outputs, ys)
+                    if lam.numel() * (len(self.x) // len(xs)) <= _JACOBIAN_BUDGET:
+                        self._lambdas[sl.start] = lam
                 jv = jv.detach()  # weights outside the block still require grad
                 total += torch.einsum("nc,ncd,nd->", jv, lam, jv).double()
         return float(total / len(self.x))

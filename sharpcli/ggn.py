@@ -18,12 +18,13 @@ and in train mode for networks without BatchNorm (measurement_mode keeps Dropout
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
+from sharpcli.errors import Interrupted
 from sharpcli.losses import LossFn
 from sharpcli.objective import chunk_slices
 from sharpcli.params import measurement_mode, trainable_params, unflatten
@@ -57,11 +58,12 @@ def output_hessians(loss_fn: LossFn, outputs: torch.Tensor, labels: torch.Tensor
 
 class GaussNewtonPart:
     """G for the same mean loss, examples, parameter block and measurement mode as a
-    HessianOperator built with the same arguments."""
+    HessianOperator built with the same arguments. `should_stop`, when given, is polled
+    before each chunk of the trace: Ctrl-C ends a long Jacobian pass (Interrupted)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
-                 mode: str = "eval"):
+                 mode: str = "eval", should_stop: Callable[[], bool] | None = None):
         if not gauss_newton_separable(model, mode):
             raise ValueError("the Gauss–Newton trace needs per-example outputs: BatchNorm in "
                              "train mode couples the examples of a batch")
@@ -73,6 +75,11 @@ class GaussNewtonPart:
         self.chunk_size = chunk_size
         self.n_jvp = 0
         self._lambdas: dict[int, torch.Tensor] = {}  # chunk start → Λ of its examples
+        self.should_stop = should_stop
+
+    def _poll(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Interrupted("interrupted")
 
     def _primals(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in zip(self.names, self.params)}
@@ -104,6 +111,7 @@ class GaussNewtonPart:
             return None
         grams = []
         for sl in chunk_slices(len(self.x), self.chunk_size):
+            self._poll()
             found = self._linear_gram(self.x[sl], layers)
             if found is None:
                 return None
@@ -124,6 +132,7 @@ class GaussNewtonPart:
 
         per_example_jacobian = vmap(jacrev(one_output), in_dims=(None, 0))
         for sl in chunk_slices(len(self.x), self._jacobian_rows()):
+            self._poll()
             xs = self.x[sl]
             jac = per_example_jacobian(primals, xs)
             gram = sum(torch.einsum("nck,ndk->ncd", j.flatten(2), j.flatten(2))

@@ -136,7 +136,7 @@ def _trace_rows(problem, cfg, block, params) -> list[SpectrumRow]:
         # tr H = tr G (exact) + E[zᵀHz − zᵀGz]: only the small remainder is left to chance
         part = GaussNewtonPart(problem.model, problem.loss_fn, problem.x, problem.y,
                                chunk_size=problem.chunk_size, params=params,
-                               mode=cfg.hessian_mode)
+                               mode=cfg.hessian_mode, should_stop=problem.should_stop)
         res = control_variate_trace(op, part.trace(), part.quadratic_form,
                                     n_probes=cfg.trace_probes, tol=cfg.trace_tol or None,
                                     seed=cfg.seed)

@@ -168,3 +168,20 @@ def test_output_hessians_by_hand():
     expect = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
     torch.testing.assert_close(output_hessians(ce_loss, out, y), expect)
     assert output_hessians(ce_loss, out, y)[1, 0, 0] == pytest.approx(1 / 3 - 1 / 9)
+
+
+def test_a_stop_request_ends_the_jacobian_pass():
+    from sharpcli.errors import Interrupted
+
+    model = tiny_cnn()
+    x, y = _data("cnn")
+    polls = []
+
+    def stop_on_second_chunk():
+        polls.append(1)
+        return len(polls) >= 2
+    part = GaussNewtonPart(model, mse_loss, x, y, chunk_size=5, should_stop=stop_on_second_chunk)
+    part._jacobian_rows = lambda: 5  # several chunks on this tiny model
+    with pytest.raises(Interrupted):
+        part.trace()
+    assert len(polls) == 2

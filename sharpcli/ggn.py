@@ -143,14 +143,19 @@ class GaussNewtonPart:
 
     def _linear_layers(self) -> list[tuple[nn.Linear, bool, bool]] | None:
         """[(layer, weight in block, bias in block)] if every parameter of the block is the
-        weight or bias of an nn.Linear, else None."""
-        owner = {}
+        weight or bias of exactly one nn.Linear, else None. (A parameter the forward also
+        uses outside its module, as in F.linear(x, self.fc.weight), cannot be seen here:
+        the shortcut assumes modules own their weights, as every sharpcli model does.)"""
+        owner: dict[int, nn.Module] = {}
+        owners: dict[int, int] = {}
         for module in self.model.modules():
+            for p in module.parameters(recurse=False):
+                owners[id(p)] = owners.get(id(p), 0) + 1
             if isinstance(module, nn.Linear):
                 owner[id(module.weight)] = module
                 if module.bias is not None:
                     owner[id(module.bias)] = module
-        if not all(id(p) in owner for p in self.params):
+        if not all(id(p) in owner and owners[id(p)] == 1 for p in self.params):
             return None
         ids = {id(p) for p in self.params}
         layers = list(dict.fromkeys(owner[id(p)] for p in self.params))

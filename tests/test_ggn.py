@@ -185,3 +185,15 @@ def test_a_stop_request_ends_the_jacobian_pass():
     with pytest.raises(Interrupted):
         part.trace()
     assert len(polls) == 2
+
+
+def test_tied_weights_fall_back_to_jacobians():
+    torch.manual_seed(0)
+    first, second = nn.Linear(6, 6).double(), nn.Linear(6, 6).double()
+    second.weight = first.weight  # one parameter, two modules
+    model = nn.Sequential(first, nn.Tanh(), second, nn.Tanh(), nn.Linear(6, 3).double())
+    x, y = _data("mlp")
+    part = GaussNewtonPart(model, ce_loss, x, y)
+    assert part._linear_grams() is None
+    assert part.trace() == pytest.approx(float(dense_gauss_newton(model, ce_loss, x, y).trace()),
+                                         rel=1e-10)

@@ -199,6 +199,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
     top_log = CsvLog(report_dir / "top_eigenvalues.csv", TOP_EIGENVALUE_COLUMNS)
     if config.sharpness_k > 1:
         top_log.open(fresh=not existing, keep_below_step=start_step)
+    model.train()  # every measurement below restores the mode it found
     with stop_on_signals() as stop, log, top_log:
         for step in range(start_step, plan.total_steps + 1):
             is_last = step == plan.total_steps
@@ -217,7 +218,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
             lr = lr_at(step, plan.total_steps, config.lr, config.schedule)
             idx = sampler.indices(step)
             xb, yb = x[idx], y[idx]
-            model.train()
+            if not model.training:  # a guard only: the recursive call costs as much as a layer
+                model.train()
             batch_loss = accumulate_gradient(model, loss_fn, xb, yb, chunk)
             grad_norm = gradient_norm(params)
             if not torch.isfinite(batch_loss + grad_norm):  # one host sync per step

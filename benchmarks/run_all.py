@@ -27,7 +27,8 @@ each section (thread count and load average included). Competing variants run in
 and each figure is a median over repeats; still, absolute milliseconds depend on the load
 of the moment, so read the ratios. No test asserts a timing.
 
-Reproduce everything (about 20–30 minutes on 2 cores):
+Reproduce everything (about 50 minutes on 2 cores; the spectrum section alone about 25,
+with its float64 references computed once and cached):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --threads 1
 

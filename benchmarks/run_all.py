@@ -27,8 +27,8 @@ each section (thread count and load average included). Competing variants run in
 and each figure is a median over repeats; still, absolute milliseconds depend on the load
 of the moment, so read the ratios. No test asserts a timing.
 
-Reproduce everything (about 50 minutes on 2 cores; the spectrum section alone about 25,
-with its float64 references computed once and cached):
+Reproduce everything (about 50 minutes on 2 cores, plus about 20 the first time for the
+spectrum section's float64 references, which are then cached):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --threads 1
 

@@ -117,7 +117,7 @@ def native(model, x, y, what: str, seed: int):
         return r.eigenvalues.tolist(), r.n_matvec
     part = GaussNewtonPart(model, mse_loss, x, y)
     r = control_variate_trace(op, part.trace(), part.quadratic_form,
-                              n_probes=DEFAULTS.trace_probes, tol=DEFAULTS.trace_tol, seed=seed)
+                              n_probes=DEFAULTS.trace_probes, tol=DEFAULTS.native_trace_tol, seed=seed)
     return [r.estimate], r.n_matvec
 
 
@@ -260,7 +260,7 @@ def main():
            "native: what `sharp spectrum` runs — `lanczos_top_k(op, k, tol=1e-3)` (Lanczos plus "
            "its restart check) for eigenvalues; for the trace `--trace-method auto`: exact "
            "Gauss–Newton trace plus `control_variate_trace` on the remainder (≤ "
-           f"{DEFAULTS.trace_probes} probes, tol {DEFAULTS.trace_tol}). \"(one Lanczos run)\" rows are `lanczos(op, k, tol=1e-3)` without the check (`sharp spectrum --no-check-missed`). "
+           f"{DEFAULTS.trace_probes} probes, tol {DEFAULTS.native_trace_tol}). \"(one Lanczos run)\" rows are `lanczos(op, k, tol=1e-3)` without the check (`sharp spectrum --no-check-missed`). "
            "pyhessian: `hessian(...).eigenvalues(top_n=k)` and `.trace()` with their defaults. "
            f"Errors: relative, max over the k values, median (and worst) over {args.seeds} seeds; "
            "HVPs: mean over the seeds (the Gauss–Newton trace also spends one Jacobian pass and "

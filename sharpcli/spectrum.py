@@ -138,10 +138,10 @@ def _trace_rows(problem, cfg, block, params) -> list[SpectrumRow]:
                                chunk_size=problem.chunk_size, params=params,
                                mode=cfg.hessian_mode, should_stop=problem.should_stop)
         res = control_variate_trace(op, part.trace(), part.quadratic_form,
-                                    n_probes=cfg.trace_probes, tol=cfg.trace_tol or None,
+                                    n_probes=cfg.trace_probes, tol=cfg.native_trace_tol,
                                     seed=cfg.seed)
     else:
-        res = hutchinson_trace(op, n_probes=cfg.trace_probes, tol=cfg.trace_tol or None,
+        res = hutchinson_trace(op, n_probes=cfg.trace_probes, tol=cfg.native_trace_tol,
                                seed=cfg.seed, method=method)
     seconds = time.perf_counter() - start
     return [_row(problem, block, "trace", 0, res.estimate, res.stderr, None, res.n_matvec,

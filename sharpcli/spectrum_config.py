@@ -17,6 +17,8 @@ METHODS = ("lanczos", "power")
 BACKENDS = ("native", "pyhessian")
 TRACE_METHODS = ("auto", "gauss-newton", "hutchinson", "hutch++")
 SPLITS = ("train", "test")
+# sharpcli's trace stops once stderr ≤ this·|trace|: ±3 standard errors within ±1%
+NATIVE_TRACE_TOL = 3e-3
 
 
 @dataclass
@@ -31,8 +33,7 @@ class SpectrumConfig:
     trace: bool = False
     trace_probes: int = 100
     trace_method: str = "auto"      # gauss-newton where each example's output is its own, else hutchinson
-    # stop early once stderr ≤ tol·|trace| (None: all probes); 3e-3 puts ±3 stderr within ±1%
-    trace_tol: float | None = 3e-3
+    trace_tol: float | None = None  # None: NATIVE_TRACE_TOL natively, all probes for pyhessian
     density: bool = False
     density_runs: int = 5
     density_iters: int = 80
@@ -46,6 +47,14 @@ class SpectrumConfig:
     hessian_mode: str = "eval"
     device: str = "auto"
     seed: int = 0
+
+    @property
+    def native_trace_tol(self) -> float | None:
+        """The early-stop tolerance of sharpcli's own trace: --trace-tol, its default when
+        not given, and None (every probe) for 0."""
+        if self.trace_tol is None:
+            return NATIVE_TRACE_TOL
+        return self.trace_tol or None
 
     @property
     def eigen_method(self) -> str:

@@ -266,3 +266,25 @@ def test_no_check_missed_matches_dense_on_a_whole_network():
     rows = _rows(problem, top_k=4, tol=1e-8, check_missed=False)
     torch.testing.assert_close(_values(rows), truth, rtol=1e-7, atol=1e-9)
     assert rows[0].n_hvp < _rows(problem, top_k=4, tol=1e-8)[0].n_hvp
+
+
+def test_default_trace_is_gauss_newton_and_stops_at_its_tolerance():
+    """On a trained network, where H − G is small (at initialisation it is not)."""
+    problem = _problem(tiny_mlp(dtype=torch.float64))
+    opt = torch.optim.SGD(problem.model.parameters(), lr=0.5)
+    for _ in range(1500):
+        opt.zero_grad()
+        mse_loss(problem.model(problem.x), problem.y).backward()
+        opt.step()
+    truth = float(torch.trace(_dense(problem)))
+
+    def trace_row(**cfg):
+        (row,) = [r for r in _rows(problem, top_k=1, trace=True, **cfg) if r.quantity == "trace"]
+        return row
+    default = trace_row()
+    assert default.n_hvp < 100 and default.residual <= 3e-3 * abs(default.value)
+    assert abs(default.value - truth) <= 4 * default.residual + 1e-12
+    every = trace_row(trace_tol=0, trace_probes=40)
+    assert every.n_hvp == 40 and abs(every.value - truth) <= 4 * every.residual
+    hutch = trace_row(trace_method="hutchinson", trace_probes=40, trace_tol=0)
+    assert every.residual < 0.3 * hutch.residual  # the control variate's whole point

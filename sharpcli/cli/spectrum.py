@@ -106,9 +106,9 @@ def spectrum_command(
         TRACE)] = TraceMethod(D.trace_method),
     trace_tol: Annotated[Optional[float], _opt(
         "Stop early once the standard error ≤ tol·|trace| (after 10 probes, 5 for "
-        "gauss-newton; 0: all probes). pyhessian: its own rule, relative change of the "
-        "running mean.",
-        TRACE)] = D.trace_tol,
+        "gauss-newton; 0: all probes). Default 3e-3: ±3 standard errors within ±1%. "
+        "pyhessian: its own rule, relative change of the running mean; default all probes.",
+        TRACE, show_default=False)] = D.trace_tol,
     density: Annotated[bool, _opt("Spectral density of the whole network's Hessian by "
                                   "stochastic Lanczos quadrature, into density.csv.",
                                   DENS)] = D.density,

@@ -73,7 +73,6 @@ class GaussNewtonPart:
         self.names = [ids[id(p)] for p in self.params]
         self.size = sum(p.numel() for p in self.params)
         self.chunk_size = chunk_size
-        self.n_jvp = 0
         self._lambdas: dict[int, torch.Tensor] = {}  # chunk start → Λ of its examples
         self.should_stop = should_stop
 
@@ -203,7 +202,6 @@ class GaussNewtonPart:
         tangents = dict(zip(self.names, unflatten(v.to(self.params[0].dtype), self.params)))
         primals = self._primals()
         total = torch.zeros((), dtype=torch.float64, device=self.x.device)
-        self.n_jvp += 1
         with measurement_mode(self.model, self.mode), warnings.catch_warnings():
             # torch.func's first forward-mode call scripts a helper and warns about it
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")

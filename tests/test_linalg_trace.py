@@ -128,3 +128,19 @@ def test_control_variate_rejects_bad_arguments(kwargs):
     base = kwargs.pop("base", float(b.trace()))
     with pytest.raises(LinalgInputError):
         control_variate_trace(DenseOperator(a), base, lambda z: 0.0, **kwargs)
+
+
+def test_samples_are_the_averaged_probe_values():
+    """TraceResult.samples: zᵀAz per probe for Hutchinson, zᵀAz − zᵀBz with a control
+    variate; their mean is the estimate (minus the exact part)."""
+    a, b, _ = _pair()
+    op = DenseOperator(a)
+    h = hutchinson_trace(op, n_probes=12, seed=3)
+    assert len(h.samples) == 12 and sum(h.samples) / 12 == pytest.approx(h.estimate, rel=1e-12)
+    cv = control_variate_trace(op, float(b.trace()), lambda z: float(z @ b @ z), n_probes=9, seed=3)
+    assert len(cv.samples) == 9
+    assert float(b.trace()) + sum(cv.samples) / 9 == pytest.approx(cv.estimate, rel=1e-12)
+    # the first probe, recomputed from the same seed
+    z = torch.randint(0, 2, (100,), generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1
+    assert h.samples[0] == pytest.approx(float(z @ a @ z), rel=1e-12)
+    assert cv.samples[0] == pytest.approx(float(z @ (a - b) @ z), rel=1e-9)

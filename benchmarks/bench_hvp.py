@@ -21,11 +21,11 @@ import torch
 from torch.func import functional_call, grad, jvp
 
 from common import base_parser, command_line, interleaved, machine_line, setup, table, write_section
-from sharpcli.data import load_dataset
+from sharpcli.workload.data import load_dataset
 from sharpcli.hessian import HessianOperator
-from sharpcli.losses import mse_loss
-from sharpcli.models import build_model
-from sharpcli.params import flatten, trainable_params, unflatten
+from sharpcli.hessian.losses import mse_loss
+from sharpcli.workload.models import build_model
+from sharpcli.hessian.params import flatten, trainable_params, unflatten
 
 FAMILIES = {
     # name: (data set, examples, model, width, depth)

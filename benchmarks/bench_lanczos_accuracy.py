@@ -13,7 +13,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from sharpcli.hessian import HessianOperator  # noqa: E402
 from sharpcli.linalg import lanczos_top_k
-from sharpcli.losses import mse_loss, ce_loss
+from sharpcli.hessian.losses import mse_loss, ce_loss
 from tests.helpers import dense_hessian, tiny_mlp, tiny_cnn
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(1)

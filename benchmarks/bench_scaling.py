@@ -33,8 +33,8 @@ def worker(width: int, n: int, chunk: int, iters: int, threads: int, hvps: int) 
 
     from sharpcli.hessian import HessianOperator
     from sharpcli.linalg import lanczos
-    from sharpcli.losses import mse_loss
-    from sharpcli.models import build_model
+    from sharpcli.hessian.losses import mse_loss
+    from sharpcli.workload.models import build_model
 
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)

@@ -35,11 +35,11 @@ from torch import nn
 from common import (WORK, base_parser, command_line, machine_line, setup, table,
                     trained_checkpoint, write_section)
 import sharpcli
-from sharpcli.ggn import GaussNewtonPart
+from sharpcli.hessian.ggn import GaussNewtonPart
 from sharpcli.hessian import HessianOperator
 from sharpcli.linalg import control_variate_trace, hutchinson_trace, lanczos, lanczos_top_k
-from sharpcli.losses import mse_loss
-from sharpcli.spectrum_config import SpectrumConfig
+from sharpcli.hessian.losses import mse_loss
+from sharpcli.spectra.config import SpectrumConfig
 
 DEFAULTS = SpectrumConfig()  # the flags' defaults: the benchmark measures what users get
 
@@ -106,7 +106,7 @@ class PyHessianRun:
 
 
 def native(model, x, y, what: str, seed: int):
-    """What `sharp spectrum` runs (sharpcli.spectrum), on the same operator."""
+    """What `sharp spectrum` runs (sharpcli.spectra.compute), on the same operator."""
     op = HessianOperator(model, mse_loss, x, y)
     k = 1 if what.startswith("lambda1") else 5
     if what in ("lambda1", "top5"):

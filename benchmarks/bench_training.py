@@ -1,4 +1,4 @@
-"""Training cost: `sharpcli.train` against a minimal hand-written torch loop with the same
+"""Training cost: `sharpcli.training.loop` against a minimal hand-written torch loop with the same
 model, data and settings.
 
 A step's time is the interval between consecutive calls of train()'s progress callback
@@ -24,10 +24,10 @@ import torch
 
 from common import base_parser, command_line, machine_line, setup, table, write_section
 from sharpcli.config import TrainConfig
-from sharpcli.data import load_dataset
-from sharpcli.losses import mse_loss
-from sharpcli.models import build_model
-from sharpcli.train import train
+from sharpcli.workload.data import load_dataset
+from sharpcli.hessian.losses import mse_loss
+from sharpcli.workload.models import build_model
+from sharpcli.training.loop import train
 
 MODELS = {  # settings, and the steps T of each run
     "mlp 15k (default run)": (dict(model="mlp", width=100, depth=2, lr=0.3), 302),

@@ -70,8 +70,8 @@ def trained_checkpoint(tag: str, **settings) -> Path:
     """The last checkpoint of a short `sharp train` run with these settings, trained once and
     reused (under $SHARP_BENCH_WORK, default /tmp/sharpcli-bench)."""
     from sharpcli.config import TrainConfig
-    from sharpcli.checkpoints import list_checkpoints
-    from sharpcli.train import train
+    from sharpcli.formats.checkpoints import list_checkpoints
+    from sharpcli.training.loop import train
 
     digest = hashlib.sha1(repr(sorted(settings.items())).encode()).hexdigest()[:8]
     tag = f"{tag}-{digest}"  # a change of settings trains a new run

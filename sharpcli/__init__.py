@@ -8,7 +8,7 @@ __all__ = ["load_checkpoint", "__version__"]
 def __getattr__(name: str):
     # Lazy: importing torch takes seconds, and `sharp --help` or `sharp summarize` need none.
     if name == "load_checkpoint":
-        from sharpcli.checkpoints import load_checkpoint
+        from sharpcli.formats.checkpoints import load_checkpoint
 
         return load_checkpoint
     raise AttributeError(f"module 'sharpcli' has no attribute {name!r}")

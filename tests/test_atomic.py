@@ -9,11 +9,11 @@ import os
 import pytest
 import torch
 
-import sharpcli.atomic
-import sharpcli.train
-from sharpcli.atomic import atomic_write, atomic_write_json
-from sharpcli.checkpoints import list_checkpoints, read_checkpoint, save_checkpoint
-from sharpcli.csvlog import CsvLog
+import sharpcli.formats.atomic
+import sharpcli.training.loop
+from sharpcli.formats.atomic import atomic_write, atomic_write_json
+from sharpcli.formats.checkpoints import list_checkpoints, read_checkpoint, save_checkpoint
+from sharpcli.formats.csvlog import CsvLog
 from sharpcli.errors import SharpError
 from tests.runners import (METRICS_FIELDS, assert_one_line_error, csv_lines, sharp, train_args,
                            without_column)
@@ -52,7 +52,7 @@ def fail_writes(monkeypatch, budget: int, error: BaseException, only=lambda fd: 
         f = real(fd, mode, *args, **kwargs)
         return FailingFile(f, budget, error) if only(fd) else f
 
-    monkeypatch.setattr(sharpcli.atomic.os, "fdopen", fdopen)
+    monkeypatch.setattr(sharpcli.formats.atomic.os, "fdopen", fdopen)
 
 
 def temp_files(folder):
@@ -126,7 +126,7 @@ def test_a_cut_checkpoint_never_loads(tmp_path, fraction):
 def test_unexpected_error_mid_run_leaves_complete_files(tmp_path, monkeypatch):
     """A bug (here: the third λ₁ measurement raises) keeps its traceback, and what was written
     before it is whole: complete rows, loadable checkpoints, no temporary files."""
-    real, calls = sharpcli.train.measure_sharpness, []
+    real, calls = sharpcli.training.loop.measure_sharpness, []
 
     def third_call_fails(*args, **kwargs):
         calls.append(1)
@@ -134,7 +134,7 @@ def test_unexpected_error_mid_run_leaves_complete_files(tmp_path, monkeypatch):
             raise RuntimeError("simulated bug")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sharpcli.train, "measure_sharpness", third_call_fails)
+    monkeypatch.setattr(sharpcli.training.loop, "measure_sharpness", third_call_fails)
     with pytest.raises(RuntimeError, match="simulated bug"):
         sharp(*train_args(tmp_path, "r", "--steps", "10", "--sharpness-every", "2",
                           "--eval-every", "2", "--checkpoint-every", "1"))

@@ -12,8 +12,8 @@ import pytest
 import scipy.io
 import torch
 
-from sharpcli import data
-from sharpcli.data import load_dataset
+from sharpcli.workload import data
+from sharpcli.workload.data import load_dataset
 from sharpcli.errors import SharpError
 
 RNG = np.random.default_rng(0)

@@ -4,7 +4,7 @@ is in test_interrupt.py.)"""
 
 import pytest
 
-from sharpcli.checkpoints import list_checkpoints, read_checkpoint
+from sharpcli.formats.checkpoints import list_checkpoints, read_checkpoint
 from tests.runners import csv_lines, sharp, train_args, without_column
 
 SETTINGS = {

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import sharpcli
-import sharpcli.train
-from sharpcli.checkpoints import list_checkpoints
+import sharpcli.training.loop
+from sharpcli.formats.checkpoints import list_checkpoints
 from sharpcli.config import TrainConfig
 from sharpcli.errors import DivergedError
 from tests.runners import METRICS_FIELDS, assert_one_line_error, csv_lines, sharp, train_args
@@ -74,7 +74,7 @@ def test_checkpoint_of_the_diverged_step_is_not_kept(tmp_path):
 
 def test_nan_gradient_with_finite_loss(tmp_path, monkeypatch):
     """The gradient alone going NaN (here: forced at step 5) is a divergence too."""
-    real = sharpcli.train.gradient_norm
+    real = sharpcli.training.loop.gradient_norm
     calls = []
 
     def nan_at_step_5(params):
@@ -82,7 +82,7 @@ def test_nan_gradient_with_finite_loss(tmp_path, monkeypatch):
         calls.append(1)
         return torch.full_like(norm, math.nan) if len(calls) == 6 else norm
 
-    monkeypatch.setattr(sharpcli.train, "gradient_norm", nan_at_step_5)
+    monkeypatch.setattr(sharpcli.training.loop, "gradient_norm", nan_at_step_5)
     result = sharp(*train_args(tmp_path, "r", "--steps", "10", "--sharpness-every", "2",
                                "--eval-every", "2", "--checkpoint-every", "2"))
     line = assert_one_line_error(result, 1, "diverged at step 5", "‖g‖ nan")
@@ -96,5 +96,5 @@ def test_library_raises_diverged_error(tmp_path):
                          reports_dir=str(tmp_path / "reports"),
                          checkpoints_dir=str(tmp_path / "checkpoints"))
     with pytest.raises(DivergedError, match="diverged at step") as err:
-        sharpcli.train.train(config)
+        sharpcli.training.loop.train(config)
     assert err.value.exit_code == 1

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from sharpcli.edges import gd_edge, sam_edge
-from sharpcli.eos import (EOS_COLUMNS, edge_table, eos_run, measure_checkpoints,
+from sharpcli.analysis.eos import (EOS_COLUMNS, edge_table, eos_run, measure_checkpoints,
                           summarize_edges)
 from sharpcli.errors import SharpError
-from sharpcli.runs import write_run
+from sharpcli.formats.runs import write_run
 from tests.runners import cli
 
 LR = 0.1  # GD edge 2/η = 20
@@ -327,7 +327,7 @@ def _linear_checkpoints(tmp_path, monkeypatch, config, steps):
     import torch
 
     import sharpcli
-    from sharpcli.losses import mse_loss
+    from sharpcli.hessian.losses import mse_loss
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(12, 4, generator=gen, dtype=torch.float64) * torch.tensor([3.0, 1, 1, 0.5],

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from sharpcli.checkpoints import list_checkpoints
+from sharpcli.formats.checkpoints import list_checkpoints
 from tests.runners import assert_one_line_error, needs_command, sharp, train_args
 
 STEPS = ["--steps", "4", "--sharpness-every", "2", "--eval-every", "2", "--checkpoint-every", "2"]

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from sharpcli.ggn import GaussNewtonPart, gauss_newton_separable, output_hessians
-from sharpcli.losses import ce_loss, mse_loss
-from sharpcli.params import flatten
+from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable, output_hessians
+from sharpcli.hessian.losses import ce_loss, mse_loss
+from sharpcli.hessian.params import flatten
 from tests.helpers import dense_hessian, tiny_bn_net, tiny_cnn, tiny_mlp
 
 N = 23

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from sharpcli.hessian import HessianOperator
-from sharpcli.losses import ce_loss, mse_loss
-from sharpcli.objective import full_batch_gradient
-from sharpcli.params import measurement_mode, trainable_params
+from sharpcli.hessian.losses import ce_loss, mse_loss
+from sharpcli.hessian.objective import full_batch_gradient
+from sharpcli.hessian.params import measurement_mode, trainable_params
 from tests.helpers import dense_hessian, tiny_bn_net, tiny_cnn, tiny_mlp
 
 LOSSES = {"mse": mse_loss, "ce": ce_loss}

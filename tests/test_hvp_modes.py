@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from sharpcli.hessian import HessianOperator
-from sharpcli.losses import ce_loss, mse_loss
-from sharpcli.params import measurement_mode
+from sharpcli.hessian.losses import ce_loss, mse_loss
+from sharpcli.hessian.params import measurement_mode
 from tests.helpers import dense_hessian, tiny_bn_net, tiny_cnn, tiny_mlp
 
 LOSSES = {"mse": mse_loss, "ce": ce_loss}

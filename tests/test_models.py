@@ -3,7 +3,7 @@ import torch
 
 from sharpcli.config import Model
 from sharpcli.errors import SharpError
-from sharpcli.models import ACTIVATIONS, MODELS, build_model
+from sharpcli.workload.models import ACTIVATIONS, MODELS, build_model
 
 FLAT, DIGITS, CIFAR = (40,), (1, 8, 8), (3, 32, 32)
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from sharpcli.edges import sam_edge
 from sharpcli.errors import SharpError
-from sharpcli.plots import figures, plot_runs
-from sharpcli.runs import load_run, write_run
+from sharpcli.analysis.plots import figures, plot_runs
+from sharpcli.formats.runs import load_run, write_run
 from tests.runners import cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

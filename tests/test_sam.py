@@ -10,9 +10,9 @@ from torch import nn
 from sharpcli.edges import sam_edge
 from sharpcli.hessian import HessianOperator
 from sharpcli.linalg import matrix_with_spectrum
-from sharpcli.objective import accumulate_gradient, gradient_vector
-from sharpcli.params import flatten, running_stats_frozen, trainable_params
-from sharpcli.sam import (EigenEstimate, asam_perturbation, eigen_sam_perturbation,
+from sharpcli.hessian.objective import accumulate_gradient, gradient_vector
+from sharpcli.hessian.params import flatten, running_stats_frozen, trainable_params
+from sharpcli.training.sam import (EigenEstimate, asam_perturbation, eigen_sam_perturbation,
                           perturbation, sam_perturbation, sam_step)
 from tests.helpers import tiny_bn_net
 
@@ -183,7 +183,7 @@ def _buffers(model):
 
 
 def test_bn_running_stats_after_sam_step_equal_one_forward_pass():
-    from sharpcli.losses import mse_loss
+    from sharpcli.hessian.losses import mse_loss
 
     x, y = _bn_batch()
     plain = tiny_bn_net()
@@ -224,7 +224,7 @@ def test_running_stats_frozen_restores_on_error():
 
 @pytest.mark.parametrize("train_mode", [True, False])
 def test_eigen_refresh_leaves_bn_and_mode_alone(train_mode):
-    from sharpcli.losses import mse_loss
+    from sharpcli.hessian.losses import mse_loss
 
     x, y = _bn_batch()
     model = tiny_bn_net()

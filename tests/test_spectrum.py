@@ -1,4 +1,4 @@
-"""sharpcli.spectrum and the pyhessian backend against dense Hessians of small models."""
+"""sharpcli.spectra.compute and the pyhessian backend against dense Hessians of small models."""
 
 import copy
 import math
@@ -9,11 +9,11 @@ import torch
 from sharpcli.errors import Interrupted, SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.linalg import DenseOperator, lanczos, matrix_with_spectrum
-from sharpcli.losses import ce_loss, mse_loss
-from sharpcli.params import named_param_groups
-from sharpcli.pyhessian_backend import _pairs, pyhessian_eigenvalues, pyhessian_trace
+from sharpcli.hessian.losses import ce_loss, mse_loss
+from sharpcli.hessian.params import named_param_groups
+from sharpcli.spectra.pyhessian import _pairs, pyhessian_eigenvalues, pyhessian_trace
 from sharpcli.linalg import lanczos_top_k
-from sharpcli.spectrum import Problem, SpectrumConfig, compute_spectrum
+from sharpcli.spectra.compute import Problem, SpectrumConfig, compute_spectrum
 from tests.helpers import dense_hessian, tiny_bn_net, tiny_mlp
 
 

@@ -9,8 +9,8 @@ import torch
 from sharpcli import load_checkpoint
 from sharpcli.cli import main
 from sharpcli.errors import Interrupted
-from sharpcli.spectrum_config import SPECTRUM_COLUMNS, SpectrumConfig
-from sharpcli.spectrum_run import run_spectrum
+from sharpcli.spectra.config import SPECTRUM_COLUMNS, SpectrumConfig
+from sharpcli.spectra.run import run_spectrum
 from tests.helpers import dense_hessian
 
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from sharpcli.errors import SharpError
-from sharpcli.runs import write_run
-from sharpcli.summarize import format_mean_std, setting_of, summarize, to_markdown
+from sharpcli.formats.runs import write_run
+from sharpcli.analysis.summarize import format_mean_std, setting_of, summarize, to_markdown
 from tests.runners import cli
 
 # Two settings × three seeds. Each run logs test_acc at steps 0, 10, 20 and sharpness at

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import sharpcli
-from sharpcli.checkpoints import list_checkpoints
+from sharpcli.formats.checkpoints import list_checkpoints
 from sharpcli.cli import main
 from sharpcli.config import TrainConfig
-from sharpcli.csvlog import METRICS_COLUMNS
-from sharpcli.train import train
+from sharpcli.formats.csvlog import METRICS_COLUMNS
+from sharpcli.training.loop import train
 from tests.helpers import dense_hessian
 
 TINY = ["--train-size", "64", "--test-size", "32", "--width", "8", "--quiet"]

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from sharpcli.cli import main
-from sharpcli.csvlog import METRICS_COLUMNS
+from sharpcli.formats.csvlog import METRICS_COLUMNS
 from sharpcli.edges import sam_edge
 
 TINY = ["--train-size", "64", "--test-size", "32", "--width", "16", "--quiet", "--lr", "0.2"]

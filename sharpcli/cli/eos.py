@@ -88,7 +88,7 @@ def eos(
 
 
 def _calculator(lr, momentum, nesterov, rho, grad_norm) -> None:
-    from sharpcli.eos import edges_at
+    from sharpcli.analysis.eos import edges_at
 
     edges = edges_at(lr, momentum, nesterov, rho, grad_norm)
     if nesterov:
@@ -108,7 +108,7 @@ def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs) 
     from rich.markup import escape
     from rich.table import Table
 
-    from sharpcli.eos import check_band, eos_run, write_eos_csv
+    from sharpcli.analysis.eos import check_band, eos_run, write_eos_csv
     from sharpcli.errors import SharpError, StrictCheckFailed
 
     check_band(band, threshold)

@@ -42,7 +42,7 @@ def plot(
     only: Annotated[Optional[list[Figure]], typer.Option(
         help="Draw only this figure (repeatable).", show_default=False)] = None,
 ) -> None:
-    from sharpcli.plots import plot_runs
+    from sharpcli.analysis.plots import plot_runs
 
     result = plot_runs(runs, out, log_scale=log_scale, dpi=dpi,
                        only=[f.value for f in only] if only else None)

@@ -1,4 +1,4 @@
-"""`sharp spectrum`: flags map one to one onto SpectrumConfig; the work is sharpcli.spectrum."""
+"""`sharp spectrum`: flags map one to one onto SpectrumConfig; the work is sharpcli.spectra.compute."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from sharpcli.cli.progress import progress_bar
-from sharpcli.spectrum_config import SpectrumConfig
+from sharpcli.spectra.config import SpectrumConfig
 
 D = SpectrumConfig()
 EIG, TRACE, DENS, DATA, RUN = "Eigenvalues", "Trace", "Density", "Hessian", "Run"
@@ -142,7 +142,7 @@ def spectrum_command(
     quiet: Annotated[bool, _opt("No progress bar and no table.", RUN, "--quiet", "-q")] = False,
 ) -> None:
     from sharpcli.interrupt import stop_on_signals
-    from sharpcli.spectrum_run import run_spectrum
+    from sharpcli.spectra.run import run_spectrum
 
     cfg = SpectrumConfig(
         top_k=top_k, method=method.value if method else None, tol=tol, max_iter=max_iter,

@@ -46,7 +46,7 @@ def summarize(
     from rich.markup import escape
     from rich.table import Table
 
-    from sharpcli.summarize import display_rows, summarize as summarize_runs, to_markdown, \
+    from sharpcli.analysis.summarize import display_rows, summarize as summarize_runs, to_markdown, \
         write_summary_csv
 
     summary = summarize_runs(paths, ignore=ignore)

@@ -68,7 +68,7 @@ def train_command(
 
     With no flags: full-batch GD on MNIST-1D with a tanh MLP and MSE loss, where λ₁ rises to
     2/η and hovers there (Cohen et al. 2021)."""
-    from sharpcli.train import train
+    from sharpcli.training.loop import train
 
     values = dict(locals())
     values.pop("train")

@@ -8,7 +8,7 @@ third on tr(QᵀAQ) exactly, and the last third on Hutchinson for the deflated r
 trained networks — the variance drops from O(1/m) to O(1/m²).
 Control variate: when A = B + R with tr(B) known exactly and zᵀBz cheap, average
 zᵀAz − zᵀBz for tr(R). The variance falls from 2‖A‖²_F to 2‖R‖²_F (Rademacher, off-diagonal
-part). For Hessians B is the Gauss–Newton part (sharpcli.ggn), and that ratio is in the
+part). For Hessians B is the Gauss–Newton part (sharpcli.hessian.ggn), and that ratio is in the
 hundreds on trained networks, where Hutch++ gains little: their Hessians are dominated by
 a wide bulk, not by a few large eigenvalues.
 """

@@ -22,9 +22,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import Formatter
 
 from sharpcli.edges import gd_edge
-from sharpcli.eos import edge_columns
+from sharpcli.analysis.eos import edge_columns
 from sharpcli.errors import SharpError
-from sharpcli.runs import SAM_PHASES, Run, load_run, read_density
+from sharpcli.formats.runs import SAM_PHASES, Run, load_run, read_density
 
 FIGURES = ("sharpness", "loss", "alignment", "density")
 PLOT_COLUMNS = ("step", "phase", "lr", "train_loss", "train_acc", "test_loss", "test_acc",

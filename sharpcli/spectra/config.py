@@ -99,7 +99,7 @@ class SpectrumConfig:
             raise SharpError(f"--trace-method hutch++ needs --trace-probes ≥ 3, got "
                              f"{self.trace_probes}")
         if self.backend == "pyhessian":
-            from sharpcli.pyhessian_backend import check_supported
+            from sharpcli.spectra.pyhessian import check_supported
 
             check_supported(self)
 

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from sharpcli.csvlog import METRICS_COLUMNS
+from sharpcli.formats.csvlog import METRICS_COLUMNS
 from sharpcli.errors import SharpError
 
 # Every metrics column except `phase` holds numbers (or nothing).

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from sharpcli.losses import LossFn
-from sharpcli.objective import chunk_slices
-from sharpcli.params import flatten, measurement_mode, trainable_params, unflatten
+from sharpcli.hessian.losses import LossFn
+from sharpcli.hessian.objective import chunk_slices
+from sharpcli.hessian.params import flatten, measurement_mode, trainable_params, unflatten
 
 
 class HessianOperator:

@@ -25,9 +25,9 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
 from sharpcli.errors import Interrupted
-from sharpcli.losses import LossFn
-from sharpcli.objective import chunk_slices
-from sharpcli.params import measurement_mode, trainable_params, unflatten
+from sharpcli.hessian.losses import LossFn
+from sharpcli.hessian.objective import chunk_slices
+from sharpcli.hessian.params import measurement_mode, trainable_params, unflatten
 
 # Per-example Jacobians are held for one chunk at a time: at most this many numbers.
 _JACOBIAN_BUDGET = 2**25  # 128 MiB in float32

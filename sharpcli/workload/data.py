@@ -131,7 +131,7 @@ def _mnist1d_arrays() -> tuple[np.ndarray, ...]:
         pass  # no cache yet, or a damaged one: generate
     arrays = _generate_mnist1d()
     try:
-        from sharpcli.atomic import atomic_write
+        from sharpcli.formats.atomic import atomic_write
 
         atomic_write(path, lambda f: np.savez(f, **dict(zip(("x", "y", "x_test", "y_test"), arrays))))
     except (OSError, SharpError):

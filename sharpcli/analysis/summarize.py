@@ -27,7 +27,7 @@ import pandas as pd
 
 from sharpcli.config import NON_SETTING_KEYS, UNUSED_BY_OPTIMIZER
 from sharpcli.errors import SharpError
-from sharpcli.runs import (METRICS_FILE, Run, find_run_dirs, last_value, read_config,
+from sharpcli.formats.runs import (METRICS_FILE, Run, find_run_dirs, last_value, read_config,
                            read_metrics, writable)
 
 # (column stem, table header, factor for display); accuracies are shown in percent.

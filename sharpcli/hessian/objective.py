@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from sharpcli.losses import LossFn, accuracy
-from sharpcli.params import flatten, measurement_mode, trainable_params
+from sharpcli.hessian.losses import LossFn, accuracy
+from sharpcli.hessian.params import flatten, measurement_mode, trainable_params
 
 
 def chunk_slices(n: int, chunk_size: int) -> list[slice]:

@@ -11,9 +11,9 @@ from typing import Callable, Iterable
 import torch
 
 from sharpcli.errors import Interrupted, SharpError
-from sharpcli.params import num_params, trainable_params
-from sharpcli.spectrum import Problem, compute_spectrum
-from sharpcli.spectrum_config import DENSITY_COLUMNS, SPECTRUM_COLUMNS, SpectrumConfig, SpectrumRow
+from sharpcli.hessian.params import num_params, trainable_params
+from sharpcli.spectra.compute import Problem, compute_spectrum
+from sharpcli.spectra.config import DENSITY_COLUMNS, SPECTRUM_COLUMNS, SpectrumConfig, SpectrumRow
 
 
 @dataclass
@@ -29,8 +29,8 @@ def expand_targets(args: Iterable[str | os.PathLike]) -> list[Target]:
     duplicates dropped. An argument is a checkpoint file, a checkpoint folder
     (checkpoints/<run>), a run folder (reports/<run>, whose config.json says where its
     checkpoints are) or a run name under reports/. Anything else is a SharpError."""
-    from sharpcli.checkpoints import list_checkpoints
-    from sharpcli.runs import checkpoint_files, is_run_dir
+    from sharpcli.formats.checkpoints import list_checkpoints
+    from sharpcli.formats.runs import checkpoint_files, is_run_dir
 
     targets: list[Target] = []
     for arg in args:
@@ -94,9 +94,9 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     row by row: by default into each run's report folder, with `out` all into one file.
     Each file is rewritten by the call that first writes to it. Interrupted (exit 130) once
     `should_stop()` turns true, with every row finished so far on disk."""
-    from sharpcli.checkpoints import load_checkpoint, load_run_data
-    from sharpcli.csvlog import CsvLog
-    from sharpcli.train_setup import resolve_device
+    from sharpcli.formats.checkpoints import load_checkpoint, load_run_data
+    from sharpcli.formats.csvlog import CsvLog
+    from sharpcli.training.setup import resolve_device
 
     cfg.validate()
     targets = expand_targets(args)

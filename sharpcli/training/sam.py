@@ -40,9 +40,9 @@ from torch import nn
 
 from sharpcli.errors import SharpError
 from sharpcli.linalg.power import power_iteration
-from sharpcli.losses import LossFn
-from sharpcli.objective import accumulate_gradient
-from sharpcli.params import flatten, running_stats_frozen, trainable_params, unflatten
+from sharpcli.hessian.losses import LossFn
+from sharpcli.hessian.objective import accumulate_gradient
+from sharpcli.hessian.params import flatten, running_stats_frozen, trainable_params, unflatten
 
 
 def _unit(g: torch.Tensor) -> torch.Tensor:

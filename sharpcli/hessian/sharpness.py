@@ -10,7 +10,7 @@ from torch import nn
 
 from sharpcli.hessian import HessianOperator
 from sharpcli.linalg import lanczos, lanczos_top_k
-from sharpcli.losses import LossFn
+from sharpcli.hessian.losses import LossFn
 
 
 @dataclass

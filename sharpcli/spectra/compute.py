@@ -5,7 +5,7 @@ The solvers live in sharpcli.linalg and see only an operator with a matvec; this
 builds that operator from a model and its data (the whole network, or one parameter group
 for `per_layer`), times each computation, counts its Hessian-vector products and turns the
 results into rows. `--backend pyhessian` hands the same questions to the `pyhessian`
-package instead (sharpcli.pyhessian_backend).
+package instead (sharpcli.spectra.pyhessian).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from torch import nn
 
 from sharpcli.errors import Interrupted, SharpError
 from sharpcli.hessian import HessianOperator
-from sharpcli.ggn import GaussNewtonPart, gauss_newton_separable
+from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable
 from sharpcli.linalg import (control_variate_trace, hutchinson_trace, lanczos, lanczos_top_k,
                              power_iteration, slq_density)
-from sharpcli.params import named_param_groups, num_params, trainable_params
-from sharpcli.spectrum_config import (DENSITY_COLUMNS, SPECTRUM_COLUMNS,  # noqa: F401 (re-exported)
+from sharpcli.hessian.params import named_param_groups, num_params, trainable_params
+from sharpcli.spectra.config import (DENSITY_COLUMNS, SPECTRUM_COLUMNS,  # noqa: F401 (re-exported)
                                       SpectrumConfig, SpectrumRow)
 
 @dataclass
@@ -76,7 +76,7 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig) -> Iterator[tuple[li
     if cfg.top_k > n:
         raise SharpError(f"--top-k {cfg.top_k} is more than the model's {n} parameters")
     if cfg.backend == "pyhessian":
-        from sharpcli.pyhessian_backend import pyhessian_quantities
+        from sharpcli.spectra.pyhessian import pyhessian_quantities
 
         yield from pyhessian_quantities(problem, cfg)
         return

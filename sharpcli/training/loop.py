@@ -6,7 +6,7 @@ Order within step t (so that a checkpoint, a logged row and a resume all agree):
   3. if step t is logged: evaluate, measure λ₁ and v₁ at w_t, write the row;
   4. update w_t → w_{t+1} with the phase's rule.
 In SAM phases, between 2 and 3, ε is built from g (Eigen-SAM first refreshes its estimate
-of v₁ if due); step 4 is then the SAM step of sharpcli.sam: the base optimizer moves w
+of v₁ if due); step 4 is then the SAM step of sharpcli.training.sam: the base optimizer moves w
 with ∇L_B(w + ε). Late-phase SAM keeps the same base optimizer, momentum buffers included.
 The last step T only measures and checkpoints: the final row describes the final weights.
 """
@@ -22,24 +22,24 @@ from typing import Callable
 import torch
 
 import sharpcli
-from sharpcli.atomic import atomic_write_json
-from sharpcli.checkpoints import (checkpoint_path, list_checkpoints, read_checkpoint,
+from sharpcli.formats.atomic import atomic_write_json
+from sharpcli.formats.checkpoints import (checkpoint_path, list_checkpoints, read_checkpoint,
                                   save_checkpoint, set_rng_state)
 from sharpcli.config import TrainConfig
-from sharpcli.csvlog import METRICS_COLUMNS, CsvLog
-from sharpcli.data import load_dataset
+from sharpcli.formats.csvlog import METRICS_COLUMNS, CsvLog
+from sharpcli.workload.data import load_dataset
 from sharpcli.edges import gd_edge, sam_edge
 from sharpcli.errors import DivergedError, Interrupted, SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.interrupt import stop_on_signals
-from sharpcli.losses import get_loss
-from sharpcli.models import build_model
-from sharpcli.objective import accumulate_gradient, evaluate, gradient_norm, gradient_vector
-from sharpcli.optim import build_base_optimizer, lr_at, set_lr
-from sharpcli.params import trainable_params
-from sharpcli.sam import EigenEstimate, check_sam_settings, perturbation, sam_step
-from sharpcli.sharpness import alignment, measure_sharpness
-from sharpcli.train_setup import (SAM_OPTIMIZERS, StepPlan, choose_run_name, plan_steps,
+from sharpcli.hessian.losses import get_loss
+from sharpcli.workload.models import build_model
+from sharpcli.hessian.objective import accumulate_gradient, evaluate, gradient_norm, gradient_vector
+from sharpcli.training.optim import build_base_optimizer, lr_at, set_lr
+from sharpcli.hessian.params import trainable_params
+from sharpcli.training.sam import EigenEstimate, check_sam_settings, perturbation, sam_step
+from sharpcli.hessian.sharpness import alignment, measure_sharpness
+from sharpcli.training.setup import (SAM_OPTIMIZERS, StepPlan, choose_run_name, plan_steps,
                                   resolve_device, validate_config)
 
 # Settings that may differ when a run is resumed: they do not change what is computed.

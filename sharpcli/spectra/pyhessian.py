@@ -36,8 +36,8 @@ import torch
 
 from sharpcli.errors import Interrupted, SharpError
 from sharpcli.linalg import EigenResult, TraceResult
-from sharpcli.objective import chunk_slices
-from sharpcli.spectrum import Problem, SpectrumConfig, _row
+from sharpcli.hessian.objective import chunk_slices
+from sharpcli.spectra.compute import Problem, SpectrumConfig, _row
 
 _GUARD = 1e-6  # the constant in pyhessian's relative-change test
 

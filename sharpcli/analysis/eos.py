@@ -31,7 +31,7 @@ import pandas as pd
 
 from sharpcli.edges import gd_edge, sam_edge
 from sharpcli.errors import SharpError
-from sharpcli.runs import (METRICS_COLUMNS, SAM_PHASES, checkpoint_files, read_config,
+from sharpcli.formats.runs import (METRICS_COLUMNS, SAM_PHASES, checkpoint_files, read_config,
                            read_metrics, resolve_run_dir, writable)
 
 EOS_COLUMNS = ("step", "phase", "sharpness", "grad_norm", "gd_edge", "sam_edge", "edge",
@@ -264,7 +264,7 @@ def measure_checkpoints(run_dir: str | Path, *, config: dict | None = None,
     import sharpcli
     try:
         from sharpcli.hessian import HessianOperator
-        from sharpcli.objective import full_batch_gradient
+        from sharpcli.hessian.objective import full_batch_gradient
         from sharpcli.linalg.lanczos import lanczos
     except ImportError as err:
         raise SharpError(f"--from-checkpoints needs the Hessian solver, missing here: {err}") \

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sharpcli.atomic import atomic_write
+from sharpcli.formats.atomic import atomic_write
 from sharpcli.errors import SharpError
 
 CHECKPOINT_FORMAT = "sharpcli-checkpoint"
@@ -149,7 +149,7 @@ class Checkpoint:
 
     @property
     def loss_fn(self):
-        from sharpcli.losses import get_loss
+        from sharpcli.hessian.losses import get_loss
 
         return get_loss(self.config["loss"])
 
@@ -160,7 +160,7 @@ class Checkpoint:
 
 
 def load_run_data(config: dict, device):
-    from sharpcli.data import load_dataset
+    from sharpcli.workload.data import load_dataset
 
     return load_dataset(config["dataset"], data_dir=config.get("data_dir", "data"),
                         download=False, train_size=config.get("train_size"),
@@ -168,7 +168,7 @@ def load_run_data(config: dict, device):
 
 
 def build_model_from_config(config: dict, input_shape, num_classes: int) -> nn.Module:
-    from sharpcli.models import build_model
+    from sharpcli.workload.models import build_model
 
     return build_model(config["model"], tuple(input_shape), num_classes, width=config.get("width"),
                        depth=config.get("depth", 2), activation=config.get("activation"))

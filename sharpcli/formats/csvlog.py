@@ -65,7 +65,7 @@ class CsvLog:
         i = header.index("step")
         # A row cut short by a crash is dropped: it would read back as a row of empty cells.
         kept = [r for r in body if len(r) == len(header) and _step_of(r[i]) < step]
-        from sharpcli.atomic import atomic_write
+        from sharpcli.formats.atomic import atomic_write
 
         def write(f):
             w = csv.writer(f, lineterminator="\n")

@@ -2,13 +2,15 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["load_checkpoint", "__version__"]
+__all__ = ["Tracker", "load_checkpoint", "__version__"]
+
+# Lazy: importing torch takes seconds, and `sharp --help` or `sharp summarize` need none.
+_EXPORTS = {"load_checkpoint": "sharpcli.workload.rebuild", "Tracker": "sharpcli.training.tracker"}
 
 
 def __getattr__(name: str):
-    # Lazy: importing torch takes seconds, and `sharp --help` or `sharp summarize` need none.
-    if name == "load_checkpoint":
-        from sharpcli.formats.checkpoints import load_checkpoint
+    if name in _EXPORTS:
+        import importlib
 
-        return load_checkpoint
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'sharpcli' has no attribute {name!r}")

@@ -1,20 +1,40 @@
-"""Typed settings of a training run: one flat dataclass, saved with the run and in every
-checkpoint so that a checkpoint alone rebuilds its model and data."""
+"""Typed settings: every choice list as an enum (the CLI's choices, the validation and the
+record all read these), and the flat dataclass of a training run, saved with the run and in
+every checkpoint so that a checkpoint alone rebuilds its model and data. No torch here:
+`sharp --help` must not pay for importing it."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass
 from enum import Enum
 
 from sharpcli.errors import SharpError
 
 
-# How a Hessian or evaluation treats BatchNorm: running statistics, or each chunk's own.
-MEASUREMENT_MODES = ("eval", "train")
+class Choice(str, Enum):
+    """One of a fixed set of strings. It compares, hashes, prints and serialises as its value
+    ("eigen-sam", not "Optimizer.eigen_sam"), so code and files can use plain strings."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def parse(cls, value, flag: str):
+        """`value` as a member; a SharpError naming `flag` and the choices otherwise."""
+        try:
+            return cls(getattr(value, "value", value))
+        except ValueError:
+            raise SharpError(f"unknown {flag} {value!r}; expected one of "
+                             f"{', '.join(c.value for c in cls)}") from None
 
 
-class Dataset(str, Enum):
+class Dataset(Choice):
     mnist1d = "mnist1d"
     digits = "digits"
     cifar10 = "cifar10"
@@ -24,7 +44,7 @@ class Dataset(str, Enum):
     svhn = "svhn"
 
 
-class Model(str, Enum):
+class Model(Choice):
     mlp = "mlp"
     cnn = "cnn"
     resnet18 = "resnet18"
@@ -32,40 +52,107 @@ class Model(str, Enum):
     wrn28_10 = "wrn28-10"
 
 
-class Loss(str, Enum):
+class Loss(Choice):
     mse = "mse"
     ce = "ce"
 
 
-class Optimizer(str, Enum):
+class Optimizer(Choice):
     gd = "gd"
     sgd = "sgd"
     sam = "sam"
     eigen_sam = "eigen-sam"
 
 
-class Schedule(str, Enum):
+class Phase(Choice):
+    """The update rule used at a step (metrics.csv's `phase`)."""
+
+    gd = "gd"
+    sgd = "sgd"
+    sam = "sam"
+    eigen_sam = "eigen-sam"
+
+
+# The sharpness-aware optimizers and phases: their edge is the SAM edge (SPEC §4).
+SAM_PHASES = frozenset({Phase.sam.value, Phase.eigen_sam.value})
+
+
+class Schedule(Choice):
     constant = "constant"
     cosine = "cosine"
+
+
+class HessianMode(Choice):
+    """How a Hessian or evaluation treats BatchNorm: running statistics, or each chunk's own."""
+
+    eval = "eval"
+    train = "train"
+
+
+class Method(Choice):
+    lanczos = "lanczos"
+    power = "power"
+
+
+class TraceMethod(Choice):
+    auto = "auto"
+    gauss_newton = "gauss-newton"
+    hutchinson = "hutchinson"
+    hutchpp = "hutch++"
+
+
+class Split(Choice):
+    train = "train"
+    test = "test"
+
+
+class Backend(Choice):
+    native = "native"
+    pyhessian = "pyhessian"
+
+
+def coerce_choices(config) -> None:
+    """Turn the string values of a dataclass's enum-typed fields into members (SharpError
+    naming the flag for an unknown value), so that `TrainConfig(optimizer="sam")`, a config
+    read from JSON and the CLI's parsed flags all hold the same thing."""
+    for name, kind in _choice_fields(type(config)).items():
+        value = getattr(config, name)
+        if value is not None:
+            setattr(config, name, kind.parse(value, "--" + name.replace("_", "-")))
+
+
+@functools.cache
+def _choice_fields(cls) -> dict[str, type[Choice]]:
+    fields = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        for t in (hint, *typing.get_args(hint)):  # `Dataset` or `Method | None`
+            if isinstance(t, type) and issubclass(t, Choice):
+                fields[name] = t
+    return fields
+
+
+def plain(value):
+    """A config value as JSON and weights_only checkpoints hold it: members become strings."""
+    return value.value if isinstance(value, Choice) else value
 
 
 @dataclass
 class TrainConfig:
     # data
-    dataset: str = "mnist1d"
+    dataset: Dataset = Dataset.mnist1d
     data_dir: str = "data"
     download: bool = False
     train_size: int | None = 1000
     test_size: int | None = None  # None: the whole test split (mnist1d: 1000, digits: 360)
     # model
-    model: str = "mlp"
+    model: Model = Model.mlp
     width: int | None = None  # None: the model's own default (mlp 100, cnn 32, resnet 64, wrn 16)
     depth: int = 2
     activation: str | None = None  # None: the model's own default (tanh for mlp/cnn, relu for ResNets)
     # loss
-    loss: str = "mse"
+    loss: Loss = Loss.mse
     # optimizer
-    optimizer: str = "gd"
+    optimizer: Optimizer = Optimizer.gd
     lr: float = 0.3  # with the defaults, λ₁ reaches 2/η ≈ 6.7 by step ~300 and hovers there
     momentum: float = 0.0
     nesterov: bool = False
@@ -74,7 +161,7 @@ class TrainConfig:
     physical_batch_size: int = 4096
     steps: int | None = None
     epochs: int | None = None
-    schedule: str = "constant"
+    schedule: Schedule = Schedule.constant
     rho: float = 0.05
     adaptive: bool = False
     alpha: float = 0.2
@@ -101,9 +188,13 @@ class TrainConfig:
     stop_loss: float | None = None
     stop_acc: float | None = None
 
+    def __post_init__(self) -> None:
+        coerce_choices(self)
+
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        """Rebuild from config.json or a checkpoint; keys this version does not know are an error."""
+        """Rebuild from config.json or a checkpoint; keys this version does not know are an
+        error, record-only keys are skipped, and missing keys take today's defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names - RECORD_ONLY_KEYS)
         if unknown:
@@ -111,7 +202,17 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def sam(self) -> bool:
+        """Whether the optimizer is sharpness-aware (in some phase of the run)."""
+        return self.optimizer.value in SAM_PHASES
+
+    @property
+    def base_phase(self) -> Phase:
+        """The update outside SAM phases: gd when full batch, sgd with a batch size."""
+        return Phase.gd if self.batch_size is None else Phase.sgd
 
 
 # Keys written into config.json beside the settings, for the record; not settings themselves.
@@ -124,9 +225,28 @@ NON_SETTING_KEYS = {"seed", "run_name", "reports_dir", "checkpoints_dir", "resum
 
 # Settings that a given optimizer never reads: leaving them out of a run's setting keeps,
 # say, a gd run and a gd run with a different (unused) --rho in one group.
+_SAM_ONLY = {"rho", "adaptive", "alpha", "eig_every", "eig_iters", "sam_start"}
 UNUSED_BY_OPTIMIZER = {
-    "gd": {"rho", "adaptive", "alpha", "eig_every", "eig_iters", "sam_start"},
-    "sgd": {"rho", "adaptive", "alpha", "eig_every", "eig_iters", "sam_start"},
-    "sam": {"alpha", "eig_every", "eig_iters"},
-    "eigen-sam": {"adaptive"},
+    Optimizer.gd.value: _SAM_ONLY,
+    Optimizer.sgd.value: _SAM_ONLY,
+    Optimizer.sam.value: {"alpha", "eig_every", "eig_iters"},
+    Optimizer.eigen_sam.value: {"adaptive"},
 }
+
+
+def sam_start_step(sam_start: int | None, in_epochs: bool, steps_per_epoch: int | None) -> int | None:
+    """The first step of the SAM phase: --sam-start counts epochs when the run is given in
+    epochs (SPEC §5). None: SAM from the start (or unknown steps per epoch)."""
+    if sam_start is None or not in_epochs:
+        return sam_start
+    return sam_start * steps_per_epoch if steps_per_epoch else None
+
+
+def phase_at(optimizer: str, batch_size: int | None, start: int | None, step: int) -> str:
+    """The update rule used at `step`: a sharpness-aware optimizer runs its base (gd when
+    full batch, sgd with a batch size) before the SAM phase's first step `start`; every other
+    optimizer is its own phase throughout."""
+    optimizer = plain(optimizer)
+    if optimizer in SAM_PHASES and start is not None and step < start:
+        return Phase.gd.value if batch_size is None else Phase.sgd.value
+    return optimizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 def gd_edge(lr: float, momentum: float = 0.0, nesterov: bool = False) -> float:
@@ -28,3 +29,26 @@ def sam_edge(lr: float, rho: float, grad_norm: float) -> float:
     x = 8.0 * rho / (lr * grad_norm)
     # (√(1+x) − 1) loses precision for tiny x; x/(√(1+x)+1) is the same number, stably.
     return (grad_norm / (2.0 * rho)) * (x / (math.sqrt(1.0 + x) + 1.0))
+
+
+@dataclass(frozen=True)
+class EdgeRule:
+    """The edges that apply to a run's steps, from the settings that enter them: momentum and
+    Nesterov for the GD edge, ρ for the SAM edge (Long & Bartlett's edge is for SAM on plain
+    GD: momentum enters the GD edge only). Training logs these and `sharp eos` recomputes
+    them the same way where a row lacks them."""
+
+    momentum: float = 0.0
+    nesterov: bool = False
+    rho: float | None = None  # None: no SAM edge
+
+    def at(self, lr: float | None, grad_norm: float | None, sam_phase: bool) -> dict[str, float | None]:
+        """{"gd_edge", "sam_edge"} at a step of step size `lr` and gradient norm ‖g‖; each
+        None where it does not apply: no positive lr (a cosine schedule ends at 0), or no
+        SAM edge outside SAM phases or without ρ and ‖g‖."""
+        if lr is None or not lr > 0:
+            return {"gd_edge": None, "sam_edge": None}
+        sam = None
+        if sam_phase and self.rho is not None and grad_norm is not None:
+            sam = sam_edge(lr, self.rho, grad_norm)
+        return {"gd_edge": gd_edge(lr, self.momentum, self.nesterov), "sam_edge": sam}

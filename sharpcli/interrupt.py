@@ -6,7 +6,9 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
+
+from sharpcli.errors import Interrupted
 
 
 class StopRequest:
@@ -38,3 +40,10 @@ def stop_on_signals() -> Iterator[StopRequest]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def check_stop(should_stop: Callable[[], bool] | None) -> None:
+    """Raise Interrupted if a stop was requested: long computations poll this between
+    Hessian-vector products or chunks, so Ctrl-C ends them within one."""
+    if should_stop is not None and should_stop():
+        raise Interrupted("interrupted")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import sharpcli.formats.atomic
-import sharpcli.training.loop
+import sharpcli.training.tracker
 from sharpcli.formats.atomic import atomic_write, atomic_write_json
 from sharpcli.formats.checkpoints import list_checkpoints, read_checkpoint, save_checkpoint
 from sharpcli.formats.csvlog import CsvLog
@@ -126,7 +126,7 @@ def test_a_cut_checkpoint_never_loads(tmp_path, fraction):
 def test_unexpected_error_mid_run_leaves_complete_files(tmp_path, monkeypatch):
     """A bug (here: the third λ₁ measurement raises) keeps its traceback, and what was written
     before it is whole: complete rows, loadable checkpoints, no temporary files."""
-    real, calls = sharpcli.training.loop.measure_sharpness, []
+    real, calls = sharpcli.training.tracker.measure_sharpness, []
 
     def third_call_fails(*args, **kwargs):
         calls.append(1)
@@ -134,7 +134,7 @@ def test_unexpected_error_mid_run_leaves_complete_files(tmp_path, monkeypatch):
             raise RuntimeError("simulated bug")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sharpcli.training.loop, "measure_sharpness", third_call_fails)
+    monkeypatch.setattr(sharpcli.training.tracker, "measure_sharpness", third_call_fails)
     with pytest.raises(RuntimeError, match="simulated bug"):
         sharp(*train_args(tmp_path, "r", "--steps", "10", "--sharpness-every", "2",
                           "--eval-every", "2", "--checkpoint-every", "1"))

@@ -7,18 +7,18 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from sharpcli.edges import gd_edge, sam_edge
-from sharpcli.analysis.eos import (EOS_COLUMNS, edge_table, eos_run, measure_checkpoints,
-                          summarize_edges)
+from sharpcli.analysis.eos import edge_table, eos_run, summarize_edges
 from sharpcli.errors import SharpError
 from sharpcli.formats.runs import write_run
-from tests.runners import cli
+from sharpcli.formats.schema import EOS_COLUMNS
+from tests.helpers import dense_hessian
+from tests.runners import cli, sharp, train_args
 
 LR = 0.1  # GD edge 2/η = 20
 
@@ -320,110 +320,66 @@ def test_end_to_end_subprocess(runs):
 
 # --- --from-checkpoints ---------------------------------------------------------------------
 
-def _linear_checkpoints(tmp_path, monkeypatch, config, steps):
-    """A fake sharpcli.load_checkpoint over a linear model f(x) = Wx with the MSE loss
-    0.5‖Wx − onehot(y)‖² (mean over examples): its Hessian is I ⊗ XᵀX/N, so λ₁ is the top
-    eigenvalue of XᵀX/N, whatever W. W differs per step, so ‖g‖ does."""
+@pytest.fixture(scope="module")
+def late_sam_run(tmp_path_factory):
+    """A real tiny run of late-phase SAM (gd for steps 0–1, SAM from step 2), checkpointed
+    at steps 0, 2 and 4, with a cosine schedule so that each step has its own lr."""
+    root = tmp_path_factory.mktemp("late")
+    result = sharp(*train_args(root, "late", "--optimizer", "sam", "--sam-start", "2",
+                               "--steps", "4", "--schedule", "cosine", "--checkpoint-every", "2",
+                               "--sharpness-every", "2", "--eval-every", "2",
+                               "--sharpness-samples", "40"))
+    assert result.code == 0, result.stderr
+    return root / "reports" / "late"
+
+
+def _dense_truth(ckpt, n):
+    """λ₁ of the dense float64 Hessian and ‖g‖ over the first n training examples."""
     import torch
 
+    model = ckpt.model.double()
+    x, y = (t[:n] for t in ckpt.data()[:2])
+    x = x.double()
+    lam = torch.linalg.eigvalsh(dense_hessian(model, ckpt.loss_fn, x, y)).max().item()
+    loss = ckpt.loss_fn(model(x), y)
+    g = torch.autograd.grad(loss, list(model.parameters()))
+    return lam, torch.cat([t.reshape(-1) for t in g]).norm().item()
+
+
+def test_measure_checkpoints_against_dense_hessians(late_sam_run):
     import sharpcli
-    from sharpcli.hessian.losses import mse_loss
+    from sharpcli.spectra.measure import measure_checkpoints
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(12, 4, generator=gen, dtype=torch.float64) * torch.tensor([3.0, 1, 1, 0.5],
-                                                                             dtype=torch.float64)
-    y = torch.arange(12) % 3
-    ck_dir = tmp_path / "checkpoints" / "lin"
-    ck_dir.mkdir(parents=True)
-    loads = []
-
-    def model_at(step):
-        model = torch.nn.Linear(4, 3, bias=False).to(torch.float64)
-        with torch.no_grad():
-            model.weight.copy_(torch.full((3, 4), 0.1 * (1 + step / 100), dtype=torch.float64))
-        return model.eval()
-
-    def fake_load_checkpoint(path, device=None):
-        step = int(Path(path).stem.split("-")[1])
-        loads.append(step)
-        return SimpleNamespace(model=model_at(step), config=config, step=step, loss_fn=mse_loss,
-                               data=lambda: (x, y, x[:2], y[:2]))
-
-    for step in steps:
-        (ck_dir / f"step-{step:08d}.pt").write_bytes(b"")
-    monkeypatch.setattr(sharpcli, "load_checkpoint", fake_load_checkpoint, raising=False)
-
-    def expected(step, n):
-        xs = x[:n]
-        lam = torch.linalg.eigvalsh(xs.T @ xs / n).max().item()
-        model = model_at(step)
-        loss = mse_loss(model(xs), y[:n])
-        (g,) = torch.autograd.grad(loss, [model.weight])
-        return lam, g.norm().item()
-
-    return expected, loads
-
-
-def test_measure_checkpoints_with_the_real_solver(tmp_path, monkeypatch):
-    pytest.importorskip("sharpcli.hessian")
-    pytest.importorskip("sharpcli.linalg.lanczos")
-    config = base_config(optimizer="sam", sam_start=100, lr=0.3, rho=0.1, sharpness_samples=9,
-                         run_name="lin", checkpoints_dir=str(tmp_path / "checkpoints"))
-    # the metrics log says which phase and lr applied: gd before step 100, SAM from 100,
-    # with a learning rate (0.2) that differs from the config's to show it is the one used
-    run = write_run(tmp_path / "reports" / "lin", config,
-                    [{"step": 0, "phase": "gd", "lr": 0.2}, {"step": 100, "phase": "sam", "lr": 0.2},
-                     {"step": 200, "phase": "sam", "lr": 0.2}])
-    expected, loads = _linear_checkpoints(tmp_path, monkeypatch, config, steps=[0, 100, 200])
-    df = measure_checkpoints(run, max_iter=50)
-    assert df["step"].tolist() == [0, 100, 200] and loads == [0, 100, 200]
-    assert df["phase"].tolist() == ["gd", "sam", "sam"]
-    assert df["lr"].tolist() == [0.2, 0.2, 0.2]
-    assert math.isnan(df["rho"][0]) and df["rho"][1] == 0.1
+    df = measure_checkpoints(late_sam_run, tol=1e-6)
+    logged = pd.read_csv(late_sam_run / "metrics.csv").set_index("step")
+    assert df["step"].tolist() == [0, 2, 4]
+    assert df["phase"].tolist() == ["gd", "sam", "sam"]  # the phase each step's row logged
+    assert df["lr"].tolist() == [logged.loc[s, "lr"] for s in (0, 2, 4)]
+    assert math.isnan(df["rho"][0]) and df["rho"][1] == 0.05
     for _, row in df.iterrows():
-        lam, gnorm = expected(row["step"], 9)  # the run's sharpness_samples
-        assert row["sharpness"] == pytest.approx(lam, rel=1e-6)
-        assert row["grad_norm"] == pytest.approx(gnorm, rel=1e-6)
-    # --samples overrides the run's setting; the table follows the SAM phases
-    df = measure_checkpoints(run, samples=12, max_iter=50)
-    assert df["sharpness"][0] == pytest.approx(expected(0, 12)[0], rel=1e-6)
-    result = eos_run(run, from_checkpoints=True, samples=12, max_iter=50)
-    t = result.table
-    assert t["edge"][0] == pytest.approx(gd_edge(0.2))
-    assert t["edge"][1] == pytest.approx(sam_edge(0.2, 0.1, t["grad_norm"][1]))
+        ckpt = sharpcli.load_checkpoint(late_sam_run.parent.parent / "checkpoints" / "late"
+                                        / f"step-{int(row['step']):08d}.pt")
+        lam, gnorm = _dense_truth(ckpt, 40)  # the run's --sharpness-samples
+        assert row["sharpness"] == pytest.approx(lam, rel=1e-5)
+        assert row["grad_norm"] == pytest.approx(gnorm, rel=1e-5)
+    # --samples overrides the run's setting; the edges follow the phases
+    df = measure_checkpoints(late_sam_run, samples=64, tol=1e-6)
+    t = eos_run(late_sam_run, metrics=df).table
+    assert t["edge"][0] == pytest.approx(gd_edge(df["lr"][0]))
+    assert t["edge"][1] == pytest.approx(sam_edge(df["lr"][1], 0.05, t["grad_norm"][1]))
 
 
-def test_from_checkpoints_cli_end_to_end(tmp_path, monkeypatch, capsys):
-    """A real tiny training run, then `sharp eos --from-checkpoints`: λ₁ and ‖g‖ at each
-    checkpoint must match what training logged at the same steps."""
-    pytest.importorskip("sharpcli.hessian")
-    pytest.importorskip("sharpcli.linalg.lanczos")
-    import sharpcli
-    if not hasattr(sharpcli, "load_checkpoint"):
-        pytest.skip("sharpcli.load_checkpoint is not there yet")
-    from typer.main import get_command
-
-    from sharpcli.cli import app
-    if "train" not in get_command(app).commands:
-        pytest.skip("sharp train is not there yet")
-    monkeypatch.chdir(tmp_path)
-    code, _, err = cli(["train", "--steps", "2", "--train-size", "64", "--test-size", "64",
-                        "--lr", "0.05", "--sharpness-every", "2", "--eval-every", "2",
-                        "--checkpoint-every", "2", "--run-name", "tiny", "--width", "16",
-                        "--quiet"], capsys)
-    assert code == 0, err
-    code, out, err = cli(["eos", "reports/tiny", "--from-checkpoints", "--out", "ck.csv",
+def test_from_checkpoints_cli_end_to_end(late_sam_run, tmp_path, capsys):
+    """`sharp eos --from-checkpoints` on a real run (its checkpoints load with weights_only):
+    λ₁ at each checkpoint matches what training logged at the same step, on the same 40
+    examples (the run's --sharpness-samples)."""
+    code, out, err = cli(["eos", late_sam_run, "--from-checkpoints", "--out", tmp_path / "ck.csv",
                           "--max-iter", "100", "--tol", "1e-4"], capsys)
-    if code == 2 and "cannot be loaded safely" in err:
-        # Known: the trainer stores torch.__version__ (a TorchVersion, not a str) in the
-        # checkpoint's config, which torch.load(weights_only=True) refuses.
-        pytest.xfail("checkpoints written by sharp train do not load with weights_only=True")
     assert code == 0, err
-    from_ckpt = pd.read_csv("ck.csv").set_index("step")
-    logged = pd.read_csv("reports/tiny/metrics.csv").set_index("step")
-    assert list(from_ckpt.index) == [0, 2]
+    assert "step-00000002.pt: λ₁=" in out and "wrote" in out
+    from_ckpt = pd.read_csv(tmp_path / "ck.csv").set_index("step")
+    logged = pd.read_csv(late_sam_run / "metrics.csv").set_index("step")
+    assert list(from_ckpt.index) == [0, 2, 4]
     for step in from_ckpt.index:
         assert from_ckpt.loc[step, "sharpness"] == pytest.approx(logged.loc[step, "sharpness"],
                                                                  rel=1e-3)
-        assert from_ckpt.loc[step, "grad_norm"] == pytest.approx(logged.loc[step, "grad_norm"],
-                                                                 rel=1e-4)

@@ -140,9 +140,9 @@ def sigterm(*args, **kwargs):
 def test_signal_outside_the_training_loop_exits_130_quietly(tmp_path, monkeypatch, interrupt):
     """A signal while the data loads (before the loop's own handler is installed): exit 130,
     no traceback, nothing half written."""
-    import sharpcli.training.loop
+    import sharpcli.training.setup
 
-    monkeypatch.setattr(sharpcli.training.loop, "load_dataset", interrupt)
+    monkeypatch.setattr(sharpcli.training.setup, "load_dataset", interrupt)
     previous = signal.getsignal(signal.SIGTERM)
     result = sharp(*train_args(tmp_path, "r", "--steps", "4"))
     assert result.code == 130 and "Traceback" not in result.stderr, result.stderr

@@ -12,7 +12,7 @@ from sharpcli.hessian import HessianOperator
 from sharpcli.linalg import matrix_with_spectrum
 from sharpcli.hessian.objective import accumulate_gradient, gradient_vector
 from sharpcli.hessian.params import flatten, running_stats_frozen, trainable_params
-from sharpcli.training.sam import (EigenEstimate, asam_perturbation, eigen_sam_perturbation,
+from sharpcli.training.sam import (EigenState, refresh, refresh_due, asam_perturbation, eigen_sam_perturbation,
                           perturbation, sam_perturbation, sam_step)
 from tests.helpers import tiny_bn_net
 
@@ -134,8 +134,8 @@ def test_eigen_sam_step_closed_form():
     lr, rho, alpha = 0.1, 0.05, 0.4
     model, opt, x, y = _setup(lr)
     v_prev = torch.tensor([1.0, 0.5, -0.2, 0.3, 0.1, -0.4], dtype=torch.float64)
-    estimate = EigenEstimate(every=10, iters=3, v=v_prev / v_prev.norm())
-    estimate.refresh(HessianOperator(model, quad_loss, x, y, mode="train"), seed=0)
+    estimate = refresh(EigenState(v_prev / v_prev.norm()),
+                       HessianOperator(model, quad_loss, x, y, mode="train"), iters=3, seed=0)
     v = torch.linalg.matrix_power(A, 3) @ v_prev
     v = v / v.norm()
     assert torch.allclose(estimate.v, v, rtol=0, atol=1e-14)
@@ -149,11 +149,10 @@ def test_eigen_sam_step_closed_form():
     assert torch.allclose(_w(model), expected, rtol=0, atol=1e-14)
 
 
-def test_eigen_estimate_due():
-    est = EigenEstimate(every=5, iters=2)
-    assert est.due(3)  # no estimate yet: refresh at the first SAM step whatever the step
-    est.v = torch.ones(3)
-    assert [s for s in range(12) if est.due(s)] == [0, 5, 10]
+def test_eigen_refresh_due():
+    assert refresh_due(EigenState(), 3, every=5)  # no estimate yet: refresh at once
+    state = EigenState(torch.ones(3))
+    assert [s for s in range(12) if refresh_due(state, s, every=5)] == [0, 5, 10]
 
 
 # --- the SAM edge (SPEC §4), by hand ------------------------------------------------------
@@ -233,8 +232,8 @@ def test_eigen_refresh_leaves_bn_and_mode_alone(train_mode):
         model(x)  # non-trivial running statistics
     model.train(train_mode)
     before = _buffers(model)
-    est = EigenEstimate(every=1, iters=4)
-    v = est.refresh(HessianOperator(model, mse_loss, x, y, mode="train"), seed=0)
+    v = refresh(EigenState(), HessianOperator(model, mse_loss, x, y, mode="train"),
+                iters=4, seed=0).v
     assert v.shape == (sum(p.numel() for p in trainable_params(model)),)
     assert torch.isclose(v.norm(), torch.tensor(1.0, dtype=v.dtype))
     for k, b in _buffers(model).items():

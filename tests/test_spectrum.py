@@ -13,7 +13,9 @@ from sharpcli.hessian.losses import ce_loss, mse_loss
 from sharpcli.hessian.params import named_param_groups
 from sharpcli.spectra.pyhessian import _pairs, pyhessian_eigenvalues, pyhessian_trace
 from sharpcli.linalg import lanczos_top_k
-from sharpcli.spectra.compute import Problem, SpectrumConfig, compute_spectrum
+from sharpcli.spectra.compute import compute_spectrum
+from sharpcli.spectra.config import SpectrumConfig
+from sharpcli.spectra.problem import Problem
 from tests.helpers import dense_hessian, tiny_bn_net, tiny_mlp
 
 
@@ -32,7 +34,9 @@ def _dense(problem):
 
 
 def _rows(problem, **cfg):
-    return [r for rows, _ in compute_spectrum(problem, SpectrumConfig(**cfg)) for r in rows]
+    """The spectrum.csv rows of every solve, as `sharp spectrum` writes them."""
+    return [r for solve in compute_spectrum(problem, SpectrumConfig(**cfg))
+            for r in solve.rows(problem.checkpoint, problem.step)]
 
 
 def _values(rows, quantity="eigenvalue", block="all"):
@@ -88,7 +92,8 @@ def test_density_integrates_to_one_and_sits_at_dense_eigenvalues():
     out = list(compute_spectrum(problem, SpectrumConfig(top_k=1, density=True, density_runs=10,
                                                         density_iters=100, density_grid=4000,
                                                         density_sigma=0.002)))
-    (summary,), curve = out[-1]
+    density = out[-1]
+    (summary,), curve = density.rows("", None), density.curve("", None)
     t = torch.tensor([c["eigenvalue"] for c in curve], dtype=torch.float64)
     d = torch.tensor([c["density"] for c in curve], dtype=torch.float64)
     assert (d >= 0).all() and float(torch.trapezoid(d, t)) == pytest.approx(1, abs=1e-9)

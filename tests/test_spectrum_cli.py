@@ -9,7 +9,8 @@ import torch
 from sharpcli import load_checkpoint
 from sharpcli.cli import main
 from sharpcli.errors import Interrupted
-from sharpcli.spectra.config import SPECTRUM_COLUMNS, SpectrumConfig
+from sharpcli.formats.schema import SPECTRUM_COLUMNS
+from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.run import run_spectrum
 from tests.helpers import dense_hessian
 

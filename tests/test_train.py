@@ -12,7 +12,7 @@ import sharpcli
 from sharpcli.formats.checkpoints import list_checkpoints
 from sharpcli.cli import main
 from sharpcli.config import TrainConfig
-from sharpcli.formats.csvlog import METRICS_COLUMNS
+from sharpcli.formats.schema import METRICS_COLUMNS
 from sharpcli.training.loop import train
 from tests.helpers import dense_hessian
 
@@ -36,7 +36,7 @@ def test_gd_run_writes_metrics_config_and_checkpoints(tmp_path):
     run_cli(tmp_path, "--steps", "10", "--sharpness-every", "5", "--eval-every", "5",
             "--checkpoint-every", "5", "--run-name", "r")
     df = metrics(tmp_path, "r")
-    assert list(df.columns) == METRICS_COLUMNS
+    assert tuple(df.columns) == METRICS_COLUMNS
     assert df["step"].tolist() == [0, 5, 10]
     assert (df["phase"] == "gd").all()
     assert df["sharpness"].notna().all() and df["alignment"].between(0, 1).all()

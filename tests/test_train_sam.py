@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from sharpcli.cli import main
-from sharpcli.formats.csvlog import METRICS_COLUMNS
+from sharpcli.formats.schema import METRICS_COLUMNS
 from sharpcli.edges import sam_edge
 
 TINY = ["--train-size", "64", "--test-size", "32", "--width", "16", "--quiet", "--lr", "0.2"]
@@ -40,7 +40,7 @@ def test_sam_runs_log_rho_sam_edge_and_alignment(tmp_path, optimizer, extra):
     run_cli(tmp_path, "--optimizer", optimizer, *extra, "--rho", "0.1", "--steps", "4",
             "--sharpness-every", "2", "--eval-every", "1", "--run-name", "r")
     df = metrics(tmp_path, "r")
-    assert list(df.columns) == METRICS_COLUMNS
+    assert tuple(df.columns) == METRICS_COLUMNS
     assert df["step"].tolist() == [0, 1, 2, 3, 4] and (df["phase"] == optimizer).all()
     assert df["train_loss"].iloc[-1] < df["train_loss"].iloc[0]
     measured = df[df["step"] % 2 == 0]

@@ -24,18 +24,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from sharpcli.edges import gd_edge, sam_edge
+from sharpcli.config import SAM_PHASES, phase_at, sam_start_step
+from sharpcli.edges import EdgeRule, gd_edge, sam_edge
 from sharpcli.errors import SharpError
-from sharpcli.formats.runs import (METRICS_COLUMNS, SAM_PHASES, checkpoint_files, read_config,
-                           read_metrics, resolve_run_dir, writable)
-
-EOS_COLUMNS = ("step", "phase", "sharpness", "grad_norm", "gd_edge", "sam_edge", "edge",
-               "ratio", "at_edge")
+from sharpcli.formats.runs import read_config, read_metrics, resolve_run_dir, writable
+from sharpcli.formats.schema import EOS_COLUMNS
 DEFAULT_BAND = 0.1
 DEFAULT_THRESHOLD = 0.5
 VERDICTS = ("at-edge", "below-edge", "above-edge")
@@ -77,21 +74,11 @@ def edges_at(lr: float, momentum: float = 0.0, nesterov: bool = False,
     return out
 
 
-def phase_at(config: dict, step: int) -> str:
-    """The update a run of this config used at `step`, for when no metrics row says it."""
-    optimizer = config.get("optimizer") or "gd"
-    if optimizer not in SAM_PHASES:
-        return optimizer
-    base = "gd" if config.get("batch_size") is None else "sgd"
-    start = config.get("sam_start")
-    if start is None:
-        return optimizer
-    if config.get("epochs") is not None:  # sam_start counts epochs then (SPEC §5)
-        per_epoch = config.get("steps_per_epoch")
-        if not per_epoch:
-            return optimizer
-        start = start * per_epoch
-    return optimizer if step >= start else base
+def run_phase_at(config: dict, step: int) -> str:
+    """The update a run of this config.json used at `step`, for when no metrics row says it."""
+    start = sam_start_step(config.get("sam_start"), config.get("epochs") is not None,
+                           config.get("steps_per_epoch"))
+    return phase_at(config.get("optimizer") or "gd", config.get("batch_size"), start, step)
 
 
 def edge_columns(metrics: pd.DataFrame, config: dict) -> pd.DataFrame:
@@ -110,17 +97,13 @@ def edge_columns(metrics: pd.DataFrame, config: dict) -> pd.DataFrame:
     for row in metrics.to_dict("records"):
         phase = row.get("phase")
         if not isinstance(phase, str) or not phase:
-            phase = phase_at(config, int(row["step"]))
+            phase = run_phase_at(config, int(row["step"]))
         lr = _cell(row, "lr", config.get("lr"))
-        grad_norm = _cell(row, "grad_norm")
-        gd, sam = _cell(row, "gd_edge"), _cell(row, "sam_edge")
-        if lr is not None and lr > 0:
-            if gd is None:
-                gd = gd_edge(lr, momentum, nesterov)
-            if sam is None:
-                rho = _cell(row, "rho", config.get("rho") if phase in SAM_PHASES else None)
-                if rho is not None and grad_norm is not None and (phase in SAM_PHASES or rho > 0):
-                    sam = sam_edge(lr, rho, grad_norm)
+        rho = _cell(row, "rho", config.get("rho") if phase in SAM_PHASES else None)
+        rule = EdgeRule(momentum, nesterov, rho)
+        computed = rule.at(lr, _cell(row, "grad_norm"), phase in SAM_PHASES or (rho or 0) > 0)
+        gd, sam = (computed[k] if _cell(row, k) is None else _cell(row, k)
+                   for k in ("gd_edge", "sam_edge"))
         edge = sam if phase in SAM_PHASES else gd
         records.append({"step": int(row["step"]), "phase": phase, "gd_edge": _nan(gd),
                         "sam_edge": _nan(sam), "edge": _nan(edge)})
@@ -214,15 +197,13 @@ class EosResult:
 
 
 def eos_run(run: str | Path, band: float = DEFAULT_BAND, threshold: float = DEFAULT_THRESHOLD,
-            from_checkpoints: bool = False, **measure_kwargs) -> EosResult:
-    """The eos table and verdict of one run: from metrics.csv, or with from_checkpoints by
-    measuring λ₁ and ‖g‖ at every checkpoint (measure_checkpoints, kwargs passed on)."""
+            metrics: pd.DataFrame | None = None) -> EosResult:
+    """The eos table and verdict of one run: from its metrics.csv, or from `metrics` when
+    given (the table sharpcli.spectra.measure makes from its checkpoints)."""
     check_band(band, threshold)
     run_dir = resolve_run_dir(run)
     config = read_config(run_dir)
-    if from_checkpoints:
-        metrics = measure_checkpoints(run_dir, config=config, **measure_kwargs)
-    else:
+    if metrics is None:
         metrics = read_metrics(run_dir, required=EOS_METRICS_COLUMNS)
     table = edge_table(metrics, config, band)
     if table.empty:
@@ -242,86 +223,3 @@ def write_eos_csv(table: pd.DataFrame, path: str | Path) -> Path:
     except OSError as err:
         raise SharpError(f"cannot write {path}: {err.strerror}") from None
     return path
-
-
-def measure_checkpoints(run_dir: str | Path, *, config: dict | None = None,
-                        device: str = "cpu", samples: int | None = None, tol: float = 1e-3,
-                        max_iter: int = 100, seed: int = 0, chunk_size: int | None = None,
-                        on_checkpoint: Callable[[Path, dict], None] | None = None) -> pd.DataFrame:
-    """λ₁ (Lanczos on the training-loss Hessian) and the full-batch ‖g‖ at every checkpoint
-    of a run, as a metrics-like DataFrame (step, phase, lr, rho, train_loss, grad_norm,
-    sharpness; the other SPEC columns empty) that edge_table() reads like metrics.csv.
-
-    The examples are the first `samples` of the run's training subset (default: the run's
-    sharpness_samples, else all of it). phase and lr are those of the last metrics.csv row at
-    or before the checkpoint's step (from the config when there is none); rho is the
-    config's in SAM phases. grad_norm is the full-batch gradient norm, even for runs that
-    trained on minibatches. Lanczos starts from a Gaussian vector drawn from `seed`.
-    `on_checkpoint(path, row)` is called after each one (progress).
-    """
-    import torch
-
-    import sharpcli
-    try:
-        from sharpcli.hessian import HessianOperator
-        from sharpcli.hessian.objective import full_batch_gradient
-        from sharpcli.linalg.lanczos import lanczos
-    except ImportError as err:
-        raise SharpError(f"--from-checkpoints needs the Hessian solver, missing here: {err}") \
-            from None
-    load_checkpoint = getattr(sharpcli, "load_checkpoint", None)
-    if load_checkpoint is None:
-        raise SharpError("--from-checkpoints needs sharpcli.load_checkpoint, missing here")
-
-    run_dir = Path(run_dir)
-    config = read_config(run_dir) if config is None else config
-    files = checkpoint_files(run_dir, config)
-    logged = _logged_steps(run_dir)
-    chunk = chunk_size or config.get("physical_batch_size") or 4096
-    data = None  # the training subset is the same for every checkpoint: load it once
-    rows = []
-    for path in files:
-        ckpt = load_checkpoint(path, device=device)
-        if data is None:
-            x_train, y_train = ckpt.data()[:2]
-            n = samples or config.get("sharpness_samples") or len(x_train)
-            data = (x_train[:n].to(device), y_train[:n].to(device))
-        x, y = data
-        loss, grad = full_batch_gradient(ckpt.model, ckpt.loss_fn, x, y, chunk_size=chunk)
-        op = HessianOperator(ckpt.model, ckpt.loss_fn, x, y, chunk_size=chunk)
-        top = lanczos(op, k=1, tol=tol, max_iter=max_iter, seed=seed)
-        eigenvalues = torch.as_tensor(top.eigenvalues)
-        step = int(ckpt.step)
-        phase, lr = _phase_and_lr(logged, config, step)
-        row = {"step": step, "phase": phase, "lr": lr,
-               "rho": float(config.get("rho") or 0.0) if phase in SAM_PHASES else math.nan,
-               "train_loss": float(loss), "grad_norm": float(torch.linalg.vector_norm(grad)),
-               "sharpness": float(eigenvalues.max())}
-        rows.append(row)
-        if on_checkpoint is not None:
-            on_checkpoint(path, row)
-    df = pd.DataFrame(rows)
-    for col in METRICS_COLUMNS:
-        if col not in df.columns:
-            df[col] = math.nan
-    return df[list(METRICS_COLUMNS)]
-
-
-def _logged_steps(run_dir: Path) -> pd.DataFrame | None:
-    try:
-        metrics = read_metrics(run_dir, required=("step", "phase", "lr"))
-    except SharpError:
-        return None
-    return metrics[["step", "phase", "lr"]].sort_values("step", kind="stable")
-
-
-def _phase_and_lr(logged: pd.DataFrame | None, config: dict, step: int) -> tuple[str, float]:
-    if logged is not None:
-        before = logged[logged["step"] <= step]
-        if len(before):
-            last = before.iloc[-1]
-            phase = last["phase"] if isinstance(last["phase"], str) else phase_at(config, step)
-            lr = last["lr"] if not pd.isna(last["lr"]) else config.get("lr")
-            return phase, math.nan if lr is None else float(lr)
-    lr = config.get("lr")
-    return phase_at(config, step), math.nan if lr is None else float(lr)

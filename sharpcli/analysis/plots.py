@@ -21,10 +21,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import Formatter
 
+from sharpcli.config import SAM_PHASES
 from sharpcli.edges import gd_edge
 from sharpcli.analysis.eos import edge_columns
 from sharpcli.errors import SharpError
-from sharpcli.formats.runs import SAM_PHASES, Run, load_run, read_density
+from sharpcli.formats.runs import Run, load_run, read_density
 
 FIGURES = ("sharpness", "loss", "alignment", "density")
 PLOT_COLUMNS = ("step", "phase", "lr", "train_loss", "train_acc", "test_loss", "test_acc",

@@ -115,12 +115,15 @@ def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs) 
     console = Console(highlight=False)
     results = []
     for run in runs:
+        metrics = None
         if from_checkpoints:
-            measure_kwargs["on_checkpoint"] = lambda path, row: print(
-                f"  {path.name}: λ₁={row['sharpness']:.4g} ‖g‖={row['grad_norm']:.4g}",
-                flush=True)
-        results.append(eos_run(run, band, threshold, from_checkpoints,
-                               **(measure_kwargs if from_checkpoints else {})))
+            from sharpcli.formats.runs import resolve_run_dir
+            from sharpcli.spectra.measure import measure_checkpoints
+
+            metrics = measure_checkpoints(resolve_run_dir(run), **measure_kwargs, on_checkpoint=(
+                lambda path, row: print(f"  {path.name}: λ₁={row['sharpness']:.4g} "
+                                        f"‖g‖={row['grad_norm']:.4g}", flush=True)))
+        results.append(eos_run(run, band, threshold, metrics))
     names = [r.run_dir.name for r in results]
     if out is not None and len(results) > 1 and len(set(names)) < len(names):
         raise SharpError(f"--out with several runs needs distinct run names, got {names}")

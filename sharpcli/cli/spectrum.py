@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from sharpcli.cli.progress import progress_bar
+from sharpcli.config import Backend, HessianMode, Method, Split, TraceMethod
 from sharpcli.spectra.config import SpectrumConfig
 
 D = SpectrumConfig()
@@ -36,33 +36,6 @@ HELP = (
     "batch statistics instead, the function SGD differentiated (which then depends on the "
     "chunking); Dropout stays off. The model is left exactly as found."
 )
-
-
-class Method(str, Enum):
-    lanczos = "lanczos"
-    power = "power"
-
-
-class TraceMethod(str, Enum):
-    auto = "auto"
-    gauss_newton = "gauss-newton"
-    hutchinson = "hutchinson"
-    hutchpp = "hutch++"
-
-
-class Split(str, Enum):
-    train = "train"
-    test = "test"
-
-
-class Backend(str, Enum):
-    native = "native"
-    pyhessian = "pyhessian"
-
-
-class HessianMode(str, Enum):
-    eval = "eval"
-    train = "train"
 
 
 def _opt(help: str, panel: str, *names: str, **kw):
@@ -103,7 +76,7 @@ def spectrum_command(
         "only for the small rest, ~100× less variance; hutchinson; hutch++ (Meyer et al. "
         "2021: for spectra a few eigenvalues dominate). auto: gauss-newton unless BatchNorm "
         "in --hessian-mode train couples the examples, then hutchinson.",
-        TRACE)] = TraceMethod(D.trace_method),
+        TRACE)] = D.trace_method,
     trace_tol: Annotated[Optional[float], _opt(
         "Stop early once the standard error ≤ tol·|trace| (after 10 probes, 5 for "
         "gauss-newton; 0: all probes). Default 3e-3: ±3 standard errors within ±1%. "
@@ -124,16 +97,16 @@ def spectrum_command(
     samples: Annotated[Optional[int], _opt(
         "The first N examples of the split (default: all of the run's subset).", DATA,
         show_default=False)] = D.samples,
-    split: Annotated[Split, _opt("Examples of the training or the test subset.", DATA)] = Split(D.split),
+    split: Annotated[Split, _opt("Examples of the training or the test subset.", DATA)] = D.split,
     batch_size: Annotated[Optional[int], _opt(
         "Examples per chunk of a Hessian-vector product (memory bound; default: the run's "
         "--physical-batch-size).", DATA, show_default=False)] = D.batch_size,
     hessian_mode: Annotated[HessianMode, _opt(
         "eval: BatchNorm running statistics; train: each chunk's batch statistics. Dropout "
-        "is off in both.", DATA)] = HessianMode(D.hessian_mode),
+        "is off in both.", DATA)] = D.hessian_mode,
     backend: Annotated[Backend, _opt(
         "native, or pyhessian to cross-check with the pyhessian package (eigenvalues and "
-        "trace only).", RUN)] = Backend(D.backend),
+        "trace only).", RUN)] = D.backend,
     device: Annotated[str, _opt("auto, cpu, cuda, cuda:N or mps.", RUN)] = D.device,
     seed: Annotated[int, _opt("Seed of the random start vectors and probes.", RUN)] = D.seed,
     out: Annotated[Optional[Path], _opt(
@@ -145,13 +118,12 @@ def spectrum_command(
     from sharpcli.spectra.run import run_spectrum
 
     cfg = SpectrumConfig(
-        top_k=top_k, method=method.value if method else None, tol=tol, max_iter=max_iter,
-        check_missed=check_missed,
-        trace=trace, trace_probes=trace_probes, trace_method=trace_method.value,
-        trace_tol=trace_tol, density=density, density_runs=density_runs,
-        density_iters=density_iters, density_grid=density_grid, density_sigma=density_sigma,
-        per_layer=per_layer, samples=samples, split=split.value, batch_size=batch_size,
-        backend=backend.value, hessian_mode=hessian_mode.value, device=device, seed=seed)
+        top_k=top_k, method=method, tol=tol, max_iter=max_iter, check_missed=check_missed,
+        trace=trace, trace_probes=trace_probes, trace_method=trace_method, trace_tol=trace_tol,
+        density=density, density_runs=density_runs, density_iters=density_iters,
+        density_grid=density_grid, density_sigma=density_sigma, per_layer=per_layer,
+        samples=samples, split=split, batch_size=batch_size, backend=backend,
+        hessian_mode=hessian_mode, device=device, seed=seed)
     with stop_on_signals() as stop, progress_bar("spectrum", total=1, quiet=quiet) as bar:
         def on_start(i, total, path):
             if bar is not None:
@@ -159,7 +131,8 @@ def spectrum_command(
 
         def on_done(i, total, result):
             if bar is not None:
-                lam = next((r.value for r in result.rows if r.quantity == "eigenvalue"), math.nan)
+                lam = next((float(s.result.eigenvalues[0]) for s in result.solves
+                            if s.quantity == "eigenvalue"), math.nan)
                 bar.update(bar.task_ids[0], completed=i + 1, info=f"step {result.step}: λ₁ {lam:.4g}")
 
         results = run_spectrum(targets, cfg, out=out, density_out=density_out,
@@ -196,24 +169,27 @@ def print_table(results, cfg: SpectrumConfig) -> None:
     table.add_column("HVPs", justify="right")
     table.add_column("s", justify="right")
     for result in results:
-        blocks = dict.fromkeys(r.block for r in result.rows)
-        for block in blocks:
-            rows = [r for r in result.rows if r.block == block]
-            eig = [r for r in rows if r.quantity == "eigenvalue"]
-            cells = [str(result.step), block] + [f"{r.value:.4g}" for r in eig] + [""] * (k - len(eig))
-            cells.append(f"{max(r.residual for r in eig):.2g}" if eig else "")
-            cells.append(f"{sum(bool(r.converged) for r in eig)}/{len(eig)}")
-            if cfg.trace:
-                tr = next((r for r in rows if r.quantity == "trace"), None)
-                cells += [f"{tr.value:.4g}", f"{tr.residual:.2g}"] if tr else ["", ""]
-            # eigenvalue rows repeat their solve's cost: count it once
-            solves = {(r.quantity, r.n_hvp, r.seconds) for r in rows}
-            cells.append(str(sum(n for _, n, _ in solves)))
-            cells.append(f"{sum(s for _, _, s in solves):.2f}")
-            table.add_row(*cells)
+        for block in dict.fromkeys(s.block for s in result.solves):
+            table.add_row(*_cells(result.step, block, [s for s in result.solves if s.block == block],
+                                  k, cfg.trace))
     console.print(table)
     for path in dict.fromkeys(p for r in results for p in (r.spectrum_csv, r.density_csv) if p):
         console.print(f"wrote {path}")
+
+
+def _cells(step: int, block: str, solves, k: int, with_trace: bool) -> list[str]:
+    """A row of the table: one block's solves at one checkpoint."""
+    eig = next((s.result for s in solves if s.quantity == "eigenvalue"), None)
+    values = eig.eigenvalues.tolist() if eig is not None else []
+    cells = [str(step), block] + [f"{v:.4g}" for v in values] + [""] * (k - len(values))
+    cells.append(f"{float(eig.residuals.max()):.2g}" if values else "")
+    cells.append(f"{int(eig.converged.sum())}/{len(values)}" if values else "0/0")
+    if with_trace:
+        tr = next((s.result for s in solves if s.quantity == "trace"), None)
+        cells += [f"{tr.estimate:.4g}", f"{tr.stderr:.2g}"] if tr else ["", ""]
+    cells.append(str(sum(s.n_hvp for s in solves)))
+    cells.append(f"{sum(s.seconds for s in solves):.2f}")
+    return cells
 
 
 def _subscript(i: int) -> str:

@@ -72,9 +72,6 @@ def train_command(
 
     values = dict(locals())
     values.pop("train")
-    for key, value in values.items():
-        if hasattr(value, "value"):
-            values[key] = value.value
     for key in ("train_size", "test_size"):  # 0 means the whole split
         if values[key] == 0:
             values[key] = None
@@ -104,6 +101,11 @@ def train_command(
 
 
 def print_summary(result) -> None:
+    """What the run ended at, and the edge-of-stability verdict of `sharp eos` on it."""
+    from sharpcli.analysis.eos import eos_run
+    from sharpcli.config import SAM_PHASES
+    from sharpcli.errors import SharpError
+
     out = Console(highlight=False)
     row = result.last_row
     out.print(f"run {result.run_name}: {result.last_step} steps in {result.seconds:.1f} s"
@@ -111,19 +113,19 @@ def print_summary(result) -> None:
     if row.get("train_loss") is not None:
         out.print(f"final train loss {row['train_loss']:.4g}, train acc {row['train_acc']:.3f}, "
                   f"test acc {row['test_acc']:.3f}")
-    lam = result.last_measured("sharpness")
-    if lam is not None:
-        edge_col = "sam_edge" if result.last_measured("sam_edge") is not None and row.get("phase") in ("sam", "eigen-sam") else "gd_edge"
-        edge = result.last_measured(edge_col)
-        name = "SAM edge" if edge_col == "sam_edge" else "2/η"
-        ratio = lam / edge if edge else float("nan")
-        verdict = ("at the edge of stability" if abs(ratio - 1) <= 0.1 else
-                   "below the edge" if ratio < 1 else "above the edge")
-        out.print(f"final sharpness λ₁ = {lam:.4g}, {name} = {edge:.4g}, ratio {ratio:.3f}: {verdict}")
-        reached = next((r["step"] for r in result.rows if r.get("sharpness") is not None
-                        and r.get(edge_col) and r["sharpness"] >= 0.9 * r[edge_col]), None)
-        if reached is not None:
-            out.print(f"λ₁ first came within 10% of the edge at step {reached}")
+    try:
+        verdict = eos_run(result.report_dir)
+    except SharpError:  # no sharpness measured, or no edge known
+        verdict = None
+    if verdict is not None:
+        last, s = verdict.table.iloc[-1], verdict.summary
+        name = "SAM edge" if last["phase"] in SAM_PHASES else "GD edge"
+        out.print(f"final sharpness λ₁ = {last['sharpness']:.4g}, {name} = {last['edge']:.4g}, "
+                  f"ratio {last['ratio']:.3f}")
+        reached = ("never reached" if s.edge_step is None else
+                   f"reached at step {s.edge_step}, {s.in_band:.0%} of the measurements since "
+                   f"within ±{s.band:g}, median ratio {s.median_ratio:.3f}")
+        out.print(f"edge of stability: {s.verdict} ({reached}); sharp eos gives the same")
     out.print(f"metrics: {result.report_dir / 'metrics.csv'}")
     out.print(f"checkpoints: {result.checkpoint_dir}/")
 

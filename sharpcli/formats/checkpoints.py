@@ -7,7 +7,6 @@ import pickle
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -133,62 +132,3 @@ def _refusal(path: Path, message: str) -> str:
     detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)
     return (f"{path} is not a readable checkpoint: unsupported pickle content"
             + (f" ({detail.group(1).strip()})" if detail else ""))
-
-
-@dataclass
-class Checkpoint:
-    """A checkpoint rebuilt for analysis: the model in eval mode, its config and its data."""
-
-    path: Path
-    step: int
-    epoch: float
-    config: dict
-    model: nn.Module
-    device: torch.device
-    payload: dict
-
-    @property
-    def loss_fn(self):
-        from sharpcli.hessian.losses import get_loss
-
-        return get_loss(self.config["loss"])
-
-    def data(self):
-        """(x_train, y_train, x_test, y_test) exactly as the run used them."""
-        splits = load_run_data(self.config, self.device)
-        return splits.x_train, splits.y_train, splits.x_test, splits.y_test
-
-
-def load_run_data(config: dict, device):
-    from sharpcli.workload.data import load_dataset
-
-    return load_dataset(config["dataset"], data_dir=config.get("data_dir", "data"),
-                        download=False, train_size=config.get("train_size"),
-                        test_size=config.get("test_size"), device=device)
-
-
-def build_model_from_config(config: dict, input_shape, num_classes: int) -> nn.Module:
-    from sharpcli.workload.models import build_model
-
-    return build_model(config["model"], tuple(input_shape), num_classes, width=config.get("width"),
-                       depth=config.get("depth", 2), activation=config.get("activation"))
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> Checkpoint:
-    """Load a checkpoint for analysis: `ckpt.model` (eval mode), `ckpt.config`, `ckpt.step`,
-    `ckpt.loss_fn`, `ckpt.data()`. The model is on the CPU unless `device` is given."""
-    payload = read_checkpoint(path)
-    config = payload["config"]
-    shape, classes = config.get("input_shape"), config.get("num_classes")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if shape is None or classes is None:
-        splits = load_run_data(config, "cpu")
-        shape, classes = splits.input_shape, splits.num_classes
-    model = build_model_from_config(config, shape, classes)
-    try:
-        model.load_state_dict(payload["model"])
-    except (RuntimeError, KeyError) as err:
-        raise SharpError(f"{path}: the weights do not fit the model its config describes "
-                         f"({str(err).splitlines()[0][:160]})") from None
-    model.to(dev).eval()
-    return Checkpoint(Path(path), payload["step"], payload["epoch"], config, model, dev, payload)

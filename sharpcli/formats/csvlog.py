@@ -13,11 +13,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from sharpcli.errors import SharpError
-
-METRICS_COLUMNS = ["step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",
-                   "test_acc", "grad_norm", "sharpness", "alignment", "gd_edge", "sam_edge",
-                   "seconds"]
-
+from sharpcli.formats.atomic import atomic_write
 
 def format_cell(value) -> str:
     if value is None:
@@ -37,12 +33,12 @@ def _step_of(cell: str) -> float:
 
 
 class CsvLog:
-    """A CSV file with a fixed column list. `truncate_after_step` supports --resume: rows at
-    or after the resumed step are dropped before they are logged again."""
+    """A CSV file with a fixed column list. `open(keep_below_step=t)` supports --resume: rows
+    at or after the resumed step t are dropped before they are logged again."""
 
-    def __init__(self, path: str | Path, columns: list[str]):
+    def __init__(self, path: str | Path, columns: Iterable[str]):
         self.path = Path(path)
-        self.columns = columns
+        self.columns = list(columns)
         self._file = None
 
     def open(self, *, fresh: bool, keep_below_step: int | None = None) -> "CsvLog":
@@ -65,7 +61,6 @@ class CsvLog:
         i = header.index("step")
         # A row cut short by a crash is dropped: it would read back as a row of empty cells.
         kept = [r for r in body if len(r) == len(header) and _step_of(r[i]) < step]
-        from sharpcli.formats.atomic import atomic_write
 
         def write(f):
             w = csv.writer(f, lineterminator="\n")

@@ -18,18 +18,12 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from sharpcli.formats.csvlog import METRICS_COLUMNS
+from sharpcli.config import Phase
 from sharpcli.errors import SharpError
+from sharpcli.formats.schema import (CONFIG_FILE, DENSITY_COLUMNS, DENSITY_FILE, METRICS_COLUMNS,
+                                     METRICS_FILE, NUMERIC_METRICS)
 
-# Every metrics column except `phase` holds numbers (or nothing).
-NUMERIC_METRICS = tuple(c for c in METRICS_COLUMNS if c != "phase")
-PHASES = ("gd", "sgd", "sam", "eigen-sam")
-SAM_PHASES = frozenset({"sam", "eigen-sam"})
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.csv"
-DENSITY_FILE = "density.csv"
-DENSITY_COLUMNS = ("checkpoint", "step", "eigenvalue", "density")
+PHASES = tuple(p.value for p in Phase)
 
 
 @dataclass

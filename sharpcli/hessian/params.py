@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from sharpcli.config import MEASUREMENT_MODES
+from sharpcli.config import HessianMode
 
 
 def trainable_params(model: nn.Module) -> list[nn.Parameter]:
@@ -68,8 +68,8 @@ def measurement_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module
     ones, Dropout still off so the operator is deterministic. Measuring never changes the
     model (PyHessian leaves models in eval mode; we don't).
     """
-    if mode not in MEASUREMENT_MODES:
-        raise ValueError(f"mode must be one of {MEASUREMENT_MODES}, got {mode!r}")
+    if mode not in tuple(HessianMode):
+        raise ValueError(f"mode must be one of {[m.value for m in HessianMode]}, got {mode!r}")
     flags = [(m, m.training) for m in model.modules()]
     try:
         if mode == "eval":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sharpcli.linalg.lanczos import lanczos
+from sharpcli.linalg.projection import project_out
 from sharpcli.linalg.results import EigenResult
 
 
@@ -17,7 +18,7 @@ class _Deflated:
         self.size, self.dtype, self.device = op.size, op.dtype, op.device
 
     def project(self, v: torch.Tensor) -> torch.Tensor:
-        return v - self.q @ (self.q.T @ v)
+        return project_out(v, self.q.T)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.project(self.op.matvec(self.project(v)))

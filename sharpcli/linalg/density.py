@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from sharpcli.linalg.lanczos import LanczosProcess
-from sharpcli.linalg.results import (DensityResult, LinalgInputError, check_positive,
+from sharpcli.linalg.results import (DensityResult, LinalgInputError, check_count,
                                      make_generator, random_vector)
 
 DEFAULT_SIGMA = 1e-2  # Gaussian width as a fraction of the spectrum's range (max − min node)
@@ -51,8 +51,8 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
     `nodes` and `weights` are (n_runs, m) with m the longest run; shorter runs are padded
     with zero-weight copies of their last node, so sums over a row stay exact.
     """
-    check_positive("n_runs", n_runs)
-    check_positive("n_iter", n_iter)
+    check_count(n_runs, "n_runs")
+    check_count(n_iter, "n_iter")
     if int(grid_size) != grid_size or grid_size < 2:
         raise LinalgInputError(f"grid_size must be an integer ≥ 2, got {grid_size!r}")
     if sigma is None:

@@ -17,8 +17,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from sharpcli.linalg.projection import project_out
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, check_k,
-                                     check_positive, make_generator, random_vector,
+                                     check_count, make_generator, random_vector,
                                      start_vector)
 
 # β below this many ε·‖A‖ means the Krylov space is (numerically) invariant.
@@ -30,7 +31,7 @@ class LanczosProcess:
 
     The basis is stored as rows of one (max_steps, size) tensor on the operator's device, so
     reorthogonalising against it is two matrix-vector products ("twice is enough": classical
-    Gram–Schmidt repeated once, Giraud et al. 2005).
+    Gram–Schmidt repeated once: linalg.projection).
     """
 
     def __init__(self, op, v0: torch.Tensor, max_steps: int):
@@ -49,12 +50,6 @@ class LanczosProcess:
     def m(self) -> int:
         return len(self.alphas)
 
-    def _orthogonalise(self, w: torch.Tensor, upto: int) -> torch.Tensor:
-        q = self.basis[:upto]
-        for _ in range(2):
-            w = w - q.T @ (q @ w)
-        return w
-
     def step(self) -> None:
         j = self.m
         v = self.basis[j]
@@ -66,7 +61,7 @@ class LanczosProcess:
         w = w - alpha * v
         if j > 0:
             w = w - self.betas[-1] * self.basis[j - 1]
-        w = self._orthogonalise(w, j + 1)
+        w = project_out(w, self.basis[:j + 1])
         beta = float(w.norm())
         alpha = float(alpha)
         if not (abs(alpha) < float("inf") and beta < float("inf")):
@@ -81,7 +76,7 @@ class LanczosProcess:
         """Continue after an invariant subspace with a random vector orthogonal to the basis;
         the coupling β is set to zero, so T becomes block diagonal (as ARPACK does)."""
         j = self.m
-        w = self._orthogonalise(random_vector(self.op, gen, "gaussian"), j)
+        w = project_out(random_vector(self.op, gen, "gaussian"), self.basis[:j])
         self.basis[j] = w / w.norm()
         self.betas[-1] = 0.0
         self.broke_down = False
@@ -136,7 +131,7 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     Memory: the basis holds up to min(max_iter, size) vectors of the operator's size.
     """
     check_k(op, k)
-    check_positive("max_iter", max_iter)
+    check_count(max_iter, "max_iter")
     if max_iter < k:
         raise LinalgInputError(f"max_iter={max_iter} is below k={k}: Lanczos needs at least "
                                "k iterations for k eigenpairs")

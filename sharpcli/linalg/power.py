@@ -11,19 +11,10 @@ import math
 
 import torch
 
+from sharpcli.linalg.projection import project_out
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, check_k,
-                                     check_positive, make_generator, random_vector,
+                                     check_count, make_generator, random_vector,
                                      start_vector)
-
-
-def _project_out(w: torch.Tensor, found: list[torch.Tensor]) -> torch.Tensor:
-    """w minus its components along the eigenvectors already found (deflation)."""
-    if not found:
-        return w
-    q = torch.stack(found)
-    for _ in range(2):
-        w = w - q.T @ (q @ w)
-    return w
 
 
 def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
@@ -47,7 +38,7 @@ def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v
     `v0` warm-starts the first pair; the rest start from Gaussian vectors drawn from `seed`.
     """
     check_k(op, k)
-    check_positive("max_iter", max_iter)
+    check_count(max_iter, "max_iter")
     if not tol >= 0:
         raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
     gen = make_generator(seed, op.device)
@@ -57,7 +48,8 @@ def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v
     n_matvec = iterations = 0
     for i in range(k):
         v = start_vector(op, v0, gen) if i == 0 else random_vector(op, gen, "gaussian")
-        v = _project_out(v, found)
+        done = torch.stack(found) if found else None  # rows: the pairs found so far
+        v = project_out(v, done)
         v = v / v.norm()
         theta_prev = None
         converged = False
@@ -71,7 +63,7 @@ def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v
                 converged = True
                 break
             theta_prev = theta
-            w = _project_out(w, found)
+            w = project_out(w, done)  # deflation
             norm = w.norm()
             if norm == 0:  # A v lies in the span of the pairs found: θ is exact, stop here
                 converged = True

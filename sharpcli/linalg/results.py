@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sharpcli.checks import check_positive
 from sharpcli.errors import SharpError
 
 
@@ -55,15 +56,14 @@ class DensityResult:
     sigma: float           # the absolute Gaussian width used for smoothing
 
 
-def check_positive(name: str, value: int) -> None:
-    if int(value) != value or value < 1:
-        raise LinalgInputError(f"{name} must be a positive integer, got {value!r}")
+def check_count(value: int, name: str) -> None:
+    """A positive whole number (iterations, probes, runs), or LinalgInputError."""
+    check_positive(value, name, integer=True, error=LinalgInputError)
 
 
 def check_k(op, k: int) -> None:
     """1 ≤ k ≤ op.size, with a message that names both."""
-    if int(k) != k or k < 1:
-        raise LinalgInputError(f"k must be a positive integer, got {k!r}")
+    check_count(k, "k")
     if k > op.size:
         raise LinalgInputError(f"k={k} eigenpairs requested from an operator of size {op.size}")
 

@@ -20,7 +20,8 @@ from typing import Callable
 
 import torch
 
-from sharpcli.linalg.results import (LinalgInputError, TraceResult, apply, check_positive,
+from sharpcli.linalg.projection import project_out
+from sharpcli.linalg.results import (LinalgInputError, TraceResult, apply, check_count,
                                      make_generator, random_vector)
 
 MIN_PROBES = 10  # probes averaged before an early stop may trust its standard error
@@ -48,7 +49,7 @@ def _hutchinson_phase(op, gen, n_probes: int, tol: float | None, offset: float,
     for _ in range(n_probes):
         z = random_vector(op, gen, "rademacher")
         if basis is not None:
-            z = z - basis @ (basis.T @ z)
+            z = project_out(z, basis.T)
         # one host sync per probe: needed for the early stop, cheap next to the matvec
         value = float(torch.dot(z, apply(op, z)).double())
         values.append(value - minus(z) if minus is not None else value)
@@ -78,7 +79,7 @@ def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed:
     The result counts matvecs exactly. Probes are drawn on the operator's device from a
     generator seeded with `seed`.
     """
-    check_positive("n_probes", n_probes)
+    check_count(n_probes, "n_probes")
     if tol is not None and not tol > 0:
         raise LinalgInputError(f"tol must be positive or None, got {tol!r}")
     gen = make_generator(seed, op.device)
@@ -112,7 +113,7 @@ def control_variate_trace(op, base_trace: float, base_quadratic_form: Callable[[
     remainder, sample std over √n). At most `n_probes` probes, one matvec of A each; with
     `tol`, stop early (after at least 5 probes) once stderr ≤ tol·|estimate|.
     """
-    check_positive("n_probes", n_probes)
+    check_count(n_probes, "n_probes")
     if tol is not None and not tol > 0:
         raise LinalgInputError(f"tol must be positive or None, got {tol!r}")
     if not math.isfinite(base_trace):

@@ -4,19 +4,12 @@ starts fast and `--help` costs nothing."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
-from sharpcli.config import MEASUREMENT_MODES
+from sharpcli.checks import check_positive
+from sharpcli.config import Backend, HessianMode, Method, Split, TraceMethod, coerce_choices
 from sharpcli.errors import SharpError
 
-SPECTRUM_COLUMNS = ["checkpoint", "step", "block", "quantity", "index", "value", "residual",
-                    "converged", "n_hvp", "seconds"]
-DENSITY_COLUMNS = ["checkpoint", "step", "eigenvalue", "density"]
-METHODS = ("lanczos", "power")
-BACKENDS = ("native", "pyhessian")
-TRACE_METHODS = ("auto", "gauss-newton", "hutchinson", "hutch++")
-SPLITS = ("train", "test")
 # sharpcli's trace stops once stderr ≤ this·|trace|: ±3 standard errors within ±1%
 NATIVE_TRACE_TOL = 3e-3
 
@@ -26,13 +19,13 @@ class SpectrumConfig:
     """What to compute at each checkpoint; the fields are the flags of `sharp spectrum`."""
 
     top_k: int = 5
-    method: str | None = None      # None: lanczos (native); pyhessian has power iteration only
+    method: Method | None = None   # None: lanczos (native); pyhessian has power iteration only
     tol: float = 1e-3              # lanczos: residual ≤ tol·|λ₁|; power: relative change of λ
     check_missed: bool = True      # lanczos: restarts on the deflated operator (lanczos_top_k)
     max_iter: int | None = None    # lanczos: per run (default max(100, 2k)); power: per pair (100)
     trace: bool = False
     trace_probes: int = 100
-    trace_method: str = "auto"      # gauss-newton where each example's output is its own, else hutchinson
+    trace_method: TraceMethod = TraceMethod.auto  # gauss-newton where outputs are per example
     trace_tol: float | None = None  # None: NATIVE_TRACE_TOL natively, all probes for pyhessian
     density: bool = False
     density_runs: int = 5
@@ -41,12 +34,15 @@ class SpectrumConfig:
     density_sigma: float = 0.01    # Gaussian width relative to the spectrum's range
     per_layer: bool = False
     samples: int | None = None     # None: the whole split
-    split: str = "train"
+    split: Split = Split.train
     batch_size: int | None = None  # HVP chunk; None: the run's physical_batch_size
-    backend: str = "native"
-    hessian_mode: str = "eval"
+    backend: Backend = Backend.native
+    hessian_mode: HessianMode = HessianMode.eval
     device: str = "auto"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        coerce_choices(self)
 
     @property
     def native_trace_tol(self) -> float | None:
@@ -57,51 +53,59 @@ class SpectrumConfig:
         return self.trace_tol or None
 
     @property
-    def eigen_method(self) -> str:
-        return self.method or ("power" if self.backend == "pyhessian" else "lanczos")
+    def eigen_method(self) -> Method:
+        if self.method is not None:
+            return self.method
+        return Method.power if self.backend is Backend.pyhessian else Method.lanczos
 
     @property
     def iterations(self) -> int:
         """--max-iter as given, else 100 (PyHessian's default), and for Lanczos at least 2k."""
         if self.max_iter is not None:
             return self.max_iter
-        return max(100, 2 * self.top_k) if self.eigen_method == "lanczos" else 100
+        return max(100, 2 * self.top_k) if self.eigen_method is Method.lanczos else 100
 
     def validate(self) -> None:
         """A SharpError naming the flag for any value out of range or combination we refuse."""
-        for flag, value, choices in [("--method", self.method, METHODS + (None,)),
-                                     ("--backend", self.backend, BACKENDS),
-                                     ("--trace-method", self.trace_method, TRACE_METHODS),
-                                     ("--split", self.split, SPLITS),
-                                     ("--hessian-mode", self.hessian_mode, MEASUREMENT_MODES)]:
-            if value not in choices:
-                raise SharpError(f"{flag} {value!r}: expected one of "
-                                 f"{', '.join(c for c in choices if c)}")
         for flag, value in [("--top-k", self.top_k), ("--max-iter", self.max_iter),
                             ("--trace-probes", self.trace_probes),
                             ("--density-runs", self.density_runs),
                             ("--density-iters", self.density_iters),
                             ("--samples", self.samples), ("--batch-size", self.batch_size)]:
-            if value is not None and value < 1:
-                raise SharpError(f"{flag} must be a positive integer, got {value}")
+            check_positive(value, flag, optional=True, integer=True)
         if self.density_grid < 2:
             raise SharpError(f"--density-grid must be at least 2, got {self.density_grid}")
-        for flag, value in [("--tol", self.tol), ("--trace-tol", self.trace_tol),
-                            ("--density-sigma", self.density_sigma)]:
-            if value is not None and not (value >= 0 and math.isfinite(value)):
-                raise SharpError(f"{flag} must be a finite non-negative number, got {value}")
-        if not self.density_sigma > 0:
-            raise SharpError(f"--density-sigma must be positive, got {self.density_sigma}")
-        if self.eigen_method == "lanczos" and self.iterations < self.top_k:
+        for flag, value in [("--tol", self.tol), ("--trace-tol", self.trace_tol)]:
+            check_positive(value, flag, allow_zero=True, optional=True)
+        check_positive(self.density_sigma, "--density-sigma")
+        if self.eigen_method is Method.lanczos and self.iterations < self.top_k:
             raise SharpError(f"--max-iter {self.max_iter} is below --top-k {self.top_k}: Lanczos "
                              "needs at least k iterations for k eigenvalues")
-        if self.trace_method == "hutch++" and self.trace_probes < 3:
+        if self.trace_method is TraceMethod.hutchpp and self.trace_probes < 3:
             raise SharpError(f"--trace-method hutch++ needs --trace-probes ≥ 3, got "
                              f"{self.trace_probes}")
-        if self.backend == "pyhessian":
-            from sharpcli.spectra.pyhessian import check_supported
+        if self.backend is Backend.pyhessian:
+            check_pyhessian_supported(self)
 
-            check_supported(self)
+
+def check_pyhessian_supported(cfg: SpectrumConfig) -> None:
+    """One SharpError listing every requested thing pyhessian cannot compute."""
+    lacks = []
+    if cfg.per_layer:
+        lacks.append("--per-layer (it has no per-block Hessians)")
+    if cfg.density:
+        lacks.append("--density (pyhessian 0.1's density() calls torch.eig, which current torch "
+                     "has removed)")
+    if cfg.method is Method.lanczos:
+        lacks.append("--method lanczos (it computes eigenvalues by power iteration only: "
+                     "use --method power or leave --method out)")
+    if cfg.trace_method in (TraceMethod.hutchpp, TraceMethod.gauss_newton):
+        lacks.append(f"--trace-method {cfg.trace_method} (it has Hutchinson only)")
+    if cfg.hessian_mode is HessianMode.train:
+        lacks.append("--hessian-mode train (it always puts the model in eval mode)")
+    if lacks:
+        raise SharpError("--backend pyhessian cannot do " + "; ".join(lacks)
+                         + "; use --backend native")
 
 
 @dataclass

@@ -34,32 +34,14 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from sharpcli.errors import Interrupted, SharpError
-from sharpcli.linalg import EigenResult, TraceResult
+from sharpcli.errors import SharpError
 from sharpcli.hessian.objective import chunk_slices
-from sharpcli.spectra.compute import Problem, SpectrumConfig, _row
+from sharpcli.interrupt import check_stop
+from sharpcli.linalg import EigenResult, TraceResult
+from sharpcli.spectra.config import SpectrumConfig, check_pyhessian_supported
+from sharpcli.spectra.problem import Problem, Solve
 
 _GUARD = 1e-6  # the constant in pyhessian's relative-change test
-
-
-def check_supported(cfg: SpectrumConfig) -> None:
-    """One SharpError listing every requested thing pyhessian cannot compute."""
-    lacks = []
-    if cfg.per_layer:
-        lacks.append("--per-layer (it has no per-block Hessians)")
-    if cfg.density:
-        lacks.append("--density (pyhessian 0.1's density() calls torch.eig, which current torch "
-                     "has removed)")
-    if cfg.method == "lanczos":
-        lacks.append("--method lanczos (it computes eigenvalues by power iteration only: "
-                     "use --method power or leave --method out)")
-    if cfg.trace_method in ("hutch++", "gauss-newton"):
-        lacks.append(f"--trace-method {cfg.trace_method} (it has Hutchinson only)")
-    if cfg.hessian_mode == "train":
-        lacks.append("--hessian-mode train (it always puts the model in eval mode)")
-    if lacks:
-        raise SharpError("--backend pyhessian cannot do " + "; ".join(lacks)
-                         + "; use --backend native")
 
 
 def _pyhessian():
@@ -79,8 +61,7 @@ class _Recorder:
         self.residuals: list[float] = []
 
     def before(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise Interrupted("interrupted")
+        check_stop(self.should_stop)
 
     def after(self, hv, v, quotient: float) -> None:
         self.quotients.append(quotient)
@@ -218,18 +199,15 @@ def pyhessian_trace(problem: Problem, n_probes: int = 100, *, tol: float | None 
     return TraceResult(mean, stderr, len(rec.quotients), n)
 
 
-def pyhessian_quantities(problem: Problem, cfg: SpectrumConfig):
-    """The rows of compute_spectrum for --backend pyhessian (block "all" only)."""
-    check_supported(cfg)
+def pyhessian_solves(problem: Problem, cfg: SpectrumConfig):
+    """The solves of compute_spectrum for --backend pyhessian (block "all" only)."""
+    check_pyhessian_supported(cfg)
+    size = sum(p.numel() for p in problem.model.parameters() if p.requires_grad)
     start = time.perf_counter()
     res = pyhessian_eigenvalues(problem, cfg.top_k, tol=cfg.tol, max_iter=cfg.iterations,
                                 seed=cfg.seed)
-    seconds = time.perf_counter() - start
-    yield [_row(problem, "all", "eigenvalue", i + 1, res.eigenvalues[i], res.residuals[i],
-                bool(res.converged[i]), res.n_matvec, seconds) for i in range(cfg.top_k)], []
+    yield Solve("all", "eigenvalue", res, res.n_matvec, time.perf_counter() - start, size)
     if cfg.trace:
         start = time.perf_counter()
         tr = pyhessian_trace(problem, cfg.trace_probes, tol=cfg.trace_tol, seed=cfg.seed)
-        seconds = time.perf_counter() - start
-        yield [_row(problem, "all", "trace", 0, tr.estimate, tr.stderr, None, tr.n_matvec,
-                    seconds)], []
+        yield Solve("all", "trace", tr, tr.n_matvec, time.perf_counter() - start, size)

@@ -33,12 +33,11 @@ Choices (the papers leave them open):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from sharpcli.errors import SharpError
 from sharpcli.linalg.power import power_iteration
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import accumulate_gradient
@@ -92,11 +91,6 @@ def perturbation(phase: str, g: torch.Tensor, params: Sequence[torch.Tensor], *,
     return sam_perturbation(g, rho)
 
 
-def check_sam_settings(optimizer: str, adaptive: bool) -> None:
-    if adaptive and optimizer != "sam":
-        raise SharpError(f"--adaptive (ASAM) applies to --optimizer sam, not {optimizer}")
-
-
 def sam_step(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
              eps: torch.Tensor, optimizer: torch.optim.Optimizer, chunk_size: int = 4096) -> None:
     """One SAM update: the base optimizer steps from w with g̃ = ∇L_B(w + ε).
@@ -115,19 +109,21 @@ def sam_step(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
     optimizer.step()
 
 
-class EigenEstimate:
-    """Eigen-SAM's running estimate v of the top Hessian eigenvector v₁."""
+class EigenState(NamedTuple):
+    """Eigen-SAM's running estimate v of the top Hessian eigenvector v₁: explicit state,
+    passed in and returned (None before the first refresh)."""
 
-    def __init__(self, every: int, iters: int, v: torch.Tensor | None = None):
-        self.every, self.iters, self.v = every, iters, v
+    v: torch.Tensor | None = None
 
-    def due(self, step: int) -> bool:
-        return self.v is None or step % self.every == 0
 
-    def refresh(self, op, seed: int) -> torch.Tensor:
-        """`iters` power-iteration steps on `op` (the current batch's Hessian), warm-started
-        from the last v (the first start is Gaussian from `seed`); returns the new v."""
-        result = power_iteration(op, k=1, tol=0.0, max_iter=self.iters, v0=self.v, seed=seed,
-                                 residuals=False)
-        self.v = result.eigenvectors[:, 0].detach()
-        return self.v
+def refresh_due(state: EigenState, step: int, every: int) -> bool:
+    """At multiples of --eig-every, and whenever there is no estimate yet."""
+    return state.v is None or step % every == 0
+
+
+def refresh(state: EigenState, op, *, iters: int, seed: int) -> EigenState:
+    """`iters` power-iteration steps on `op` (the current batch's Hessian), warm-started from
+    the last v (the first start is Gaussian from `seed`): exactly `iters` products."""
+    result = power_iteration(op, k=1, tol=0.0, max_iter=iters, v0=state.v, seed=seed,
+                             residuals=False)
+    return EigenState(result.eigenvectors[:, 0].detach())

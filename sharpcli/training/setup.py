@@ -1,107 +1,67 @@
-"""Everything `sharp train` resolves before the first step: checks on the settings, the
-device, the step plan, and the run's folders."""
+"""Everything `sharp train` resolves before the first step: checks on the settings, the step
+plan, the run's name and folders, and the data, model and optimizer themselves."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from sharpcli.config import Dataset, Loss, Model, Optimizer, Schedule, TrainConfig
+import sharpcli
+from sharpcli.checks import check_positive
+from sharpcli.config import Optimizer, Phase, TrainConfig, phase_at, sam_start_step
+from sharpcli.device import resolve_device
 from sharpcli.errors import SharpError
+from sharpcli.hessian.losses import LossFn, get_loss
+from sharpcli.hessian.params import trainable_params
+from sharpcli.training.optim import build_base_optimizer
+from sharpcli.workload.data import DataSplits, load_dataset
+from sharpcli.workload.models import build_model
 
 DEFAULT_STEPS = 1000
-SAM_OPTIMIZERS = ("sam", "eigen-sam")
-
-
-def _choice(value: str, enum, flag: str) -> None:
-    allowed = [e.value for e in enum]
-    if value not in allowed:
-        raise SharpError(f"unknown {flag} {value!r}; expected one of {', '.join(allowed)}")
-
-
-def _positive(value, flag: str, *, allow_zero: bool = False, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if value is None or (value < 0 if allow_zero else value <= 0) or value != value:
-        bound = "zero or more" if allow_zero else "positive"
-        raise SharpError(f"{flag} must be {bound}, got {value}")
-    if not math.isfinite(value):
-        raise SharpError(f"{flag} must be a finite number, got {value}")
 
 
 def validate_config(c: TrainConfig) -> None:
-    """Every check that does not need the data: bad settings fail before any work starts."""
-    _choice(c.dataset, Dataset, "--dataset")
-    _choice(c.model, Model, "--model")
-    _choice(c.loss, Loss, "--loss")
-    _choice(c.optimizer, Optimizer, "--optimizer")
-    _choice(c.schedule, Schedule, "--schedule")
-    _positive(c.lr, "--lr")
-    _positive(c.steps, "--steps", optional=True)
-    _positive(c.epochs, "--epochs", optional=True)
+    """Every check that does not need the data: bad settings fail before any work starts.
+    (Choices were checked when the config was made: its fields are enums.)"""
+    check_positive(c.lr, "--lr")
+    for flag, value in [("--steps", c.steps), ("--epochs", c.epochs), ("--batch-size", c.batch_size),
+                        ("--train-size", c.train_size), ("--test-size", c.test_size),
+                        ("--width", c.width), ("--sharpness-samples", c.sharpness_samples),
+                        ("--keep-last", c.keep_last)]:
+        check_positive(value, flag, optional=True)
+    for flag, value in [("--physical-batch-size", c.physical_batch_size), ("--depth", c.depth),
+                        ("--eig-every", c.eig_every), ("--eig-iters", c.eig_iters),
+                        ("--sharpness-k", c.sharpness_k), ("--sharpness-iters", c.sharpness_iters),
+                        ("--sharpness-tol", c.sharpness_tol), ("--eval-every", c.eval_every),
+                        ("--checkpoint-every", c.checkpoint_every)]:
+        check_positive(value, flag)
+    for flag, value in [("--weight-decay", c.weight_decay), ("--alpha", c.alpha),
+                        ("--sharpness-every", c.sharpness_every)]:
+        check_positive(value, flag, allow_zero=True)
+    check_positive(c.rho, "--rho", allow_zero=not c.sam)
     if c.steps is not None and c.epochs is not None:
         raise SharpError("give --steps or --epochs, not both")
-    _positive(c.batch_size, "--batch-size", optional=True)
-    _positive(c.physical_batch_size, "--physical-batch-size")
-    _positive(c.train_size, "--train-size", optional=True)
-    _positive(c.test_size, "--test-size", optional=True)
-    _positive(c.width, "--width", optional=True)
-    _positive(c.depth, "--depth")
-    _positive(c.weight_decay, "--weight-decay", allow_zero=True)
     if not 0 <= c.momentum < 1:
         raise SharpError(f"--momentum must be in [0, 1), got {c.momentum}")
     if c.nesterov and c.momentum == 0:
         raise SharpError("--nesterov needs --momentum > 0")
-    if c.optimizer == "gd" and c.batch_size is not None:
+    if c.optimizer is Optimizer.gd and c.batch_size is not None:
         raise SharpError("--optimizer gd is full-batch; drop --batch-size or use --optimizer sgd")
-    if c.optimizer in SAM_OPTIMIZERS:
-        _positive(c.rho, "--rho")
-    else:
-        _positive(c.rho, "--rho", allow_zero=True)
-    _positive(c.alpha, "--alpha", allow_zero=True)
-    _positive(c.eig_every, "--eig-every")
-    _positive(c.eig_iters, "--eig-iters")
+    if c.adaptive and c.optimizer is not Optimizer.sam:
+        raise SharpError(f"--adaptive (ASAM) applies to --optimizer sam, not {c.optimizer}")
     if c.sam_start is not None:
-        if c.optimizer not in SAM_OPTIMIZERS:
+        if not c.sam:
             raise SharpError("--sam-start needs --optimizer sam or eigen-sam")
-        _positive(c.sam_start, "--sam-start", allow_zero=True)
-    _positive(c.sharpness_every, "--sharpness-every", allow_zero=True)
-    _positive(c.sharpness_samples, "--sharpness-samples", optional=True)
-    _positive(c.sharpness_k, "--sharpness-k")
-    _positive(c.sharpness_iters, "--sharpness-iters")
-    _positive(c.sharpness_tol, "--sharpness-tol")
-    _positive(c.eval_every, "--eval-every")
-    _positive(c.checkpoint_every, "--checkpoint-every")
-    _positive(c.keep_last, "--keep-last", optional=True)
+        check_positive(c.sam_start, "--sam-start", allow_zero=True)
     if c.run_name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", c.run_name):
         raise SharpError(f"--run-name {c.run_name!r} may only use letters, digits and . _ = + -")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SharpError(f"unknown --device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SharpError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SharpError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise SharpError("--device mps: MPS is not available on this machine; use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise SharpError(f"unsupported --device {name!r}; expected auto, cpu, cuda, cuda:N or mps")
-    return device
 
 
 @dataclass
@@ -123,26 +83,24 @@ def plan_steps(c: TrainConfig, n_train: int) -> StepPlan:
         total = c.epochs * per_epoch
     else:
         total = c.steps if c.steps is not None else DEFAULT_STEPS
-    sam_start = None
-    if c.sam_start is not None:
-        sam_start = c.sam_start * per_epoch if c.epochs is not None else c.sam_start
-        if sam_start >= total:
-            unit = "epochs" if c.epochs is not None else "steps"
-            raise SharpError(f"--sam-start {c.sam_start} is not before the end of training "
-                             f"({total if unit == 'steps' else c.epochs} {unit})")
-    return StepPlan(total, per_epoch, sam_start)
+    start = sam_start_step(c.sam_start, c.epochs is not None, per_epoch)
+    if start is not None and start >= total:
+        unit = "epochs" if c.epochs is not None else "steps"
+        raise SharpError(f"--sam-start {c.sam_start} is not before the end of training "
+                         f"({total if unit == 'steps' else c.epochs} {unit})")
+    return StepPlan(total, per_epoch, start)
 
 
 def default_run_name(c: TrainConfig) -> str:
     parts = [c.dataset, c.model, c.optimizer, f"lr{c.lr:g}"]
     if c.batch_size:
         parts.append(f"bs{c.batch_size}")
-    if c.optimizer in SAM_OPTIMIZERS:
+    if c.sam:
         parts.append(f"rho{c.rho:g}")
         if c.sam_start is not None:
             parts.append(f"start{c.sam_start}")
     parts.append(f"seed{c.seed}")
-    return "-".join(parts)
+    return "-".join(str(p) for p in parts)
 
 
 def choose_run_name(c: TrainConfig) -> str:
@@ -157,3 +115,81 @@ def choose_run_name(c: TrainConfig) -> str:
         i += 1
         name = f"{base}-{i}"
     return name
+
+
+class BatchSampler:
+    """Minibatches as index slices of one on-device permutation per epoch, seeded by
+    (seed, epoch) so that a resumed run draws exactly the batches it would have drawn."""
+
+    def __init__(self, n: int, batch_size: int | None, steps_per_epoch: int, seed: int, device):
+        self.n, self.batch_size, self.per_epoch = n, batch_size, steps_per_epoch
+        self.seed, self.device = seed, device
+        self._epoch, self._perm = None, None
+
+    def indices(self, step: int) -> slice | torch.Tensor:
+        if self.batch_size is None:
+            return slice(0, self.n)
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.n, generator=gen).to(self.device)
+            self._epoch = epoch
+        return self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+@dataclass
+class RunSetup:
+    """A run ready to train: settings (run name resolved), data, model, loss, optimizer,
+    step plan, folders, and the record written to config.json."""
+
+    config: TrainConfig
+    device: torch.device
+    data: DataSplits
+    model: nn.Module
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    plan: StepPlan
+    report_dir: Path
+    checkpoint_dir: Path
+    record: dict
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return trainable_params(self.model)
+
+    def phase_at(self, step: int) -> Phase:
+        c = self.config
+        return Phase(phase_at(c.optimizer, c.batch_size, self.plan.sam_start_step, step))
+
+
+def prepare(config: TrainConfig) -> RunSetup:
+    """Check the settings, load the data, build the model and optimizer (seeded), plan the
+    steps and name the run. The caller's config is left as it was."""
+    validate_config(config)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                        train_size=config.train_size, test_size=config.test_size, device=device)
+    plan = plan_steps(config, len(data.x_train))
+    model = build_model(config.model, data.input_shape, data.num_classes, width=config.width,
+                        depth=config.depth, activation=config.activation).to(device)
+    n_params = sum(p.numel() for p in trainable_params(model))
+    if config.sharpness_every and config.sharpness_k > n_params:
+        raise SharpError(f"--sharpness-k {config.sharpness_k} exceeds the {n_params} parameters")
+    optimizer = build_base_optimizer(config, trainable_params(model))
+    config = dataclasses.replace(config, run_name=choose_run_name(config))
+    record = dict(config.to_dict(), resolved_device=str(device), versions=_versions(),
+                  total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
+                  num_params=n_params, input_shape=list(data.input_shape),
+                  num_classes=data.num_classes)
+    return RunSetup(config, device, data, model, get_loss(config.loss), optimizer, plan,
+                    Path(config.reports_dir) / config.run_name,
+                    Path(config.checkpoints_dir) / config.run_name, record)
+
+
+def _versions() -> dict:
+    import numpy
+
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"sharpcli": sharpcli.__version__, "torch": str(torch.__version__),
+            "numpy": str(numpy.__version__), "python": platform.python_version()}

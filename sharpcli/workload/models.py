@@ -3,8 +3,8 @@
 All use PyTorch's default initialisation (as Cohen et al. 2021 do) and no in-place
 operations, so the Hessian code can differentiate through them twice
 (`torch.autograd.grad(..., create_graph=True)`). Every model uses the activation it is
-given, the ResNets and the WRN included (the CLI's default is tanh, chosen for the MLP;
-pass `relu` for the usual ResNet). The ResNets and the WRN end with adaptive average
+given; without one, tanh for the MLP and CNN (Cohen et al.'s setting) and relu for the
+ResNets and the WRN (DEFAULT_ACTIVATION). The ResNets and the WRN end with adaptive average
 pooling, so they accept any image size, 8×8 digits included. Parameter counts with 10
 classes on CIFAR: resnet18 11,173,962; resnet50 23,520,842; wrn28-10 36,479,194.
 """
@@ -17,6 +17,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
+from sharpcli.checks import check_positive
 from sharpcli.errors import SharpError
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -55,9 +56,9 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *, width: int |
         raise SharpError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
     act = ACTIVATIONS[activation]
     width = DEFAULT_WIDTH[name] if width is None else width
-    _check_positive("--width", width)
-    _check_positive("--depth", depth)
-    _check_positive("the number of classes", num_classes)
+    check_positive(width, "--width", integer=True)
+    check_positive(depth, "--depth", integer=True)
+    check_positive(num_classes, "the number of classes", integer=True)
     input_shape = tuple(int(s) for s in input_shape)
     if not input_shape or min(input_shape) < 1:
         raise SharpError(f"input shape {input_shape} has an empty dimension")
@@ -79,11 +80,6 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *, width: int |
     if name == "resnet50":
         return ResNet(Bottleneck, [3, 4, 6, 3], input_shape[0], num_classes, width, act)
     return WideResNet(28, 10, input_shape[0], num_classes, width, act)
-
-
-def _check_positive(what: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SharpError(f"{what} {value!r}: expected a whole number of at least 1")
 
 
 # ---------------------------------------------------------------- MLP and CNN

@@ -1,0 +1,25 @@
+"""Every file sharpcli writes, by name and columns (SPEC §2, §3, §7): the one place a column
+list lives. Scripts read columns by name; new columns go before `seconds`."""
+
+from __future__ import annotations
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+TOP_EIGENVALUES_FILE = "top_eigenvalues.csv"
+SPECTRUM_FILE = "spectrum.csv"
+DENSITY_FILE = "density.csv"
+EOS_FILE = "eos.csv"
+
+METRICS_COLUMNS = ("step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",
+                   "test_acc", "grad_norm", "sharpness", "alignment", "gd_edge", "sam_edge",
+                   "seconds")
+# λ₁…λ_k of each measurement when --sharpness-k > 1 (metrics.csv has room for λ₁ only).
+TOP_EIGENVALUE_COLUMNS = ("step", "index", "eigenvalue", "residual")
+SPECTRUM_COLUMNS = ("checkpoint", "step", "block", "quantity", "index", "value", "residual",
+                    "converged", "n_hvp", "seconds")
+DENSITY_COLUMNS = ("checkpoint", "step", "eigenvalue", "density")
+EOS_COLUMNS = ("step", "phase", "sharpness", "grad_norm", "gd_edge", "sam_edge", "edge",
+               "ratio", "at_edge")
+
+# Every metrics column except `phase` holds numbers (or nothing).
+NUMERIC_METRICS = tuple(c for c in METRICS_COLUMNS if c != "phase")

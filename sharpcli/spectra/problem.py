@@ -1,0 +1,101 @@
+"""The Hessian a spectrum is taken of, and what one computation on it gives back.
+
+A `Problem` is a model, a loss and the examples whose mean loss is differentiated; a
+`Solve` is one computation on it (the top-k eigenvalues of a block, a trace, a density)
+with its cost. Rows of spectrum.csv are made from solves only when they are written."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from sharpcli.hessian.params import named_param_groups, trainable_params
+from sharpcli.interrupt import check_stop
+from sharpcli.linalg import DensityResult, EigenResult, TraceResult
+from sharpcli.spectra.config import SpectrumRow
+
+
+@dataclass
+class Problem:
+    """The Hessian to measure: the mean of `loss_fn` over (x, y) at the model's weights."""
+
+    model: nn.Module
+    loss_fn: Callable
+    x: torch.Tensor
+    y: torch.Tensor
+    chunk_size: int = 4096
+    checkpoint: str = ""
+    step: int | None = None
+    should_stop: Callable[[], bool] | None = None  # polled before every HVP
+
+
+def parameter_blocks(model: nn.Module, per_layer: bool) -> dict[str, list[nn.Parameter]]:
+    """{"all": every trainable parameter}, then with `per_layer` one block per module that
+    owns parameters (named as in the model, e.g. "fc1", "layer1.0.conv1")."""
+    blocks = {"all": trainable_params(model)}
+    if per_layer:
+        blocks.update(named_param_groups(model))
+    return blocks
+
+
+class Stoppable:
+    """An operator that raises Interrupted before a product once a stop was requested: Ctrl-C
+    ends a long solve within one HVP, and the rows already written stay."""
+
+    def __init__(self, op, should_stop: Callable[[], bool] | None):
+        self.op, self.should_stop = op, should_stop
+        self.size, self.dtype, self.device = op.size, op.dtype, op.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        check_stop(self.should_stop)
+        return self.op.matvec(v)
+
+
+@dataclass
+class Solve:
+    """One computation on a block of a problem: its result and what it cost (Hessian-vector
+    products and wall time, the operator's construction included)."""
+
+    block: str
+    quantity: str  # "eigenvalue", "trace" or "density"
+    result: EigenResult | TraceResult | DensityResult
+    n_hvp: int
+    seconds: float
+    size: int      # parameters in the block
+
+    def rows(self, checkpoint: str, step: int | None) -> list[SpectrumRow]:
+        """Its rows of spectrum.csv: one per eigenvalue, one for a trace or a density (the
+        trace the density implies, with its standard error)."""
+        def row(index, value, residual, converged=None) -> SpectrumRow:
+            return SpectrumRow(checkpoint, step, self.block, self.quantity, index, float(value),
+                               float(residual), converged, int(self.n_hvp), self.seconds)
+
+        r = self.result
+        if self.quantity == "eigenvalue":
+            return [row(i + 1, lam, res, bool(conv)) for i, (lam, res, conv)
+                    in enumerate(zip(r.eigenvalues.tolist(), r.residuals.tolist(),
+                                     r.converged.tolist()))]
+        if self.quantity == "trace":
+            return [row(0, r.estimate, r.stderr)]
+        return [row(0, *implied_trace(r, self.size))]
+
+    def curve(self, checkpoint: str, step: int | None) -> list[dict]:
+        """density.csv rows: the smoothed density on its grid (density solves only)."""
+        if self.quantity != "density":
+            return []
+        return [{"checkpoint": checkpoint, "step": step, "eigenvalue": float(t), "density": float(d)}
+                for t, d in zip(self.result.grid.tolist(), self.result.density.tolist())]
+
+
+def implied_trace(res: DensityResult, size: int) -> tuple[float, float]:
+    """The trace a density implies, n·∫tφ(t)dt = n·mean over runs of Σᵢwᵢθᵢ (each run's
+    Σᵢwᵢθᵢ = vᵀHv for its unit probe v, so this is Hutchinson over the SLQ probes), and its
+    standard error."""
+    per_run = size * (res.weights * res.nodes).sum(dim=1)
+    runs = len(per_run)
+    stderr = float(per_run.std() / math.sqrt(runs)) if runs > 1 else math.nan
+    return float(per_run.mean()), stderr

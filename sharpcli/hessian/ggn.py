@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
-from sharpcli.errors import Interrupted
+from sharpcli.interrupt import check_stop
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import chunk_slices
 from sharpcli.hessian.params import measurement_mode, trainable_params, unflatten
@@ -77,8 +77,7 @@ class GaussNewtonPart:
         self.should_stop = should_stop
 
     def _poll(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise Interrupted("interrupted")
+        check_stop(self.should_stop)
 
     def _primals(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in zip(self.names, self.params)}

@@ -38,6 +38,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from sharpcli.config import Phase
 from sharpcli.linalg.power import power_iteration
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import accumulate_gradient
@@ -80,11 +81,11 @@ def perturbation(phase: str, g: torch.Tensor, params: Sequence[torch.Tensor], *,
                  adaptive: bool = False, alpha: float = 0.0,
                  v: torch.Tensor | None = None) -> torch.Tensor:
     """ε for a step of `phase` ('sam' or 'eigen-sam') from g = ∇L_B(w) at the weights `params`."""
-    if phase == "eigen-sam":
+    if phase == Phase.eigen_sam:
         if v is None:
             raise ValueError("Eigen-SAM needs an eigenvector estimate v")
         return eigen_sam_perturbation(g, v, rho, alpha)
-    if phase != "sam":
+    if phase != Phase.sam:
         raise ValueError(f"no perturbation for phase {phase!r}")
     if adaptive:
         return asam_perturbation(g, flatten(params).detach(), rho, scaled=asam_mask(params))

@@ -34,6 +34,10 @@ class Choice(str, Enum):
                              f"{', '.join(c.value for c in cls)}") from None
 
 
+# Seconds a process of a torchrun launch waits for the others in a collective.
+DEFAULT_DIST_TIMEOUT = 600.0
+
+
 class Dataset(Choice):
     mnist1d = "mnist1d"
     digits = "digits"
@@ -75,6 +79,13 @@ class Phase(Choice):
 
 # The sharpness-aware optimizers and phases: their edge is the SAM edge (SPEC §4).
 SAM_PHASES = frozenset({Phase.sam.value, Phase.eigen_sam.value})
+
+
+class SamSync(Choice):
+    """Which gradient a SAM step perturbs with under torchrun (SPEC §9)."""
+
+    global_ = "global"  # the all-reduced gradient: the update one process computes
+    local = "local"     # each process its own shard's gradient (m-sharpness)
 
 
 class Schedule(Choice):
@@ -168,6 +179,8 @@ class TrainConfig:
     eig_every: int = 100
     eig_iters: int = 5
     sam_start: int | None = None
+    sam_sync: SamSync = SamSync.global_
+    sync_bn: bool = False
     # measurement
     sharpness_every: int = 20
     sharpness_samples: int | None = None  # None: the whole training subset
@@ -187,6 +200,7 @@ class TrainConfig:
     quiet: bool = False
     stop_loss: float | None = None
     stop_acc: float | None = None
+    dist_timeout: float = DEFAULT_DIST_TIMEOUT  # seconds a process waits for the others
 
     def __post_init__(self) -> None:
         coerce_choices(self)
@@ -217,15 +231,16 @@ class TrainConfig:
 
 # Keys written into config.json beside the settings, for the record; not settings themselves.
 RECORD_ONLY_KEYS = {"versions", "resolved_device", "created", "total_steps", "steps_per_epoch",
-                    "num_params", "command", "input_shape", "num_classes"}
+                    "num_params", "command", "input_shape", "num_classes", "world_size"}
 
 # Settings that do not change what is computed: runs differing only in these are repeats.
 NON_SETTING_KEYS = {"seed", "run_name", "reports_dir", "checkpoints_dir", "resume", "quiet",
-                    "device", "data_dir", "download", "physical_batch_size", "keep_last"} | RECORD_ONLY_KEYS
+                    "device", "data_dir", "download", "physical_batch_size", "keep_last",
+                    "dist_timeout"} | RECORD_ONLY_KEYS
 
 # Settings that a given optimizer never reads: leaving them out of a run's setting keeps,
 # say, a gd run and a gd run with a different (unused) --rho in one group.
-_SAM_ONLY = {"rho", "adaptive", "alpha", "eig_every", "eig_iters", "sam_start"}
+_SAM_ONLY = {"rho", "adaptive", "alpha", "eig_every", "eig_iters", "sam_start", "sam_sync"}
 UNUSED_BY_OPTIMIZER = {
     Optimizer.gd.value: _SAM_ONLY,
     Optimizer.sgd.value: _SAM_ONLY,

@@ -42,8 +42,12 @@ def stop_on_signals() -> Iterator[StopRequest]:
             signal.signal(s, h)
 
 
-def check_stop(should_stop: Callable[[], bool] | None) -> None:
+def check_stop(should_stop: Callable[[], bool] | None, dist=None) -> None:
     """Raise Interrupted if a stop was requested: long computations poll this between
-    Hessian-vector products or chunks, so Ctrl-C ends them within one."""
-    if should_stop is not None and should_stop():
+    Hessian-vector products or chunks, so Ctrl-C ends them within one. With `dist` (under
+    torchrun) a request to any process stops every process at the same poll."""
+    requested = should_stop is not None and should_stop()
+    if dist is not None and dist.enabled:
+        requested = dist.any(requested)
+    if requested:
         raise Interrupted("interrupted")

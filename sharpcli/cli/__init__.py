@@ -6,12 +6,15 @@ arrive as SharpError and leave as one line on stderr with the exit code SPEC §1
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import traceback
 
 import typer
 
+from sharpcli.launch import env_rank, launched_by_torchrun
 from sharpcli.errors import SharpError
 
 app = typer.Typer(
@@ -66,12 +69,32 @@ def _sigterm_as_ctrl_c():
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _error(message: str) -> None:
+    """The one line of an error: printed by rank 0 only, so a launch says it once."""
+    if env_rank() == 0:
+        print(f"error: {message}", file=sys.stderr)
+
+
+def _lost_peers(err: Exception) -> bool:
+    """Whether `err`, under torchrun, came out of a collective (gloo and NCCL report a peer
+    that died, or a timeout, as a plain RuntimeError raised inside torch.distributed)."""
+    if not launched_by_torchrun():
+        return False
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and f"torch{os.sep}distributed{os.sep}" in frames[-1].filename
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `sharp` console script and `python -m sharpcli`.
 
     Every way out is an exit code of SPEC §1 with at most one line on stderr: usage errors
     (bad choice, bad number, unknown option) and SharpError exit 2 (DivergedError and
     StrictCheckFailed 1, Interrupted 130); Ctrl-C outside a training loop exits 130 quietly.
+    Under torchrun every process exits with the same code and rank 0 alone prints the
+    line; a process whose peers failed first exits 1 (the failed one says why).
     Anything else is a bug and keeps its traceback."""
     click_error, help_errors = _click_errors()
     previous_sigterm = _sigterm_as_ctrl_c()
@@ -79,17 +102,24 @@ def main(argv: list[str] | None = None) -> None:
         # standalone_mode=False: click's errors reach us instead of a multi-line Rich box.
         code = app(args=argv, prog_name="sharp", standalone_mode=False)
     except SharpError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(str(err))
         sys.exit(err.exit_code)
     except help_errors as err:  # `sharp` alone: the help text
-        err.show()
+        if env_rank() == 0:
+            err.show()
         sys.exit(err.exit_code)
     except click_error as err:
         message = " ".join(err.format_message().replace(": Value error, ", ": ").split())
         ctx = getattr(err, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        print(f"error: {message}{hint}", file=sys.stderr)
+        _error(f"{message}{hint}")
         sys.exit(err.exit_code)
+    except Exception as err:
+        if not _lost_peers(err):
+            raise
+        _error("the processes of this launch lost contact: another process failed or was "
+               f"stopped (see its message), or a collective waited past --dist-timeout")
+        sys.exit(1)
     except (KeyboardInterrupt, typer.Abort):
         sys.exit(130)
     finally:

@@ -66,6 +66,9 @@ def eos(
         show_default=False)] = None,
     grad_norm: Annotated[Optional[float], typer.Option(
         help="Calculator: gradient norm ‖g‖ for the SAM edge.", show_default=False)] = None,
+    dist_timeout: Annotated[float, typer.Option(
+        help="--from-checkpoints under torchrun: seconds a process waits for the others in a "
+             "collective before the command fails.")] = 600.0,
 ) -> None:
     from sharpcli.errors import SharpError
 
@@ -84,7 +87,8 @@ def eos(
     if not from_checkpoints and samples is not None:
         raise SharpError("--samples applies to --from-checkpoints only")
     _runs(runs, band, threshold, strict, out, from_checkpoints,
-          dict(device=device, samples=samples, tol=tol, max_iter=max_iter, seed=seed))
+          dict(device=device, samples=samples, tol=tol, max_iter=max_iter, seed=seed),
+          dist_timeout)
 
 
 def _calculator(lr, momentum, nesterov, rho, grad_norm) -> None:
@@ -103,30 +107,50 @@ def _calculator(lr, momentum, nesterov, rho, grad_norm) -> None:
               f"ρ={rho:g}, ‖g‖={grad_norm:g}")
 
 
-def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs) -> None:
+def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs,
+          dist_timeout) -> None:
+    from sharpcli.analysis.eos import check_band, eos_run
+    from sharpcli.distributed import SINGLE, process_group
+    from sharpcli.errors import SharpError, StrictCheckFailed
+
+    check_band(band, threshold)
+    tables, dist = {}, SINGLE
+    if from_checkpoints:
+        with process_group(measure_kwargs["device"], dist_timeout) as dist:
+            tables = {run: _measure(run, measure_kwargs, dist) for run in runs}
+    results = [eos_run(run, band, threshold, tables.get(run)) for run in runs]
+    names = [r.run_dir.name for r in results]
+    if out is not None and len(results) > 1 and len(set(names)) < len(names):
+        raise SharpError(f"--out with several runs needs distinct run names, got {names}")
+    if dist.is_main:  # under torchrun every process reaches the verdict, rank 0 reports it
+        _report(results, band, out)
+    failed = [r.summary for r in results if r.summary.verdict != "at-edge"]
+    if strict and failed:
+        listing = ", ".join(f"{s.run}: {s.verdict}" for s in failed)
+        raise StrictCheckFailed(f"--strict: not at the edge ({listing})")
+
+
+def _measure(run, measure_kwargs, dist):
+    """λ₁ and ‖g‖ at every checkpoint of a run, printed as they come (rank 0)."""
+    from sharpcli.formats.runs import resolve_run_dir
+    from sharpcli.spectra.measure import measure_checkpoints
+
+    def say(path, row):
+        if dist.is_main:
+            print(f"  {path.name}: λ₁={row['sharpness']:.4g} ‖g‖={row['grad_norm']:.4g}",
+                  flush=True)
+
+    return measure_checkpoints(resolve_run_dir(run), **measure_kwargs, on_checkpoint=say,
+                               dist=dist)
+
+
+def _report(results, band, out) -> None:
+    """The verdict table, and each run's eos.csv."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    from sharpcli.analysis.eos import check_band, eos_run, write_eos_csv
-    from sharpcli.errors import SharpError, StrictCheckFailed
-
-    check_band(band, threshold)
-    console = Console(highlight=False)
-    results = []
-    for run in runs:
-        metrics = None
-        if from_checkpoints:
-            from sharpcli.formats.runs import resolve_run_dir
-            from sharpcli.spectra.measure import measure_checkpoints
-
-            metrics = measure_checkpoints(resolve_run_dir(run), **measure_kwargs, on_checkpoint=(
-                lambda path, row: print(f"  {path.name}: λ₁={row['sharpness']:.4g} "
-                                        f"‖g‖={row['grad_norm']:.4g}", flush=True)))
-        results.append(eos_run(run, band, threshold, metrics))
-    names = [r.run_dir.name for r in results]
-    if out is not None and len(results) > 1 and len(set(names)) < len(names):
-        raise SharpError(f"--out with several runs needs distinct run names, got {names}")
+    from sharpcli.analysis.eos import write_eos_csv
 
     table = Table(title=f"Edge of stability (band ±{band:g})")
     for header, justify in [("run", "left"), ("edge", "left"), ("n", "right"),
@@ -141,7 +165,7 @@ def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs) 
                       "–" if s.in_band is None else f"{s.in_band:.0%}",
                       _fmt(s.median_ratio), _fmt(s.final_ratio),
                       f"[{colours[s.verdict]}]{s.verdict}[/]")
-    console.print(table)
+    Console(highlight=False).print(table)
     for r in results:
         if out is None:
             path = r.run_dir / "eos.csv"
@@ -150,10 +174,6 @@ def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs) 
         else:
             path = out / r.run_dir.name / "eos.csv"
         print(f"wrote {write_eos_csv(r.table, path)}")  # one line, whatever the width
-    failed = [r.summary for r in results if r.summary.verdict != "at-edge"]
-    if strict and failed:
-        listing = ", ".join(f"{s.run}: {s.verdict}" for s in failed)
-        raise StrictCheckFailed(f"--strict: not at the edge ({listing})")
 
 
 def _fmt(value: float | None) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from sharpcli.cli.progress import progress_bar
-from sharpcli.config import Backend, HessianMode, Method, Split, TraceMethod
+from sharpcli.config import DEFAULT_DIST_TIMEOUT, Backend, HessianMode, Method, Split, TraceMethod
 from sharpcli.spectra.config import SpectrumConfig
 
 D = SpectrumConfig()
@@ -113,9 +113,11 @@ def spectrum_command(
         "Write every row to this CSV instead of reports/<run>/spectrum.csv.", RUN,
         show_default=False)] = None,
     quiet: Annotated[bool, _opt("No progress bar and no table.", RUN, "--quiet", "-q")] = False,
+    dist_timeout: Annotated[float, _opt(
+        "Under torchrun: seconds a process waits for the others in a collective before the "
+        "command fails.", RUN)] = DEFAULT_DIST_TIMEOUT,
 ) -> None:
-    from sharpcli.interrupt import stop_on_signals
-    from sharpcli.spectra.run import run_spectrum
+    from sharpcli.distributed import process_group
 
     cfg = SpectrumConfig(
         top_k=top_k, method=method, tol=tol, max_iter=max_iter, check_missed=check_missed,
@@ -124,6 +126,18 @@ def spectrum_command(
         density_grid=density_grid, density_sigma=density_sigma, per_layer=per_layer,
         samples=samples, split=split, batch_size=batch_size, backend=backend,
         hessian_mode=hessian_mode, device=device, seed=seed)
+    with process_group(device, dist_timeout) as dist:
+        quiet = quiet or not dist.is_main
+        results = _run(targets, cfg, out, density_out, quiet, dist)
+    if not quiet:
+        print_table(results, cfg)
+
+
+def _run(targets, cfg: SpectrumConfig, out, density_out, quiet: bool, dist):
+    """run_spectrum with a progress bar over the checkpoints, and Ctrl-C as a stop."""
+    from sharpcli.interrupt import stop_on_signals
+    from sharpcli.spectra.run import run_spectrum
+
     with stop_on_signals() as stop, progress_bar("spectrum", total=1, quiet=quiet) as bar:
         def on_start(i, total, path):
             if bar is not None:
@@ -135,11 +149,9 @@ def spectrum_command(
                             if s.quantity == "eigenvalue"), math.nan)
                 bar.update(bar.task_ids[0], completed=i + 1, info=f"step {result.step}: λ₁ {lam:.4g}")
 
-        results = run_spectrum(targets, cfg, out=out, density_out=density_out,
-                               should_stop=lambda: stop.requested, on_start=on_start,
-                               on_done=on_done)
-    if not quiet:
-        print_table(results, cfg)
+        return run_spectrum(targets, cfg, out=out, density_out=density_out,
+                            should_stop=lambda: stop.requested, on_start=on_start,
+                            on_done=on_done, dist=dist)
 
 
 def print_table(results, cfg: SpectrumConfig) -> None:

@@ -7,11 +7,12 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from sharpcli.config import Dataset, Loss, Model, Optimizer, Schedule, TrainConfig
+from sharpcli.config import Dataset, Loss, Model, Optimizer, SamSync, Schedule, TrainConfig
 from sharpcli.cli.progress import progress_bar
 
 D = TrainConfig()  # defaults shown in --help come from the dataclass, the one source of truth
 DATA, MODEL, OPT, SAM, MEAS, RUN = "Data", "Model", "Optimizer", "SAM / Eigen-SAM", "Measurement", "Run"
+DIST = "Many processes (torchrun)"
 
 
 def _opt(help: str, panel: str, *names: str):
@@ -44,6 +45,7 @@ def train_command(
     alpha: Annotated[float, _opt("Eigen-SAM weight α of the top-eigenvector component.", SAM)] = D.alpha,
     eig_every: Annotated[int, _opt("Eigen-SAM: refresh the top-eigenvector estimate every N steps (power iteration on the batch's Hessian, warm-started).", SAM)] = D.eig_every,
     eig_iters: Annotated[int, _opt("Eigen-SAM: power-iteration steps (Hessian-vector products) per refresh.", SAM)] = D.eig_iters,
+    sam_sync: Annotated[SamSync, _opt("Under torchrun: global perturbs with the all-reduced gradient (the update one process computes); local perturbs each process's shard with its own gradient (m-sharpness, the SAM paper's multi-accelerator recipe).", SAM)] = D.sam_sync,
     sam_start: Annotated[Optional[int], _opt("Late-phase SAM: the base optimizer (gd, or sgd with --batch-size) until T (steps, or epochs with --epochs), SAM or Eigen-SAM after; momentum buffers carry over.", SAM)] = D.sam_start,
     sharpness_every: Annotated[int, _opt("Measure λ₁ every N steps (0 = off).", MEAS)] = D.sharpness_every,
     sharpness_samples: Annotated[Optional[int], _opt("Examples in the sharpness Hessian (first N of the training subset; default all).", MEAS)] = D.sharpness_samples,
@@ -62,21 +64,31 @@ def train_command(
     quiet: Annotated[bool, _opt("No progress bar and no summary.", RUN, "--quiet", "-q")] = D.quiet,
     stop_loss: Annotated[Optional[float], _opt("Stop once the train loss is at or below this.", RUN)] = D.stop_loss,
     stop_acc: Annotated[Optional[float], _opt("Stop once the train accuracy (0–1) is at or above this.", RUN)] = D.stop_acc,
+    sync_bn: Annotated[bool, _opt("Under torchrun on GPUs: SyncBatchNorm, batch statistics over the whole batch of all processes (default: each process normalises by its shard's statistics; running statistics are averaged over the processes after every step).", DIST)] = D.sync_bn,
+    dist_timeout: Annotated[float, _opt("Under torchrun: seconds a process waits for the others in a collective before the run fails.", DIST)] = D.dist_timeout,
 ) -> None:
     """Train one model, logging loss, accuracy, ‖g‖, λ₁, alignment and the edges to
     reports/<run>/metrics.csv and saving checkpoints to checkpoints/<run>/.
 
     With no flags: full-batch GD on MNIST-1D with a tanh MLP and MSE loss, where λ₁ rises to
     2/η and hovers there (Cohen et al. 2021)."""
+    from sharpcli.distributed import process_group
     from sharpcli.training.loop import train
 
     values = dict(locals())
-    values.pop("train")
+    values.pop("train"), values.pop("process_group")
     for key in ("train_size", "test_size"):  # 0 means the whole split
         if values[key] == 0:
             values[key] = None
     config = TrainConfig(**values)
+    with process_group(device, dist_timeout) as dist:
+        result = _train(config, train, quiet or not dist.is_main, dist)
+    if not quiet and dist.is_main:
+        print_summary(result)
 
+
+def _train(config: TrainConfig, train, quiet: bool, dist):
+    """train() with a progress bar that shows λ₁ against its edge as it goes."""
     with progress_bar("train", total=1, quiet=quiet) as bar:
         def on_step(step: int, total: int, row: dict | None) -> None:
             if bar is None:
@@ -94,10 +106,7 @@ def train_command(
                 info = "  ".join(parts)
             bar.update(task, completed=step, total=total, **({"info": info} if info else {}))
 
-        result = train(config, progress=on_step)
-
-    if not quiet:
-        print_summary(result)
+        return train(config, progress=on_step, dist=dist)
 
 
 def print_summary(result) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
+from sharpcli.distributed import SINGLE, Dist
 from sharpcli.interrupt import check_stop
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import chunk_slices
@@ -63,10 +64,14 @@ class GaussNewtonPart:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
-                 mode: str = "eval", should_stop: Callable[[], bool] | None = None):
+                 mode: str = "eval", should_stop: Callable[[], bool] | None = None,
+                 dist: Dist = SINGLE):
         if not gauss_newton_separable(model, mode):
             raise ValueError("the Gauss–Newton trace needs per-example outputs: BatchNorm in "
                              "train mode couples the examples of a batch")
+        # each process sums over its shard; every example weighs 1/total, then one all-reduce
+        self.total, self.dist = len(x), dist
+        x, y = x[dist.shard(len(x))], y[dist.shard(len(y))]
         self.model, self.loss_fn, self.x, self.y, self.mode = model, loss_fn, x, y, mode
         self.params = list(params) if params is not None else trainable_params(model)
         ids = {id(p): name for name, p in model.named_parameters()}
@@ -99,7 +104,7 @@ class GaussNewtonPart:
             for sl, outputs, gram in grams if grams is not None else self._jacobian_grams():
                 lam = output_hessians(self.loss_fn, outputs, self.y[sl])
                 total += float((lam * gram).sum().double())
-        return total / len(self.x)
+        return self.dist.sum(total / self.total)
 
     def _linear_grams(self) -> list | None:
         """[(slice, outputs, Jₙ Jₙᵀ)] per chunk by the nn.Linear shortcut, or None where
@@ -215,4 +220,4 @@ class GaussNewtonPart:
                         self._lambdas[sl.start] = lam
                 jv = jv.detach()  # weights outside the block still require grad
                 total += torch.einsum("nc,ncd,nd->", jv, lam, jv).double()
-        return float(total / len(self.x))
+        return self.dist.sum(float(total / self.total))

@@ -1,18 +1,24 @@
-"""The mean loss over a fixed set of examples, computed in chunks.
+"""The mean loss over a fixed set of examples, computed in chunks (and, under torchrun, in
+shards: sharpcli.distributed).
 
 Every example carries weight 1/N whatever the chunk sizes: a chunk of n examples enters
-with weight n/N (averaging per-chunk means would over-weight a short last chunk).
+with weight n/N (averaging per-chunk means would over-weight a short last chunk). A process
+holding a shard of the examples passes `total=N`, the size of the whole set, so that what it
+computes is its share of the mean, and one sum over processes gives the mean itself.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Sequence
 
 import torch
 from torch import nn
 
+from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.losses import LossFn, accuracy
-from sharpcli.hessian.params import flatten, measurement_mode, trainable_params
+from sharpcli.hessian.params import (flatten, measurement_mode, running_stats_frozen,
+                                     trainable_params)
 
 
 def chunk_slices(n: int, chunk_size: int) -> list[slice]:
@@ -23,39 +29,52 @@ def chunk_slices(n: int, chunk_size: int) -> list[slice]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-             chunk_size: int = 4096) -> tuple[float, float]:
-    """(mean loss, accuracy) in eval mode; the model's mode is restored."""
+             chunk_size: int = 4096, dist: Dist = SINGLE) -> tuple[float, float]:
+    """(mean loss, accuracy) over all of (x, y) in eval mode, each process evaluating its
+    shard; the model's mode is restored."""
     n = len(x)
-    loss = torch.zeros((), device=x.device, dtype=torch.float64)
-    acc = torch.zeros((), device=x.device, dtype=torch.float64)
+    sl = dist.shard(n)
+    x, y = x[sl], y[sl]
+    sums = torch.zeros(2, device=x.device, dtype=torch.float64)
     with measurement_mode(model, "eval"):
-        for sl in chunk_slices(n, chunk_size):
-            out = model(x[sl])
-            w = (sl.stop - sl.start) / n
-            loss += w * loss_fn(out, y[sl]).double()
-            acc += w * accuracy(out, y[sl]).double()
-    return loss.item(), acc.item()
+        for c in chunk_slices(len(x), chunk_size):
+            out = model(x[c])
+            w = (c.stop - c.start) / n
+            sums[0] += w * loss_fn(out, y[c]).double()
+            sums[1] += w * accuracy(out, y[c]).double()
+    loss, acc = dist.sum_(sums).tolist()
+    return loss, acc
 
 
 def accumulate_gradient(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-                        chunk_size: int = 4096) -> torch.Tensor:
-    """Set each parameter's .grad to the gradient of the mean loss over (x, y).
+                        chunk_size: int = 4096, *, total: int | None = None, scale: float = 1.0,
+                        no_sync: Callable[[], ContextManager] | None = None) -> torch.Tensor:
+    """Set each parameter's .grad to `scale` times the gradient of this process's share of the
+    mean loss, Σ over its examples of ℓᵢ/`total` (`total` defaults to len(x): the mean).
 
-    Runs in the model's current mode (train mode during training, so BatchNorm updates
-    its statistics as in any training step). Returns the loss of the forward passes as a
-    0-d tensor, still on the device (no host sync: this is the hot loop).
+    Runs in the model's current mode (train mode during training, so BatchNorm updates its
+    statistics as in any training step). `no_sync`, for a DistributedDataParallel model,
+    keeps gradient synchronisation off for all chunks but the last, and `scale` = W undoes
+    its averaging over W processes. Returns the share of the loss as a 0-d tensor, still on
+    the device (no host sync: this is the hot loop).
     """
-    n = len(x)
+    n, total = len(x), total or len(x)
     model.zero_grad(set_to_none=True)
-    if n <= chunk_size:  # the common case, without the bookkeeping of a weighted sum
+    if n == 0:  # an empty shard still takes part in the gradient's all-reduce, adding zeros
+        with running_stats_frozen(model):
+            (model(x).sum() * 0.0).backward()
+        return torch.zeros((), device=x.device)
+    if n <= chunk_size and n == total and scale == 1.0:  # the common case, no bookkeeping
         loss = loss_fn(model(x), y)
         loss.backward()
         return loss.detach()
     loss = torch.zeros((), device=x.device)
-    for sl in chunk_slices(n, chunk_size):
-        w = (sl.stop - sl.start) / n
-        chunk_loss = loss_fn(model(x[sl]), y[sl])
-        (w * chunk_loss).backward()
+    slices = chunk_slices(n, chunk_size)
+    for i, sl in enumerate(slices):
+        w = (sl.stop - sl.start) / total
+        with no_sync() if (no_sync is not None and i < len(slices) - 1) else nullcontext():
+            chunk_loss = loss_fn(model(x[sl]), y[sl])
+            (w * scale * chunk_loss).backward()
         loss += w * chunk_loss.detach()
     return loss
 
@@ -76,18 +95,23 @@ def gradient_vector(params: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def full_batch_gradient(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-                        chunk_size: int = 4096, mode: str = "eval") -> tuple[float, torch.Tensor]:
-    """(mean loss, flat gradient) at the current weights in a measurement mode; leaves
-    .grad and the model's mode and buffers as they were."""
+                        chunk_size: int = 4096, mode: str = "eval",
+                        dist: Dist = SINGLE) -> tuple[float, torch.Tensor]:
+    """(mean loss, flat gradient) over all of (x, y) at the current weights in a measurement
+    mode, each process taking its shard; leaves .grad and the model's mode and buffers as
+    they were."""
     params = trainable_params(model)
     n = len(x)
+    sl = dist.shard(n)
+    x, y = x[sl], y[sl]
     grad = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=params[0].dtype)
     loss = torch.zeros((), device=x.device, dtype=torch.float64)
     with measurement_mode(model, mode):
-        for sl in chunk_slices(n, chunk_size):
-            w = (sl.stop - sl.start) / n
-            chunk_loss = loss_fn(model(x[sl]), y[sl])
+        for c in chunk_slices(len(x), chunk_size):
+            w = (c.stop - c.start) / n
+            chunk_loss = loss_fn(model(x[c]), y[c])
             grads = torch.autograd.grad(w * chunk_loss, params, allow_unused=True)
             grad += flatten([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
             loss += w * chunk_loss.detach().double()
-    return loss.item(), grad
+    dist.sum_(grad)
+    return dist.sum(float(loss)), grad

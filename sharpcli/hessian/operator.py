@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
+from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import chunk_slices
 from sharpcli.hessian.params import flatten, measurement_mode, trainable_params, unflatten
@@ -32,15 +33,21 @@ class HessianOperator:
     single backward pass through it (half the work of recomputing the forward).
     The model's train/eval mode and buffers are left exactly as found.
     `hvp` picks how a product is computed (HVP_MODES; see the module docstring).
+    Under torchrun (`dist`) each process takes its shard of (x, y) and computes its share
+    of Hv (its examples' terms over the whole N); one all-reduce sums the shares.
     """
 
     HVP_MODES = ("double-backward", "forward-over-reverse")
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
-                 mode: str = "eval", cache_graph: bool = True, hvp: str = "double-backward"):
+                 mode: str = "eval", cache_graph: bool = True, hvp: str = "double-backward",
+                 dist: Dist = SINGLE):
         if len(x) == 0:
             raise ValueError("the Hessian needs at least one example")
+        self.total = len(x)  # every example weighs 1/total, in whichever process it is
+        self.dist = dist
+        x, y = x[dist.shard(len(x))], y[dist.shard(len(y))]
         if hvp not in self.HVP_MODES:
             raise ValueError(f"hvp must be one of {self.HVP_MODES}, got {hvp!r}")
         self.hvp = hvp
@@ -61,7 +68,7 @@ class HessianOperator:
                 self._cached_grads = self._chunk_gradient(self.slices[0])
 
     def _chunk_gradient(self, sl: slice) -> list[torch.Tensor]:
-        w = (sl.stop - sl.start) / len(self.x)
+        w = (sl.stop - sl.start) / self.total
         loss = w * self.loss_fn(self.model(self.x[sl]), self.y[sl])
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         # A parameter the loss does not touch has a zero gradient; keep it differentiable.
@@ -75,7 +82,7 @@ class HessianOperator:
 
     def _chunk_jvp(self, sl: slice, vs: list[torch.Tensor]) -> torch.Tensor:
         """Forward-over-reverse: d/dt ∇L_chunk(w + t v) at t = 0, by torch.func."""
-        w = (sl.stop - sl.start) / len(self.x)
+        w = (sl.stop - sl.start) / self.total
         xs, ys = self.x[sl], self.y[sl]
 
         def chunk_loss(weights: dict) -> torch.Tensor:
@@ -92,7 +99,7 @@ class HessianOperator:
         self.n_matvec += 1
         vs = unflatten(v.to(self.dtype), self.params)
         if self._cached_grads is not None:
-            return self._grad_dot(self._cached_grads, vs, retain=True)
+            return self.dist.sum_(self._grad_dot(self._cached_grads, vs, retain=True))
         out = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         with measurement_mode(self.model, self.mode):
             for sl in self.slices:
@@ -100,7 +107,7 @@ class HessianOperator:
                     out += self._chunk_jvp(sl, vs)
                 else:
                     out += self._grad_dot(self._chunk_gradient(sl), vs, retain=False)
-        return out
+        return self.dist.sum_(out)  # each process's share of Hv, summed
 
     def dense(self) -> torch.Tensor:
         """The full matrix, one column per basis vector: for tests on small models only."""

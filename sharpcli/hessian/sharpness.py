@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sharpcli.hessian import HessianOperator
+from sharpcli.distributed import SINGLE, Dist
+from sharpcli.hessian.operator import HessianOperator
 from sharpcli.linalg import lanczos, lanczos_top_k
 from sharpcli.hessian.losses import LossFn
 
@@ -28,10 +29,11 @@ class Sharpness:
 def measure_sharpness(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                       k: int = 1, tol: float = 1e-3, max_iter: int = 100,
                       v0: torch.Tensor | None = None, seed: int = 0, chunk_size: int = 4096,
-                      mode: str = "eval") -> Sharpness:
+                      mode: str = "eval", dist: Dist = SINGLE) -> Sharpness:
     """λ₁..λ_k of the Hessian of the mean loss over (x, y) by Lanczos; `v0` (the last v₁)
-    warm-starts it, which cuts the HVPs needed along a training run severalfold."""
-    op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode)
+    warm-starts it, which cuts the HVPs needed along a training run severalfold. Under
+    torchrun every process runs the same Lanczos on the summed products."""
+    op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode, dist=dist)
     if k == 1:
         result = lanczos(op, k=1, tol=tol, max_iter=min(max_iter, op.size), v0=v0, seed=seed)
     else:  # restarts catch cluster members and repeated eigenvalues a single run misses

@@ -38,6 +38,9 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig) -> Iterator[Solve]:
     if cfg.top_k > n:
         raise SharpError(f"--top-k {cfg.top_k} is more than the model's {n} parameters")
     if cfg.backend is Backend.pyhessian:
+        if problem.dist.enabled:
+            raise SharpError("--backend pyhessian runs in one process: its products cannot be "
+                             "summed over torchrun's processes; use --backend native")
         from sharpcli.spectra.pyhessian import pyhessian_solves  # an optional package
 
         yield from pyhessian_solves(problem, cfg)
@@ -63,7 +66,8 @@ def _timed(block: str, quantity: str, solve, problem: Problem, cfg: SpectrumConf
     start = time.perf_counter()
     op = Stoppable(HessianOperator(problem.model, problem.loss_fn, problem.x, problem.y,
                                    chunk_size=problem.chunk_size, params=params,
-                                   mode=cfg.hessian_mode), problem.should_stop)
+                                   mode=cfg.hessian_mode, dist=problem.dist),
+                   problem.should_stop, problem.dist)
     result = solve(op)
     return Solve(block, quantity, result, result.n_matvec, time.perf_counter() - start, op.size)
 
@@ -92,7 +96,10 @@ def _trace(op, problem: Problem, cfg: SpectrumConfig, params):
         # tr H = tr G (exact) + E[zᵀHz − zᵀGz]: only the small remainder is left to chance
         part = GaussNewtonPart(problem.model, problem.loss_fn, problem.x, problem.y,
                                chunk_size=problem.chunk_size, params=params,
-                               mode=cfg.hessian_mode, should_stop=problem.should_stop)
+                               mode=cfg.hessian_mode, dist=problem.dist,
+                               # a stop within the Jacobian pass would leave the other
+                               # processes in its sum: they stop at the next product together
+                               should_stop=None if problem.dist.enabled else problem.should_stop)
         return control_variate_trace(op, part.trace(), part.quadratic_form,
                                      n_probes=cfg.trace_probes, tol=cfg.native_trace_tol,
                                      seed=cfg.seed)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from sharpcli.config import SAM_PHASES, phase_at, sam_start_step
 from sharpcli.device import resolve_device
+from sharpcli.distributed import SINGLE, Dist, process_device
 from sharpcli.errors import SharpError
 from sharpcli.formats.runs import checkpoint_files, read_config, read_metrics
 from sharpcli.formats.schema import METRICS_COLUMNS
@@ -24,7 +25,8 @@ def measure_checkpoints(run_dir: str | Path, *, device: str = "cpu", samples: in
                         tol: float = 1e-3, max_iter: int = 100, seed: int = 0,
                         chunk_size: int | None = None,
                         should_stop: Callable[[], bool] | None = None,
-                        on_checkpoint: Callable[[Path, dict], None] | None = None) -> pd.DataFrame:
+                        on_checkpoint: Callable[[Path, dict], None] | None = None,
+                        dist: Dist = SINGLE) -> pd.DataFrame:
     """λ₁ (Lanczos on the training-loss Hessian) and the full-batch ‖g‖ at every checkpoint
     of a run, as a metrics-like DataFrame (step, phase, lr, rho, train_loss, grad_norm,
     sharpness; the other SPEC columns empty).
@@ -34,22 +36,24 @@ def measure_checkpoints(run_dir: str | Path, *, device: str = "cpu", samples: in
     or before the checkpoint's step (from the config when there is none); rho is the
     config's in SAM phases. grad_norm is the full-batch gradient norm, even for runs that
     trained on minibatches. Lanczos starts from a Gaussian vector drawn from `seed`.
-    `on_checkpoint(path, row)` is called after each one (progress).
+    `on_checkpoint(path, row)` is called after each one (progress). Under torchrun every
+    process measures its shard of the examples; the table is the same on every process.
     """
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     targets = [Target(p, run_dir) for p in checkpoint_files(run_dir, config)]
     logged = _logged_steps(run_dir)
     rows = []
-    for target, ckpt, splits in load_targets(targets, resolve_device(device),
-                                             should_stop=should_stop):
+    for target, ckpt, splits in load_targets(targets, resolve_device(process_device(device, dist)),
+                                             should_stop=should_stop, dist=dist):
         s = ckpt.settings
         n = samples or s.sharpness_samples or len(splits.x_train)
         x, y = splits.x_train[:n], splits.y_train[:n]
         chunk = chunk_size or s.physical_batch_size
-        loss, grad = full_batch_gradient(ckpt.model, ckpt.loss_fn, x, y, chunk_size=chunk)
+        loss, grad = full_batch_gradient(ckpt.model, ckpt.loss_fn, x, y, chunk_size=chunk,
+                                         dist=dist)
         top = measure_sharpness(ckpt.model, ckpt.loss_fn, x, y, tol=tol, max_iter=max_iter,
-                                seed=seed, chunk_size=chunk)
+                                seed=seed, chunk_size=chunk, dist=dist)
         phase, lr = _phase_and_lr(logged, ckpt, ckpt.step)
         row = {"step": ckpt.step, "phase": phase, "lr": lr,
                "rho": float(s.rho) if phase in SAM_PHASES else math.nan,

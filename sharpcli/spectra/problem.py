@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.params import named_param_groups, trainable_params
 from sharpcli.interrupt import check_stop
 from sharpcli.linalg import DensityResult, EigenResult, TraceResult
@@ -31,6 +32,7 @@ class Problem:
     checkpoint: str = ""
     step: int | None = None
     should_stop: Callable[[], bool] | None = None  # polled before every HVP
+    dist: Dist = SINGLE  # under torchrun: each process takes its shard of (x, y)
 
 
 def parameter_blocks(model: nn.Module, per_layer: bool) -> dict[str, list[nn.Parameter]]:
@@ -44,14 +46,15 @@ def parameter_blocks(model: nn.Module, per_layer: bool) -> dict[str, list[nn.Par
 
 class Stoppable:
     """An operator that raises Interrupted before a product once a stop was requested: Ctrl-C
-    ends a long solve within one HVP, and the rows already written stay."""
+    ends a long solve within one HVP, and the rows already written stay. Under torchrun a
+    request to any process stops them all at the same product."""
 
-    def __init__(self, op, should_stop: Callable[[], bool] | None):
-        self.op, self.should_stop = op, should_stop
+    def __init__(self, op, should_stop: Callable[[], bool] | None, dist: Dist = SINGLE):
+        self.op, self.should_stop, self.dist = op, should_stop, dist
         self.size, self.dtype, self.device = op.size, op.dtype, op.device
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        check_stop(self.should_stop)
+        check_stop(self.should_stop, self.dist)
         return self.op.matvec(v)
 
 

@@ -11,6 +11,7 @@ import torch
 
 from sharpcli.config import Split
 from sharpcli.device import resolve_device
+from sharpcli.distributed import SINGLE, Dist, process_device
 from sharpcli.errors import Interrupted, SharpError
 from sharpcli.formats.csvlog import CsvLog
 from sharpcli.formats.schema import DENSITY_COLUMNS, DENSITY_FILE, SPECTRUM_COLUMNS, SPECTRUM_FILE
@@ -39,39 +40,41 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                  density_out: Path | None = None, should_stop: Callable[[], bool] | None = None,
                  on_start: Callable[[int, int, Path], None] | None = None,
                  on_done: Callable[[int, int, CheckpointSpectrum], None] | None = None,
-                 ) -> list[CheckpointSpectrum]:
+                 dist: Dist = SINGLE) -> list[CheckpointSpectrum]:
     """Measure every checkpoint the arguments name and write spectrum.csv (and density.csv)
     row by row: by default into each run's report folder, with `out` all into one file.
     Each file is rewritten by the call that first writes to it. Interrupted (exit 130) once
-    `should_stop()` turns true, with every row finished so far on disk."""
+    `should_stop()` turns true, with every row finished so far on disk. Under torchrun
+    every process measures its shard of the examples and rank 0 writes."""
     cfg.validate()
     targets = expand_targets(args)
-    device = resolve_device(cfg.device)
+    device = resolve_device(process_device(cfg.device, dist))
     logs: dict[Path, CsvLog] = {}
 
-    def log(path: Path, columns) -> CsvLog:
+    def log(path: Path, columns, rows) -> None:
+        if not dist.is_main:
+            return
         if path not in logs:
             logs[path] = CsvLog(path, columns).open(fresh=True)
-        return logs[path]
+        logs[path].write_many(rows)
 
     results = []
     try:
         for target, ckpt, splits in load_targets(targets, device, should_stop=should_stop,
-                                                 on_start=on_start):
+                                                 on_start=on_start, dist=dist):
             x, y = _examples(splits, cfg, target.checkpoint)
             csv_path = out if out is not None else report_dir_for(target, ckpt.config) / SPECTRUM_FILE
             dens_path = (density_out or csv_path.parent / DENSITY_FILE) if cfg.density else None
             chunk = cfg.batch_size or ckpt.settings.physical_batch_size
             problem = Problem(ckpt.model, ckpt.loss_fn, x, y, chunk_size=chunk,
                               checkpoint=str(target.checkpoint), step=ckpt.step,
-                              should_stop=should_stop)
+                              should_stop=should_stop, dist=dist)
             solves = []
             for solve in compute_spectrum(problem, cfg):
-                log(csv_path, SPECTRUM_COLUMNS).write_many(
-                    r.as_dict() for r in solve.rows(problem.checkpoint, problem.step))
+                log(csv_path, SPECTRUM_COLUMNS,
+                    [r.as_dict() for r in solve.rows(problem.checkpoint, problem.step)])
                 if solve.quantity == "density":
-                    log(dens_path, DENSITY_COLUMNS).write_many(solve.curve(problem.checkpoint,
-                                                                           problem.step))
+                    log(dens_path, DENSITY_COLUMNS, solve.curve(problem.checkpoint, problem.step))
                 solves.append(solve)
             results.append(CheckpointSpectrum(target.checkpoint, ckpt.step, solves, csv_path,
                                               dens_path, len(x),

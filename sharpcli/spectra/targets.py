@@ -70,14 +70,14 @@ def report_dir_for(target: Target, config: dict) -> Path:
 
 
 def load_targets(targets: list[Target], device, *, should_stop: Callable[[], bool] | None = None,
-                 on_start: Callable[[int, int, Path], None] | None = None,
+                 on_start: Callable[[int, int, Path], None] | None = None, dist=None,
                  ) -> Iterator[tuple[Target, Checkpoint, DataSplits]]:
     """Each target's checkpoint rebuilt on `device` with its run's data. Runs that share a
     data set and subset share one copy of it, loaded once. A stop request ends the loop
     (Interrupted) before the next checkpoint; `on_start(i, n, path)` runs before each."""
     cache: dict[tuple, DataSplits] = {}
     for i, target in enumerate(targets):
-        check_stop(should_stop)
+        check_stop(should_stop, dist)
         if on_start is not None:
             on_start(i, len(targets), target.checkpoint)
         ckpt = load_checkpoint(target.checkpoint, device=device)

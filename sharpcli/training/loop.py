@@ -16,14 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sharpcli.config import SAM_PHASES, Phase, TrainConfig
+import torch
+
+from sharpcli.config import SAM_PHASES, Phase, SamSync, TrainConfig
+from sharpcli.distributed import Dist
 from sharpcli.edges import EdgeRule
 from sharpcli.errors import Interrupted
 from sharpcli.formats.checkpoints import checkpoint_path
 from sharpcli.hessian import HessianOperator
-from sharpcli.hessian.objective import accumulate_gradient, gradient_norm, gradient_vector
+from sharpcli.hessian.objective import gradient_norm, gradient_vector
 from sharpcli.interrupt import stop_on_signals
 from sharpcli.training.optim import lr_at, set_lr
+from sharpcli.training.parallel import average_running_stats, batch_gradient
 from sharpcli.training.restore import Resumed, restore
 from sharpcli.training.sam import EigenState, perturbation, refresh, refresh_due, sam_step
 from sharpcli.training.setup import BatchSampler, RunSetup, prepare
@@ -49,11 +53,16 @@ class TrainResult:
 ProgressFn = Callable[[int, int, dict | None], None]  # (step, total, row or None)
 
 
-def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
+def train(config: TrainConfig, progress: ProgressFn | None = None,
+          dist: Dist | None = None) -> TrainResult:
     """Run `sharp train` as a library call; returns what was logged. Raises SharpError on bad
-    settings, DivergedError on NaN/inf, Interrupted on SIGINT/SIGTERM (after saving)."""
-    run = prepare(config)
+    settings, DivergedError on NaN/inf, Interrupted on SIGINT/SIGTERM (after saving). Under
+    torchrun (`dist`, by default the process group torch.distributed was started with) every
+    process runs this same loop on its shards and rank 0 writes."""
+    dist = dist or Dist.current()
+    run = prepare(config, dist)
     resumed = restore(run)
+    dist.barrier()  # every process has looked for the run's files before rank 0 writes any
     start = resumed or Resumed()
     tracker = tracker_for(run, resumed)
     sampler = BatchSampler(len(run.data.x_train), run.config.batch_size,
@@ -67,11 +76,13 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
             final = step == run.plan.total_steps
             epoch = run.plan.epoch_at(step)
 
-            # a stop request (Ctrl-C, SIGTERM): save w_t and leave
-            if stop.requested:
+            # a stop request (Ctrl-C, SIGTERM) to any process: save w_t, all leave together
+            if dist.any(stop.requested):
                 tracker.checkpoint(step, epoch, {"eigen_vector": eigen.v}, force=True)
-                raise Interrupted(f"stopped by {stop.signal_name} at step {step}; saved "
-                                  f"{checkpoint_path(run.checkpoint_dir, step)}; continue with --resume")
+                dist.barrier()  # no process exits before rank 0 has saved
+                raise Interrupted(f"stopped by {stop.signal_name or 'a signal'} at step {step}; "
+                                  f"saved {checkpoint_path(run.checkpoint_dir, step)}; "
+                                  "continue with --resume")
 
             # checkpoint w_t before anything at step t touches the model
             tracker.checkpoint(step, epoch, {"eigen_vector": eigen.v}, final=final)
@@ -83,6 +94,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
             # the perturbation of a SAM step (Eigen-SAM refreshes its v₁ estimate first)
             if info.sam_phase or tracker.sharpness_due(step):
                 info.direction = gradient_vector(run.params)  # g: the flat copy only when read
+            if local_perturbation(run, info) and tracker.row_due(step, final):
+                info.grad_norm = global_gradient(run, info.direction, len(batch[0])).norm()
             if info.sam_phase:
                 eigen = eigen_sam_refresh(run, eigen, step, batch) if info.phase == Phase.eigen_sam else eigen
                 info.direction = perturbation(info.phase, info.direction, run.params,
@@ -108,7 +121,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResul
             set_lr(run.optimizer, info.lr)
             if info.sam_phase:  # the base optimizer moves w with ∇L_B(w + ε) instead of g
                 sam_step(run.model, run.loss_fn, *batch, info.direction, run.optimizer,
-                         run.config.physical_batch_size)
+                         gradient=lambda: batch_gradient(run.train_model, run.loss_fn, *batch,
+                                                         run.config.physical_batch_size, dist))
             else:
                 run.optimizer.step()
     result.seconds = tracker.elapsed()
@@ -127,32 +141,50 @@ def tracker_for(run: RunSetup, resumed: Resumed | None) -> Tracker:
                    keep_last=c.keep_last, edges=EdgeRule(c.momentum, c.nesterov, c.rho),
                    record=run.record, resume_step=resumed.step if resumed else None,
                    top_vector=resumed.top_vector if resumed else None,
-                   elapsed=resumed.elapsed if resumed else 0.0)
+                   elapsed=resumed.elapsed if resumed else 0.0, dist=run.dist)
 
 
 def gradient_at(run: RunSetup, sampler: BatchSampler, step: int):
     """.grad ← ∇L_B(w_t) on step t's batch in train mode (BatchNorm updates its statistics
-    as in any training step); the step's StepInfo (with the loss) and its batch."""
+    as in any training step); the step's StepInfo (with the loss) and its batch. Under
+    torchrun each process takes its shard of the batch, and the gradient is all-reduced
+    unless SAM perturbs with each shard's own (--sam-sync local)."""
     c = run.config
     idx = sampler.indices(step)
     xb, yb = run.data.x_train[idx], run.data.y_train[idx]
     if not run.model.training:  # a guard only: the recursive call costs as much as a layer
         run.model.train()
-    loss = accumulate_gradient(run.model, run.loss_fn, xb, yb, c.physical_batch_size)
     phase = run.phase_at(step)
     sam_phase = phase.value in SAM_PHASES
+    sync = not (sam_phase and c.sam_sync is SamSync.local)
+    loss = batch_gradient(run.train_model, run.loss_fn, xb, yb, c.physical_batch_size,
+                          run.dist, sync=sync)
+    average_running_stats(run.model, run.dist)
     info = StepInfo(step, phase.value, lr_at(step, run.plan.total_steps, c.lr, c.schedule),
                     gradient_norm(run.params), run.plan.epoch_at(step), loss,
                     rho=c.rho if sam_phase else None, sam_phase=sam_phase)
     return info, (xb, yb)
 
 
+def local_perturbation(run: RunSetup, info: StepInfo) -> bool:
+    """Whether this step's gradient is each process's own (SAM under --sam-sync local)."""
+    return info.sam_phase and run.config.sam_sync is SamSync.local and run.dist.enabled
+
+
+def global_gradient(run: RunSetup, local: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The batch gradient Σ_r (n_r/B)·g_r from each process's flat shard gradient g_r: what
+    the row's ‖g‖ and SAM edge are of when SAM perturbed with the shards' own."""
+    n_r = len(range(batch_size)[run.dist.shard(batch_size)])
+    return run.dist.sum_(local * (n_r / batch_size))
+
+
 def eigen_sam_refresh(run: RunSetup, eigen: EigenState, step: int, batch) -> EigenState:
-    """Eigen-SAM's estimate of v₁, refreshed on the batch's Hessian when due."""
+    """Eigen-SAM's estimate of v₁, refreshed on the batch's Hessian when due (under torchrun
+    the Hessian of the whole batch, its products summed over the processes)."""
     if not refresh_due(eigen, step, run.config.eig_every):
         return eigen
     op = HessianOperator(run.model, run.loss_fn, *batch, chunk_size=run.config.physical_batch_size,
-                         mode="train")
+                         mode="train", dist=run.dist)
     return refresh(eigen, op, iters=run.config.eig_iters, seed=run.config.seed + step)
 
 

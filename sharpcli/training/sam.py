@@ -33,7 +33,7 @@ Choices (the papers leave them open):
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -93,17 +93,23 @@ def perturbation(phase: str, g: torch.Tensor, params: Sequence[torch.Tensor], *,
 
 
 def sam_step(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-             eps: torch.Tensor, optimizer: torch.optim.Optimizer, chunk_size: int = 4096) -> None:
+             eps: torch.Tensor, optimizer: torch.optim.Optimizer, chunk_size: int = 4096, *,
+             gradient: Callable[[], object] | None = None) -> None:
     """One SAM update: the base optimizer steps from w with g̃ = ∇L_B(w + ε).
 
-    `eps` is flat, in the order of trainable_params(model). Leaves .grad = g̃."""
+    `eps` is flat, in the order of trainable_params(model). Leaves .grad = g̃. `gradient`,
+    when given, computes .grad ← ∇L_B at the perturbed weights in place of the plain
+    chunked pass over (x, y) (under torchrun: the data-parallel pass)."""
     params = trainable_params(model)
     with torch.no_grad():
         saved = [p.detach().clone() for p in params]
         for p, e in zip(params, unflatten(eps, params)):
             p.add_(e)
-    with running_stats_frozen(model):
-        accumulate_gradient(model, loss_fn, x, y, chunk_size)  # .grad ← ∇L_B(w + ε)
+    with running_stats_frozen(model):  # .grad ← ∇L_B(w + ε)
+        if gradient is None:
+            accumulate_gradient(model, loss_fn, x, y, chunk_size)
+        else:
+            gradient()
     with torch.no_grad():
         for p, w in zip(params, saved):
             p.copy_(w)  # exactly w again: (w + ε) − ε would round

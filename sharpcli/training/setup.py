@@ -15,12 +15,14 @@ from torch import nn
 
 import sharpcli
 from sharpcli.checks import check_positive
-from sharpcli.config import Optimizer, Phase, TrainConfig, phase_at, sam_start_step
+from sharpcli.config import Optimizer, Phase, SamSync, TrainConfig, phase_at, sam_start_step
 from sharpcli.device import resolve_device
+from sharpcli.distributed import SINGLE, Dist, process_device
 from sharpcli.errors import SharpError
 from sharpcli.hessian.losses import LossFn, get_loss
 from sharpcli.hessian.params import trainable_params
 from sharpcli.training.optim import build_base_optimizer
+from sharpcli.training.parallel import data_parallel
 from sharpcli.workload.data import DataSplits, load_dataset
 from sharpcli.workload.models import build_model
 
@@ -60,6 +62,9 @@ def validate_config(c: TrainConfig) -> None:
         if not c.sam:
             raise SharpError("--sam-start needs --optimizer sam or eigen-sam")
         check_positive(c.sam_start, "--sam-start", allow_zero=True)
+    if c.sam_sync is SamSync.local and not c.sam:
+        raise SharpError("--sam-sync local applies to --optimizer sam or eigen-sam")
+    check_positive(c.dist_timeout, "--dist-timeout")
     if c.run_name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", c.run_name):
         raise SharpError(f"--run-name {c.run_name!r} may only use letters, digits and . _ = + -")
 
@@ -74,11 +79,16 @@ class StepPlan:
         return step / self.steps_per_epoch
 
 
-def plan_steps(c: TrainConfig, n_train: int) -> StepPlan:
+def plan_steps(c: TrainConfig, n_train: int, world_size: int = 1) -> StepPlan:
     batch = c.batch_size or n_train
     if batch > n_train:
         raise SharpError(f"--batch-size {batch} is larger than the {n_train} training examples")
     per_epoch = math.ceil(n_train / batch)
+    smallest = n_train - (per_epoch - 1) * batch  # the last batch of an epoch
+    if c.sam_sync is SamSync.local and min(batch, smallest) < world_size:
+        raise SharpError(f"--sam-sync local needs at least one example per process in every "
+                         f"batch; the batches of {batch} (the last of each epoch {smallest}) "
+                         f"are split over {world_size} processes")
     if c.epochs is not None:
         total = c.epochs * per_epoch
     else:
@@ -146,12 +156,14 @@ class RunSetup:
     device: torch.device
     data: DataSplits
     model: nn.Module
+    train_model: nn.Module  # what training passes go through: DDP around `model` under torchrun
     loss_fn: LossFn
     optimizer: torch.optim.Optimizer
     plan: StepPlan
     report_dir: Path
     checkpoint_dir: Path
     record: dict
+    dist: Dist = SINGLE
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -162,29 +174,31 @@ class RunSetup:
         return Phase(phase_at(c.optimizer, c.batch_size, self.plan.sam_start_step, step))
 
 
-def prepare(config: TrainConfig) -> RunSetup:
+def prepare(config: TrainConfig, dist: Dist = SINGLE) -> RunSetup:
     """Check the settings, load the data, build the model and optimizer (seeded), plan the
-    steps and name the run. The caller's config is left as it was."""
+    steps and name the run; under torchrun every process does the same. The caller's
+    config is left as it was."""
     validate_config(config)
-    device = resolve_device(config.device)
+    device = resolve_device(process_device(config.device, dist))
     torch.manual_seed(config.seed)
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                         train_size=config.train_size, test_size=config.test_size, device=device)
-    plan = plan_steps(config, len(data.x_train))
+    plan = plan_steps(config, len(data.x_train), dist.world_size)
     model = build_model(config.model, data.input_shape, data.num_classes, width=config.width,
                         depth=config.depth, activation=config.activation).to(device)
     n_params = sum(p.numel() for p in trainable_params(model))
     if config.sharpness_every and config.sharpness_k > n_params:
         raise SharpError(f"--sharpness-k {config.sharpness_k} exceeds the {n_params} parameters")
     optimizer = build_base_optimizer(config, trainable_params(model))
-    config = dataclasses.replace(config, run_name=choose_run_name(config))
+    config = dataclasses.replace(config, run_name=dist.broadcast(choose_run_name(config)))
     record = dict(config.to_dict(), resolved_device=str(device), versions=_versions(),
                   total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
                   num_params=n_params, input_shape=list(data.input_shape),
-                  num_classes=data.num_classes)
-    return RunSetup(config, device, data, model, get_loss(config.loss), optimizer, plan,
+                  num_classes=data.num_classes, world_size=dist.world_size)
+    return RunSetup(config, device, data, model, data_parallel(model, dist, config.sync_bn),
+                    get_loss(config.loss), optimizer, plan,
                     Path(config.reports_dir) / config.run_name,
-                    Path(config.checkpoints_dir) / config.run_name, record)
+                    Path(config.checkpoints_dir) / config.run_name, record, dist)
 
 
 def _versions() -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sharpcli.distributed import SINGLE, Dist
 from sharpcli.edges import EdgeRule
 from sharpcli.errors import DivergedError
 from sharpcli.formats.atomic import atomic_write_json
@@ -54,7 +55,9 @@ class Tracker:
     checkpoints every `checkpoint_every` steps into `checkpoint_dir` (keeping the newest
     `keep_last`). `record` is written to config.json. `resume_step` continues the files of
     an interrupted run: rows from that step on are dropped and its checkpoint is kept;
-    `top_vector` and `elapsed` carry the warm start and the clock over.
+    `top_vector` and `elapsed` carry the warm start and the clock over. Under torchrun
+    (`dist`) every process measures its shard of the examples and takes the same decisions;
+    rank 0 alone writes files.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
@@ -65,14 +68,15 @@ class Tracker:
                  checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None,
                  keep_last: int | None = None, edges: EdgeRule = EdgeRule(),
                  record: dict | None = None, resume_step: int | None = None,
-                 top_vector: torch.Tensor | None = None, elapsed: float = 0.0):
+                 top_vector: torch.Tensor | None = None, elapsed: float = 0.0,
+                 dist: Dist = SINGLE):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.x, self.y, self.test = x, y, test
         n = min(samples or len(x), len(x))
         self.x_sharp, self.y_sharp = x[:n], y[:n]
         self.every, self.k, self.tol, self.max_iter = every, k, tol, max_iter
         self.eval_every = eval_every or every
-        self.chunk_size, self.seed, self.edges = chunk_size, seed, edges
+        self.chunk_size, self.seed, self.edges, self.dist = chunk_size, seed, edges, dist
         self.run_dir = Path(run_dir)
         self.checkpoint_every, self.keep_last = checkpoint_every, keep_last
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -81,14 +85,15 @@ class Tracker:
         self._saved_now: Path | None = None
         self._clock = (elapsed, time.perf_counter())
         self.record = record or {}
-        if record is not None:
-            atomic_write_json(self.run_dir / CONFIG_FILE, record)
-        fresh = resume_step is None
-        self.log = CsvLog(self.run_dir / METRICS_FILE, METRICS_COLUMNS).open(
-            fresh=fresh, keep_below_step=resume_step)
+        self.log = CsvLog(self.run_dir / METRICS_FILE, METRICS_COLUMNS)
         self.top_log = CsvLog(self.run_dir / TOP_EIGENVALUES_FILE, TOP_EIGENVALUE_COLUMNS)
-        if k > 1:
-            self.top_log.open(fresh=fresh, keep_below_step=resume_step)
+        if dist.is_main:  # one writer
+            if record is not None:
+                atomic_write_json(self.run_dir / CONFIG_FILE, record)
+            fresh = resume_step is None
+            self.log.open(fresh=fresh, keep_below_step=resume_step)
+            if k > 1:
+                self.top_log.open(fresh=fresh, keep_below_step=resume_step)
 
     # ---------------------------------------------------------------- when
 
@@ -103,6 +108,9 @@ class Tracker:
     def evaluation_due(self, step: int, final: bool = False) -> bool:
         return final or step % self.eval_every == 0
 
+    def row_due(self, step: int, final: bool = False) -> bool:
+        return self.sharpness_due(step) or self.evaluation_due(step, final)
+
     # ---------------------------------------------------------------- checkpoints
 
     def checkpoint(self, step: int, epoch: float = 0.0, extra: dict | None = None, *,
@@ -115,16 +123,17 @@ class Tracker:
         if not due or self.checkpoint_dir is None or (step == self.resume_step and not force):
             return None
         path = checkpoint_path(self.checkpoint_dir, step)
-        state = {"elapsed": self.elapsed(), "top_vector": self.top_vector, **(extra or {})}
-        save_checkpoint(path, step=step, epoch=epoch, config=self.record, model=self.model,
-                        optimizer=self.optimizer, extra=state)
-        self._saved_now = path
-        if force:
-            self._prune()
+        if self.dist.is_main:  # every process holds the same weights and state
+            state = {"elapsed": self.elapsed(), "top_vector": self.top_vector, **(extra or {})}
+            save_checkpoint(path, step=step, epoch=epoch, config=self.record, model=self.model,
+                            optimizer=self.optimizer, extra=state)
+            self._saved_now = path
+            if force:
+                self._prune()
         return path
 
     def _prune(self) -> None:
-        if self.keep_last and self.checkpoint_dir is not None:
+        if self.keep_last and self.checkpoint_dir is not None and self.dist.is_main:
             for old in list_checkpoints(self.checkpoint_dir)[:-self.keep_last]:
                 old.unlink(missing_ok=True)
 
@@ -135,18 +144,21 @@ class Tracker:
         saved (w_t itself is bad) is removed, a row records the divergence and
         DivergedError names the last good checkpoint. Otherwise older checkpoints beyond
         `keep_last` go: only a checkpoint known to be good may push out the last good one."""
-        loss = info.loss
-        if torch.isfinite(torch.as_tensor(loss + info.grad_norm)):  # one host sync per step
+        finite = bool(torch.isfinite(torch.as_tensor(info.loss + info.grad_norm)))  # a host sync
+        if self.dist.enabled:  # every process stops, or none
+            finite = not self.dist.any(not finite)
+        if finite:
             if self._saved_now is not None:
                 self._prune()
             return
         if self._saved_now is not None:
             self._saved_now.unlink(missing_ok=True)
         saved = list_checkpoints(self.checkpoint_dir) if self.checkpoint_dir else []
-        self.log.write({"step": info.step, "epoch": info.epoch, "phase": info.phase,
-                        "lr": info.lr, "train_loss": float(loss),
-                        "grad_norm": float(info.grad_norm), "seconds": self.elapsed()})
-        raise DivergedError(f"training diverged at step {info.step} (loss {float(loss)}, "
+        loss = self.dist.sum(float(info.loss))  # each process holds its share
+        self._write(self.log, {"step": info.step, "epoch": info.epoch, "phase": info.phase,
+                               "lr": info.lr, "train_loss": loss,
+                               "grad_norm": float(info.grad_norm), "seconds": self.elapsed()})
+        raise DivergedError(f"training diverged at step {info.step} (loss {loss}, "
                             f"‖g‖ {float(info.grad_norm)}); last good checkpoint: "
                             f"{saved[-1] if saved else 'none'}; try a smaller --lr than "
                             f"{info.lr:g}")
@@ -156,23 +168,23 @@ class Tracker:
     def measure(self, info: StepInfo, *, final: bool = False) -> dict | None:
         """Evaluate and measure at w_t when due and write the row; returns it (None when
         nothing was due). Leaves the model's mode, buffers and .grad as they were."""
-        measure_sharp, evaluate_now = self.sharpness_due(info.step), self.evaluation_due(info.step, final)
-        if not (measure_sharp or evaluate_now):
+        if not self.row_due(info.step, final):
             return None
+        measure_sharp, evaluate_now = self.sharpness_due(info.step), self.evaluation_due(info.step, final)
         grad_norm = float(info.grad_norm)
         row = {"step": info.step, "epoch": info.epoch, "phase": info.phase, "lr": info.lr,
                "rho": info.rho, "grad_norm": grad_norm,
                **self.edges.at(info.lr, grad_norm, info.sam_phase)}
         if evaluate_now:
             row["train_loss"], row["train_acc"] = evaluate(self.model, self.loss_fn, self.x,
-                                                           self.y, self.chunk_size)
+                                                           self.y, self.chunk_size, self.dist)
             if self.test is not None:
                 row["test_loss"], row["test_acc"] = evaluate(self.model, self.loss_fn, *self.test,
-                                                             self.chunk_size)
+                                                             self.chunk_size, self.dist)
         if measure_sharp:
             row.update(self._sharpness(info))
         row["seconds"] = self.elapsed()
-        self.log.write(row)
+        self._write(self.log, row)
         self.rows.append(row)
         return row
 
@@ -181,17 +193,22 @@ class Tracker:
         alignment of the step's direction with the new v₁."""
         s = measure_sharpness(self.model, self.loss_fn, self.x_sharp, self.y_sharp, k=self.k,
                               tol=self.tol, max_iter=self.max_iter, v0=self.top_vector,
-                              seed=self.seed + info.step, chunk_size=self.chunk_size)
+                              seed=self.seed + info.step, chunk_size=self.chunk_size,
+                              dist=self.dist)
         self.top_vector = s.top_vector
         if self.k > 1:
-            self.top_log.write_many({"step": info.step, "index": i + 1, "eigenvalue": float(lam),
-                                     "residual": float(res)}
-                                    for i, (lam, res) in enumerate(zip(s.eigenvalues, s.residuals)))
+            for i, (lam, res) in enumerate(zip(s.eigenvalues.tolist(), s.residuals.tolist())):
+                self._write(self.top_log, {"step": info.step, "index": i + 1, "eigenvalue": lam,
+                                           "residual": res})
         direction = info.direction
         return {"sharpness": s.value,
                 "alignment": alignment(direction, s.top_vector) if direction is not None else None}
 
     # ---------------------------------------------------------------- files
+
+    def _write(self, log: CsvLog, row: dict) -> None:
+        if self.dist.is_main:
+            log.write(row)
 
     def close(self) -> None:
         self.log.close()

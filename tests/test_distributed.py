@@ -1,0 +1,248 @@
+"""Under torchrun: 2 CPU processes (gloo, one thread each) give the numbers of one process.
+
+Every launch is a real `torchrun --standalone --nproc-per-node 2` subprocess with a timeout,
+and the process group has one too (--dist-timeout), so a hung collective fails the test.
+Most runs go through one launch of `tests/torchrun_batch.py`, which runs several `sharp`
+commands in one process group (a torchrun start costs seconds on 2 cores); the end-to-end
+cases launch `-m sharpcli` itself. The training set has 1001 examples: 500 and 501 per
+process, so the weighting by n_r/N is exercised, not only the even split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.runners import sharp
+
+N = "1001"
+COMMON = ["--train-size", N, "--test-size", "200", "--width", "16", "--steps", "60",
+          "--sharpness-every", "20", "--eval-every", "20", "--checkpoint-every", "30", "--quiet"]
+SETTINGS = {
+    "gd": ["--lr", "0.3"],
+    "sgd": ["--optimizer", "sgd", "--batch-size", "100", "--momentum", "0.9", "--lr", "0.05"],
+    "sam": ["--optimizer", "sam", "--rho", "0.05", "--lr", "0.3"],
+    "eigen-sam": ["--optimizer", "eigen-sam", "--rho", "0.05", "--lr", "0.3", "--eig-every", "20",
+                  "--eig-iters", "3", "--batch-size", "250"],
+    "sam-local": ["--optimizer", "sam", "--rho", "0.05", "--lr", "0.3", "--sam-sync", "local"],
+}
+COLUMNS = ["train_loss", "train_acc", "test_loss", "grad_norm", "sharpness"]
+LAUNCH_TIMEOUT = 300  # seconds, whole launch
+BATCH = Path(__file__).with_name("torchrun_batch.py")
+
+
+def torchrun(*args, cwd: Path, timeout: float = LAUNCH_TIMEOUT) -> subprocess.CompletedProcess:
+    """A 2-process torchrun launch, one thread per process, killed at `timeout`."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_flags(root: Path, run: str, *flags) -> list[str]:
+    return ["train", *COMMON, "--run-name", run, "--reports-dir", str(root / "reports"),
+            "--checkpoints-dir", str(root / "checkpoints"), *flags]
+
+
+def metrics(root: Path, run: str) -> pd.DataFrame:
+    return pd.read_csv(root / "reports" / run / "metrics.csv")
+
+
+def assert_same_rows(one: pd.DataFrame, two: pd.DataFrame, rel: float = 1e-5) -> None:
+    assert list(one["step"]) == list(two["step"])
+    for col in COLUMNS:
+        a, b = one[col].to_numpy(float), two[col].to_numpy(float)
+        assert ((a - b).__abs__() <= rel * abs(a) + 1e-12).all(), (col, a, b)
+    # |cos(ε, v₁)| near 0 has no relative accuracy to speak of: compare it absolutely
+    assert ((one["alignment"] - two["alignment"]).abs() <= 1e-5).all()
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """Every setting trained in one 2-process launch; spectra of gd's last checkpoint; the
+    sgd run resumed from 2 processes' step-30 checkpoint in one process, and the reverse."""
+    root = tmp_path_factory.mktemp("dist")
+    (root / "one").mkdir()
+    commands = [train_flags(root / "two", name, *flags) for name, flags in SETTINGS.items()]
+    # one process to step 30, then 2 processes resume to 60 (the reverse is below)
+    assert sharp(*train_flags(root / "one", "resumed-on-2", *SETTINGS["sgd"], "--steps", "30")).code == 0
+    commands.append(train_flags(root / "one", "resumed-on-2", *SETTINGS["sgd"], "--resume"))
+    commands.append(train_flags(root / "two", "resumed-on-1", *SETTINGS["sgd"], "--steps", "30"))
+    ckpt = root / "two" / "checkpoints" / "gd" / "step-00000060.pt"
+    commands.append(["spectrum", ckpt, *SPECTRUM, "--out", root / "two" / "spectrum.csv"])
+    commands.append(["eos", root / "two" / "reports" / "gd", "--from-checkpoints",
+                     "--out", root / "two" / "eos.csv", "--tol", "1e-6"])
+    (root / "commands.json").write_text(json.dumps([[str(a) for a in c] for c in commands]))
+    result = torchrun(BATCH, root / "commands.json", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, result
+
+
+SPECTRUM = ["--top-k", "3", "--tol", "1e-7", "--trace", "--trace-tol", "0", "--trace-probes", "8",
+            "--per-layer", "--quiet"]
+
+
+@pytest.mark.parametrize("name", ["gd", "sgd", "sam", "eigen-sam"])
+def test_training_equals_one_process(launched, name, tmp_path):
+    root, _ = launched
+    assert sharp(*train_flags(tmp_path, name, *SETTINGS[name])).code == 0
+    assert_same_rows(metrics(tmp_path, name), metrics(root / "two", name))
+    # only rank 0 wrote: one header, one row per logged step
+    assert len(metrics(root / "two", name)) == 4
+    config = json.loads((root / "two" / "reports" / name / "config.json").read_text())
+    assert config["world_size"] == 2
+
+
+def test_sam_local_perturbs_each_half_with_its_own_gradient(launched):
+    """--sam-sync local against the update written out by hand in one process: each half of
+    the full batch (500 and 501 examples) perturbed by ρ g_r/‖g_r‖ of its own mean loss, the
+    update the mean over all 1001 examples of the gradients at the perturbed weights."""
+    from sharpcli.config import TrainConfig
+    from sharpcli.hessian.objective import evaluate
+    from sharpcli.training.setup import prepare
+
+    root, _ = launched
+    run = prepare(TrainConfig(train_size=1001, test_size=200, width=16, optimizer="sam",
+                              rho=0.05, lr=0.3, run_name="hand", reports_dir=str(root / "hand")))
+    x, y, model, params = run.data.x_train, run.data.y_train, run.model, run.params
+    halves = [slice(0, 500), slice(500, 1001)]
+    expected = {}
+    for step in range(61):
+        if step % 20 == 0:
+            expected[step] = evaluate(model, run.loss_fn, x, y)[0]
+        update = [torch.zeros_like(p) for p in params]
+        for half in halves:
+            g = torch.autograd.grad(run.loss_fn(model(x[half]), y[half]), params)
+            norm = torch.sqrt(sum((t ** 2).sum() for t in g))
+            with torch.no_grad():
+                for p, t in zip(params, g):
+                    p.add_(0.05 * t / norm)
+            g_tilde = torch.autograd.grad(run.loss_fn(model(x[half]), y[half]), params)
+            with torch.no_grad():
+                for p, t in zip(params, g):
+                    p.sub_(0.05 * t / norm)
+                for u, t in zip(update, g_tilde):
+                    u.add_(t * (half.stop - half.start) / 1001)
+        with torch.no_grad():
+            for p, u in zip(params, update):
+                p.sub_(0.3 * u)
+    logged = metrics(root / "two", "sam-local").set_index("step")["train_loss"]
+    for step, loss in expected.items():
+        assert logged[step] == pytest.approx(loss, rel=1e-5), step
+    # and it is not what global SAM does
+    assert metrics(root / "two", "sam").set_index("step")["train_loss"][60] != pytest.approx(
+        logged[60], rel=1e-4)
+
+
+def test_resume_across_world_sizes(launched, tmp_path):
+    root, _ = launched
+    assert sharp(*train_flags(tmp_path, "sgd", *SETTINGS["sgd"])).code == 0
+    straight = metrics(tmp_path, "sgd")
+    # one process to step 30, two processes on to 60
+    assert_same_rows(straight, metrics(root / "one", "resumed-on-2"))
+    # two processes to step 30 (in the launch), one process on to 60
+    two = root / "two"
+    assert sharp(*train_flags(two, "resumed-on-1", *SETTINGS["sgd"], "--resume")).code == 0
+    assert_same_rows(straight, metrics(two, "resumed-on-1"))
+
+
+def test_spectrum_and_eos_equal_one_process(launched, tmp_path):
+    root, _ = launched
+    ckpt = root / "two" / "checkpoints" / "gd" / "step-00000060.pt"
+    assert sharp("spectrum", ckpt, *SPECTRUM, "--out", tmp_path / "one.csv").code == 0
+    one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(root / "two" / "spectrum.csv")
+    assert list(one["block"]) == list(two["block"]) and len(one) == 4 * 4  # all + 3 layers
+    assert list(one["quantity"]) == list(two["quantity"])
+    assert ((one["value"] - two["value"]).abs() <= 1e-6 * one["value"].abs()).all()
+    # the same probes on every process, so the same standard error (a difference of nearly
+    # equal probe values zᵀHz − zᵀGz: compared on the scale of the trace itself)
+    trace = one["quantity"] == "trace"
+    assert ((one["residual"] - two["residual"])[trace].abs() <= 1e-6 * one["value"][trace]).all()
+    assert sharp("eos", root / "two" / "reports" / "gd", "--from-checkpoints", "--tol", "1e-6",
+                 "--out", tmp_path / "eos.csv").code == 0
+    a, b = pd.read_csv(tmp_path / "eos.csv"), pd.read_csv(root / "two" / "eos.csv")
+    for col in ("sharpness", "grad_norm"):
+        assert ((a[col] - b[col]).abs() <= 1e-6 * a[col].abs()).all(), col
+
+
+def test_sharp_itself_under_torchrun_and_one_writer(tmp_path):
+    """`torchrun -m sharpcli train` end to end: rank 0 alone prints, and writes."""
+    result = torchrun("-m", "sharpcli", *train_flags(tmp_path, "e2e", "--steps", "4",
+                                                       "--dist-timeout", "60"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = metrics(tmp_path, "e2e")
+    assert list(rows["step"]) == [0, 4] and rows["train_loss"].notna().all()
+    assert "run e2e" not in result.stdout  # --quiet: and no rank printed a summary
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "e2e").iterdir()) == [
+        "step-00000000.pt", "step-00000004.pt"]
+
+
+def test_bad_flag_is_reported_once(tmp_path):
+    result = torchrun("-m", "sharpcli", "train", "--lr", "-1", "--quiet", cwd=tmp_path)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == ["error: --lr must be positive, got -1.0"]
+    assert "exitcode  : 2" in result.stderr  # torchrun's report names our exit code
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_rank_that_raises_ends_every_rank(tmp_path):
+    """Rank 1 fails at step 40 (a simulated bug); rank 0, waiting in a collective, stops
+    with one line instead of hanging, and nothing is left half-written."""
+    script = tmp_path / "faulty.py"
+    script.write_text(
+        "import os\n"
+        "import sharpcli.training.tracker as tracker\n"
+        "real = tracker.Tracker.measure\n"
+        "def measure(self, info, final=False):\n"
+        "    if os.environ['RANK'] == '1' and info.step == 40:\n"
+        "        raise RuntimeError('simulated failure on rank 1')\n"
+        "    return real(self, info, final=final)\n"
+        "tracker.Tracker.measure = measure\n"
+        "from sharpcli.cli import main\n"
+        "main()\n")
+    start = time.monotonic()
+    result = torchrun(script, *train_flags(tmp_path, "f", "--dist-timeout", "60"), cwd=tmp_path)
+    assert result.returncode != 0 and time.monotonic() - start < 120
+    assert "simulated failure on rank 1" in result.stderr
+    assert "error: the processes of this launch lost contact" in result.stderr
+    lines = (tmp_path / "reports" / "f" / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["step", "0", "20"]
+    assert not list((tmp_path / "checkpoints" / "f").glob(".*tmp"))
+
+
+def test_sigterm_to_the_launcher_saves_and_exits_130(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "sharpcli", *train_flags(tmp_path, "sig", "--steps", "100000",
+                                         "--checkpoint-every", "100000", "--dist-timeout", "60")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics_csv = tmp_path / "reports" / "sig" / "metrics.csv"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not metrics_csv.exists()
+                                              or len(metrics_csv.read_text().splitlines()) < 3):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0  # torchrun's own, on a signal
+    # every process stopped at the same step; rank 0 saved it and said so, once
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: stopped by SIGTERM at step"), err[-2000:]
+    saved = sorted((tmp_path / "checkpoints" / "sig").glob("step-*.pt"))
+    assert len(saved) == 2 and saved[-1].name in line  # step 0, and the step it stopped at
+    ckpt = torch.load(saved[-1], weights_only=True)
+    assert ckpt["step"] == int(saved[-1].stem.split("-")[1]) > 0
+    assert metrics_csv.read_text().endswith("\n")  # no half-written row

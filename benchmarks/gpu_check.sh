@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The GPU check (at most 5 minutes on one CUDA GPU): ResNet-18 on CIFAR-shaped data, 50 SAM
+# steps with λ₁ tracked, a top-5 spectrum of the checkpoint; step time, HVP time and peak
+# memory, in one process and under torchrun --nproc-per-node 1 with nccl.
+#   benchmarks/gpu_check.sh [--data-dir DIR] [other flags of benchmarks/gpu_check.py]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${GPU_CHECK_OUT:-gpu-check-out}
+rm -rf "$OUT"
+echo "== one process"
+timeout 300 "$PY" benchmarks/gpu_check.py --out "$OUT/single" "$@"
+echo "== torchrun --nproc-per-node 1 (nccl)"
+timeout 300 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
+    benchmarks/gpu_check.py --out "$OUT/torchrun" "$@"

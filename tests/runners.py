@@ -11,10 +11,9 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 
-from sharpcli.cli import app, main
+from sharpcli.cli import main
 
 # A run that takes well under a second in-process.
 TINY = ["--train-size", "64", "--test-size", "64", "--width", "8", "--quiet"]
@@ -73,17 +72,6 @@ def start_sharp(*argv, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sharpcli", *[str(a) for a in argv]],
                             cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def has_command(name: str) -> bool:
-    return any((c.name or getattr(c.callback, "__name__", "")) == name
-               for c in app.registered_commands)
-
-
-def needs_command(name: str) -> None:
-    """Tests written against a command another issue is adding: xfail until it is there."""
-    if not has_command(name):
-        pytest.xfail(f"`sharp {name}` is not registered yet")
 
 
 def csv_lines(path: Path) -> list[str]:

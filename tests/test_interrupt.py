@@ -16,7 +16,7 @@ import pytest
 
 from sharpcli.formats.checkpoints import checkpoint_path, list_checkpoints, read_checkpoint
 from tests.runners import (METRICS_FIELDS, SPECTRUM_FIELDS, csv_lines,
-                           has_command, needs_command, sharp, start_sharp, train_args,
+                           sharp, start_sharp, train_args,
                            without_column)
 
 # Rows every 10 steps, so the signal comes at step ~10-20 of 300: the run is far from done.
@@ -59,21 +59,19 @@ def jobs(tmp_path_factory):
                                    root / "reports" / "r" / "metrics.csv", 2, sig)
               for sig, root in roots.items()}
 
-    spectrum = None
-    if has_command("spectrum"):  # a run with many checkpoints, then its spectrum
-        sroot = tmp_path_factory.mktemp("spectrum")
-        assert sharp(*train_args(sroot, "s", "--steps", "60", "--sharpness-every", "0",
-                                 "--checkpoint-every", "3")).code == 0
-        out = sroot / "spectrum.csv"
-        proc = start_sharp("spectrum", sroot / "reports" / "s", "--top-k", "3", "--trace",
-                           "--quiet", "--out", out, cwd=sroot)
-        spectrum = (out, SignalAfterRows(proc, out, 2, signal.SIGINT))
+    # a run with many checkpoints, then its spectrum
+    sroot = tmp_path_factory.mktemp("spectrum")
+    assert sharp(*train_args(sroot, "s", "--steps", "60", "--sharpness-every", "0",
+                             "--checkpoint-every", "3")).code == 0
+    out = sroot / "spectrum.csv"
+    proc = start_sharp("spectrum", sroot / "reports" / "s", "--top-k", "3", "--trace",
+                       "--quiet", "--out", out, cwd=sroot)
+    spectrum = (out, SignalAfterRows(proc, out, 2, signal.SIGINT))
 
     reference = tmp_path_factory.mktemp("reference")
     assert sharp(*train_args(reference, "r", *FLAGS)).code == 0
     done = {sig: (roots[sig], *job.finish()) for sig, job in trains.items()}
-    if spectrum is not None:
-        spectrum = (spectrum[0], *spectrum[1].finish())
+    spectrum = (spectrum[0], *spectrum[1].finish())
     return reference, done, spectrum
 
 
@@ -112,7 +110,6 @@ def test_resume_reaches_the_uninterrupted_metrics(jobs, sig):
 
 
 def test_spectrum_interrupted(jobs):
-    needs_command("spectrum")
     _, _, (out, code, err) = jobs
     assert_one_line_error_text(err)
     assert code == 130, err

@@ -10,7 +10,7 @@ import torch
 
 import sharpcli
 from sharpcli.errors import SharpError
-from tests.runners import assert_one_line_error, needs_command, sharp, train_args
+from tests.runners import assert_one_line_error, sharp, train_args
 
 
 class CreatesFile:
@@ -79,7 +79,6 @@ def test_load_checkpoint_refuses(planted):
 
 
 def test_spectrum_refuses(planted, tmp_path):
-    needs_command("spectrum")
     path, marker, says = planted
     result = sharp("spectrum", path, "--quiet", "--out", tmp_path / "s.csv")
     assert_one_line_error(result, 2, str(path), says)

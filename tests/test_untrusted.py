@@ -1,32 +1,51 @@
-"""Untrusted checkpoints (SPEC §6): loading never executes code. Each planted file holds a
-pickle whose unpickling would create a marker file; every way of loading it must refuse it
-with a clear error, and the marker must never appear."""
+"""Untrusted checkpoints (SPEC §6): loading never executes code. Our own checkpoints load with
+plain `torch.load(path, weights_only=True)`; each planted file holds a pickle whose unpickling
+would run a shell command through os.system, and every way of loading it must refuse it with
+a clear error while the command's marker file never appears."""
 
 import os
 import pickle
+import shlex
+import shutil
 
 import pytest
 import torch
 
 import sharpcli
 from sharpcli.errors import SharpError
+from sharpcli.formats.checkpoints import list_checkpoints
 from tests.runners import assert_one_line_error, sharp, train_args
 
+# The richest state a checkpoint holds: momentum buffers, the Eigen-SAM vector, the λ₁
+# warm start, RNG states; plain GD has a subset of it.
+RUNS = {"gd": [],
+        "eigen-sam": ["--optimizer", "eigen-sam", "--batch-size", "16", "--momentum", "0.9",
+                      "--eig-every", "2"]}
+STEPS = ["--steps", "4", "--checkpoint-every", "2", "--sharpness-every", "2"]
 
-class CreatesFile:
-    """Unpickling this calls open(path, "w"): the file appears if the pickle is executed."""
 
-    def __init__(self, path):
-        self.path = str(path)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for name, flags in RUNS.items():
+        assert sharp(*train_args(root, name, *STEPS, *flags)).code == 0
+    return root
+
+
+class RunsCommand:
+    """Unpickling this calls os.system("touch MARKER"): the marker appears if it is executed."""
+
+    def __init__(self, marker):
+        self.command = f"touch {shlex.quote(str(marker))}"
 
     def __reduce__(self):
-        return (open, (self.path, "w"))
+        return (os.system, (self.command,))
 
 
 def plant_raw_pickle(path, marker, protocol=2):
     """A bare pickle (torch's legacy format) of the malicious object."""
     with open(path, "wb") as f:
-        pickle.dump(CreatesFile(marker), f, protocol=protocol)
+        pickle.dump(RunsCommand(marker), f, protocol=protocol)
 
 
 def plant_raw_pickle_5(path, marker):
@@ -36,15 +55,16 @@ def plant_raw_pickle_5(path, marker):
 def plant_in_checkpoint(path, marker):
     """A zip checkpoint that looks like ours, with the malicious object as one of its fields."""
     torch.save({"format": "sharpcli-checkpoint", "version": 1, "step": 4, "epoch": 4.0,
-                "config": {}, "model": {"w": CreatesFile(marker)}, "optimizer": {}, "rng": {}},
+                "config": {}, "model": {"w": RunsCommand(marker)}, "optimizer": {}, "rng": {}},
                path)
 
 
-# What the refusal says: the object the file asks for, or (protocol 5 stops torch's
-# restricted unpickler at its first instruction) that the content is unsupported.
-PLANTS = {"raw-pickle": (plant_raw_pickle, "could run code; refused"),
-          "raw-pickle-protocol-5": (plant_raw_pickle_5, "unsupported pickle content"),
-          "inside-checkpoint": (plant_in_checkpoint, "could run code; refused")}
+# What the refusal says: the function the file asks for (os.system is posix.system), or
+# (protocol 5 stops torch's restricted unpickler at its first instruction) that the content
+# is unsupported.
+PLANTS = {"raw-pickle": (plant_raw_pickle, ["system", "could run code; refused"]),
+          "raw-pickle-protocol-5": (plant_raw_pickle_5, ["unsupported pickle content"]),
+          "inside-checkpoint": (plant_in_checkpoint, ["system", "could run code; refused"])}
 
 
 @pytest.fixture(params=PLANTS)
@@ -58,9 +78,25 @@ def planted(request, tmp_path):
     return path, marker, says
 
 
+@pytest.mark.parametrize("run", RUNS)
+def test_our_checkpoints_load_with_torch_weights_only(runs, run):
+    """torch's own restricted unpickler, not only our loader, reads every file we write."""
+    paths = list_checkpoints(runs / "checkpoints" / run)
+    assert [p.name for p in paths] == ["step-00000000.pt", "step-00000002.pt", "step-00000004.pt"]
+    for path in paths:
+        raw = torch.load(path, weights_only=True)
+        assert raw["format"] == "sharpcli-checkpoint" and raw["step"] == int(path.stem[5:])
+        assert {"model", "optimizer", "rng", "config", "epoch", "version", "extra"} <= set(raw)
+        model = sharpcli.load_checkpoint(path).model.state_dict()
+        assert model.keys() == raw["model"].keys()
+        assert all(model[k].equal(raw["model"][k]) for k in model)
+    if run == "eigen-sam":  # the state that makes this run the richer one is really there
+        assert raw["optimizer"]["state"] and raw["extra"]["top_vector"] is not None
+
+
 @pytest.mark.parametrize("plant", [plant_raw_pickle, plant_raw_pickle_5, plant_in_checkpoint])
 def test_the_planted_file_is_live(tmp_path, plant):
-    """Control: each planted file really creates its marker when loaded without care."""
+    """Control: each planted file really runs its command when loaded without care."""
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     plant(path, marker)
@@ -73,25 +109,27 @@ def test_the_planted_file_is_live(tmp_path, plant):
 
 def test_load_checkpoint_refuses(planted):
     path, marker, says = planted
-    with pytest.raises(SharpError, match=says):
+    with pytest.raises(SharpError) as err:
         sharpcli.load_checkpoint(path)
+    assert str(path) in str(err.value) and all(s in str(err.value) for s in says), err.value
     assert not marker.exists()
 
 
 def test_spectrum_refuses(planted, tmp_path):
     path, marker, says = planted
     result = sharp("spectrum", path, "--quiet", "--out", tmp_path / "s.csv")
-    assert_one_line_error(result, 2, str(path), says)
+    assert_one_line_error(result, 2, str(path), *says)
     assert not marker.exists()
     assert not (tmp_path / "s.csv").exists()
 
 
-def test_resume_refuses(planted, tmp_path):
+def test_resume_refuses(planted, runs, tmp_path):
     """--resume reads the newest checkpoint of the run: a planted one is refused, not run."""
     path, marker, says = planted
-    args = train_args(tmp_path, "r", "--steps", "4", "--checkpoint-every", "2")
-    assert sharp(*args).code == 0
-    target = tmp_path / "checkpoints" / "r" / "step-00000006.pt"  # newer than the run's own
+    shutil.copytree(runs / "checkpoints" / "gd", tmp_path / "checkpoints" / "gd")
+    shutil.copytree(runs / "reports" / "gd", tmp_path / "reports" / "gd")
+    target = tmp_path / "checkpoints" / "gd" / "step-00000006.pt"  # newer than the run's own
     os.replace(path, target)
-    assert_one_line_error(sharp(*args, "--resume"), 2, str(target), says)
+    assert_one_line_error(sharp(*train_args(tmp_path, "gd", *STEPS, "--resume")), 2,
+                          str(target), *says)
     assert not marker.exists()

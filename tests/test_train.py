@@ -21,32 +21,38 @@ def metrics(tmp_path, run):
     return pd.read_csv(tmp_path / "reports" / run / "metrics.csv")
 
 
-def test_gd_run_writes_metrics_config_and_checkpoints(tmp_path):
-    sharp(*train_args(tmp_path, "r", "--steps", "10", "--sharpness-every", "5",
-                      "--eval-every", "5", "--checkpoint-every", "5")).ok()
-    df = metrics(tmp_path, "r")
+@pytest.fixture(scope="module")
+def gd_run(tmp_path_factory):
+    """One plain GD run that the tests below only read: rows, λ₁ (top 3, tol 1e-6) and
+    checkpoints at steps 0, 3 and 6."""
+    root = tmp_path_factory.mktemp("gd")
+    sharp(*train_args(root, "r", "--steps", "6", "--checkpoint-every", "3",
+                      "--sharpness-every", "3", "--eval-every", "3", "--sharpness-tol", "1e-6",
+                      "--sharpness-k", "3")).ok()
+    return root
+
+
+def test_gd_run_writes_metrics_config_and_checkpoints(gd_run):
+    df = metrics(gd_run, "r")
     assert tuple(df.columns) == METRICS_COLUMNS
-    assert df["step"].tolist() == [0, 5, 10]
+    assert df["step"].tolist() == [0, 3, 6]
     assert (df["phase"] == "gd").all()
     assert df["sharpness"].notna().all() and df["alignment"].between(0, 1).all()
     assert df["gd_edge"].eq(2 / 0.3).all() and df["sam_edge"].isna().all() and df["rho"].isna().all()
     assert df["train_loss"].iloc[-1] < df["train_loss"].iloc[0]
-    config = json.loads((tmp_path / "reports" / "r" / "config.json").read_text())
+    config = json.loads((gd_run / "reports" / "r" / "config.json").read_text())
     assert config["lr"] == 0.3 and config["seed"] == 0 and config["train_size"] == 64
-    assert "torch" in config["versions"] and config["total_steps"] == 10
-    names = [p.name for p in list_checkpoints(tmp_path / "checkpoints" / "r")]
-    assert names == ["step-00000000.pt", "step-00000005.pt", "step-00000010.pt"]
+    assert "torch" in config["versions"] and config["total_steps"] == 6
+    names = [p.name for p in list_checkpoints(gd_run / "checkpoints" / "r")]
+    assert names == ["step-00000000.pt", "step-00000003.pt", "step-00000006.pt"]
 
 
-def test_checkpoint_loads_safely_and_rebuilds_model_and_data(tmp_path):
-    sharp(*train_args(tmp_path, "r", "--steps", "4", "--checkpoint-every", "2",
-                      "--sharpness-every", "0")).ok()
-    path = tmp_path / "checkpoints" / "r" / "step-00000004.pt"
-    raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "sharpcli-checkpoint" and raw["step"] == 4
-    assert {"model", "optimizer", "rng", "config", "epoch", "version"} <= set(raw)
+def test_checkpoint_rebuilds_model_and_data(gd_run):
+    """The logged loss and accuracies, recomputed from the checkpoint alone. (That the file
+    loads with torch.load(weights_only=True) is in test_untrusted.py.)"""
+    path = gd_run / "checkpoints" / "r" / "step-00000006.pt"
     ckpt = sharpcli.load_checkpoint(path)
-    assert ckpt.step == 4 and not ckpt.model.training
+    assert ckpt.step == 6 and not ckpt.model.training
     x, y, xt, yt = ckpt.data()
     assert x.shape == (64, 40) and xt.shape == (32, 40)
     with torch.no_grad():
@@ -54,21 +60,18 @@ def test_checkpoint_loads_safely_and_rebuilds_model_and_data(tmp_path):
         loss = ckpt.loss_fn(out, y).item()
         acc = (out.argmax(1) == y).float().mean().item()
         test_acc = (ckpt.model(xt).argmax(1) == yt).float().mean().item()
-    row = metrics(tmp_path, "r").set_index("step").loc[4]
+    row = metrics(gd_run, "r").set_index("step").loc[6]
     assert loss == pytest.approx(row["train_loss"], rel=1e-6)
     assert acc == pytest.approx(row["train_acc"]) and test_acc == pytest.approx(row["test_acc"])
 
 
-def test_logged_sharpness_is_the_dense_top_eigenvalue(tmp_path):
+def test_logged_sharpness_is_the_dense_top_eigenvalue(gd_run):
     # The row at step t and the checkpoint at step t describe the same weights w_t.
-    sharp(*train_args(tmp_path, "r", "--steps", "6", "--checkpoint-every", "3",
-                      "--sharpness-every", "3", "--eval-every", "3", "--sharpness-tol", "1e-6",
-                      "--sharpness-k", "3")).ok()
-    df = metrics(tmp_path, "r").set_index("step")
-    top = pd.read_csv(tmp_path / "reports" / "r" / "top_eigenvalues.csv")
+    df = metrics(gd_run, "r").set_index("step")
+    top = pd.read_csv(gd_run / "reports" / "r" / "top_eigenvalues.csv")
     assert top["step"].tolist() == [0, 0, 0, 3, 3, 3, 6, 6, 6] and top["index"].tolist() == [1, 2, 3] * 3
     for step in (3, 6):
-        ckpt = sharpcli.load_checkpoint(tmp_path / "checkpoints" / "r" / f"step-{step:08d}.pt")
+        ckpt = sharpcli.load_checkpoint(gd_run / "checkpoints" / "r" / f"step-{step:08d}.pt")
         model = ckpt.model.double()
         x, y, _, _ = ckpt.data()
         lams, vecs = torch.linalg.eigh(dense_hessian(model, ckpt.loss_fn, x.double(), y))

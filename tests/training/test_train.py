@@ -49,7 +49,7 @@ def test_gd_run_writes_metrics_config_and_checkpoints(gd_run):
 
 def test_checkpoint_rebuilds_model_and_data(gd_run):
     """The logged loss and accuracies, recomputed from the checkpoint alone. (That the file
-    loads with torch.load(weights_only=True) is in test_untrusted.py.)"""
+    loads with torch.load(weights_only=True) is in tests/formats/test_untrusted.py.)"""
     path = gd_run / "checkpoints" / "r" / "step-00000006.pt"
     ckpt = sharpcli.load_checkpoint(path)
     assert ckpt.step == 6 and not ckpt.model.training

@@ -3,6 +3,7 @@ plain `torch.load(path, weights_only=True)`; each planted file holds a pickle wh
 would run a shell command through os.system, and every way of loading it must refuse it with
 a clear error while the command's marker file never appears."""
 
+import json
 import os
 import pickle
 import shlex
@@ -123,13 +124,33 @@ def test_spectrum_refuses(planted, tmp_path):
     assert not (tmp_path / "s.csv").exists()
 
 
+def copy_with_planted(runs, root, planted_path):
+    """A copy of the GD run under root whose config names the copy's checkpoints, with the
+    planted file as its newest checkpoint (step 6, after the run's own 0, 2 and 4)."""
+    shutil.copytree(runs / "checkpoints" / "gd", root / "checkpoints" / "gd")
+    shutil.copytree(runs / "reports" / "gd", root / "reports" / "gd")
+    config_json = root / "reports" / "gd" / "config.json"
+    config = json.loads(config_json.read_text())
+    config.update(reports_dir=str(root / "reports"), checkpoints_dir=str(root / "checkpoints"))
+    config_json.write_text(json.dumps(config))
+    target = root / "checkpoints" / "gd" / "step-00000006.pt"
+    os.replace(planted_path, target)
+    return target
+
+
 def test_resume_refuses(planted, runs, tmp_path):
     """--resume reads the newest checkpoint of the run: a planted one is refused, not run."""
     path, marker, says = planted
-    shutil.copytree(runs / "checkpoints" / "gd", tmp_path / "checkpoints" / "gd")
-    shutil.copytree(runs / "reports" / "gd", tmp_path / "reports" / "gd")
-    target = tmp_path / "checkpoints" / "gd" / "step-00000006.pt"  # newer than the run's own
-    os.replace(path, target)
+    target = copy_with_planted(runs, tmp_path, path)
     assert_one_line_error(sharp(*train_args(tmp_path, "gd", *STEPS, "--resume")), 2,
                           str(target), *says)
+    assert not marker.exists()
+
+
+def test_eos_from_checkpoints_refuses(planted, runs, tmp_path):
+    """`sharp eos --from-checkpoints` loads every checkpoint of the run: the planted one too."""
+    path, marker, says = planted
+    target = copy_with_planted(runs, tmp_path, path)
+    assert_one_line_error(sharp("eos", tmp_path / "reports" / "gd", "--from-checkpoints",
+                                "--out", tmp_path / "eos.csv"), 2, str(target), *says)
     assert not marker.exists()

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from tests.cases import CASES, Case
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
@@ -10,3 +12,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(params=CASES, ids=lambda case: case.name)
+def case(request) -> Case:
+    """Each of the shared (model, loss) cases in turn; call it for a fresh instance."""
+    return request.param

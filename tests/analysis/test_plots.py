@@ -11,7 +11,7 @@ from sharpcli.edges import sam_edge
 from sharpcli.errors import SharpError
 from sharpcli.analysis.plots import figures, plot_runs
 from sharpcli.formats.runs import load_run, write_run
-from tests.runners import cli
+from tests.runners import assert_one_line_error, sharp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -53,10 +53,9 @@ def assert_png(path: Path, min_size=(100, 100)):
         return img.size
 
 
-def test_single_run_writes_every_figure_into_its_folder(tmp_path, capsys):
+def test_single_run_writes_every_figure_into_its_folder(tmp_path):
     run = make_run(tmp_path / "reports" / "late", optimizer="sam", sam_start=100, density=True)
-    code, out, err = cli(["plot", run, "--dpi", "40"], capsys)
-    assert code == 0, err
+    out = sharp("plot", run, "--dpi", "40").ok().stdout
     for name in ("sharpness", "loss", "alignment", "density"):
         path = run / f"{name}.png"
         assert f"wrote {path}" in out
@@ -65,26 +64,23 @@ def test_single_run_writes_every_figure_into_its_folder(tmp_path, capsys):
     assert assert_png(run / "sharpness.png") == (320, 200)
 
 
-def test_missing_data_skips_figures(tmp_path, capsys):
+def test_missing_data_skips_figures(tmp_path):
     run = make_run(tmp_path / "plain", alignment=False)
-    code, out, _ = cli(["plot", run, "--dpi", "20", "--only", "alignment", "--only", "density"],
-                       capsys)
-    assert code == 0
+    out = sharp("plot", run, "--dpi", "20", "--only", "alignment", "--only", "density").ok().stdout
     assert "skipped alignment" in out and "skipped density" in out and "wrote" not in out
     assert not (run / "alignment.png").exists() and not (run / "density.png").exists()
 
 
-def test_several_runs_make_one_combined_set(tmp_path, capsys):
+def test_several_runs_make_one_combined_set(tmp_path):
     a = make_run(tmp_path / "a")
     b = make_run(tmp_path / "b", optimizer="sam", density=True)
     # default folder: the first run's, names prefixed compare-
-    code, out, _ = cli(["plot", a, b, "--dpi", "20", "--only", "sharpness"], capsys)
-    assert code == 0 and out == f"wrote {a / 'compare-sharpness.png'}\n"
+    out = sharp("plot", a, b, "--dpi", "20", "--only", "sharpness").ok().stdout
+    assert out == f"wrote {a / 'compare-sharpness.png'}\n"
     assert_png(a / "compare-sharpness.png", min_size=(150, 90))
     assert not (a / "sharpness.png").exists()  # the run's own figures are left alone
     out_dir = tmp_path / "figs"
-    code, out, _ = cli(["plot", a, b, "--out", out_dir, "--dpi", "20", "--log-scale"], capsys)
-    assert code == 0
+    sharp("plot", a, b, "--out", out_dir, "--dpi", "20", "--log-scale").ok()
     assert sorted(p.name for p in out_dir.iterdir()) == ["alignment.png", "density.png",
                                                          "loss.png", "sharpness.png"]
     for path in out_dir.iterdir():
@@ -122,14 +118,12 @@ def _legends(ax):
     return [a for a in ax.get_children() if a.__class__.__name__ == "Legend"]
 
 
-def test_errors(tmp_path, capsys):
-    code, _, err = cli(["plot", tmp_path / "missing"], capsys)
-    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+def test_errors(tmp_path):
+    assert_one_line_error(sharp("plot", tmp_path / "missing"), 2, "does not exist")
     run = make_run(tmp_path / "bad")
     pd.read_csv(run / "metrics.csv").drop(columns=["test_acc"]).to_csv(run / "metrics.csv",
                                                                        index=False)
-    code, _, err = cli(["plot", run], capsys)
-    assert code == 2 and "lacks columns test_acc" in err and "Traceback" not in err
+    assert_one_line_error(sharp("plot", run), 2, "lacks columns test_acc")
 
 
 def test_library_returns_paths(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from sharpcli.errors import SharpError
 from sharpcli.formats.runs import write_run
 from sharpcli.analysis.summarize import format_mean_std, setting_of, summarize, to_markdown
-from tests.runners import cli
+from tests.runners import assert_one_line_error, sharp
 
 # Two settings × three seeds. Each run logs test_acc at steps 0, 10, 20 and sharpness at
 # 0 and 10 (step 20 has no sharpness: the final sharpness is the step-10 value).
@@ -117,24 +117,22 @@ def test_format_mean_std():
     assert format_mean_std(math.nan, math.nan) == "–"
 
 
-def test_markdown(reports, tmp_path, capsys):
-    code, out, err = cli(["summarize", reports, "--format", "markdown",
-                          "--out", tmp_path / "s.csv"], capsys)
-    assert code == 0, err
+def test_markdown(reports, tmp_path):
+    result = sharp("summarize", reports, "--format", "markdown", "--out", tmp_path / "s.csv").ok()
+    out = result.stdout
     assert out.splitlines() == [
         "| optimizer | rho | n | final test acc (%) | best test acc (%) | final λ₁ |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
         "| gd | – | 3 | 92.0 ± 2.0 | 94.0 ± 2.6 | 12.0 ± 2.0 |",  # rho: unused by gd
         "| sam | 0.05 | 3 | 94.0 ± 1.0 | 95.3 ± 1.5 | 6.00 ± 1.00 |",
     ]
-    assert f"wrote {tmp_path / 's.csv'}" in err  # stdout stays pure markdown
+    assert f"wrote {tmp_path / 's.csv'}" in result.stderr  # stdout stays pure markdown
     assert to_markdown(summarize([reports])) == out
 
 
-def test_csv_and_terminal_table(reports, tmp_path, monkeypatch, capsys):
+def test_csv_and_terminal_table(reports, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = cli(["summarize", reports / "exp-a", reports / "exp-b"], capsys)
-    assert code == 0, err
+    out = sharp("summarize", reports / "exp-a", reports / "exp-b").ok().stdout
     assert "92.0 ± 2.0" in out and "6 runs in 2 settings" in out
     df = pd.read_csv(tmp_path / "summary.csv")  # the default --out
     assert list(df.columns) == ["optimizer", "rho", "n_seeds", "final_test_acc_mean",
@@ -144,34 +142,31 @@ def test_csv_and_terminal_table(reports, tmp_path, monkeypatch, capsys):
     assert df["runs"][0].count(";") == 2
 
 
-def test_single_run_dir_and_incomplete_runs(reports, tmp_path, capsys):
+def test_single_run_dir_and_incomplete_runs(reports, tmp_path):
     run = reports / "exp-a" / "gd-s0"
     s = summarize([run])
     assert s.settings == [] and s.table["n_seeds"].tolist() == [1]
     # a run that has logged nothing yet is left out, with a warning
     (reports / "exp-a" / "starting").mkdir()
     (reports / "exp-a" / "starting" / "config.json").write_text("{}")
-    code, out, err = cli(["summarize", reports, "--out", tmp_path / "s.csv"], capsys)
-    assert code == 0 and "skipped" in err and "starting" in err
+    err = sharp("summarize", reports, "--out", tmp_path / "s.csv").ok().stderr
+    assert "skipped" in err and "starting" in err
 
 
-def test_repeated_seed_warns(tmp_path, capsys):
+def test_repeated_seed_warns(tmp_path):
     write_run(tmp_path / "r" / "a", config("gd", 0), rows(0.9, 0.9, 1.0))
     write_run(tmp_path / "r" / "b", config("gd", 0, run_name="again"), rows(0.9, 0.9, 1.0))
-    code, _, err = cli(["summarize", tmp_path / "r", "--out", tmp_path / "s.csv"], capsys)
-    assert code == 0 and "same setting and seed" in err
+    err = sharp("summarize", tmp_path / "r", "--out", tmp_path / "s.csv").ok().stderr
+    assert "same setting and seed" in err
 
 
-def test_errors(tmp_path, capsys):
-    code, _, err = cli(["summarize", tmp_path / "nope"], capsys)
-    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+def test_errors(tmp_path):
+    assert_one_line_error(sharp("summarize", tmp_path / "nope"), 2, "does not exist")
     (tmp_path / "empty").mkdir()
-    code, _, err = cli(["summarize", tmp_path / "empty"], capsys)
-    assert code == 2 and "no run directories" in err
+    assert_one_line_error(sharp("summarize", tmp_path / "empty"), 2, "no run directories")
     write_run(tmp_path / "bad", config("gd", 0), rows(0.9, 0.9, 1.0))
     pd.read_csv(tmp_path / "bad" / "metrics.csv").drop(columns=["test_acc"]).to_csv(
         tmp_path / "bad" / "metrics.csv", index=False)
-    code, _, err = cli(["summarize", tmp_path / "bad"], capsys)
-    assert code == 2 and "lacks columns test_acc" in err and "Traceback" not in err
+    assert_one_line_error(sharp("summarize", tmp_path / "bad"), 2, "lacks columns test_acc")
     with pytest.raises(SharpError):
         summarize([tmp_path / "empty"])

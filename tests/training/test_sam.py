@@ -14,7 +14,7 @@ from sharpcli.hessian.objective import accumulate_gradient, gradient_vector
 from sharpcli.hessian.params import flatten, running_stats_frozen, trainable_params
 from sharpcli.training.sam import (EigenState, refresh, refresh_due, asam_perturbation, eigen_sam_perturbation,
                           perturbation, sam_perturbation, sam_step)
-from tests.helpers import tiny_bn_net
+from tests.cases import BN_MSE
 
 A = matrix_with_spectrum([5.0, 2.0, 1.0, 0.5, -0.3, 0.1], seed=3)  # 6×6, float64, indefinite
 W0 = torch.tensor([0.7, -1.2, 0.4, 2.0, -0.5, 0.9], dtype=torch.float64)
@@ -171,37 +171,28 @@ def test_sam_edge_by_hand_and_its_limit():
 
 # --- BatchNorm ------------------------------------------------------------------------------
 
-def _bn_batch(n=16):
-    gen = torch.Generator().manual_seed(7)
-    return (torch.randn(n, 5, generator=gen, dtype=torch.float64),
-            torch.randint(0, 3, (n,), generator=gen))
-
-
 def _buffers(model):
     return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
 
 
 def test_bn_running_stats_after_sam_step_equal_one_forward_pass():
-    from sharpcli.hessian.losses import mse_loss
-
-    x, y = _bn_batch()
-    plain = tiny_bn_net()
+    plain, loss_fn, x, y = BN_MSE(n=16)
     plain.train()
     with torch.no_grad():
         plain(x)
 
-    model = tiny_bn_net()
+    model = BN_MSE(n=16).model  # the same weights as `plain`
     model.train()
     opt = torch.optim.SGD(trainable_params(model), lr=0.1)
     params = trainable_params(model)
-    accumulate_gradient(model, mse_loss, x, y)  # the loop's first pass
+    accumulate_gradient(model, loss_fn, x, y)  # the loop's first pass
     eps = perturbation("sam", gradient_vector(params), params, rho=0.5)
 
     seen = []
     hooks = [m.register_forward_pre_hook(lambda m, _: seen.append((type(m).__name__, m.training,
                                                                    getattr(m, "track_running_stats", None))))
              for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.Dropout))]
-    sam_step(model, mse_loss, x, y, eps, opt)
+    sam_step(model, loss_fn, x, y, eps, opt)
     for h in hooks:
         h.remove()
 
@@ -214,7 +205,7 @@ def test_bn_running_stats_after_sam_step_equal_one_forward_pass():
 
 
 def test_running_stats_frozen_restores_on_error():
-    model = tiny_bn_net()
+    model = BN_MSE().model
     with pytest.raises(RuntimeError):
         with running_stats_frozen(model):
             raise RuntimeError("boom")
@@ -223,16 +214,13 @@ def test_running_stats_frozen_restores_on_error():
 
 @pytest.mark.parametrize("train_mode", [True, False])
 def test_eigen_refresh_leaves_bn_and_mode_alone(train_mode):
-    from sharpcli.hessian.losses import mse_loss
-
-    x, y = _bn_batch()
-    model = tiny_bn_net()
+    model, loss_fn, x, y = BN_MSE(n=16)
     model.train()
     with torch.no_grad():
         model(x)  # non-trivial running statistics
     model.train(train_mode)
     before = _buffers(model)
-    v = refresh(EigenState(), HessianOperator(model, mse_loss, x, y, mode="train"),
+    v = refresh(EigenState(), HessianOperator(model, loss_fn, x, y, mode="train"),
                 iters=4, seed=0).v
     assert v.shape == (sum(p.numel() for p in trainable_params(model)),)
     assert torch.isclose(v.norm(), torch.tensor(1.0, dtype=v.dtype))

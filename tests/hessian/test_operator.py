@@ -1,4 +1,5 @@
-"""The Hessian operator against dense Hessians from torch.autograd.functional.hessian."""
+"""The Hessian operator, in each of its HVP modes, against dense Hessians from
+torch.autograd.functional.hessian (float64)."""
 
 import pytest
 import torch
@@ -7,36 +8,41 @@ from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.losses import ce_loss, mse_loss
 from sharpcli.hessian.objective import full_batch_gradient
 from sharpcli.hessian.params import measurement_mode, trainable_params
-from tests.helpers import dense_hessian, tiny_bn_net, tiny_cnn, tiny_mlp
+from tests.cases import BN_MSE, CNN_CE, MLP_CE, MLP_MSE, N
+from tests.helpers import dense_hessian
 
-LOSSES = {"mse": mse_loss, "ce": ce_loss}
-
-
-def _data(kind: str, n: int = 23, seed: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    shape = (n, 6) if kind == "mlp" else (n, 1, 6, 6)
-    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 3, (n,), generator=gen)
-    return x, y
+# 15 splits the N = 23 examples into unequal chunks of 15 and 8.
+CHUNKINGS = {"one-chunk": N, "chunks-15-8": 15}
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-@pytest.mark.parametrize("loss", ["mse", "ce"])
-@pytest.mark.parametrize("chunk_size", [23, 7, 10])  # one chunk (cached graph), and unequal chunks
-def test_operator_equals_dense_hessian(kind, loss, chunk_size):
-    model = tiny_mlp() if kind == "mlp" else tiny_cnn()
-    x, y = _data(kind)
-    truth = dense_hessian(model, LOSSES[loss], x, y)
-    op = HessianOperator(model, LOSSES[loss], x, y, chunk_size=chunk_size)
+@pytest.mark.parametrize("chunk_size", CHUNKINGS.values(), ids=CHUNKINGS.keys())
+def test_operator_equals_dense_hessian(case, chunk_size):
+    """Double backward: through one cached graph (a single chunk), or chunk by chunk."""
+    model, loss_fn, x, y = case()
+    truth = dense_hessian(model, loss_fn, x, y)
+    op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size)
     assert op.size == truth.shape[0]
     assert torch.allclose(op.dense(), truth, atol=1e-10, rtol=1e-8)
+    assert op.n_matvec == op.size
+
+
+# Forward-over-reverse has one code path whatever the model and loss (torch.func over
+# functional_call), and its products cost several double-backward ones: these two cases
+# between them use every layer and loss of the shared cases.
+@pytest.mark.parametrize("case", [MLP_MSE, CNN_CE], ids=lambda case: case.name)
+def test_forward_over_reverse_equals_dense_hessian(case):
+    model, loss_fn, x, y = case()
+    truth = dense_hessian(model, loss_fn, x, y)
+    op = HessianOperator(model, loss_fn, x, y, chunk_size=CHUNKINGS["chunks-15-8"],
+                         hvp="forward-over-reverse")
+    assert torch.allclose(op.dense(), truth, atol=1e-10, rtol=1e-8)
+    assert op.n_matvec == op.size
 
 
 def test_unequal_chunks_weight_each_example_equally():
     # The naive alternative, averaging per-chunk Hessians, over-weights the short last chunk:
     # with chunks of 20 and 3 it differs from the truth, ours does not.
-    model = tiny_mlp()
-    x, y = _data("mlp")
+    model, _, x, y = MLP_MSE()
     truth = dense_hessian(model, mse_loss, x, y)
     naive = (dense_hessian(model, mse_loss, x[:20], y[:20]) + dense_hessian(model, mse_loss, x[20:], y[20:])) / 2
     assert not torch.allclose(naive, truth, atol=1e-6)
@@ -44,8 +50,7 @@ def test_unequal_chunks_weight_each_example_equally():
 
 
 def test_matvec_counts_and_shape_checks():
-    model = tiny_mlp()
-    x, y = _data("mlp")
+    model, _, x, y = MLP_MSE()
     op = HessianOperator(model, mse_loss, x, y)
     op.matvec(torch.ones(op.size, dtype=torch.float64))
     op.matvec(torch.ones(op.size, dtype=torch.float64))
@@ -54,23 +59,28 @@ def test_matvec_counts_and_shape_checks():
         op.matvec(torch.ones(op.size + 1, dtype=torch.float64))
 
 
-def test_per_block_operator_is_the_dense_sub_block():
-    model = tiny_mlp()
-    x, y = _data("mlp")
+def test_unknown_mode_is_refused():
+    model, _, x, y = MLP_MSE()
+    with pytest.raises(ValueError, match="hvp must be one of"):
+        HessianOperator(model, mse_loss, x, y, hvp="finite-differences")
+
+
+@pytest.mark.parametrize("hvp", HessianOperator.HVP_MODES)
+def test_per_block_operator_is_the_dense_sub_block(hvp):
+    model, _, x, y = MLP_CE()
     truth = dense_hessian(model, ce_loss, x, y)
     params = trainable_params(model)
     sizes = [p.numel() for p in params]
     start = sum(sizes[:2])  # the second Linear layer: weight and bias
     block = params[2:4]
     n = sum(p.numel() for p in block)
-    op = HessianOperator(model, ce_loss, x, y, chunk_size=9, params=block)
+    op = HessianOperator(model, ce_loss, x, y, chunk_size=15, params=block, hvp=hvp)
     assert torch.allclose(op.dense(), truth[start:start + n, start:start + n], atol=1e-10)
 
 
 def test_gradient_matches_autograd_and_chunking():
-    model = tiny_mlp()
-    x, y = _data("mlp")
-    loss1, g1 = full_batch_gradient(model, ce_loss, x, y, chunk_size=23)
+    model, _, x, y = MLP_CE()
+    loss1, g1 = full_batch_gradient(model, ce_loss, x, y, chunk_size=N)
     loss2, g2 = full_batch_gradient(model, ce_loss, x, y, chunk_size=4)
     model.zero_grad()
     ref = ce_loss(model(x), y)
@@ -80,10 +90,10 @@ def test_gradient_matches_autograd_and_chunking():
     assert torch.allclose(g1, g_ref, atol=1e-12) and torch.allclose(g2, g_ref, atol=1e-12)
 
 
+# --- BatchNorm: which statistics the Hessian is of, and buffers left alone ------------------
+
 def test_batchnorm_eval_mode_uses_running_stats_and_restores_state():
-    model = tiny_bn_net()
-    x, y = _data("mlp", n=16)
-    x = x[:, :5]
+    model, _, x, y = BN_MSE(n=16)
     model.train()
     for _ in range(3):  # give the running statistics non-trivial values
         model(x * 2 + 1)
@@ -99,9 +109,7 @@ def test_batchnorm_eval_mode_uses_running_stats_and_restores_state():
 
 
 def test_batchnorm_train_mode_uses_chunk_statistics_and_keeps_buffers():
-    model = tiny_bn_net()
-    x, y = _data("mlp", n=12)
-    x = x[:, :5]
+    model, _, x, y = BN_MSE(n=12)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     op = HessianOperator(model, mse_loss, x, y, chunk_size=12, mode="train")
@@ -115,3 +123,18 @@ def test_batchnorm_train_mode_uses_chunk_statistics_and_keeps_buffers():
     truth = dense_hessian(model, mse_loss, x, y)
     model.eval()
     assert torch.allclose(h, truth, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_forward_over_reverse_with_batchnorm_matches_double_backward(mode):
+    model, _, x, y = BN_MSE()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dense = {hvp: HessianOperator(model, mse_loss, x, y, mode=mode, hvp=hvp).dense()
+             for hvp in HessianOperator.HVP_MODES}
+    assert torch.allclose(dense["forward-over-reverse"], dense["double-backward"],
+                          atol=1e-10, rtol=1e-8)
+    with measurement_mode(model, mode):
+        truth = dense_hessian(model, mse_loss, x, y)
+    assert torch.allclose(dense["forward-over-reverse"], truth, atol=1e-10, rtol=1e-8)
+    for k, v in model.state_dict().items():  # running statistics untouched
+        assert torch.equal(v, before[k])

@@ -9,22 +9,21 @@ import torch
 from sharpcli.errors import Interrupted, SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.linalg import DenseOperator, lanczos, matrix_with_spectrum
-from sharpcli.hessian.losses import ce_loss, mse_loss
+from sharpcli.hessian.losses import mse_loss
 from sharpcli.hessian.params import named_param_groups
 from sharpcli.spectra.pyhessian import _pairs, pyhessian_eigenvalues, pyhessian_trace
 from sharpcli.linalg import lanczos_top_k
 from sharpcli.spectra.compute import compute_spectrum
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem
-from tests.helpers import dense_hessian, tiny_bn_net, tiny_mlp
+from tests.cases import BN_MSE, MLP_CE, MLP_MSE
+from tests.helpers import dense_hessian
 
 
-def _problem(model, loss=mse_loss, n=40, seed=1, **kw):
-    gen = torch.Generator().manual_seed(seed)
-    dtype = next(model.parameters()).dtype
-    x = torch.randn(n, model[0].in_features, generator=gen, dtype=dtype)
-    y = torch.randint(0, 3, (n,), generator=gen)
-    return Problem(model, loss, x, y, **kw)
+def _problem(case, n=40, dtype=torch.float64, chunk_size=4096, should_stop=None, **sizes):
+    """A Problem of a shared case on n examples, the model built with `sizes`."""
+    return Problem(*case(n=n, dtype=dtype, **sizes), chunk_size=chunk_size,
+                   should_stop=should_stop)
 
 
 def _dense(problem):
@@ -47,7 +46,7 @@ def _values(rows, quantity="eigenvalue", block="all"):
 # --- native -------------------------------------------------------------------------------
 
 def test_lanczos_top_k_matches_dense_eigenvalues_in_float32():
-    problem = _problem(tiny_mlp(dtype=torch.float32))
+    problem = _problem(MLP_MSE, dtype=torch.float32)
     truth = torch.linalg.eigvalsh(_dense(problem)).flip(0)
     rows = _rows(problem, top_k=8, tol=1e-5, max_iter=200)
     assert [r.index for r in rows] == list(range(1, 9))
@@ -60,7 +59,7 @@ def test_lanczos_top_k_matches_dense_eigenvalues_in_float32():
 
 
 def test_power_iteration_matches_dense_top_eigenvalue():
-    problem = _problem(tiny_mlp(dtype=torch.float64), loss=ce_loss)
+    problem = _problem(MLP_CE)
     truth = torch.linalg.eigvalsh(_dense(problem))
     assert truth[-1] > -truth[0]  # power iteration finds the largest |λ|: make it λ₁
     rows = _rows(problem, top_k=1, method="power", tol=1e-10, max_iter=2000)
@@ -77,7 +76,7 @@ def test_repeated_eigenvalues_are_found_with_their_multiplicity():
 
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
 def test_trace_within_three_standard_errors_of_dense_trace(method):
-    problem = _problem(tiny_mlp(dtype=torch.float32))
+    problem = _problem(MLP_MSE, dtype=torch.float32)
     truth = float(torch.trace(_dense(problem)))
     (row,) = [r for r in _rows(problem, top_k=1, trace=True, trace_probes=60, trace_method=method)
               if r.quantity == "trace"]
@@ -87,7 +86,7 @@ def test_trace_within_three_standard_errors_of_dense_trace(method):
 
 
 def test_density_integrates_to_one_and_sits_at_dense_eigenvalues():
-    problem = _problem(tiny_mlp(hidden=4, dtype=torch.float64), n=30)  # 63 parameters
+    problem = _problem(MLP_MSE, n=30, hidden=4)  # 63 parameters
     truth = torch.linalg.eigvalsh(_dense(problem))
     out = list(compute_spectrum(problem, SpectrumConfig(top_k=1, density=True, density_runs=10,
                                                         density_iters=100, density_grid=4000,
@@ -109,7 +108,7 @@ def test_density_integrates_to_one_and_sits_at_dense_eigenvalues():
 
 def test_per_layer_blocks_match_dense_sub_blocks():
     # MSE: the output layer's block repeats each eigenvalue once per class
-    problem = _problem(tiny_mlp(dtype=torch.float32))
+    problem = _problem(MLP_MSE, dtype=torch.float32)
     dense = _dense(problem)
     rows = _rows(problem, top_k=6, tol=1e-6, max_iter=200, per_layer=True)
     start = 0
@@ -125,8 +124,7 @@ def test_per_layer_blocks_match_dense_sub_blocks():
 
 
 def test_small_block_gives_all_its_eigenvalues_and_top_k_above_size_is_an_error():
-    model = tiny_bn_net(dtype=torch.float32)  # BatchNorm block: 12 parameters
-    problem = _problem(model)
+    problem = _problem(BN_MSE, dtype=torch.float32)  # BatchNorm block: 12 parameters
     rows = _rows(problem, top_k=15, per_layer=True, max_iter=100)
     assert len(_values(rows, block="1")) == 12 and len(_values(rows)) == 15
     with pytest.raises(SharpError, match="--top-k 100 is more than the model's 69 parameters"):
@@ -135,9 +133,9 @@ def test_small_block_gives_all_its_eigenvalues_and_top_k_above_size_is_an_error(
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_batchnorm_modes_and_the_model_is_left_as_found(mode):
-    model = tiny_bn_net(dtype=torch.float64)
+    problem = _problem(BN_MSE, n=24, chunk_size=24)
+    model = problem.model
     model.train()
-    problem = _problem(model, n=24, chunk_size=24)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     truth = torch.linalg.eigvalsh(HessianOperator(model, mse_loss, problem.x, problem.y,
                                                   mode=mode).dense()).flip(0)[:3]
@@ -152,7 +150,7 @@ def test_batchnorm_modes_and_the_model_is_left_as_found(mode):
 
 def test_should_stop_interrupts_within_one_product():
     calls = []
-    problem = _problem(tiny_mlp(), should_stop=lambda: calls.append(1) or len(calls) > 5)
+    problem = _problem(MLP_MSE, should_stop=lambda: calls.append(1) or len(calls) > 5)
     with pytest.raises(Interrupted):
         _rows(problem, top_k=3, tol=1e-12, max_iter=100)
     assert len(calls) == 6
@@ -161,7 +159,7 @@ def test_should_stop_interrupts_within_one_product():
 # --- the pyhessian backend ----------------------------------------------------------------
 
 def test_pyhessian_lambda1_agrees_with_native_within_its_tolerance():
-    problem = _problem(tiny_mlp(dtype=torch.float64), loss=ce_loss)
+    problem = _problem(MLP_CE)
     truth = torch.linalg.eigvalsh(_dense(problem)).flip(0)
     tol = 1e-4
     ph = pyhessian_eigenvalues(problem, 1, tol=tol, max_iter=1000, seed=0)
@@ -178,7 +176,7 @@ def test_pyhessian_lambda1_agrees_with_native_within_its_tolerance():
 
 
 def test_pyhessian_trace_within_three_standard_errors():
-    problem = _problem(tiny_mlp(dtype=torch.float64))
+    problem = _problem(MLP_MSE)
     truth = float(torch.trace(_dense(problem)))
     tr = pyhessian_trace(problem, 50, seed=3)
     assert tr.n_probes == 50 and tr.n_matvec == 50
@@ -187,7 +185,7 @@ def test_pyhessian_trace_within_three_standard_errors():
 
 @pytest.mark.parametrize("chunk_size", [40, 15])  # its cached-gradient path, its loader path
 def test_pyhessian_counts_every_product(monkeypatch, chunk_size):
-    problem = _problem(tiny_mlp(dtype=torch.float64), chunk_size=chunk_size)
+    problem = _problem(MLP_MSE, chunk_size=chunk_size)
     grads = []
     original = torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: grads.append(1) or original(*a, **k))
@@ -199,10 +197,10 @@ def test_pyhessian_counts_every_product(monkeypatch, chunk_size):
 
 
 def test_pyhessian_leaves_model_rng_and_dtype_as_found():
-    model = tiny_bn_net(dtype=torch.float64)
+    problem = _problem(BN_MSE, n=24)
+    model = problem.model
     model.train()
     model[4].eval()  # a mixed state, restored module by module
-    problem = _problem(model, n=24)
     for p in model.parameters():
         p.grad = torch.full_like(p, 7.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -218,9 +216,8 @@ def test_pyhessian_leaves_model_rng_and_dtype_as_found():
 
 
 def test_pyhessian_measures_what_native_eval_mode_measures():
-    model = tiny_bn_net(dtype=torch.float64)
-    model.train()
-    problem = _problem(model, n=24)
+    problem = _problem(BN_MSE, n=24)
+    problem.model.train()
     native = _values(_rows(problem, top_k=1, tol=1e-9, max_iter=69))
     ph = pyhessian_eigenvalues(problem, 1, tol=1e-9, max_iter=3000)
     assert float(ph.eigenvalues[0]) == pytest.approx(float(native[0]), rel=1e-5)
@@ -248,8 +245,8 @@ def test_no_check_missed_is_cheaper_and_can_miss_repeated_eigenvalues():
     C = 3 times over. The default restarts find all three copies of the top one; a single
     Lanczos run (--no-check-missed) sees each eigenspace once, and returns the next distinct
     eigenvalues instead — fewer products, the documented risk."""
-    model = tiny_mlp(hidden=20, dtype=torch.float64)
-    problem = _problem(model, n=60)
+    problem = _problem(MLP_MSE, n=60, hidden=20)
+    model = problem.model
     block = list(model[4].parameters())
     op = HessianOperator(model, mse_loss, problem.x, problem.y, params=block)
     truth = torch.linalg.eigvalsh(op.dense()).flip(0)
@@ -266,7 +263,7 @@ def test_no_check_missed_is_cheaper_and_can_miss_repeated_eigenvalues():
 
 
 def test_no_check_missed_matches_dense_on_a_whole_network():
-    problem = _problem(tiny_mlp(dtype=torch.float64))
+    problem = _problem(MLP_MSE)
     truth = torch.linalg.eigvalsh(_dense(problem)).flip(0)[:4]
     rows = _rows(problem, top_k=4, tol=1e-8, check_missed=False)
     torch.testing.assert_close(_values(rows), truth, rtol=1e-7, atol=1e-9)
@@ -274,13 +271,20 @@ def test_no_check_missed_matches_dense_on_a_whole_network():
 
 
 def test_default_trace_is_gauss_newton_and_stops_at_its_tolerance():
-    """On a trained network, where H − G is small (at initialisation it is not)."""
-    problem = _problem(tiny_mlp(dtype=torch.float64))
-    opt = torch.optim.SGD(problem.model.parameters(), lr=0.5)
-    for _ in range(1500):
+    """On a trained network, where H − G is small (at initialisation it is not): with MSE,
+    H − G is the curvature weighted by the residuals, so fitting the 40 examples (L-BFGS
+    to a loss below 1e-3) leaves tr(H − G) about 1e-3 of tr H."""
+    problem = _problem(MLP_MSE)
+    opt = torch.optim.LBFGS(problem.model.parameters(), max_iter=100, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=0, tolerance_change=0)
+
+    def closure():
         opt.zero_grad()
-        mse_loss(problem.model(problem.x), problem.y).backward()
-        opt.step()
+        loss = mse_loss(problem.model(problem.x), problem.y)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    assert mse_loss(problem.model(problem.x), problem.y) < 1e-3
     truth = float(torch.trace(_dense(problem)))
 
     def trace_row(**cfg):

@@ -4,22 +4,12 @@ the SAM columns of metrics.csv, and an exact --resume of an Eigen-SAM run."""
 import pandas as pd
 import pytest
 
-from sharpcli.cli import main
-from sharpcli.formats.schema import METRICS_COLUMNS
 from sharpcli.edges import sam_edge
+from sharpcli.formats.schema import METRICS_COLUMNS
+from tests.runners import assert_one_line_error, sharp, train_args
 
-TINY = ["--train-size", "64", "--test-size", "32", "--width", "16", "--quiet", "--lr", "0.2"]
-
-
-def run_cli(tmp_path, *args, expect=0):
-    argv = ["train", *TINY, "--reports-dir", str(tmp_path / "reports"),
-            "--checkpoints-dir", str(tmp_path / "checkpoints"), *args]
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    assert code == expect, f"sharp {' '.join(argv)} exited {code}"
+# The step size the expected SAM edges below are computed with.
+SAM = ["--lr", "0.2"]
 
 
 def metrics(tmp_path, run):
@@ -37,8 +27,8 @@ def _check_sam_rows(df, rho, lr):
 @pytest.mark.parametrize("optimizer,extra", [("sam", []), ("sam", ["--adaptive"]),
                                              ("eigen-sam", ["--eig-every", "2"])])
 def test_sam_runs_log_rho_sam_edge_and_alignment(tmp_path, optimizer, extra):
-    run_cli(tmp_path, "--optimizer", optimizer, *extra, "--rho", "0.1", "--steps", "4",
-            "--sharpness-every", "2", "--eval-every", "1", "--run-name", "r")
+    sharp(*train_args(tmp_path, "r", *SAM, "--optimizer", optimizer, *extra, "--rho", "0.1",
+                      "--steps", "4", "--sharpness-every", "2", "--eval-every", "1")).ok()
     df = metrics(tmp_path, "r")
     assert tuple(df.columns) == METRICS_COLUMNS
     assert df["step"].tolist() == [0, 1, 2, 3, 4] and (df["phase"] == optimizer).all()
@@ -51,8 +41,9 @@ def test_sam_runs_log_rho_sam_edge_and_alignment(tmp_path, optimizer, extra):
 @pytest.mark.parametrize("optimizer,batch,base", [("sam", [], "gd"),
                                                   ("eigen-sam", ["--batch-size", "16"], "sgd")])
 def test_late_phase_switches_exactly_at_sam_start(tmp_path, optimizer, batch, base):
-    run_cli(tmp_path, "--optimizer", optimizer, *batch, "--sam-start", "3", "--steps", "6",
-            "--eval-every", "1", "--sharpness-every", "1", "--rho", "0.1", "--run-name", "late")
+    sharp(*train_args(tmp_path, "late", *SAM, "--optimizer", optimizer, *batch, "--sam-start",
+                      "3", "--steps", "6", "--eval-every", "1", "--sharpness-every", "1",
+                      "--rho", "0.1")).ok()
     df = metrics(tmp_path, "late")
     assert df["phase"].tolist() == [base] * 3 + [optimizer] * 4
     before, after = df[df["step"] < 3], df[df["step"] >= 3]
@@ -61,8 +52,9 @@ def test_late_phase_switches_exactly_at_sam_start(tmp_path, optimizer, batch, ba
 
 
 def test_late_phase_in_epochs(tmp_path):
-    run_cli(tmp_path, "--optimizer", "sam", "--batch-size", "32", "--epochs", "3",
-            "--sam-start", "2", "--eval-every", "1", "--sharpness-every", "0", "--run-name", "ep")
+    sharp(*train_args(tmp_path, "ep", *SAM, "--optimizer", "sam", "--batch-size", "32",
+                      "--epochs", "3", "--sam-start", "2", "--eval-every", "1",
+                      "--sharpness-every", "0")).ok()
     df = metrics(tmp_path, "ep")  # 2 steps per epoch: SAM from step 4
     assert df["phase"].tolist() == ["sgd"] * 4 + ["sam"] * 3
 
@@ -73,9 +65,9 @@ def test_eigen_sam_resume_is_exact(tmp_path):
     common = ["--optimizer", "eigen-sam", "--batch-size", "16", "--momentum", "0.9",
               "--eig-every", "3", "--eig-iters", "3", "--rho", "0.1", "--sharpness-every", "1",
               "--eval-every", "1", "--checkpoint-every", "5"]
-    run_cli(tmp_path, *common, "--steps", "11", "--run-name", "full")
-    run_cli(tmp_path, *common, "--steps", "7", "--run-name", "part")
-    run_cli(tmp_path, *common, "--steps", "11", "--run-name", "part", "--resume")
+    sharp(*train_args(tmp_path, "full", *SAM, *common, "--steps", "11")).ok()
+    sharp(*train_args(tmp_path, "part", *SAM, *common, "--steps", "7")).ok()
+    sharp(*train_args(tmp_path, "part", *SAM, *common, "--steps", "11", "--resume")).ok()
     a = metrics(tmp_path, "full").drop(columns="seconds")
     b = metrics(tmp_path, "part").drop(columns="seconds")
     assert a["step"].tolist() == list(range(12))
@@ -83,4 +75,7 @@ def test_eigen_sam_resume_is_exact(tmp_path):
 
 
 def test_adaptive_needs_plain_sam(tmp_path):
-    run_cli(tmp_path, "--optimizer", "eigen-sam", "--adaptive", "--steps", "2", expect=2)
+    result = sharp(*train_args(tmp_path, "r", *SAM, "--optimizer", "eigen-sam", "--adaptive",
+                               "--steps", "2"))
+    assert_one_line_error(result, 2, "--adaptive")
+    assert not (tmp_path / "checkpoints").exists()

@@ -4,9 +4,6 @@ The metrics files are built here to sit at, below or above the edge, so the expe
 verdicts are known by construction."""
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +15,7 @@ from sharpcli.errors import SharpError
 from sharpcli.formats.runs import write_run
 from sharpcli.formats.schema import EOS_COLUMNS
 from tests.helpers import dense_hessian
-from tests.runners import cli, sharp, train_args
+from tests.runners import assert_one_line_error, sharp, start_sharp, train_args
 
 LR = 0.1  # GD edge 2/η = 20
 
@@ -210,9 +207,8 @@ def test_threshold_and_band_are_checked():
 
 # --- the CLI ------------------------------------------------------------------------------
 
-def test_cli_writes_eos_csv_and_prints_the_verdicts(runs, capsys):
-    code, out, err = cli(["eos", *runs.values()], capsys)
-    assert code == 0, err
+def test_cli_writes_eos_csv_and_prints_the_verdicts(runs):
+    out = sharp("eos", *runs.values()).ok().stdout
     for name, verdict in [("at", "at-edge"), ("below", "below-edge"), ("above", "above-edge")]:
         assert verdict in out and name in out
         df = pd.read_csv(runs[name] / "eos.csv")
@@ -221,46 +217,39 @@ def test_cli_writes_eos_csv_and_prints_the_verdicts(runs, capsys):
         assert df["at_edge"].dtype == bool
 
 
-def test_cli_strict(runs, capsys):
-    code, out, err = cli(["eos", "--strict", runs["at"], runs["sam"]], capsys)
-    assert code == 0, err
-    code, out, err = cli(["eos", "--strict", runs["at"], runs["above"]], capsys)
-    assert code == 1
-    assert err.strip().count("\n") == 0 and "above" in err and "Traceback" not in err
+def test_cli_strict(runs):
+    sharp("eos", "--strict", runs["at"], runs["sam"]).ok()
+    assert_one_line_error(sharp("eos", "--strict", runs["at"], runs["above"]), 1, "above")
     assert (runs["above"] / "eos.csv").exists()  # the tables are written all the same
 
 
-def test_cli_band_changes_the_verdict(runs, capsys):
+def test_cli_band_changes_the_verdict(runs):
     # ±5% noise around the edge: inside a band of 0.1, mostly outside a band of 0.01
-    code, out, _ = cli(["eos", "--band", "0.01", "--strict", runs["at"]], capsys)
-    assert code == 1
+    assert sharp("eos", "--band", "0.01", "--strict", runs["at"]).code == 1
 
 
-def test_cli_out(runs, tmp_path, capsys):
+def test_cli_out(runs, tmp_path):
     one = tmp_path / "one.csv"
-    assert cli(["eos", runs["at"], "--out", one], capsys)[0] == 0
+    sharp("eos", runs["at"], "--out", one).ok()
     assert tuple(pd.read_csv(one).columns) == EOS_COLUMNS
-    assert cli(["eos", runs["at"], runs["sam"], "--out", tmp_path / "many"], capsys)[0] == 0
+    sharp("eos", runs["at"], runs["sam"], "--out", tmp_path / "many").ok()
     assert (tmp_path / "many" / "at" / "eos.csv").exists()
     assert (tmp_path / "many" / "sam" / "eos.csv").exists()
 
 
-def test_cli_run_name_under_reports(runs, monkeypatch, capsys):
+def test_cli_run_name_under_reports(runs, monkeypatch):
     monkeypatch.chdir(runs["at"].parent.parent)
-    code, out, _ = cli(["eos", "at"], capsys)
-    assert code == 0 and "at-edge" in out
+    assert "at-edge" in sharp("eos", "at").ok().stdout
 
 
-def test_calculator(capsys):
-    code, out, _ = cli(["eos", "--lr", "0.1", "--rho", "0.05", "--grad-norm", "0.3"], capsys)
-    assert code == 0
+def test_calculator():
+    out = sharp("eos", "--lr", "0.1", "--rho", "0.05", "--grad-norm", "0.3").ok().stdout
     assert "gd_edge  20" in out and "sam_edge 8.35782" in out
-    code, out, _ = cli(["eos", "--lr", "0.1"], capsys)
-    assert code == 0 and "gd_edge  20" in out and "sam_edge" not in out
-    code, out, _ = cli(["eos", "--lr", "0.1", "--momentum", "0.9", "--nesterov"], capsys)
-    assert code == 0 and "13.5714" in out and "(2+2β)/(η(1+2β))" in out
-    code, out, _ = cli(["eos", "--lr", "0.1", "--momentum", "0.9"], capsys)
-    assert code == 0 and "gd_edge  38" in out
+    out = sharp("eos", "--lr", "0.1").ok().stdout
+    assert "gd_edge  20" in out and "sam_edge" not in out
+    out = sharp("eos", "--lr", "0.1", "--momentum", "0.9", "--nesterov").ok().stdout
+    assert "13.5714" in out and "(2+2β)/(η(1+2β))" in out
+    assert "gd_edge  38" in sharp("eos", "--lr", "0.1", "--momentum", "0.9").ok().stdout
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -270,52 +259,39 @@ def test_calculator(capsys):
     (["eos", "--lr", "0.1", "--grad-norm", "1"], "--rho"),
     (["eos", "--lr", "0.1", "--momentum", "1.5"], "--momentum"),
 ])
-def test_calculator_errors(args, needle, capsys):
-    code, out, err = cli(args, capsys)
-    assert code == 2 and needle in err
-    assert err.strip().count("\n") == 0 and "Traceback" not in err
+def test_calculator_errors(args, needle):
+    assert_one_line_error(sharp(*args), 2, needle)
 
 
-def test_missing_run_dir(tmp_path, capsys):
-    code, _, err = cli(["eos", tmp_path / "nope"], capsys)
-    assert code == 2 and "nope" in err and "does not exist" in err
-    assert err.strip().count("\n") == 0
+def test_missing_run_dir(tmp_path):
+    assert_one_line_error(sharp("eos", tmp_path / "nope"), 2, "nope", "does not exist")
 
 
-def test_bad_metrics(tmp_path, capsys):
+def test_bad_metrics(tmp_path):
     run = write_run(tmp_path / "bad", base_config(), gd_rows(at_edge))
     pd.read_csv(run / "metrics.csv").drop(columns=["sharpness", "lr"]).to_csv(
         run / "metrics.csv", index=False)
-    code, _, err = cli(["eos", run], capsys)
-    assert code == 2 and "lacks columns lr,sharpness" in err
-    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert_one_line_error(sharp("eos", run), 2, "lacks columns lr,sharpness")
     # no sharpness measured at all
     run = write_run(tmp_path / "unmeasured", base_config(),
                     [{"step": s, "phase": "gd", "lr": LR} for s in range(3)])
-    code, _, err = cli(["eos", run], capsys)
-    assert code == 2 and "no sharpness was measured" in err
+    assert_one_line_error(sharp("eos", run), 2, "no sharpness was measured")
     # a config without its metrics
     (run / "metrics.csv").unlink()
-    code, _, err = cli(["eos", run], capsys)
-    assert code == 2 and "metrics.csv is missing" in err
+    assert_one_line_error(sharp("eos", run), 2, "metrics.csv is missing")
 
 
-def test_calculator_flags_with_runs_are_an_error(runs, capsys):
-    code, _, err = cli(["eos", runs["at"], "--lr", "0.1"], capsys)
-    assert code == 2 and "--lr" in err
-
-
-def _sharp(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sharpcli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=120)
+def test_calculator_flags_with_runs_are_an_error(runs):
+    assert_one_line_error(sharp("eos", runs["at"], "--lr", "0.1"), 2, "--lr")
 
 
 def test_end_to_end_subprocess(runs):
     """`python -m sharpcli` as scripts call it: output, stderr line and exit code."""
-    strict = _sharp("eos", "--strict", runs["at"], runs["below"])
+    strict = start_sharp("eos", "--strict", runs["at"], runs["below"])
+    out, err = strict.communicate(timeout=120)
     assert strict.returncode == 1
-    assert "at-edge" in strict.stdout and "below-edge" in strict.stdout
-    assert strict.stderr == "error: --strict: not at the edge (below: below-edge)\n"
+    assert "at-edge" in out and "below-edge" in out
+    assert err == "error: --strict: not at the edge (below: below-edge)\n"
 
 
 # --- --from-checkpoints ---------------------------------------------------------------------
@@ -325,11 +301,9 @@ def late_sam_run(tmp_path_factory):
     """A real tiny run of late-phase SAM (gd for steps 0–1, SAM from step 2), checkpointed
     at steps 0, 2 and 4, with a cosine schedule so that each step has its own lr."""
     root = tmp_path_factory.mktemp("late")
-    result = sharp(*train_args(root, "late", "--optimizer", "sam", "--sam-start", "2",
-                               "--steps", "4", "--schedule", "cosine", "--checkpoint-every", "2",
-                               "--sharpness-every", "2", "--eval-every", "2",
-                               "--sharpness-samples", "40"))
-    assert result.code == 0, result.stderr
+    sharp(*train_args(root, "late", "--optimizer", "sam", "--sam-start", "2", "--steps", "4",
+                      "--schedule", "cosine", "--checkpoint-every", "2", "--sharpness-every", "2",
+                      "--eval-every", "2", "--sharpness-samples", "40")).ok()
     return root / "reports" / "late"
 
 
@@ -369,13 +343,12 @@ def test_measure_checkpoints_against_dense_hessians(late_sam_run):
     assert t["edge"][1] == pytest.approx(sam_edge(df["lr"][1], 0.05, t["grad_norm"][1]))
 
 
-def test_from_checkpoints_cli_end_to_end(late_sam_run, tmp_path, capsys):
+def test_from_checkpoints_cli_end_to_end(late_sam_run, tmp_path):
     """`sharp eos --from-checkpoints` on a real run (its checkpoints load with weights_only):
     λ₁ at each checkpoint matches what training logged at the same step, on the same 40
     examples (the run's --sharpness-samples)."""
-    code, out, err = cli(["eos", late_sam_run, "--from-checkpoints", "--out", tmp_path / "ck.csv",
-                          "--max-iter", "100", "--tol", "1e-4"], capsys)
-    assert code == 0, err
+    out = sharp("eos", late_sam_run, "--from-checkpoints", "--out", tmp_path / "ck.csv",
+                "--max-iter", "100", "--tol", "1e-4").ok().stdout
     assert "step-00000002.pt: λ₁=" in out and "wrote" in out
     from_ckpt = pd.read_csv(tmp_path / "ck.csv").set_index("step")
     logged = pd.read_csv(late_sam_run / "metrics.csv").set_index("step")

@@ -9,55 +9,50 @@ import pytest
 import torch
 
 import sharpcli
-from sharpcli.formats.checkpoints import list_checkpoints
-from sharpcli.cli import main
 from sharpcli.config import TrainConfig
+from sharpcli.formats.checkpoints import list_checkpoints
 from sharpcli.formats.schema import METRICS_COLUMNS
 from sharpcli.training.loop import train
 from tests.helpers import dense_hessian
-
-TINY = ["--train-size", "64", "--test-size", "32", "--width", "8", "--quiet"]
-
-
-def run_cli(tmp_path, *args):
-    argv = ["train", *TINY, "--reports-dir", str(tmp_path / "reports"),
-            "--checkpoints-dir", str(tmp_path / "checkpoints"), *args]
-    try:
-        main(argv)
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"sharp {' '.join(argv)} exited {exc.code}"
+from tests.runners import sharp, train_args
 
 
 def metrics(tmp_path, run):
     return pd.read_csv(tmp_path / "reports" / run / "metrics.csv")
 
 
-def test_gd_run_writes_metrics_config_and_checkpoints(tmp_path):
-    run_cli(tmp_path, "--steps", "10", "--sharpness-every", "5", "--eval-every", "5",
-            "--checkpoint-every", "5", "--run-name", "r")
-    df = metrics(tmp_path, "r")
+@pytest.fixture(scope="module")
+def gd_run(tmp_path_factory):
+    """One plain GD run that the tests below only read: rows, λ₁ (top 3, tol 1e-6) and
+    checkpoints at steps 0, 3 and 6."""
+    root = tmp_path_factory.mktemp("gd")
+    sharp(*train_args(root, "r", "--steps", "6", "--checkpoint-every", "3",
+                      "--sharpness-every", "3", "--eval-every", "3", "--sharpness-tol", "1e-6",
+                      "--sharpness-k", "3")).ok()
+    return root
+
+
+def test_gd_run_writes_metrics_config_and_checkpoints(gd_run):
+    df = metrics(gd_run, "r")
     assert tuple(df.columns) == METRICS_COLUMNS
-    assert df["step"].tolist() == [0, 5, 10]
+    assert df["step"].tolist() == [0, 3, 6]
     assert (df["phase"] == "gd").all()
     assert df["sharpness"].notna().all() and df["alignment"].between(0, 1).all()
     assert df["gd_edge"].eq(2 / 0.3).all() and df["sam_edge"].isna().all() and df["rho"].isna().all()
     assert df["train_loss"].iloc[-1] < df["train_loss"].iloc[0]
-    config = json.loads((tmp_path / "reports" / "r" / "config.json").read_text())
+    config = json.loads((gd_run / "reports" / "r" / "config.json").read_text())
     assert config["lr"] == 0.3 and config["seed"] == 0 and config["train_size"] == 64
-    assert "torch" in config["versions"] and config["total_steps"] == 10
-    names = [p.name for p in list_checkpoints(tmp_path / "checkpoints" / "r")]
-    assert names == ["step-00000000.pt", "step-00000005.pt", "step-00000010.pt"]
+    assert "torch" in config["versions"] and config["total_steps"] == 6
+    names = [p.name for p in list_checkpoints(gd_run / "checkpoints" / "r")]
+    assert names == ["step-00000000.pt", "step-00000003.pt", "step-00000006.pt"]
 
 
-def test_checkpoint_loads_safely_and_rebuilds_model_and_data(tmp_path):
-    run_cli(tmp_path, "--steps", "4", "--checkpoint-every", "2", "--sharpness-every", "0",
-            "--run-name", "r")
-    path = tmp_path / "checkpoints" / "r" / "step-00000004.pt"
-    raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "sharpcli-checkpoint" and raw["step"] == 4
-    assert {"model", "optimizer", "rng", "config", "epoch", "version"} <= set(raw)
+def test_checkpoint_rebuilds_model_and_data(gd_run):
+    """The logged loss and accuracies, recomputed from the checkpoint alone. (That the file
+    loads with torch.load(weights_only=True) is in tests/formats/test_untrusted.py.)"""
+    path = gd_run / "checkpoints" / "r" / "step-00000006.pt"
     ckpt = sharpcli.load_checkpoint(path)
-    assert ckpt.step == 4 and not ckpt.model.training
+    assert ckpt.step == 6 and not ckpt.model.training
     x, y, xt, yt = ckpt.data()
     assert x.shape == (64, 40) and xt.shape == (32, 40)
     with torch.no_grad():
@@ -65,20 +60,18 @@ def test_checkpoint_loads_safely_and_rebuilds_model_and_data(tmp_path):
         loss = ckpt.loss_fn(out, y).item()
         acc = (out.argmax(1) == y).float().mean().item()
         test_acc = (ckpt.model(xt).argmax(1) == yt).float().mean().item()
-    row = metrics(tmp_path, "r").set_index("step").loc[4]
+    row = metrics(gd_run, "r").set_index("step").loc[6]
     assert loss == pytest.approx(row["train_loss"], rel=1e-6)
     assert acc == pytest.approx(row["train_acc"]) and test_acc == pytest.approx(row["test_acc"])
 
 
-def test_logged_sharpness_is_the_dense_top_eigenvalue(tmp_path):
+def test_logged_sharpness_is_the_dense_top_eigenvalue(gd_run):
     # The row at step t and the checkpoint at step t describe the same weights w_t.
-    run_cli(tmp_path, "--steps", "6", "--checkpoint-every", "3", "--sharpness-every", "3",
-            "--eval-every", "3", "--sharpness-tol", "1e-6", "--sharpness-k", "3", "--run-name", "r")
-    df = metrics(tmp_path, "r").set_index("step")
-    top = pd.read_csv(tmp_path / "reports" / "r" / "top_eigenvalues.csv")
+    df = metrics(gd_run, "r").set_index("step")
+    top = pd.read_csv(gd_run / "reports" / "r" / "top_eigenvalues.csv")
     assert top["step"].tolist() == [0, 0, 0, 3, 3, 3, 6, 6, 6] and top["index"].tolist() == [1, 2, 3] * 3
     for step in (3, 6):
-        ckpt = sharpcli.load_checkpoint(tmp_path / "checkpoints" / "r" / f"step-{step:08d}.pt")
+        ckpt = sharpcli.load_checkpoint(gd_run / "checkpoints" / "r" / f"step-{step:08d}.pt")
         model = ckpt.model.double()
         x, y, _, _ = ckpt.data()
         lams, vecs = torch.linalg.eigh(dense_hessian(model, ckpt.loss_fn, x.double(), y))
@@ -95,9 +88,9 @@ def test_logged_sharpness_is_the_dense_top_eigenvalue(tmp_path):
 
 
 def test_sgd_momentum_nesterov_cosine_and_epochs(tmp_path):
-    run_cli(tmp_path, "--optimizer", "sgd", "--batch-size", "16", "--epochs", "3", "--lr", "0.1",
-            "--momentum", "0.9", "--nesterov", "--schedule", "cosine", "--weight-decay", "1e-4",
-            "--eval-every", "4", "--sharpness-every", "4", "--run-name", "s")
+    sharp(*train_args(tmp_path, "s", "--optimizer", "sgd", "--batch-size", "16", "--epochs", "3",
+                      "--lr", "0.1", "--momentum", "0.9", "--nesterov", "--schedule", "cosine",
+                      "--weight-decay", "1e-4", "--eval-every", "4", "--sharpness-every", "4")).ok()
     df = metrics(tmp_path, "s")
     assert df["step"].tolist() == [0, 4, 8, 12]  # 3 epochs of ceil(64/16) = 4 steps
     assert df["epoch"].tolist() == [0.0, 1.0, 2.0, 3.0]
@@ -109,8 +102,8 @@ def test_sgd_momentum_nesterov_cosine_and_epochs(tmp_path):
 
 
 def test_heavy_ball_edge_and_sharpness_subset(tmp_path):
-    run_cli(tmp_path, "--optimizer", "gd", "--momentum", "0.5", "--steps", "2",
-            "--sharpness-every", "1", "--sharpness-samples", "20", "--run-name", "m")
+    sharp(*train_args(tmp_path, "m", "--optimizer", "gd", "--momentum", "0.5", "--steps", "2",
+                      "--sharpness-every", "1", "--sharpness-samples", "20")).ok()
     df = metrics(tmp_path, "m")
     assert df["gd_edge"].tolist() == pytest.approx([(2 + 1.0) / 0.3] * 3)
 
@@ -126,18 +119,18 @@ def test_stop_loss_ends_the_run_with_a_checkpoint(tmp_path):
 
 def test_default_run_names_do_not_overwrite(tmp_path):
     for _ in range(2):
-        run_cli(tmp_path, "--steps", "1", "--sharpness-every", "0")
+        sharp(*train_args(tmp_path, None, "--steps", "1", "--sharpness-every", "0")).ok()
     runs = sorted(p.name for p in (tmp_path / "reports").iterdir())
     assert runs == ["mnist1d-mlp-gd-lr0.3-seed0", "mnist1d-mlp-gd-lr0.3-seed0-2"]
 
 
 def test_resume_continues_to_the_same_metrics(tmp_path):
     common = ["--steps", "8", "--sharpness-every", "2", "--eval-every", "2", "--checkpoint-every", "4"]
-    run_cli(tmp_path, *common, "--run-name", "full")
+    sharp(*train_args(tmp_path, "full", *common)).ok()
     # A run stopped after step 4's checkpoint, then resumed with more steps allowed.
-    run_cli(tmp_path, "--steps", "5", "--sharpness-every", "2", "--eval-every", "2",
-            "--checkpoint-every", "4", "--run-name", "part")
-    run_cli(tmp_path, *common, "--run-name", "part", "--resume")
+    sharp(*train_args(tmp_path, "part", "--steps", "5", "--sharpness-every", "2",
+                      "--eval-every", "2", "--checkpoint-every", "4")).ok()
+    sharp(*train_args(tmp_path, "part", *common, "--resume")).ok()
     a = metrics(tmp_path, "full").drop(columns="seconds")
     b = metrics(tmp_path, "part").drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b)

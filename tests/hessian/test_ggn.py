@@ -14,9 +14,8 @@ from torch.func import functional_call
 from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable, output_hessians
 from sharpcli.hessian.losses import ce_loss, mse_loss
 from sharpcli.hessian.params import flatten
-from tests.helpers import dense_hessian, tiny_bn_net, tiny_cnn, tiny_mlp
-
-N = 23
+from tests.cases import BN_CASES, BN_MSE, CASES, CNN_CE, CNN_MSE, MLP_CE, MLP_MSE, N
+from tests.helpers import dense_hessian
 
 
 def _flat_fn(model, params, fn):
@@ -58,21 +57,8 @@ def dense_remainder(model, loss_fn, x, y):
     return torch.autograd.functional.hessian(of, w)
 
 
-def _data(model_kind, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    shape = (N, 6) if model_kind == "mlp" else (N, 1, 6, 6) if model_kind == "cnn" else (N, 5)
-    x = torch.randn(*shape, generator=g, dtype=torch.float64)
-    return x, torch.randint(0, 3, (N,), generator=g)
-
-
-MODELS = {"mlp": tiny_mlp, "cnn": tiny_cnn, "bn": tiny_bn_net}
-
-
-@pytest.mark.parametrize("loss_fn", [mse_loss, ce_loss])
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_dense_truth_decomposes_the_hessian(kind, loss_fn):
-    model = MODELS[kind]()
-    x, y = _data(kind)
+def test_dense_truth_decomposes_the_hessian(case):
+    model, loss_fn, x, y = case()
     h = dense_hessian(model, loss_fn, x, y)
     g = dense_gauss_newton(model, loss_fn, x, y)
     r = dense_remainder(model, loss_fn, x, y)
@@ -80,11 +66,9 @@ def test_dense_truth_decomposes_the_hessian(kind, loss_fn):
     assert float(r.norm()) > 1e-3 * float(h.norm())  # the check has something to find
 
 
-@pytest.mark.parametrize("loss_fn", [mse_loss, ce_loss])
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "bn"])
-def test_trace_and_quadratic_form_match_dense(kind, loss_fn):
-    model = MODELS[kind]()
-    x, y = _data(kind)
+@pytest.mark.parametrize("case", CASES + BN_CASES, ids=lambda case: case.name)
+def test_trace_and_quadratic_form_match_dense(case):
+    model, loss_fn, x, y = case()
     model.eval()  # the mode measured: BatchNorm on its running statistics
     truth = dense_gauss_newton(model, loss_fn, x, y)
     model.train()
@@ -99,15 +83,15 @@ def test_mse_on_a_linear_model_is_all_gauss_newton():
     """f linear in w and a quadratic loss: R = 0, so tr G is the Hessian's own trace."""
     torch.manual_seed(0)
     model = nn.Linear(6, 3).double()
-    x, y = _data("mlp")
+    _, _, x, y = MLP_MSE()
     part = GaussNewtonPart(model, mse_loss, x, y)
     assert part.trace() == pytest.approx(float(dense_hessian(model, mse_loss, x, y).trace()), rel=1e-12)
 
 
-@pytest.mark.parametrize("kind,block", [("mlp", "2"), ("mlp", "0"), ("cnn", "5"), ("cnn", "0")])
-def test_trace_of_one_parameter_block(kind, block):
-    model = MODELS[kind]()
-    x, y = _data(kind)
+@pytest.mark.parametrize("case,block", [(MLP_CE, "2"), (MLP_CE, "0"), (CNN_CE, "5"), (CNN_CE, "0")],
+                         ids=["mlp-2", "mlp-0", "cnn-5", "cnn-0"])
+def test_trace_of_one_parameter_block(case, block):
+    model, _, x, y = case()
     params = list(dict(model.named_children())[block].parameters())
     truth = dense_gauss_newton(model, ce_loss, x, y, params)
     part = GaussNewtonPart(model, ce_loss, x, y, params=params, chunk_size=10)
@@ -117,8 +101,7 @@ def test_trace_of_one_parameter_block(kind, block):
 
 
 def test_linear_shortcut_agrees_with_per_example_jacobians():
-    model = tiny_mlp(seed=3)
-    x, y = _data("mlp", seed=3)
+    model, _, x, y = MLP_CE(seed=3)
     part = GaussNewtonPart(model, ce_loss, x, y, chunk_size=N)
     fast = part._linear_grams()
     assert fast is not None
@@ -143,7 +126,7 @@ class SharedLayer(nn.Module):
 
 def test_layer_called_twice_falls_back_to_jacobians():
     model = SharedLayer()
-    x, y = _data("mlp")
+    _, _, x, y = MLP_MSE()
     part = GaussNewtonPart(model, mse_loss, x, y)
     assert part._linear_grams() is None
     assert part.trace() == pytest.approx(float(dense_gauss_newton(model, mse_loss, x, y).trace()),
@@ -151,10 +134,9 @@ def test_layer_called_twice_falls_back_to_jacobians():
 
 
 def test_train_mode_batchnorm_couples_examples_and_is_refused():
-    model = tiny_bn_net()
-    x, y = _data("bn")
+    model, _, x, y = BN_MSE()
     assert not gauss_newton_separable(model, "train")
-    assert gauss_newton_separable(model, "eval") and gauss_newton_separable(tiny_mlp(), "train")
+    assert gauss_newton_separable(model, "eval") and gauss_newton_separable(MLP_MSE().model, "train")
     with pytest.raises(ValueError, match="BatchNorm"):
         GaussNewtonPart(model, mse_loss, x, y, mode="train")
 
@@ -173,8 +155,7 @@ def test_output_hessians_by_hand():
 def test_a_stop_request_ends_the_jacobian_pass():
     from sharpcli.errors import Interrupted
 
-    model = tiny_cnn()
-    x, y = _data("cnn")
+    model, _, x, y = CNN_MSE()
     polls = []
 
     def stop_on_second_chunk():
@@ -192,7 +173,7 @@ def test_tied_weights_fall_back_to_jacobians():
     first, second = nn.Linear(6, 6).double(), nn.Linear(6, 6).double()
     second.weight = first.weight  # one parameter, two modules
     model = nn.Sequential(first, nn.Tanh(), second, nn.Tanh(), nn.Linear(6, 3).double())
-    x, y = _data("mlp")
+    _, _, x, y = MLP_CE()
     part = GaussNewtonPart(model, ce_loss, x, y)
     assert part._linear_grams() is None
     assert part.trace() == pytest.approx(float(dense_gauss_newton(model, ce_loss, x, y).trace()),

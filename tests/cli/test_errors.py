@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sharpcli.formats.checkpoints import list_checkpoints
-from tests.runners import assert_one_line_error, needs_command, sharp, train_args
+from tests.runners import assert_one_line_error, sharp, train_args
 
 STEPS = ["--steps", "4", "--sharpness-every", "2", "--eval-every", "2", "--checkpoint-every", "2"]
 
@@ -105,26 +105,22 @@ def test_resume_with_other_settings(run_copy):
 
 @pytest.mark.parametrize("command", ["spectrum", "eos", "plot", "summarize"])
 def test_missing_file(tmp_path, command):
-    needs_command(command)
     missing = tmp_path / "no-such-run"
     assert_one_line_error(sharp(command, missing), 2, str(missing))
 
 
 def test_missing_checkpoint_file(tmp_path):
-    needs_command("spectrum")
     assert_one_line_error(sharp("spectrum", tmp_path / "step-00000100.pt"), 2,
                           "step-00000100.pt")
 
 
 def test_run_without_checkpoints_spectrum(run_copy):
-    needs_command("spectrum")
     shutil.rmtree(run_copy / "checkpoints")
     assert_one_line_error(sharp("spectrum", run_copy / "reports" / "r", "--quiet"), 2,
                           "no checkpoints")
 
 
 def test_run_without_checkpoints_eos(run_copy):
-    needs_command("eos")
     shutil.rmtree(run_copy / "checkpoints")
     assert_one_line_error(sharp("eos", run_copy / "reports" / "r", "--from-checkpoints"), 2,
                           "no checkpoints")
@@ -132,7 +128,6 @@ def test_run_without_checkpoints_eos(run_copy):
 
 @pytest.mark.parametrize("command", ["eos", "plot", "summarize"])
 def test_metrics_csv_with_missing_columns(run_copy, command):
-    needs_command(command)
     metrics = run_copy / "reports" / "r" / "metrics.csv"
     metrics.write_text("step,phase,lr\n0,gd,0.3\n2,gd,0.3\n")
     assert_one_line_error(sharp(command, run_copy / "reports" / "r"), 2, "metrics.csv",
@@ -177,7 +172,6 @@ BAD_CHECKPOINTS = {
 
 @pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
 def test_bad_checkpoint_spectrum(run, tmp_path, kind):
-    needs_command("spectrum")
     bad = tmp_path / "step-00000004.pt"
     plant(bad, kind, ckpt(run))
     assert_one_line_error(sharp("spectrum", bad, "--quiet", "--out", tmp_path / "s.csv"), 2,
@@ -197,12 +191,10 @@ def test_bad_checkpoint_resume(run_copy, kind):
 
 
 def test_top_k_above_parameter_count(run):
-    needs_command("spectrum")
     assert_one_line_error(sharp("spectrum", ckpt(run), "--top-k", "100000", "--quiet"), 2,
                           "--top-k", "100000")
 
 
 def test_top_k_above_parameter_count_within_max_iter(run):
-    needs_command("spectrum")
     assert_one_line_error(sharp("spectrum", ckpt(run), "--top-k", "1000", "--max-iter", "2000",
                                 "--quiet"), 2, "--top-k 1000", "parameters")

@@ -7,38 +7,20 @@ import pytest
 import torch
 
 from sharpcli import load_checkpoint
-from sharpcli.cli import main
 from sharpcli.errors import Interrupted
 from sharpcli.formats.schema import SPECTRUM_COLUMNS
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.run import run_spectrum
 from tests.helpers import dense_hessian
-
-
-def _main(args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exit_info:
-        return 0 if exit_info.code is None else exit_info.code
-    return 0
-
-
-def cli(args, capsys):
-    """Run `sharp ARGS` in-process: (exit code, stdout, stderr)."""
-    code = _main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.runners import assert_one_line_error, sharp, train_args
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """reports/tiny and checkpoints/tiny/step-{0,2,4}.pt: a 490-parameter MLP on 64 examples."""
     root = tmp_path_factory.mktemp("spectrum")
-    code = _main(["train", "--train-size", "64", "--test-size", "32", "--width", "8",
-                  "--steps", "4", "--checkpoint-every", "2", "--sharpness-every", "0",
-                  "--run-name", "tiny", "--reports-dir", root / "reports",
-                  "--checkpoints-dir", root / "checkpoints", "--quiet"])
-    assert code == 0
+    sharp(*train_args(root, "tiny", "--steps", "4", "--checkpoint-every", "2",
+                      "--sharpness-every", "0")).ok()
     return root
 
 
@@ -53,10 +35,9 @@ def _truth(path, split="train", samples=None):
     return h, torch.linalg.eigvalsh(h).flip(0)
 
 
-def test_run_dir_expands_to_every_checkpoint_in_step_order(run, capsys, monkeypatch):
+def test_run_dir_expands_to_every_checkpoint_in_step_order(run, monkeypatch):
     monkeypatch.chdir(run)
-    code, out, err = cli(["spectrum", "reports/tiny", "--top-k", "3", "--tol", "1e-6"], capsys)
-    assert code == 0, err
+    out = sharp("spectrum", "reports/tiny", "--top-k", "3", "--tol", "1e-6").ok().stdout
     with open(run / "reports/tiny/spectrum.csv") as f:
         assert f.readline().strip() == ",".join(SPECTRUM_COLUMNS)
     df = pd.read_csv(run / "reports/tiny/spectrum.csv")
@@ -66,19 +47,16 @@ def test_run_dir_expands_to_every_checkpoint_in_step_order(run, capsys, monkeypa
     assert df["converged"].all() and (df["n_hvp"] > 0).all() and (df["seconds"] > 0).all()
     assert "λ₁" in out and "wrote" in out and "reports/tiny/spectrum.csv" in out
     # the checkpoint folder means the same run, and its rows go to the run's report folder
-    code, _, err = cli(["spectrum", "checkpoints/tiny", "--top-k", "3", "--tol", "1e-6",
-                        "--quiet"], capsys)
-    assert code == 0, err
+    sharp("spectrum", "checkpoints/tiny", "--top-k", "3", "--tol", "1e-6", "--quiet").ok()
     again = pd.read_csv(run / "reports/tiny/spectrum.csv")
     assert again["value"].tolist() == pytest.approx(df["value"].tolist(), rel=1e-6)
 
 
-def test_eigenvalues_match_dense_hessian(run, capsys, tmp_path):
+def test_eigenvalues_match_dense_hessian(run, tmp_path):
     path = run / "checkpoints/tiny/step-00000004.pt"
     _, truth = _truth(path)
-    code, _, err = cli(["spectrum", path, "--top-k", "5", "--tol", "1e-5", "--out",
-                        tmp_path / "s.csv", "--quiet"], capsys)
-    assert code == 0, err
+    sharp("spectrum", path, "--top-k", "5", "--tol", "1e-5", "--out", tmp_path / "s.csv",
+          "--quiet").ok()
     df = pd.read_csv(tmp_path / "s.csv")
     assert df["checkpoint"].tolist() == [str(path)] * 5
     # a float32 model: its products carry relative errors ~1e-7, far inside 1e-4
@@ -86,14 +64,13 @@ def test_eigenvalues_match_dense_hessian(run, capsys, tmp_path):
     assert (df["residual"] <= 1e-5 * truth[0].item() * 1.01).all()
 
 
-def test_trace_and_density_of_the_test_split(run, capsys, tmp_path):
+def test_trace_and_density_of_the_test_split(run, tmp_path):
     path = run / "checkpoints/tiny/step-00000002.pt"
     h, eig = _truth(path, split="test", samples=20)
-    code, _, err = cli(["spectrum", path, "--split", "test", "--samples", "20", "--batch-size", "7",
-                        "--top-k", "2", "--tol", "1e-5", "--trace", "--trace-probes", "40",
-                        "--density", "--density-runs", "2", "--density-iters", "30",
-                        "--out", tmp_path / "s.csv", "--quiet"], capsys)
-    assert code == 0, err
+    sharp("spectrum", path, "--split", "test", "--samples", "20", "--batch-size", "7",
+          "--top-k", "2", "--tol", "1e-5", "--trace", "--trace-probes", "40", "--density",
+          "--density-runs", "2", "--density-iters", "30", "--out", tmp_path / "s.csv",
+          "--quiet").ok()
     df = pd.read_csv(tmp_path / "s.csv")
     assert df["value"][:2].tolist() == pytest.approx(eig[:2].tolist(), rel=1e-4)
     trace = df[df["quantity"] == "trace"].iloc[0]
@@ -109,12 +86,11 @@ def test_trace_and_density_of_the_test_split(run, capsys, tmp_path):
     assert df[df["quantity"] == "density"]["n_hvp"].item() == 60
 
 
-def test_per_layer_and_pyhessian_backend(run, capsys, tmp_path):
+def test_per_layer_and_pyhessian_backend(run, tmp_path):
     path = run / "checkpoints/tiny/step-00000000.pt"
     h, eig = _truth(path)
-    code, _, err = cli(["spectrum", path, "--top-k", "4", "--tol", "1e-5", "--per-layer",
-                        "--out", tmp_path / "native.csv", "--quiet"], capsys)
-    assert code == 0, err
+    sharp("spectrum", path, "--top-k", "4", "--tol", "1e-5", "--per-layer", "--out",
+          tmp_path / "native.csv", "--quiet").ok()
     native = pd.read_csv(tmp_path / "native.csv")
     start = 0
     for block, n in [("fc1", 40 * 8 + 8), ("fc2", 8 * 8 + 8), ("head", 8 * 10 + 10)]:
@@ -123,10 +99,8 @@ def test_per_layer_and_pyhessian_backend(run, capsys, tmp_path):
         got = native[native["block"] == block]["value"].tolist()
         assert got == pytest.approx(truth.tolist(), rel=1e-4), block
     tol = 1e-5
-    code, out, err = cli(["spectrum", path, "--backend", "pyhessian", "--top-k", "1",
-                          "--tol", tol, "--max-iter", "2000", "--out", tmp_path / "ph.csv"],
-                         capsys)
-    assert code == 0, err
+    out = sharp("spectrum", path, "--backend", "pyhessian", "--top-k", "1", "--tol", tol,
+                "--max-iter", "2000", "--out", tmp_path / "ph.csv").ok().stdout
     assert "pyhessian" in out
     ph = pd.read_csv(tmp_path / "ph.csv").iloc[0]
     # the error power iteration leaves once λ changes by < tol: about tol/(1 − (λ₂/λ₁)²)
@@ -135,15 +109,14 @@ def test_per_layer_and_pyhessian_backend(run, capsys, tmp_path):
     assert abs(ph["value"] - eig[0].item()) <= ph["residual"]
 
 
-def test_bare_checkpoint_file_writes_beside_itself(run, capsys, tmp_path, monkeypatch):
+def test_bare_checkpoint_file_writes_beside_itself(run, tmp_path, monkeypatch):
     payload = torch.load(run / "checkpoints/tiny/step-00000004.pt", weights_only=True)
     payload["config"].update(reports_dir="reports", run_name="elsewhere")
     lone = tmp_path / "lone" / "step-00000004.pt"
     lone.parent.mkdir()
     torch.save(payload, lone)
     monkeypatch.chdir(tmp_path)  # reports/elsewhere exists neither here nor beside lone/
-    code, _, err = cli(["spectrum", lone, "--top-k", "1", "--quiet"], capsys)
-    assert code == 0, err
+    sharp("spectrum", lone, "--top-k", "1", "--quiet").ok()
     assert pd.read_csv(lone.parent / "spectrum.csv")["step"].tolist() == [4]
 
 
@@ -167,7 +140,7 @@ def test_interrupt_keeps_rows_already_written(run, tmp_path):
     (["checkpoints/tiny", "--backend", "pyhessian", "--per-layer"], "--backend pyhessian cannot do"),
     (["checkpoints/tiny", "--max-iter", "3"], "--max-iter 3 is below --top-k 5"),
 ])
-def test_bad_input_is_one_line_and_exit_2(run, capsys, tmp_path, monkeypatch, args, words):
+def test_bad_input_is_one_line_and_exit_2(run, tmp_path, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "checkpoints").symlink_to(run / "checkpoints")
     (tmp_path / "empty").mkdir()
@@ -175,7 +148,6 @@ def test_bad_input_is_one_line_and_exit_2(run, capsys, tmp_path, monkeypatch, ar
     nockpt = tmp_path / "reports" / "nockpt"
     nockpt.mkdir(parents=True)
     (nockpt / "config.json").write_text('{"run_name": "nockpt", "checkpoints_dir": "checkpoints"}')
-    code, out, err = cli(["spectrum", *args, "--quiet"], capsys)
-    assert code == 2
-    assert err.startswith("error: ") and err.count("\n") == 1 and words in err
-    assert "Traceback" not in err
+    result = sharp("spectrum", *args, "--quiet")
+    assert_one_line_error(result, 2, words)
+    assert result.stderr.count("\n") == 1

@@ -2,10 +2,11 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["Tracker", "load_checkpoint", "__version__"]
+__all__ = ["Tracker", "load_checkpoint", "spectrum", "__version__"]
 
 # Lazy: importing torch takes seconds, and `sharp --help` or `sharp summarize` need none.
-_EXPORTS = {"load_checkpoint": "sharpcli.workload.rebuild", "Tracker": "sharpcli.training.tracker"}
+_EXPORTS = {"load_checkpoint": "sharpcli.workload.rebuild", "Tracker": "sharpcli.training.tracker",
+            "spectrum": "sharpcli.spectra.compute"}
 
 
 def __getattr__(name: str):

@@ -31,7 +31,7 @@ import pandas as pd
 from sharpcli.config import SAM_PHASES, phase_at, sam_start_step
 from sharpcli.edges import EdgeRule, gd_edge, sam_edge
 from sharpcli.errors import SharpError
-from sharpcli.formats.runs import read_config, read_metrics, resolve_run_dir, writable
+from sharpcli.formats.runs import PHASES, read_config, read_metrics, resolve_run_dir, writable
 from sharpcli.formats.schema import EOS_COLUMNS
 DEFAULT_BAND = 0.1
 DEFAULT_THRESHOLD = 0.5
@@ -99,6 +99,8 @@ def edge_columns(metrics: pd.DataFrame, config: dict) -> pd.DataFrame:
         if not isinstance(phase, str) or not phase:
             phase = run_phase_at(config, int(row["step"]))
         lr = _cell(row, "lr", config.get("lr"))
+        if phase not in PHASES:  # an optimizer whose edge sharpcli does not know
+            lr = None
         rho = _cell(row, "rho", config.get("rho") if phase in SAM_PHASES else None)
         rule = EdgeRule(momentum, nesterov, rho)
         computed = rule.at(lr, _cell(row, "grad_norm"), phase in SAM_PHASES or (rho or 0) > 0)

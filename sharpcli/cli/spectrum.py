@@ -9,11 +9,14 @@ from typing import Annotated, Optional
 import typer
 
 from sharpcli.cli.progress import progress_bar
-from sharpcli.config import DEFAULT_DIST_TIMEOUT, Backend, HessianMode, Method, Split, TraceMethod
+from sharpcli.config import (DEFAULT_DIST_TIMEOUT, Backend, Dataset, HessianMode, Method, Split,
+                             TraceMethod)
+from sharpcli.errors import SharpError
 from sharpcli.spectra.config import SpectrumConfig
 
 D = SpectrumConfig()
 EIG, TRACE, DENS, DATA, RUN = "Eigenvalues", "Trace", "Density", "Hessian", "Run"
+OWN = "Your own model (--model-factory)"
 
 HELP = (
     "Hessian spectrum of checkpoints: top-k eigenvalues, trace, spectral density.\n\n"
@@ -43,9 +46,9 @@ def _opt(help: str, panel: str, *names: str, **kw):
 
 
 def spectrum_command(
-    targets: Annotated[list[str], typer.Argument(
-        help="Checkpoint files, checkpoints/<run>, reports/<run> or run names.",
-        metavar="CKPT_OR_RUN...", show_default=False)],
+    targets: Annotated[Optional[list[str]], typer.Argument(
+        help="Checkpoint files, checkpoints/<run>, reports/<run> or run names (none with "
+             "--weights).", metavar="CKPT_OR_RUN...", show_default=False)] = None,
     top_k: Annotated[int, _opt("Number of top eigenvalues (largest first).", EIG)] = D.top_k,
     method: Annotated[Optional[Method], _opt(
         "lanczos (default: full reorthogonalisation, then restarts on the deflated operator "
@@ -116,8 +119,33 @@ def spectrum_command(
     dist_timeout: Annotated[float, _opt(
         "Under torchrun: seconds a process waits for the others in a collective before the "
         "command fails.", RUN)] = DEFAULT_DIST_TIMEOUT,
+    model_factory: Annotated[Optional[str], _opt(
+        "A model sharpcli did not build: MODULE:CALLABLE returning a torch.nn.Module, imported "
+        "as `python -m` would (the current folder, then PYTHONPATH) — this runs that module's "
+        "code.", OWN, show_default=False)] = None,
+    model_kwargs: Annotated[Optional[str], _opt(
+        "Keyword arguments of the factory, as a JSON object.", OWN, show_default=False)] = None,
+    weights: Annotated[Optional[str], _opt(
+        "The model's weights: a state dict file or a sharpcli checkpoint (read with "
+        "weights_only=True).", OWN, show_default=False)] = None,
+    data: Annotated[Optional[str], _opt(
+        "The examples: a .pt (read with weights_only=True) or .npz file holding x and y, "
+        "optionally x_test and y_test.", OWN, show_default=False)] = None,
+    dataset: Annotated[Optional[Dataset], _opt(
+        "Or a built-in data set, standardised as sharp train does.", OWN,
+        show_default=False)] = None,
+    data_dir: Annotated[str, _opt("With --dataset: where the torchvision sets are.", OWN)] = "data",
+    train_size: Annotated[Optional[int], _opt(
+        "With --dataset: the first N training examples (as sharp train's --train-size).", OWN,
+        show_default=False)] = None,
+    test_size: Annotated[Optional[int], _opt(
+        "With --dataset: the first N test examples.", OWN, show_default=False)] = None,
+    loss: Annotated[str, _opt(
+        "mse (0.5‖f − onehot(y)‖², or 0.5‖f − y‖² for float targets, averaged over examples), "
+        "ce, or MODULE:CALLABLE (outputs, targets) → the mean loss as a scalar.", OWN)] = "mse",
 ) -> None:
     from sharpcli.distributed import process_group
+    from sharpcli.spectra.config import ModelSource
 
     cfg = SpectrumConfig(
         top_k=top_k, method=method, tol=tol, max_iter=max_iter, check_missed=check_missed,
@@ -126,14 +154,18 @@ def spectrum_command(
         density_grid=density_grid, density_sigma=density_sigma, per_layer=per_layer,
         samples=samples, split=split, batch_size=batch_size, backend=backend,
         hessian_mode=hessian_mode, device=device, seed=seed)
+    source = ModelSource(model_factory, model_kwargs, weights, data, dataset, data_dir,
+                         train_size, test_size, loss)
+    if not targets and weights is None:
+        raise SharpError("give checkpoint files or run folders (or --weights with --model-factory)")
     with process_group(device, dist_timeout) as dist:
         quiet = quiet or not dist.is_main
-        results = _run(targets, cfg, out, density_out, quiet, dist)
+        results = _run(targets or [], cfg, out, density_out, quiet, dist, source)
     if not quiet:
         print_table(results, cfg)
 
 
-def _run(targets, cfg: SpectrumConfig, out, density_out, quiet: bool, dist):
+def _run(targets, cfg: SpectrumConfig, out, density_out, quiet: bool, dist, source):
     """run_spectrum with a progress bar over the checkpoints, and Ctrl-C as a stop."""
     from sharpcli.interrupt import stop_on_signals
     from sharpcli.spectra.run import run_spectrum
@@ -151,7 +183,7 @@ def _run(targets, cfg: SpectrumConfig, out, density_out, quiet: bool, dist):
 
         return run_spectrum(targets, cfg, out=out, density_out=density_out,
                             should_stop=lambda: stop.requested, on_start=on_start,
-                            on_done=on_done, dist=dist)
+                            on_done=on_done, dist=dist, source=source)
 
 
 def print_table(results, cfg: SpectrumConfig) -> None:
@@ -193,7 +225,7 @@ def _cells(step: int, block: str, solves, k: int, with_trace: bool) -> list[str]
     """A row of the table: one block's solves at one checkpoint."""
     eig = next((s.result for s in solves if s.quantity == "eigenvalue"), None)
     values = eig.eigenvalues.tolist() if eig is not None else []
-    cells = [str(step), block] + [f"{v:.4g}" for v in values] + [""] * (k - len(values))
+    cells = ["–" if step is None else str(step), block] + [f"{v:.4g}" for v in values] + [""] * (k - len(values))
     cells.append(f"{float(eig.residuals.max()):.2g}" if values else "")
     cells.append(f"{int(eig.converged.sum())}/{len(values)}" if values else "0/0")
     if with_trace:

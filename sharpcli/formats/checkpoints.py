@@ -68,6 +68,14 @@ def save_checkpoint(path: str | Path, *, step: int, epoch: float, config: dict, 
 def read_checkpoint(path: str | Path) -> dict:
     """The validated payload of a checkpoint file, tensors on the CPU; never runs code."""
     path = Path(path)
+    payload = load_payload(path)
+    check_payload(payload, path)
+    return payload
+
+
+def load_payload(path: Path):
+    """Whatever a .pt file holds, read with weights_only=True (tensors on the CPU), its zip
+    checksums checked; a file that is unreadable or asks for code is one SharpError."""
     if not path.exists():
         raise SharpError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -84,6 +92,12 @@ def read_checkpoint(path: str | Path) -> dict:
                          f"{type(err).__name__}") from None
     except Exception as err:  # torch raises assorted types on garbage input
         raise SharpError(f"{path} is not a readable checkpoint: {type(err).__name__}") from None
+    return payload
+
+
+def check_payload(payload, path: Path) -> None:
+    """A SharpError unless `payload` (as loaded) is a complete sharpcli checkpoint this
+    version can read."""
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise SharpError(f"{path} is not a sharpcli checkpoint (no format={CHECKPOINT_FORMAT!r})")
     missing = [k for k in REQUIRED_KEYS if k not in payload]
@@ -96,7 +110,6 @@ def read_checkpoint(path: str | Path) -> dict:
     if payload["version"] > CHECKPOINT_VERSION:
         raise SharpError(f"{path} has checkpoint version {payload['version']}; this sharpcli reads "
                          f"up to {CHECKPOINT_VERSION}: upgrade sharpcli")
-    return payload
 
 
 # The type each field must have, so that a file with the right keys but the wrong contents

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from sharpcli.formats.schema import (CONFIG_FILE, DENSITY_COLUMNS, DENSITY_FILE,
                                      METRICS_FILE, NUMERIC_METRICS)
 
 PHASES = tuple(p.value for p in Phase)
+# A phase logged by sharpcli.Tracker around another optimizer is that optimizer's name.
+_PHASE_NAME = re.compile(r"[a-z][a-z0-9_.+-]*")
 
 
 @dataclass
@@ -131,10 +134,11 @@ def read_metrics(run_dir: str | os.PathLike,
         df["step"] = df["step"].astype(int)
     if "phase" in df.columns:
         df["phase"] = df["phase"].astype(object).where(df["phase"].notna(), None)
-        unknown = sorted({p for p in df["phase"] if p is not None and p not in PHASES})
+        unknown = sorted({p for p in df["phase"] if p is not None and p not in PHASES
+                          and not _PHASE_NAME.fullmatch(str(p))})
         if unknown:
             raise SharpError(f"{path}: unknown phase {unknown[0]!r}; expected one of "
-                             f"{', '.join(PHASES)}")
+                             f"{', '.join(PHASES)}, or an optimizer's name in lower case")
     return df
 
 

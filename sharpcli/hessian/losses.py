@@ -14,7 +14,11 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def mse_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """0.5·‖f(x) − onehot(y)‖² averaged over examples (Cohen et al. 2021): summed over
-    classes, not averaged over them as torch's MSELoss would."""
+    classes, not averaged over them as torch's MSELoss would. Float labels are regression
+    targets of the outputs' shape: 0.5·‖f(x) − y‖², averaged over examples."""
+    if labels.is_floating_point():
+        diff = (outputs - labels.to(outputs.dtype).reshape(outputs.shape)).reshape(len(outputs), -1)
+        return 0.5 * diff.pow(2).sum(dim=-1).mean()
     target = F.one_hot(labels, outputs.shape[-1]).to(outputs.dtype)
     return 0.5 * (outputs - target).pow(2).sum(dim=-1).mean()
 
@@ -34,6 +38,9 @@ def get_loss(name: str) -> LossFn:
         raise SharpError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}") from None
 
 
-def accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction of examples whose arg-max output is the label (a 0-d tensor: no sync)."""
+def accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """Fraction of examples whose arg-max output is the label (a 0-d tensor: no sync); None
+    for float labels (regression targets), which have no accuracy."""
+    if labels.is_floating_point():
+        return None
     return (outputs.argmax(dim=-1) == labels).to(outputs.dtype).mean()

@@ -31,7 +31,7 @@ def chunk_slices(n: int, chunk_size: int) -> list[slice]:
 def evaluate(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
              chunk_size: int = 4096, dist: Dist = SINGLE) -> tuple[float, float]:
     """(mean loss, accuracy) over all of (x, y) in eval mode, each process evaluating its
-    shard; the model's mode is restored."""
+    shard; the model's mode is restored. The accuracy is None for float labels."""
     n = len(x)
     sl = dist.shard(n)
     x, y = x[sl], y[sl]
@@ -41,9 +41,11 @@ def evaluate(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
             out = model(x[c])
             w = (c.stop - c.start) / n
             sums[0] += w * loss_fn(out, y[c]).double()
-            sums[1] += w * accuracy(out, y[c]).double()
+            acc = accuracy(out, y[c])
+            if acc is not None:
+                sums[1] += w * acc.double()
     loss, acc = dist.sum_(sums).tolist()
-    return loss, acc
+    return loss, (None if y.is_floating_point() else acc)
 
 
 def accumulate_gradient(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,

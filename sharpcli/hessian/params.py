@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import torch
@@ -66,22 +66,35 @@ def measurement_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module
     trained network computes. "train": BatchNorm normalises each chunk with its own batch
     statistics (the function the optimizer differentiated) without updating its running
     ones, Dropout still off so the operator is deterministic. Measuring never changes the
-    model (PyHessian leaves models in eval mode; we don't).
+    model (PyHessian leaves models in eval mode; we don't). Attention runs on its plain
+    kernel (math_attention), the one that can be differentiated twice.
     """
     if mode not in tuple(HessianMode):
         raise ValueError(f"mode must be one of {[m.value for m in HessianMode]}, got {mode!r}")
     flags = [(m, m.training) for m in model.modules()]
     try:
-        if mode == "eval":
-            model.eval()
-            yield model
-        else:
-            model.train()
-            for m in model.modules():
-                if isinstance(m, nn.modules.dropout._DropoutNd):
-                    m.eval()
-            with running_stats_frozen(model):
+        with math_attention():
+            if mode == "eval":
+                model.eval()
                 yield model
+            else:
+                model.train()
+                for m in model.modules():
+                    if isinstance(m, nn.modules.dropout._DropoutNd):
+                        m.eval()
+                with running_stats_frozen(model):
+                    yield model
     finally:
         for m, was_training in flags:
             m.training = was_training
+
+
+def math_attention():
+    """torch's scaled dot-product attention on its math kernel for the duration: the fused
+    kernels (flash, memory-efficient, cuDNN) have no double backward, and every Hessian-
+    vector product of a transformer differentiates attention twice."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3 chooses the math kernel under double backward itself
+        return nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)

@@ -13,17 +13,20 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
+import torch
 from torch import nn
 
 from sharpcli.config import Backend, Method, TraceMethod
 from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable
+from sharpcli.hessian.losses import LOSSES
 from sharpcli.hessian.params import num_params, trainable_params
 from sharpcli.linalg import (control_variate_trace, hutchinson_trace, lanczos, lanczos_top_k,
                             power_iteration, slq_density)
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve, Stoppable, parameter_blocks
+from sharpcli.workload.custom import check_problem
 
 
 def compute_spectrum(problem: Problem, cfg: SpectrumConfig) -> Iterator[Solve]:
@@ -110,3 +113,21 @@ def _trace(op, problem: Problem, cfg: SpectrumConfig, params):
 def _density(op, cfg: SpectrumConfig):
     return slq_density(op, n_runs=cfg.density_runs, n_iter=cfg.density_iters,
                        grid_size=cfg.density_grid, sigma=cfg.density_sigma, seed=cfg.seed)
+
+
+def spectrum(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, *, top_k: int = 5,
+             trace: bool = False, chunk_size: int = 4096, **settings) -> list[dict]:
+    """`sharp spectrum` on a model in memory, for notebooks: the rows spectrum.csv would hold
+    (checkpoint "" and step None), as dicts. `loss_fn` is a callable (outputs, targets) → the
+    mean loss over the examples, or "mse" / "ce"; `settings` are SpectrumConfig's fields
+    (density, per_layer, method, tol, trace_method, hessian_mode, seed, ...). The Hessian
+    is of the mean loss over all of (x, y), taken on the model's device and left as found."""
+    loss_fn = LOSSES[loss_fn] if isinstance(loss_fn, str) and loss_fn in LOSSES else loss_fn
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    check_problem(model, loss_fn, x, y, flag="loss_fn")
+    cfg = SpectrumConfig(top_k=top_k, trace=trace, **settings)
+    cfg.validate()
+    problem = Problem(model, loss_fn, x, y, chunk_size=chunk_size)
+    return [row.as_dict() for solve in compute_spectrum(problem, cfg)
+            for row in solve.rows(problem.checkpoint, problem.step)]

@@ -7,7 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from sharpcli.checks import check_positive
-from sharpcli.config import Backend, HessianMode, Method, Split, TraceMethod, coerce_choices
+from sharpcli.config import (Backend, Dataset, HessianMode, Method, Split, TraceMethod,
+                             coerce_choices)
 from sharpcli.errors import SharpError
 
 # sharpcli's trace stops once stderr ≤ this·|trace|: ±3 standard errors within ±1%
@@ -125,3 +126,50 @@ class SpectrumRow:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class ModelSource:
+    """Where the model, data and loss come from when sharpcli did not build the model:
+    `--model-factory` and its companions (SPEC §11). With no factory, each checkpoint's
+    own config says everything and these flags are errors."""
+
+    model_factory: str | None = None  # MODULE:CALLABLE returning a torch.nn.Module
+    model_kwargs: str | None = None   # JSON object of keyword arguments for the factory
+    weights: str | None = None        # a state dict or a sharpcli checkpoint
+    data: str | None = None           # .pt or .npz with x, y (and x_test, y_test)
+    dataset: Dataset | None = None    # or one of the built-in sets
+    data_dir: str = "data"
+    train_size: int | None = None     # with --dataset: the first N examples, as sharp train
+    test_size: int | None = None
+    loss: str = "mse"                 # mse, ce or MODULE:CALLABLE
+
+    def __post_init__(self) -> None:
+        coerce_choices(self)
+
+    @property
+    def custom(self) -> bool:
+        return self.model_factory is not None
+
+    def validate(self, n_targets: int) -> None:
+        if not self.custom:
+            given = [f for f, v in [("--model-kwargs", self.model_kwargs), ("--weights", self.weights),
+                                    ("--data", self.data), ("--dataset", self.dataset),
+                                    ("--train-size", self.train_size),
+                                    ("--test-size", self.test_size)] if v is not None]
+            if self.loss != "mse":
+                given.append("--loss")
+            if given:
+                raise SharpError(f"{', '.join(given)} apply with --model-factory; a sharpcli "
+                                 "checkpoint's own config names its model, data and loss")
+            return
+        if (self.data is None) == (self.dataset is None):
+            raise SharpError("--model-factory needs the examples: give --data FILE or --dataset NAME "
+                             "(one of them)")
+        if self.data is not None and (self.train_size or self.test_size):
+            raise SharpError("--train-size and --test-size apply to --dataset, not --data")
+        if self.weights is None and n_targets == 0:
+            raise SharpError("--model-factory needs weights: give --weights FILE or checkpoint "
+                             "files / run folders as arguments")
+        for flag, value in [("--train-size", self.train_size), ("--test-size", self.test_size)]:
+            check_positive(value, flag, optional=True, integer=True)

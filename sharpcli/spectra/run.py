@@ -17,10 +17,9 @@ from sharpcli.formats.csvlog import CsvLog
 from sharpcli.formats.schema import DENSITY_COLUMNS, DENSITY_FILE, SPECTRUM_COLUMNS, SPECTRUM_FILE
 from sharpcli.hessian.params import num_params, trainable_params
 from sharpcli.spectra.compute import compute_spectrum
-from sharpcli.spectra.config import SpectrumConfig
+from sharpcli.spectra.config import ModelSource, SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve
-from sharpcli.spectra.targets import expand_targets, load_targets, report_dir_for
-from sharpcli.workload.data import DataSplits
+from sharpcli.spectra.targets import expand_targets, subjects
 
 
 @dataclass
@@ -40,14 +39,20 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                  density_out: Path | None = None, should_stop: Callable[[], bool] | None = None,
                  on_start: Callable[[int, int, Path], None] | None = None,
                  on_done: Callable[[int, int, CheckpointSpectrum], None] | None = None,
-                 dist: Dist = SINGLE) -> list[CheckpointSpectrum]:
+                 dist: Dist = SINGLE, source: ModelSource | None = None,
+                 ) -> list[CheckpointSpectrum]:
     """Measure every checkpoint the arguments name and write spectrum.csv (and density.csv)
     row by row: by default into each run's report folder, with `out` all into one file.
     Each file is rewritten by the call that first writes to it. Interrupted (exit 130) once
     `should_stop()` turns true, with every row finished so far on disk. Under torchrun
-    every process measures its shard of the examples and rank 0 writes."""
+    every process measures its shard of the examples and rank 0 writes. `source` names a
+    model sharpcli did not build (--model-factory), its examples and loss."""
     cfg.validate()
+    source = source or ModelSource()
     targets = expand_targets(args)
+    source.validate(len(targets))
+    if source.weights is not None:
+        targets += expand_targets([source.weights])
     device = resolve_device(process_device(cfg.device, dist))
     logs: dict[Path, CsvLog] = {}
 
@@ -60,14 +65,14 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
 
     results = []
     try:
-        for target, ckpt, splits in load_targets(targets, device, should_stop=should_stop,
-                                                 on_start=on_start, dist=dist):
-            x, y = _examples(splits, cfg, target.checkpoint)
-            csv_path = out if out is not None else report_dir_for(target, ckpt.config) / SPECTRUM_FILE
+        for subject in subjects(targets, device, source, should_stop=should_stop,
+                                on_start=on_start, dist=dist):
+            x, y = _examples(subject.splits, cfg, subject.target.checkpoint)
+            csv_path = out if out is not None else subject.report_dir / SPECTRUM_FILE
             dens_path = (density_out or csv_path.parent / DENSITY_FILE) if cfg.density else None
-            chunk = cfg.batch_size or ckpt.settings.physical_batch_size
-            problem = Problem(ckpt.model, ckpt.loss_fn, x, y, chunk_size=chunk,
-                              checkpoint=str(target.checkpoint), step=ckpt.step,
+            problem = Problem(subject.model, subject.loss_fn, x, y,
+                              chunk_size=cfg.batch_size or subject.chunk_size,
+                              checkpoint=str(subject.target.checkpoint), step=subject.step,
                               should_stop=should_stop, dist=dist)
             solves = []
             for solve in compute_spectrum(problem, cfg):
@@ -76,9 +81,9 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                 if solve.quantity == "density":
                     log(dens_path, DENSITY_COLUMNS, solve.curve(problem.checkpoint, problem.step))
                 solves.append(solve)
-            results.append(CheckpointSpectrum(target.checkpoint, ckpt.step, solves, csv_path,
-                                              dens_path, len(x),
-                                              num_params(trainable_params(ckpt.model))))
+            results.append(CheckpointSpectrum(subject.target.checkpoint, subject.step, solves,
+                                              csv_path, dens_path, len(x),
+                                              num_params(trainable_params(subject.model))))
             if on_done is not None:
                 on_done(len(results) - 1, len(targets), results[-1])
     except Interrupted:
@@ -91,9 +96,11 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     return results
 
 
-def _examples(splits: DataSplits, cfg: SpectrumConfig, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _examples(splits, cfg: SpectrumConfig, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `cfg.samples` examples of the chosen split (all of them by default)."""
     x, y = (splits.x_train, splits.y_train) if cfg.split is Split.train else (splits.x_test, splits.y_test)
+    if x is None:
+        raise SharpError(f"--split {cfg.split}: the data of {path} has no x_test and y_test")
     if cfg.samples is not None:
         if cfg.samples > len(x):
             raise SharpError(f"--samples {cfg.samples}: the {cfg.split} split of {path} has only "

@@ -1,5 +1,6 @@
 """Which checkpoints the arguments of `sharp spectrum` (and `sharp eos --from-checkpoints`)
-name, where their rows go, and each one loaded with its run's data."""
+name, where their rows go, and each one loaded with its run's data — or, with
+--model-factory, with the user's model, examples and loss."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import torch
+from torch import nn
+
 from sharpcli.errors import SharpError
 from sharpcli.formats.checkpoints import list_checkpoints
 from sharpcli.formats.runs import checkpoint_files, is_run_dir
+from sharpcli.hessian.losses import LossFn
 from sharpcli.interrupt import check_stop
-from sharpcli.workload.data import DataSplits
+from sharpcli.spectra.config import ModelSource
+from sharpcli.workload.custom import (UserData, build_user_model, check_problem, load_weights,
+                                      read_data, read_weights, resolve_loss)
+from sharpcli.workload.data import DataSplits, load_dataset
 from sharpcli.workload.rebuild import Checkpoint, load_checkpoint, load_run_data
 
 
@@ -86,3 +94,60 @@ def load_targets(targets: list[Target], device, *, should_stop: Callable[[], boo
         if key not in cache:
             cache[key] = load_run_data(s, device)
         yield target, ckpt, cache[key]
+
+
+@dataclass
+class Subject:
+    """What one target of `sharp spectrum` is measured on: a model at its weights, its loss,
+    its examples, and where its rows go."""
+
+    target: Target
+    step: int | None
+    model: nn.Module
+    loss_fn: LossFn
+    splits: DataSplits | UserData
+    chunk_size: int
+    report_dir: Path
+
+
+def subjects(targets: list[Target], device, source: ModelSource | None = None, *,
+             should_stop: Callable[[], bool] | None = None,
+             on_start: Callable[[int, int, Path], None] | None = None,
+             dist=None) -> Iterator[Subject]:
+    """Each target as a Subject: a sharpcli checkpoint rebuilt from its own config, or, with
+    a --model-factory source, the user's model loaded with the target's weights."""
+    if source is None or not source.custom:
+        for target, ckpt, splits in load_targets(targets, device, should_stop=should_stop,
+                                                 on_start=on_start, dist=dist):
+            yield Subject(target, ckpt.step, ckpt.model, ckpt.loss_fn, splits,
+                          ckpt.settings.physical_batch_size, report_dir_for(target, ckpt.config))
+        return
+    model = build_user_model(source.model_factory, source.model_kwargs)
+    loss_fn = resolve_loss(source.loss)
+    splits = _user_examples(source, model, device)
+    for i, target in enumerate(targets):
+        check_stop(should_stop, dist)
+        if on_start is not None:
+            on_start(i, len(targets), target.checkpoint)
+        state, step, config = read_weights(target.checkpoint)
+        load_weights(model, state, str(target.checkpoint))
+        model.to(device).eval()
+        check_problem(model, loss_fn, splits.x_train, splits.y_train)
+        yield Subject(target, step, model, loss_fn, splits, 4096,
+                      report_dir_for(target, config) if config else target.checkpoint.parent)
+
+
+def _user_examples(source: ModelSource, model: nn.Module, device) -> DataSplits | UserData:
+    """The examples of --data (in the model's floating dtype) or of a built-in --dataset."""
+    if source.dataset is not None:
+        return load_dataset(source.dataset, data_dir=source.data_dir, train_size=source.train_size,
+                            test_size=source.test_size, device=device)
+    data = read_data(source.data)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+    def move(t):
+        if t is None:
+            return None
+        return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+
+    return UserData(*(move(t) for t in (data.x_train, data.y_train, data.x_test, data.y_test)))

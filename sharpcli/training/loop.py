@@ -138,7 +138,8 @@ def tracker_for(run: RunSetup, resumed: Resumed | None) -> Tracker:
                    samples=c.sharpness_samples, tol=c.sharpness_tol, max_iter=c.sharpness_iters,
                    chunk_size=c.physical_batch_size, seed=c.seed,
                    checkpoint_every=c.checkpoint_every, checkpoint_dir=run.checkpoint_dir,
-                   keep_last=c.keep_last, edges=EdgeRule(c.momentum, c.nesterov, c.rho),
+                   keep_last=c.keep_last, batch_size=c.batch_size,
+                   edges=EdgeRule(c.momentum, c.nesterov, c.rho),
                    record=run.record, resume_step=resumed.step if resumed else None,
                    top_vector=resumed.top_vector if resumed else None,
                    elapsed=resumed.elapsed if resumed else 0.0, dist=run.dist)

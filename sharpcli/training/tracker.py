@@ -6,11 +6,20 @@ At a measured step t (after the step's gradient, before its update) the Tracker 
 from the previous measurement's v₁, the alignment |cos(direction, v₁)| of the update's
 direction, the edges (sharpcli.edges.EdgeRule), and train and test loss and accuracy; it
 writes config.json once, one row per measured step, top_eigenvalues.csv when k > 1, and
-checkpoints of w_t when due. `sharp train` calls it at every step.
+checkpoints of w_t when due. `sharp train` calls it at every step through `measure`; a
+hand-written loop calls `step(t)` after backward() and before optimizer.step(), and gets the
+same rows by construction (SPEC §11):
+
+    with sharpcli.Tracker(model, loss_fn, x, y, optimizer=opt, run_dir="reports/my-run") as t:
+        for step in range(T + 1):
+            opt.zero_grad(); loss_fn(model(xb), yb).backward()
+            t.step(step)
+            opt.step()
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +27,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sharpcli.config import SAM_PHASES
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.edges import EdgeRule
-from sharpcli.errors import DivergedError
+from sharpcli.errors import DivergedError, SharpError
 from sharpcli.formats.atomic import atomic_write_json
 from sharpcli.formats.checkpoints import checkpoint_path, list_checkpoints, save_checkpoint
 from sharpcli.formats.csvlog import CsvLog
 from sharpcli.formats.schema import (CONFIG_FILE, METRICS_COLUMNS, METRICS_FILE,
                                      TOP_EIGENVALUE_COLUMNS, TOP_EIGENVALUES_FILE)
 from sharpcli.hessian.losses import LossFn
-from sharpcli.hessian.objective import evaluate
+from sharpcli.hessian.objective import evaluate, gradient_norm, gradient_vector
 from sharpcli.hessian.sharpness import alignment, measure_sharpness
+from sharpcli.training.observe import current_lr, edge_rule, is_sam, loop_record, phase_of
 
 
 @dataclass
@@ -50,14 +61,20 @@ class Tracker:
     """The measurement half of a training loop; see the module docstring.
 
     `x, y` are the examples whose Hessian is measured (the first `samples` of them) and on
-    which train loss and accuracy are evaluated; `test=(x, y)` adds test loss and accuracy.
-    λ₁ every `every` steps (0: never), evaluation every `eval_every` steps (default: `every`),
-    checkpoints every `checkpoint_every` steps into `checkpoint_dir` (keeping the newest
-    `keep_last`). `record` is written to config.json. `resume_step` continues the files of
-    an interrupted run: rows from that step on are dropped and its checkpoint is kept;
-    `top_vector` and `elapsed` carry the warm start and the clock over. Under torchrun
-    (`dist`) every process measures its shard of the examples and takes the same decisions;
-    rank 0 alone writes files.
+    which train loss and accuracy are evaluated (the full training set for full-batch GD);
+    `test=(x, y)` adds test loss and accuracy. λ₁ (and λ₂…λ_k with `k`) every `every` steps
+    (0: never), evaluation every `eval_every` steps (default: `every`), checkpoints of the
+    model every `checkpoint_every` steps into `checkpoint_dir` (default:
+    <run_dir>/../../checkpoints/<run name>, beside reports/ as `sharp train` puts them),
+    keeping the newest `keep_last`. `batch_size` is the loop's minibatch (None: full batch),
+    which names the phase (gd or sgd) and counts epochs. The edges come from the optimizer's
+    param groups unless `edges` fixes them; config.json holds `record`, or what the Tracker
+    can know of the loop.
+
+    For `sharp train`: `resume_step` continues the files of an interrupted run (rows from
+    that step on are dropped, its checkpoint kept); `top_vector` and `elapsed` carry the warm
+    start and the clock over. Under torchrun (`dist`) every process measures its shard of
+    the examples and takes the same decisions; rank 0 alone writes files.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
@@ -66,7 +83,8 @@ class Tracker:
                  eval_every: int | None = None, samples: int | None = None, tol: float = 1e-3,
                  max_iter: int = 100, chunk_size: int = 4096, seed: int = 0,
                  checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None,
-                 keep_last: int | None = None, edges: EdgeRule = EdgeRule(),
+                 keep_last: int | None = None, batch_size: int | None = None,
+                 edges: EdgeRule | None = None,
                  record: dict | None = None, resume_step: int | None = None,
                  top_vector: torch.Tensor | None = None, elapsed: float = 0.0,
                  dist: Dist = SINGLE):
@@ -78,18 +96,27 @@ class Tracker:
         self.eval_every = eval_every or every
         self.chunk_size, self.seed, self.edges, self.dist = chunk_size, seed, edges, dist
         self.run_dir = Path(run_dir)
-        self.checkpoint_every, self.keep_last = checkpoint_every, keep_last
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_every, self.keep_last, self.batch_size = checkpoint_every, keep_last, batch_size
+        if checkpoint_dir is None:  # beside reports/, as sharp train puts them
+            checkpoint_dir = self.run_dir.parent.parent / "checkpoints" / self.run_dir.name
+        self.checkpoint_dir = Path(checkpoint_dir)
         self.resume_step, self.top_vector = resume_step, top_vector
         self.rows: list[dict] = []  # the rows this tracker logged
         self._saved_now: Path | None = None
         self._clock = (elapsed, time.perf_counter())
-        self.record = record or {}
+        if record is None:
+            record = loop_record(model, optimizer, x, test, run_name=self.run_dir.name,
+                                 reports_dir=str(self.run_dir.parent),
+                                 checkpoints_dir=str(self.checkpoint_dir.parent),
+                                 batch_size=batch_size,
+                                 settings={"sharpness_every": every, "sharpness_k": k,
+                                           "sharpness_samples": samples, "eval_every": self.eval_every,
+                                           "checkpoint_every": checkpoint_every, "seed": seed})
+        self.record = record
         self.log = CsvLog(self.run_dir / METRICS_FILE, METRICS_COLUMNS)
         self.top_log = CsvLog(self.run_dir / TOP_EIGENVALUES_FILE, TOP_EIGENVALUE_COLUMNS)
         if dist.is_main:  # one writer
-            if record is not None:
-                atomic_write_json(self.run_dir / CONFIG_FILE, record)
+            atomic_write_json(self.run_dir / CONFIG_FILE, record)
             fresh = resume_step is None
             self.log.open(fresh=fresh, keep_below_step=resume_step)
             if k > 1:
@@ -120,7 +147,7 @@ class Tracker:
         step t touches the model, so that resuming from it repeats step t exactly."""
         self._saved_now = None
         due = force or (self.checkpoint_every and (step % self.checkpoint_every == 0 or final))
-        if not due or self.checkpoint_dir is None or (step == self.resume_step and not force):
+        if not due or (step == self.resume_step and not force):
             return None
         path = checkpoint_path(self.checkpoint_dir, step)
         if self.dist.is_main:  # every process holds the same weights and state
@@ -133,7 +160,7 @@ class Tracker:
         return path
 
     def _prune(self) -> None:
-        if self.keep_last and self.checkpoint_dir is not None and self.dist.is_main:
+        if self.keep_last and self.dist.is_main:
             for old in list_checkpoints(self.checkpoint_dir)[:-self.keep_last]:
                 old.unlink(missing_ok=True)
 
@@ -153,7 +180,7 @@ class Tracker:
             return
         if self._saved_now is not None:
             self._saved_now.unlink(missing_ok=True)
-        saved = list_checkpoints(self.checkpoint_dir) if self.checkpoint_dir else []
+        saved = list_checkpoints(self.checkpoint_dir)
         loss = self.dist.sum(float(info.loss))  # each process holds its share
         self._write(self.log, {"step": info.step, "epoch": info.epoch, "phase": info.phase,
                                "lr": info.lr, "train_loss": loss,
@@ -172,9 +199,10 @@ class Tracker:
             return None
         measure_sharp, evaluate_now = self.sharpness_due(info.step), self.evaluation_due(info.step, final)
         grad_norm = float(info.grad_norm)
+        edges = self.edges or edge_rule(self.optimizer)
         row = {"step": info.step, "epoch": info.epoch, "phase": info.phase, "lr": info.lr,
                "rho": info.rho, "grad_norm": grad_norm,
-               **self.edges.at(info.lr, grad_norm, info.sam_phase)}
+               **(edges.at(info.lr, grad_norm, info.sam_phase) if edges else {})}
         if evaluate_now:
             row["train_loss"], row["train_acc"] = evaluate(self.model, self.loss_fn, self.x,
                                                            self.y, self.chunk_size, self.dist)
@@ -203,6 +231,33 @@ class Tracker:
         direction = info.direction
         return {"sharpness": s.value,
                 "alignment": alignment(direction, s.top_vector) if direction is not None else None}
+
+    # ---------------------------------------------------------------- a hand-written loop
+
+    def step(self, step: int) -> dict | None:
+        """Call after backward() and before optimizer.step(): saves a checkpoint and measures
+        at w_t when due (‖g‖ and the alignment from the .grad the loop just computed, λ₁,
+        the edges of the optimizer's rule, evaluation), writes the row and returns it; None
+        at other steps, where it costs an integer test or two."""
+        epoch = self._epoch(step)
+        self.checkpoint(step, epoch)
+        if not self.row_due(step):
+            return None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if all(p.grad is None for p in params):
+            raise SharpError(f"Tracker.step({step}): the parameters have no .grad; call it after "
+                             "loss.backward() and before optimizer.step()")
+        phase = phase_of(self.optimizer, self.batch_size)
+        group_rho = self.optimizer.param_groups[0].get("rho") if is_sam(self.optimizer) else None
+        info = StepInfo(step, phase, current_lr(self.optimizer), gradient_norm(params), epoch,
+                        rho=group_rho, sam_phase=phase in SAM_PHASES,
+                        direction=gradient_vector(params) if self.sharpness_due(step) else None)
+        return self.measure(info)
+
+    def _epoch(self, step: int) -> float:
+        """Epochs at `step`: steps over the steps an epoch has (⌈N/batch⌉; 1 full batch)."""
+        per_epoch = math.ceil(len(self.x) / self.batch_size) if self.batch_size else 1
+        return step / per_epoch
 
     # ---------------------------------------------------------------- files
 

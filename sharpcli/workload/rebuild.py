@@ -61,6 +61,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
     `ckpt.loss_fn`, `ckpt.data()`. The model is on the CPU unless `device` is given."""
     payload = read_checkpoint(path)
     config = payload["config"]
+    if config.get("built_by") == "sharpcli.Tracker":
+        raise SharpError(f"{path} was saved by sharpcli.Tracker around a model sharpcli did not "
+                         f"build ({config.get('model_class') or 'unknown'}): give its "
+                         "--model-factory MODULE:CALLABLE and --data FILE or --dataset NAME")
     settings = TrainConfig.from_dict(config)
     shape, classes = config.get("input_shape"), config.get("num_classes")
     dev = torch.device(device) if device is not None else torch.device("cpu")

@@ -1,0 +1,164 @@
+"""sharpcli.Tracker in hand-written loops: the rows `sharp train` writes, by construction; the
+model, its gradients, the RNG and BatchNorm left exactly as found; a run every `sharp`
+command reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import sharpcli
+from sharpcli.errors import SharpError
+from sharpcli.formats.schema import METRICS_COLUMNS
+from tests.cases import BN_MSE
+from tests.runners import assert_one_line_error, csv_lines, sharp, train_args, without_column
+
+STEPS = 40
+
+
+def default_run_by_hand(run_dir, steps=STEPS, **tracker_kw):
+    """`sharp train`'s default run (full-batch GD, tanh MLP, MSE, η = 0.3) written as a plain
+    torch loop around a Tracker, at the TINY sizes of tests/runners.py."""
+    from sharpcli.hessian.losses import mse_loss
+    from sharpcli.workload.data import load_dataset
+    from sharpcli.workload.models import build_model
+
+    torch.manual_seed(0)
+    data = load_dataset("mnist1d", train_size=64, test_size=32)
+    model = build_model("mlp", data.input_shape, data.num_classes, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    x, y = data.x_train, data.y_train
+    with sharpcli.Tracker(model, mse_loss, x, y, optimizer=opt, run_dir=run_dir,
+                          test=(data.x_test, data.y_test), **tracker_kw) as tracker:
+        for step in range(steps + 1):
+            opt.zero_grad()
+            mse_loss(model(x), y).backward()
+            tracker.step(step)
+            if step < steps:
+                opt.step()
+    return model
+
+
+def test_a_plain_loop_writes_what_sharp_train_writes(tmp_path):
+    sharp(*train_args(tmp_path, "cli", "--steps", STEPS, "--checkpoint-every", 20)).ok()
+    default_run_by_hand(tmp_path / "reports" / "loop", checkpoint_every=20)
+    cli = csv_lines(tmp_path / "reports" / "cli" / "metrics.csv")
+    loop = csv_lines(tmp_path / "reports" / "loop" / "metrics.csv")
+    assert loop[0] == ",".join(METRICS_COLUMNS) and len(loop) == STEPS // 20 + 2
+    assert without_column(loop, "seconds") == without_column(cli, "seconds")
+    config = json.loads((tmp_path / "reports" / "loop" / "config.json").read_text())
+    assert config["built_by"] == "sharpcli.Tracker" and config["model"] == "MLP"
+    assert config["num_params"] == 490 and config["optimizer"] == "gd" and config["lr"] == 0.3
+    assert config["optimizer_class"] == "torch.optim.sgd.SGD" and config["train_size"] == 64
+    # its checkpoints hold the same weights as sharp train's, beside reports/ as sharp train's
+    for step in (0, 20, 40):
+        a = torch.load(tmp_path / "checkpoints" / "cli" / f"step-{step:08d}.pt", weights_only=True)
+        b = torch.load(tmp_path / "checkpoints" / "loop" / f"step-{step:08d}.pt", weights_only=True)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_every_command_reads_a_plain_loop_run(tmp_path, monkeypatch):
+    run = tmp_path / "reports" / "loop"
+    default_run_by_hand(run, steps=60, checkpoint_every=30, every=10)
+    result = sharp("eos", run, "--band", "0.5")
+    assert result.code in (0, 1) and "loop" in result.stdout and "wrote" in result.stdout
+    assert pd.read_csv(run / "eos.csv")["edge"].notna().all()
+    sharp("plot", run).ok()
+    assert (run / "sharpness.png").exists()
+    sharp("summarize", run, "--out", tmp_path / "summary.csv").ok()
+    # its checkpoints need the model's factory: sharpcli did not build it
+    assert_one_line_error(sharp("spectrum", run, "--quiet"), 2, "sharpcli.Tracker", "--model-factory")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "loopmodel.py").write_text(
+        "from sharpcli.workload.models import build_model\n"
+        "def make():\n    return build_model('mlp', (40,), 10, width=8)\n")
+    sharp("spectrum", run, "--model-factory", "loopmodel:make", "--dataset", "mnist1d",
+          "--train-size", "64", "--top-k", "1", "--tol", "1e-8", "--quiet").ok()
+    spectrum = pd.read_csv(run / "spectrum.csv")
+    logged = pd.read_csv(run / "metrics.csv").set_index("step")["sharpness"]
+    assert list(spectrum["step"]) == [0, 30, 60]
+    for _, row in spectrum.iterrows():  # the checkpoint's λ₁ is the λ₁ logged at that step
+        assert row["value"] == pytest.approx(logged[row["step"]], rel=1e-4)
+
+
+def test_the_tracker_leaves_everything_as_it_found_it(tmp_path):
+    """Mode (per module), .grad (values and objects), the global RNG and BatchNorm buffers,
+    after a step that measures λ₁, evaluates and saves a checkpoint."""
+    model, loss_fn, x, y = BN_MSE()
+    model.train()
+    model[3].eval()  # a mixed state, to be restored as it is
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn(model(x), y).backward()
+    modes = [m.training for m in model.modules()]
+    grads = [(p.grad, p.grad.clone()) for p in model.parameters()]
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num" in k}
+    rng = torch.get_rng_state()
+    with sharpcli.Tracker(model, loss_fn, x, y, optimizer=opt, run_dir=tmp_path / "r",
+                          every=1, k=2, checkpoint_every=1) as tracker:
+        row = tracker.step(0)
+    assert row["sharpness"] > 0 and row["train_loss"] > 0
+    assert [m.training for m in model.modules()] == modes
+    assert all(p.grad is g and torch.equal(p.grad, c) for p, (g, c) in zip(model.parameters(), grads))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in buffers.items())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_steps_off_the_schedule_do_nothing(tmp_path):
+    model, loss_fn, x, y = BN_MSE()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with sharpcli.Tracker(model, loss_fn, x, y, optimizer=opt, run_dir=tmp_path / "r",
+                          every=10) as tracker:
+        assert tracker.step(3) is None  # no gradient needed either: nothing is measured
+    assert len(csv_lines(tmp_path / "r" / "metrics.csv")) == 1
+
+
+def test_sam_wrappers_and_other_optimizers(tmp_path):
+    """A SAM wrapper (param groups carrying ρ, as davda54/sam's) logs the SAM edge; an
+    optimizer whose edge sharpcli does not know logs its name and no edge."""
+    model, loss_fn, x, y = BN_MSE()
+
+    class SAM(torch.optim.Optimizer):
+        def __init__(self, params, rho=0.05, **kw):
+            super().__init__(params, dict(rho=rho, **kw))
+
+    sam = SAM(model.parameters(), rho=0.1, lr=0.2, momentum=0.0)
+    loss_fn(model(x), y).backward()
+    with sharpcli.Tracker(model, loss_fn, x, y, optimizer=sam, run_dir=tmp_path / "s") as t:
+        row = t.step(0)
+    from sharpcli.edges import gd_edge, sam_edge
+
+    assert row["phase"] == "sam" and row["rho"] == 0.1
+    assert row["sam_edge"] == pytest.approx(sam_edge(0.2, 0.1, row["grad_norm"]))
+    assert row["gd_edge"] == pytest.approx(gd_edge(0.2))
+    adagrad = torch.optim.Adagrad(model.parameters(), lr=0.01)
+    with sharpcli.Tracker(model, loss_fn, x, y, optimizer=adagrad, run_dir=tmp_path / "a") as t:
+        row = t.step(0)
+    assert row["phase"] == "adagrad" and row.get("gd_edge") is None and row["sharpness"] > 0
+    frame = pd.read_csv(tmp_path / "a" / "metrics.csv")  # readable by every command
+    assert frame["phase"].tolist() == ["adagrad"] and np.isnan(frame["gd_edge"][0])
+
+
+def test_step_before_backward_is_an_error(tmp_path):
+    model, loss_fn, x, y = BN_MSE()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with sharpcli.Tracker(model, loss_fn, x, y, optimizer=opt, run_dir=tmp_path / "r") as tracker:
+        with pytest.raises(SharpError, match="no .grad; call it after loss.backward"):
+            tracker.step(0)
+
+
+def test_minibatch_loops_count_epochs_and_log_sgd(tmp_path):
+    model, loss_fn, x, y = BN_MSE()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    loss_fn(model(x[:5]), y[:5]).backward()
+    with sharpcli.Tracker(model, loss_fn, x, y, optimizer=opt, run_dir=tmp_path / "r",
+                          batch_size=5, every=7) as tracker:
+        row = tracker.step(14)
+    from sharpcli.edges import gd_edge
+
+    assert row["phase"] == "sgd" and row["epoch"] == pytest.approx(14 / 5)  # ⌈23/5⌉ = 5
+    assert row["gd_edge"] == pytest.approx(gd_edge(0.1, 0.9, nesterov=True))

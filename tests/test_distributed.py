@@ -246,3 +246,28 @@ def test_sigterm_to_the_launcher_saves_and_exits_130(tmp_path):
     ckpt = torch.load(saved[-1], weights_only=True)
     assert ckpt["step"] == int(saved[-1].stem.split("-")[1]) > 0
     assert metrics_csv.read_text().endswith("\n")  # no half-written row
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--sync-bn"], ["--sync-bn needs several CUDA processes"]),
+    (["--sam-sync", "local"], ["--sam-sync local applies to --optimizer sam or eigen-sam"]),
+    (["--dist-timeout", "0"], ["--dist-timeout must be positive"]),
+])
+def test_bad_distributed_flags_in_one_process(tmp_path, flags, words):
+    from tests.runners import assert_one_line_error
+
+    assert_one_line_error(sharp(*train_flags(tmp_path, "bad", *flags)), 2, *words)
+
+
+def test_local_sam_needs_an_example_per_process_in_every_batch():
+    """1001 examples in batches of 100: the last batch of each epoch has 1 example, which 2
+    processes cannot each perturb with their own gradient."""
+    from sharpcli.config import TrainConfig
+    from sharpcli.errors import SharpError
+    from sharpcli.training.setup import plan_steps
+
+    config = TrainConfig(optimizer="sam", sam_sync="local", batch_size=100)
+    assert plan_steps(config, 1001, world_size=1).steps_per_epoch == 11
+    with pytest.raises(SharpError, match="the last of each epoch 1"):
+        plan_steps(config, 1001, world_size=2)
+    assert plan_steps(TrainConfig(optimizer="sam", batch_size=100), 1001, world_size=2)

@@ -4,7 +4,9 @@ metrics.csv (SPEC §2), so that every run folder, whoever trained it, holds the 
 At a measured step t (after the step's gradient, before its update) the Tracker records
 ‖g‖ of the update's gradient, λ₁…λ_k of the training-loss Hessian by Lanczos warm-started
 from the previous measurement's v₁, the alignment |cos(direction, v₁)| of the update's
-direction, the edges (sharpcli.edges.EdgeRule), and train and test loss and accuracy; it
+direction, the edges (sharpcli.edges.EdgeRule), and train and test loss and accuracy; with
+Adam, AdamW or RMSProp also λ₁(P⁻¹H) with P from the optimizer's state before update t
+(sharpcli.hessian.preconditioner), and when asked the batch sharpness; it
 writes config.json once, one row per measured step, top_eigenvalues.csv when k > 1, and
 checkpoints of w_t when due. `sharp train` calls it at every step.
 """
@@ -19,15 +21,18 @@ import torch
 from torch import nn
 
 from sharpcli.distributed import SINGLE, Dist
-from sharpcli.edges import EdgeRule
+from sharpcli.edges import EdgeRule, preconditioner_kind
 from sharpcli.errors import DivergedError
 from sharpcli.formats.atomic import atomic_write_json
 from sharpcli.formats.checkpoints import checkpoint_path, list_checkpoints, save_checkpoint
 from sharpcli.formats.csvlog import CsvLog
 from sharpcli.formats.schema import (CONFIG_FILE, METRICS_COLUMNS, METRICS_FILE,
                                      TOP_EIGENVALUE_COLUMNS, TOP_EIGENVALUES_FILE)
+from sharpcli.hessian.batch_sharpness import batch_sharpness, random_batches
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import evaluate
+from sharpcli.hessian.params import trainable_params
+from sharpcli.hessian.preconditioner import preconditioner
 from sharpcli.hessian.sharpness import alignment, measure_sharpness
 
 
@@ -55,7 +60,9 @@ class Tracker:
     checkpoints every `checkpoint_every` steps into `checkpoint_dir` (keeping the newest
     `keep_last`). `record` is written to config.json. `resume_step` continues the files of
     an interrupted run: rows from that step on are dropped and its checkpoint is kept;
-    `top_vector` and `elapsed` carry the warm start and the clock over. Under torchrun
+    `top_vector`, `preconditioned_vector` and `elapsed` carry the warm starts and the clock
+    over. The edges come from `edges`, else from the optimizer's param groups.
+    `batch_sharpness=B` measures the batch sharpness of batches of B with λ₁. Under torchrun
     (`dist`) every process measures its shard of the examples and takes the same decisions;
     rank 0 alone writes files.
     """
@@ -66,17 +73,23 @@ class Tracker:
                  eval_every: int | None = None, samples: int | None = None, tol: float = 1e-3,
                  max_iter: int = 100, chunk_size: int = 4096, seed: int = 0,
                  checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None,
-                 keep_last: int | None = None, edges: EdgeRule = EdgeRule(),
+                 keep_last: int | None = None, edges: EdgeRule | None = None,
                  record: dict | None = None, resume_step: int | None = None,
                  top_vector: torch.Tensor | None = None, elapsed: float = 0.0,
-                 dist: Dist = SINGLE):
+                 dist: Dist = SINGLE, batch_sharpness: int | None = None,
+                 preconditioned_vector: torch.Tensor | None = None):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.x, self.y, self.test = x, y, test
         n = min(samples or len(x), len(x))
         self.x_sharp, self.y_sharp = x[:n], y[:n]
         self.every, self.k, self.tol, self.max_iter = every, k, tol, max_iter
         self.eval_every = eval_every or every
-        self.chunk_size, self.seed, self.edges, self.dist = chunk_size, seed, edges, dist
+        self.chunk_size, self.seed, self.dist = chunk_size, seed, dist
+        groups = optimizer.param_groups if optimizer is not None else [{}]
+        self.edges = edges or EdgeRule.from_param_groups(groups)
+        self.preconditioned = preconditioner_kind(groups[0]) is not None
+        self.batch_size = batch_sharpness
+        self.preconditioned_vector = preconditioned_vector
         self.run_dir = Path(run_dir)
         self.checkpoint_every, self.keep_last = checkpoint_every, keep_last
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -124,7 +137,8 @@ class Tracker:
             return None
         path = checkpoint_path(self.checkpoint_dir, step)
         if self.dist.is_main:  # every process holds the same weights and state
-            state = {"elapsed": self.elapsed(), "top_vector": self.top_vector, **(extra or {})}
+            state = {"elapsed": self.elapsed(), "top_vector": self.top_vector,
+                     "preconditioned_vector": self.preconditioned_vector, **(extra or {})}
             save_checkpoint(path, step=step, epoch=epoch, config=self.record, model=self.model,
                             optimizer=self.optimizer, extra=state)
             self._saved_now = path
@@ -202,7 +216,30 @@ class Tracker:
                                            "residual": res})
         direction = info.direction
         return {"sharpness": s.value,
-                "alignment": alignment(direction, s.top_vector) if direction is not None else None}
+                "alignment": alignment(direction, s.top_vector) if direction is not None else None,
+                "preconditioned_sharpness": self._preconditioned(info),
+                "batch_sharpness": self._batch_sharpness(info)}
+
+    def _preconditioned(self, info: StepInfo) -> float | None:
+        """λ₁(P⁻¹H), P from the optimizer's state as it is now, before update t (none
+        before the first update), warm-started from its own last eigenvector."""
+        p = preconditioner(self.optimizer, trainable_params(self.model)) if self.preconditioned else None
+        if p is None:
+            return None
+        s = measure_sharpness(self.model, self.loss_fn, self.x_sharp, self.y_sharp, tol=self.tol,
+                              max_iter=self.max_iter, v0=self.preconditioned_vector,
+                              seed=self.seed + info.step, chunk_size=self.chunk_size,
+                              dist=self.dist, preconditioner=p)
+        self.preconditioned_vector = s.top_vector
+        return s.value
+
+    def _batch_sharpness(self, info: StepInfo) -> float | None:
+        """E_B[g_Bᵀ H_B g_B / ‖g_B‖²] over fresh training batches drawn for step t."""
+        if self.batch_size is None:
+            return None
+        batches = random_batches(len(self.x), self.batch_size, self.seed, info.step, self.x.device)
+        return batch_sharpness(self.model, self.loss_fn, self.x, self.y, batches,
+                               chunk_size=self.chunk_size, dist=self.dist).value
 
     # ---------------------------------------------------------------- files
 

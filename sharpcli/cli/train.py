@@ -103,7 +103,10 @@ def _train(config: TrainConfig, train, quiet: bool, dist):
                 parts = []
                 if row.get("train_loss") is not None:
                     parts.append(f"loss {row['train_loss']:.4g}")
-                if row.get("sharpness") is not None and row.get("sam_edge") is not None:
+                if row.get("preconditioned_sharpness") is not None:
+                    parts.append(f"λ₁(P⁻¹H) {row['preconditioned_sharpness']:.4g} / "
+                                 f"adaptive edge {row['adaptive_edge']:.4g}")
+                elif row.get("sharpness") is not None and row.get("sam_edge") is not None:
                     parts.append(f"λ₁ {row['sharpness']:.4g} / SAM edge {row['sam_edge']:.4g}")
                 elif row.get("sharpness") is not None and row.get("gd_edge") is not None:
                     parts.append(f"λ₁ {row['sharpness']:.4g} / 2/η {row['gd_edge']:.4g}")
@@ -132,8 +135,8 @@ def print_summary(result) -> None:
         verdict = None
     if verdict is not None:
         last, s = verdict.table.iloc[-1], verdict.summary
-        name = "SAM edge" if last["phase"] in SAM_PHASES else "GD edge"
-        out.print(f"final sharpness λ₁ = {last['sharpness']:.4g}, {name} = {last['edge']:.4g}, "
+        quantity, name = _measure_names(last["measure"], last["phase"] in SAM_PHASES)
+        out.print(f"final {quantity} = {last['sharpness']:.4g}, {name} = {last['edge']:.4g}, "
                   f"ratio {last['ratio']:.3f}")
         reached = ("never reached" if s.edge_step is None else
                    f"reached at step {s.edge_step}, {s.in_band:.0%} of the measurements since "
@@ -141,6 +144,15 @@ def print_summary(result) -> None:
         out.print(f"edge of stability: {s.verdict} ({reached}); sharp eos gives the same")
     out.print(f"metrics: {result.report_dir / 'metrics.csv'}")
     out.print(f"checkpoints: {result.checkpoint_dir}/")
+
+
+def _measure_names(measure: str, sam_phase: bool) -> tuple[str, str]:
+    """How the summary names the measured quantity and its edge."""
+    if measure == "preconditioned_sharpness":
+        return "preconditioned sharpness λ₁(P⁻¹H)", "adaptive edge"
+    if measure == "batch_sharpness":
+        return "batch sharpness", "GD edge"
+    return "sharpness λ₁", "SAM edge" if sam_phase else "GD edge"
 
 
 def register(app: typer.Typer) -> None:

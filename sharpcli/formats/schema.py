@@ -8,6 +8,10 @@ METRICS_FILE = "metrics.csv"
 TOP_EIGENVALUES_FILE = "top_eigenvalues.csv"
 SPECTRUM_FILE = "spectrum.csv"
 DENSITY_FILE = "density.csv"
+# `sharp spectrum --preconditioned`: the spectrum of P^{-1/2} H P^{-1/2}, same columns; its own
+# files, so that it never overwrites a run's spectrum of H.
+PRECONDITIONED_SPECTRUM_FILE = "spectrum-preconditioned.csv"
+PRECONDITIONED_DENSITY_FILE = "density-preconditioned.csv"
 EOS_FILE = "eos.csv"
 
 METRICS_COLUMNS = ("step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",

@@ -136,7 +136,7 @@ def print_summary(result) -> None:
     if verdict is not None:
         last, s = verdict.table.iloc[-1], verdict.summary
         quantity, name = _measure_names(last["measure"], last["phase"] in SAM_PHASES)
-        out.print(f"final {quantity} = {last['sharpness']:.4g}, {name} = {last['edge']:.4g}, "
+        out.print(f"final {quantity} = {_num(last['sharpness'])}, {name} = {_num(last['edge'])}, "
                   f"ratio {last['ratio']:.3f}")
         reached = ("never reached" if s.edge_step is None else
                    f"reached at step {s.edge_step}, {s.in_band:.0%} of the measurements since "
@@ -144,6 +144,11 @@ def print_summary(result) -> None:
         out.print(f"edge of stability: {s.verdict} ({reached}); sharp eos gives the same")
     out.print(f"metrics: {result.report_dir / 'metrics.csv'}")
     out.print(f"checkpoints: {result.checkpoint_dir}/")
+
+
+def _num(x: float) -> str:
+    """4 significant digits, without an exponent for the large edges of adaptive optimizers."""
+    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.0f}"
 
 
 def _measure_names(measure: str, sam_phase: bool) -> tuple[str, str]:

@@ -156,7 +156,8 @@ def edge_table(metrics: pd.DataFrame, config: dict, band: float = DEFAULT_BAND,
     rows = metrics.sort_values("step", kind="stable")
     table = edge_columns(rows, config)
     table["measure"] = row_measures(rows, table["phase"], Measure.parse(measure, "--measure"))
-    table["sharpness"] = [_cell(row, m) for row, m in zip(rows.to_dict("records"), table["measure"])]
+    records = rows.to_dict("records")
+    table["sharpness"] = [_cell(row, m) for row, m in zip(records, table["measure"])]
     table["edge"] = [edge_of(m, row) for m, row in zip(table["measure"], table.to_dict("records"))]
     table["grad_norm"] = rows["grad_norm"].astype(float) if "grad_norm" in rows else math.nan
     table = table[table["sharpness"].notna()].copy()

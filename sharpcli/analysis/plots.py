@@ -195,7 +195,7 @@ def _preconditioned(runs: list[Run], labels: list[str], log_scale: bool) -> Figu
     else:
         _style_legend(ax_p, [("-", "λ₁(P⁻¹H)"), ("--", "adaptive edge")], loc="lower right")
         ax_raw.legend(loc="best", fontsize="small", title="run")
-    fig.suptitle(f"Adaptive edge of stability: {labels[0]}" if single else "Adaptive edge of stability")
+    fig.suptitle("Adaptive edge of stability" + (f": {labels[0]}" if single else ""))
     return fig
 
 

@@ -65,7 +65,7 @@ def run_values(run: Run) -> dict[str, float]:
     one run (NaN when not logged)."""
     m = run.metrics.sort_values("step", kind="stable")
     acc = m["test_acc"]
-    pre = m["preconditioned_sharpness"] if "preconditioned_sharpness" in m else pd.Series(dtype=float)
+    pre = m.get("preconditioned_sharpness", pd.Series(dtype=float))  # absent in older runs
     return {"final_test_acc": last_value(acc),
             "best_test_acc": float(acc.max()) if acc.notna().any() else math.nan,
             "final_sharpness": last_value(m["sharpness"]),

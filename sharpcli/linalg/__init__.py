@@ -11,7 +11,8 @@ from sharpcli.linalg.results import (DensityResult, EigenResult, LinalgInputErro
 from sharpcli.linalg.trace import control_variate_trace, hutchinson_trace
 
 __all__ = [
-    "DenseOperator", "DensityResult", "DiagonalScaled", "EigenResult", "LinalgInputError", "LinearOperator",
+    "DenseOperator", "DensityResult", "DiagonalScaled", "EigenResult", "LinalgInputError",
+    "LinearOperator",
     "TraceResult", "control_variate_trace", "hutchinson_trace", "lanczos", "lanczos_top_k", "matrix_with_spectrum",
     "power_iteration", "slq_density",
 ]

@@ -10,7 +10,8 @@ import torch
 from sharpcli.config import TrainConfig
 
 
-def build_base_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_base_optimizer(config: TrainConfig,
+                         params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """torch.optim's own Adam (coupled weight decay), AdamW (decoupled) or RMSProp (its
     smoothing constant `alpha` is --beta2, its momentum --momentum, weight decay coupled);
     otherwise SGD with heavy-ball or Nesterov momentum and (coupled) weight decay, which gd

@@ -223,7 +223,9 @@ class Tracker:
     def _preconditioned(self, info: StepInfo) -> float | None:
         """λ₁(P⁻¹H), P from the optimizer's state as it is now, before update t (none
         before the first update), warm-started from its own last eigenvector."""
-        p = preconditioner(self.optimizer, trainable_params(self.model)) if self.preconditioned else None
+        if not self.preconditioned:
+            return None
+        p = preconditioner(self.optimizer, trainable_params(self.model))
         if p is None:
             return None
         s = measure_sharpness(self.model, self.loss_fn, self.x_sharp, self.y_sharp, tol=self.tol,

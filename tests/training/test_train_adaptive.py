@@ -11,7 +11,10 @@ import sharpcli
 from sharpcli.config import TrainConfig
 from sharpcli.formats.schema import METRICS_COLUMNS
 from sharpcli.hessian.batch_sharpness import batch_sharpness, random_batches
+from sharpcli.hessian.objective import gradient_norm
 from sharpcli.training.optim import build_base_optimizer
+from sharpcli.training.tracker import StepInfo, Tracker
+from tests.cases import MLP_MSE
 from tests.helpers import dense_hessian
 from tests.runners import assert_one_line_error, csv_lines, sharp, train_args, without_column
 
@@ -142,3 +145,21 @@ def test_adam_resume_is_byte_for_byte(tmp_path):
     assert lines[0] == lines[1] and len(lines[0]) == 4
     # λ₁(P⁻¹H) at steps 2 and 4, the batch sharpness at every measured step
     assert all(line.split(",")[-3] and line.split(",")[-1] for line in lines[0][2:])
+
+
+def test_tracker_reads_a_users_adam(tmp_path):
+    """The library Tracker given a torch Adam of its caller's: the adaptive edge from the
+    optimizer's param groups, λ₁(P⁻¹H) from its state."""
+    model, loss_fn, x, y = MLP_MSE()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.5, 0.999))
+    with Tracker(model, loss_fn, x, y, optimizer=opt, run_dir=tmp_path, every=1) as tracker:
+        for step in range(3):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            tracker.measure(StepInfo(step, "adam", 0.01, gradient_norm(list(model.parameters())),
+                                     loss=loss.detach()))
+            opt.step()
+    df = pd.read_csv(tmp_path / "metrics.csv")
+    assert df["adaptive_edge"].tolist() == pytest.approx([3.0 / (0.5 * 0.01)] * 3)
+    assert df["preconditioned_sharpness"].notna().tolist() == [False, True, True]

@@ -5,12 +5,12 @@
 # Expected outcome: full-batch Adam (β₁ = 0.9) at η = 1e-3 and 3e-3: the preconditioned
 # sharpness λ₁(P⁻¹H) rises within a few hundred steps to the adaptive edge 38/η (38000 and
 # 12667) and hovers there, median ratio within about 1% of 1, while the raw λ₁ levels off
-# at 25–30, far from anything 2/η says; `sharp eos` says at-edge for both (edge: adaptive).
+# at 23–30, far from anything 2/η says; `sharp eos` says at-edge for both (edge: adaptive).
 # Minibatch SGD (batch 50, η = 0.3) with --batch-sharpness: on this small MSE problem the
 # batch sharpness stays near half of 2/η ≈ 6.7 and below the full-batch λ₁ (≈ 0.8 × 2/η),
 # so `sharp eos` (edge: batch) says below-edge; see the README for the numbers.
 # preconditioned.png shows λ₁(P⁻¹H) against 38/η with the raw λ₁ beside it.
-# Runtime: about 2 minutes on a 2-core CPU.
+# Runtime: 1–2 minutes on a 2-core CPU.
 set -euo pipefail
 OUT=${OUT:-examples-out/adaptive-edge}
 COMMON=(--steps 2000 --quiet --reports-dir "$OUT/reports" --checkpoints-dir "$OUT/checkpoints"

@@ -51,7 +51,7 @@ def train_command(
     sam_sync: Annotated[SamSync, _opt("Under torchrun: global perturbs with the all-reduced gradient (the update one process computes); local perturbs each process's shard with its own gradient (m-sharpness, the SAM paper's multi-accelerator recipe).", SAM)] = D.sam_sync,
     sam_start: Annotated[Optional[int], _opt("Late-phase SAM: the base optimizer (gd, or sgd with --batch-size) until T (steps, or epochs with --epochs), SAM or Eigen-SAM after; momentum buffers carry over.", SAM)] = D.sam_start,
     sharpness_every: Annotated[int, _opt("Measure λ₁ every N steps (0 = off).", MEAS)] = D.sharpness_every,
-    batch_sharpness: Annotated[bool, _opt("With --batch-size: also the batch sharpness E_B[g_Bᵀ H_B g_B / ‖g_B‖²] over fresh batches (to a 1% standard error or 200 batches; one HVP each) whenever λ₁ is measured.", MEAS)] = D.batch_sharpness,
+    batch_sharpness: Annotated[bool, _opt("With --batch-size: also the batch sharpness, the mean of g_Bᵀ H_B g_B / ‖g_B‖² over fresh batches B (to a 1% standard error or 200 batches; one HVP each) whenever λ₁ is measured.", MEAS)] = D.batch_sharpness,
     sharpness_samples: Annotated[Optional[int], _opt("Examples in the sharpness Hessian (first N of the training subset; default all).", MEAS)] = D.sharpness_samples,
     sharpness_k: Annotated[int, _opt("Top eigenvalues computed per measurement (λ₁ goes to metrics.csv).", MEAS)] = D.sharpness_k,
     sharpness_iters: Annotated[int, _opt("Most Lanczos iterations per measurement.", MEAS)] = D.sharpness_iters,

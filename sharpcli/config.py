@@ -66,6 +66,9 @@ class Optimizer(Choice):
     sgd = "sgd"
     sam = "sam"
     eigen_sam = "eigen-sam"
+    adam = "adam"
+    adamw = "adamw"
+    rmsprop = "rmsprop"
 
 
 class Phase(Choice):
@@ -75,10 +78,27 @@ class Phase(Choice):
     sgd = "sgd"
     sam = "sam"
     eigen_sam = "eigen-sam"
+    adam = "adam"
+    adamw = "adamw"
+    rmsprop = "rmsprop"
 
 
 # The sharpness-aware optimizers and phases: their edge is the SAM edge (SPEC §4).
 SAM_PHASES = frozenset({Phase.sam.value, Phase.eigen_sam.value})
+# The adaptive optimizers and phases: measured by the preconditioned sharpness λ₁(P⁻¹H)
+# against the adaptive edge (SPEC §10).
+ADAPTIVE_PHASES = frozenset({Phase.adam.value, Phase.adamw.value, Phase.rmsprop.value})
+
+
+class Measure(Choice):
+    """The quantity `sharp eos` compares with an edge (eos.csv's `measure`): auto picks the
+    preconditioned sharpness in adaptive phases, the batch sharpness in sgd phases of a run
+    that measured it, and λ₁ otherwise."""
+
+    auto = "auto"
+    sharpness = "sharpness"
+    preconditioned_sharpness = "preconditioned_sharpness"
+    batch_sharpness = "batch_sharpness"
 
 
 class SamSync(Choice):
@@ -168,6 +188,13 @@ class TrainConfig:
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
+    # adam, adamw, rmsprop (torch.optim's own); beta2 is also RMSProp's smoothing constant
+    # (torch's `alpha`, which is not --alpha: that is Eigen-SAM's α). None: the optimizer's
+    # own default, 0.999 for adam/adamw and 0.99 for rmsprop.
+    beta1: float = 0.9
+    beta2: float | None = None
+    eps: float = 1e-8
+    batch_sharpness: bool = False  # measure E_B[g_Bᵀ H_B g_B / ‖g_B‖²] with λ₁ (minibatch runs)
     batch_size: int | None = None  # None: full batch
     physical_batch_size: int = 4096
     steps: int | None = None
@@ -224,6 +251,11 @@ class TrainConfig:
         return self.optimizer.value in SAM_PHASES
 
     @property
+    def adaptive_optimizer(self) -> bool:
+        """Whether the optimizer is Adam, AdamW or RMSProp (a diagonal preconditioner P)."""
+        return self.optimizer.value in ADAPTIVE_PHASES
+
+    @property
     def base_phase(self) -> Phase:
         """The update outside SAM phases: gd when full batch, sgd with a batch size."""
         return Phase.gd if self.batch_size is None else Phase.sgd
@@ -241,11 +273,15 @@ NON_SETTING_KEYS = {"seed", "run_name", "reports_dir", "checkpoints_dir", "resum
 # Settings that a given optimizer never reads: leaving them out of a run's setting keeps,
 # say, a gd run and a gd run with a different (unused) --rho in one group.
 _SAM_ONLY = {"rho", "adaptive", "alpha", "eig_every", "eig_iters", "sam_start", "sam_sync"}
+_ADAPTIVE_ONLY = {"beta1", "beta2", "eps"}
 UNUSED_BY_OPTIMIZER = {
-    Optimizer.gd.value: _SAM_ONLY,
-    Optimizer.sgd.value: _SAM_ONLY,
-    Optimizer.sam.value: {"alpha", "eig_every", "eig_iters"},
-    Optimizer.eigen_sam.value: {"adaptive"},
+    Optimizer.gd.value: _SAM_ONLY | _ADAPTIVE_ONLY,
+    Optimizer.sgd.value: _SAM_ONLY | _ADAPTIVE_ONLY,
+    Optimizer.sam.value: {"alpha", "eig_every", "eig_iters"} | _ADAPTIVE_ONLY,
+    Optimizer.eigen_sam.value: {"adaptive"} | _ADAPTIVE_ONLY,
+    Optimizer.adam.value: _SAM_ONLY | {"momentum", "nesterov"},
+    Optimizer.adamw.value: _SAM_ONLY | {"momentum", "nesterov"},
+    Optimizer.rmsprop.value: _SAM_ONLY | {"beta1", "nesterov"},
 }
 
 

@@ -1,10 +1,11 @@
-"""The stability edges of SPEC §4, checked against values worked by hand."""
+"""The stability edges of SPEC §4 and §10, checked against values worked by hand."""
 
 import math
 
 import pytest
+import torch
 
-from sharpcli.edges import gd_edge, sam_edge
+from sharpcli.edges import EdgeRule, adam_edge, gd_edge, rmsprop_edge, sam_edge
 
 
 # --- GD edge (Cohen et al. 2021) ---------------------------------------------------------
@@ -110,3 +111,36 @@ def test_sam_edge_monotone_in_grad_norm():
 def test_sam_edge_rejects_non_positive_lr():
     with pytest.raises(ValueError):
         sam_edge(0.0, 0.05, 0.3)
+
+
+# --- Adaptive edges (Cohen et al. 2022) --------------------------------------------------
+
+def test_adam_edge_worked_examples():
+    # (2 + 2β₁)/((1 − β₁)η): β₁ = 0.9, η = 1e-3 → 3.8 / (0.1 · 1e-3) = 38000 (38/η)
+    assert adam_edge(1e-3, 0.9) == pytest.approx(38000.0)
+    # β₁ = 0.5, η = 0.01: 3 / (0.5 · 0.01) = 600
+    assert adam_edge(0.01, 0.5) == pytest.approx(600.0)
+    # β₁ = 0 (RMSProp-like Adam without momentum): 2/η
+    assert adam_edge(0.01, 0.0) == pytest.approx(200.0)
+    with pytest.raises(ValueError):
+        adam_edge(0.0, 0.9)
+
+
+def test_rmsprop_edge_worked_examples():
+    # 2/η, and (2 + 2μ)/η with momentum μ: η = 0.01, μ = 0.9 → 3.8 / 0.01 = 380
+    assert rmsprop_edge(0.01) == pytest.approx(200.0)
+    assert rmsprop_edge(0.01, 0.9) == pytest.approx(380.0)
+
+
+def test_edge_rule_reads_torch_optimizers():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    adam = EdgeRule.from_param_groups(torch.optim.AdamW(params, lr=1e-3, betas=(0.8, 0.99)).param_groups)
+    # (2 + 1.6)/(0.2 · 1e-3) = 18000; the GD edge 2/η stays in its own column
+    assert adam.at(1e-3, 0.5, False) == {"gd_edge": pytest.approx(2000.0), "sam_edge": None,
+                                         "adaptive_edge": pytest.approx(18000.0)}
+    rms = EdgeRule.from_param_groups(torch.optim.RMSprop(params, lr=0.01, momentum=0.5).param_groups)
+    assert rms.at(0.01, 0.5, False)["adaptive_edge"] == pytest.approx(300.0)
+    sgd = EdgeRule.from_param_groups(torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True).param_groups)
+    assert sgd.at(0.1, 0.5, False) == {"gd_edge": pytest.approx(3.8 / 0.28), "sam_edge": None,
+                                       "adaptive_edge": None}
+    assert EdgeRule(preconditioner="adam").at(0.0, None, False)["adaptive_edge"] is None

@@ -1,10 +1,16 @@
-"""Edge-of-stability analysis of a run (SPEC §7): measured sharpness against the edge.
+"""Edge-of-stability analysis of a run (SPEC §7, §10): measured sharpness against the edge.
 
-For each step at which λ₁ was measured, the relevant edge is the SAM edge (Long & Bartlett
-2024) in sam / eigen-sam phases and the GD edge 2/η (Cohen et al. 2021, with momentum as in
-sharpcli.edges) otherwise; ratio = λ₁ / edge. The SAM edge is Long & Bartlett's for SAM
-on plain GD: a SAM run with momentum is measured against it all the same (momentum enters
-the GD edge only). A run's verdict summarises those ratios:
+At each step the *measure*, the quantity compared with an edge, is (`Measure.auto`):
+- in adam / adamw / rmsprop phases the preconditioned sharpness λ₁(P⁻¹H), against the
+  adaptive edge ((2 + 2β₁)/((1 − β₁)η) for Adam and AdamW, (2 + 2μ)/η for RMSProp);
+- in sgd phases of a run that measured it, the batch sharpness, against the GD edge;
+- otherwise λ₁, against the SAM edge (Long & Bartlett 2024) in sam / eigen-sam phases and
+  the GD edge 2/η (Cohen et al. 2021, with momentum as in sharpcli.edges) elsewhere.
+`measure=` names one quantity for every step instead (its edge as above; λ₁'s edge in an
+adaptive phase is the GD edge). Steps where the measure is empty are left out; ratio =
+measure / edge. The SAM edge is Long & Bartlett's for SAM on plain GD: a SAM run with
+momentum is measured against it all the same (momentum enters the GD edge only). A run's
+verdict summarises those ratios:
 
 - the edge is *reached* at the first measurement with ratio ≥ 1 − band;
 - from that measurement on (it included) we count the fraction within the band,
@@ -28,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sharpcli.config import SAM_PHASES, phase_at, sam_start_step
-from sharpcli.edges import EdgeRule, gd_edge, sam_edge
+from sharpcli.config import (ADAPTIVE_PHASES, SAM_PHASES, Measure, Optimizer, phase_at,
+                             sam_start_step)
+from sharpcli.edges import PRECONDITIONER_OF, EdgeRule, adam_edge, gd_edge, rmsprop_edge, sam_edge
 from sharpcli.errors import SharpError
 from sharpcli.formats.runs import PHASES, read_config, read_metrics, resolve_run_dir, writable
 from sharpcli.formats.schema import EOS_COLUMNS
@@ -41,6 +48,9 @@ VERDICTS = ("at-edge", "below-edge", "above-edge")
 _SLACK = 1e-12
 # Columns eos needs from metrics.csv; the rest of SPEC §2 may be absent here.
 EOS_METRICS_COLUMNS = ("step", "phase", "lr", "rho", "grad_norm", "sharpness")
+EDGE_KEYS = ("gd_edge", "sam_edge", "adaptive_edge")
+# The edge kinds a verdict names, in this order: (measure, SAM phase) → kind.
+EDGE_KINDS = ("GD", "SAM", "adaptive", "batch")
 
 
 def check_band(band: float, threshold: float = DEFAULT_THRESHOLD) -> None:
@@ -51,14 +61,21 @@ def check_band(band: float, threshold: float = DEFAULT_THRESHOLD) -> None:
 
 
 def edges_at(lr: float, momentum: float = 0.0, nesterov: bool = False,
-             rho: float | None = None, grad_norm: float | None = None) -> dict[str, float]:
+             rho: float | None = None, grad_norm: float | None = None,
+             optimizer: str | None = None, beta1: float | None = None) -> dict[str, float]:
     """The calculator: {"gd_edge": ...} and, when rho is given, {"sam_edge": ...} too (which
     then needs grad_norm). The SAM edge is Long & Bartlett's for SAM on plain GD: momentum
-    enters the GD edge only."""
+    enters the GD edge only. For adam, adamw and rmsprop: {"adaptive_edge": ...} alone."""
     if not lr > 0:
         raise SharpError(f"--lr must be positive, got {lr}")
     if not 0 <= momentum < 1:
         raise SharpError(f"--momentum must lie in [0, 1), got {momentum}")
+    optimizer = None if optimizer is None else Optimizer.parse(optimizer, "--optimizer").value
+    if optimizer in ADAPTIVE_PHASES:
+        edge = _adaptive_edge_at(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1)
+        return {"adaptive_edge": edge}
+    if beta1 is not None:
+        raise SharpError("--beta1 enters the adaptive edge of --optimizer adam or adamw only")
     out = {"gd_edge": gd_edge(lr, momentum, nesterov)}
     if rho is not None:
         if rho < 0:
@@ -74,6 +91,23 @@ def edges_at(lr: float, momentum: float = 0.0, nesterov: bool = False,
     return out
 
 
+def _adaptive_edge_at(lr, momentum, nesterov, rho, grad_norm, optimizer: str,
+                     beta1: float | None) -> float:
+    """The calculator's adaptive edge, refusing the flags that do not enter it."""
+    if rho is not None or grad_norm is not None or nesterov:
+        raise SharpError(f"--rho, --grad-norm and --nesterov do not enter the edge of {optimizer}")
+    if optimizer == "rmsprop":
+        if beta1 is not None:
+            raise SharpError("--beta1 is Adam's; rmsprop's edge takes --momentum")
+        return rmsprop_edge(lr, momentum)
+    if momentum:
+        raise SharpError(f"{optimizer} has no --momentum; its momentum is --beta1")
+    beta1 = 0.9 if beta1 is None else beta1
+    if not 0 <= beta1 < 1:
+        raise SharpError(f"--beta1 must lie in [0, 1), got {beta1}")
+    return adam_edge(lr, beta1)
+
+
 def run_phase_at(config: dict, step: int) -> str:
     """The update a run of this config.json used at `step`, for when no metrics row says it."""
     start = sam_start_step(config.get("sam_start"), config.get("epochs") is not None,
@@ -82,17 +116,20 @@ def run_phase_at(config: dict, step: int) -> str:
 
 
 def edge_columns(metrics: pd.DataFrame, config: dict) -> pd.DataFrame:
-    """step, phase, gd_edge, sam_edge and edge (the one that applies) for every metrics row.
+    """step, phase, gd_edge, sam_edge, adaptive_edge and edge (λ₁'s: the SAM edge in SAM
+    phases, else the GD edge) for every metrics row.
 
-    gd_edge / sam_edge come from the metrics row when the trainer wrote them; otherwise they
-    are computed: lr from the row (config `lr` if the cell is empty), momentum and nesterov
+    The edges come from the metrics row when the trainer wrote them; otherwise they are
+    computed: lr from the row (config `lr` if the cell is empty), momentum, nesterov and β₁
     from the config, rho from the row (config `rho` in SAM phases if empty), ‖g‖ from the
-    row's grad_norm. sam_edge is left empty outside SAM phases unless the row has a rho.
-    A row without a positive lr (none logged, or a schedule that ended at 0) has no edge:
-    its cells are left empty, and eos leaves it out of the verdict.
+    row's grad_norm. sam_edge is left empty outside SAM phases unless the row has a rho,
+    adaptive_edge outside adaptive phases. A row without a positive lr (none logged, or a
+    schedule that ended at 0) has no edge: its cells are left empty, and eos leaves it out
+    of the verdict.
     """
     momentum = float(config.get("momentum") or 0.0)
     nesterov = bool(config.get("nesterov") or False)
+    beta1 = float(0.9 if config.get("beta1") is None else config["beta1"])
     records = []
     for row in metrics.to_dict("records"):
         phase = row.get("phase")
@@ -102,31 +139,66 @@ def edge_columns(metrics: pd.DataFrame, config: dict) -> pd.DataFrame:
         if phase not in PHASES:  # an optimizer whose edge sharpcli does not know
             lr = None
         rho = _cell(row, "rho", config.get("rho") if phase in SAM_PHASES else None)
-        rule = EdgeRule(momentum, nesterov, rho)
+        rule = EdgeRule(momentum, nesterov, rho, PRECONDITIONER_OF.get(phase), beta1)
         computed = rule.at(lr, _cell(row, "grad_norm"), phase in SAM_PHASES or (rho or 0) > 0)
-        gd, sam = (computed[k] if _cell(row, k) is None else _cell(row, k)
-                   for k in ("gd_edge", "sam_edge"))
+        gd, sam, adaptive = (computed[k] if _cell(row, k) is None else _cell(row, k)
+                             for k in EDGE_KEYS)
         edge = sam if phase in SAM_PHASES else gd
         records.append({"step": int(row["step"]), "phase": phase, "gd_edge": _nan(gd),
-                        "sam_edge": _nan(sam), "edge": _nan(edge)})
-    return pd.DataFrame(records, columns=["step", "phase", "gd_edge", "sam_edge", "edge"],
-                        index=metrics.index)
+                        "sam_edge": _nan(sam), "adaptive_edge": _nan(adaptive), "edge": _nan(edge)})
+    return pd.DataFrame(records, columns=["step", "phase", *EDGE_KEYS, "edge"], index=metrics.index)
 
 
-def edge_table(metrics: pd.DataFrame, config: dict, band: float = DEFAULT_BAND) -> pd.DataFrame:
-    """The eos.csv table (EOS_COLUMNS) of the rows where sharpness was measured, sorted by
-    step; edges as in edge_columns()."""
+def edge_table(metrics: pd.DataFrame, config: dict, band: float = DEFAULT_BAND,
+               measure: Measure | str = Measure.auto) -> pd.DataFrame:
+    """The eos.csv table (EOS_COLUMNS) of the rows where the measure was measured, sorted by
+    step: `sharpness` holds the measure's value, `measure` its name, `edge` its edge (see
+    the module docstring); edges as in edge_columns()."""
     check_band(band)
-    rows = metrics[metrics["sharpness"].notna()].sort_values("step", kind="stable")
+    rows = metrics.sort_values("step", kind="stable")
     table = edge_columns(rows, config)
-    table["sharpness"] = rows["sharpness"].astype(float)
+    table["measure"] = row_measures(rows, table["phase"], Measure.parse(measure, "--measure"))
+    records = rows.to_dict("records")
+    table["sharpness"] = [_cell(row, m) for row, m in zip(records, table["measure"])]
+    table["edge"] = [edge_of(m, row) for m, row in zip(table["measure"], table.to_dict("records"))]
     table["grad_norm"] = rows["grad_norm"].astype(float) if "grad_norm" in rows else math.nan
+    table = table[table["sharpness"].notna()].copy()
+    table["sharpness"] = table["sharpness"].astype(float)
     edge = table["edge"].to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(edge > 0, table["sharpness"].to_numpy(dtype=float) / edge, np.nan)
     table["ratio"] = ratio
     table["at_edge"] = np.abs(ratio - 1) <= band + _SLACK
     return table[list(EOS_COLUMNS)].reset_index(drop=True)
+
+
+def row_measures(metrics: pd.DataFrame, phases: pd.Series, measure: Measure) -> pd.Series:
+    """The quantity compared with an edge at each row: `measure` itself, or with auto the
+    preconditioned sharpness in adaptive phases, the batch sharpness in sgd phases of a
+    run that measured it, λ₁ otherwise."""
+    if measure is not Measure.auto:
+        return pd.Series(measure.value, index=metrics.index, dtype=object)
+    batch = "batch_sharpness" in metrics and bool(metrics["batch_sharpness"].notna().any())
+
+    def pick(phase: str) -> str:
+        if phase in ADAPTIVE_PHASES:
+            return Measure.preconditioned_sharpness.value
+        if phase == "sgd" and batch:
+            return Measure.batch_sharpness.value
+        return Measure.sharpness.value
+
+    return phases.map(pick).astype(object)
+
+
+def edge_of(measure: str, edges: dict) -> float:
+    """The edge a measure is compared with, from a row of edge_columns(): the adaptive edge
+    for λ₁(P⁻¹H), the GD edge of the run's η and momentum for the batch sharpness, λ₁'s own
+    (SAM or GD) for λ₁."""
+    if measure == Measure.preconditioned_sharpness:
+        return edges["adaptive_edge"]
+    if measure == Measure.batch_sharpness:
+        return edges["gd_edge"]
+    return edges["edge"]
 
 
 def _cell(row: dict, key: str, default=None):
@@ -151,7 +223,7 @@ class EosSummary:
     median_ratio: float | None  # median ratio from edge_step on
     final_ratio: float | None
     max_ratio: float | None
-    edges: str             # which edges applied: "GD", "SAM" or "GD+SAM"
+    edges: str             # which edges applied, "+"-joined: GD, SAM, adaptive (λ₁(P⁻¹H)), batch
     verdict: str
     band: float
     threshold: float
@@ -166,8 +238,9 @@ def summarize_edges(table: pd.DataFrame, band: float = DEFAULT_BAND,
     check_band(band, threshold)
     known = table[np.isfinite(table["ratio"].to_numpy(dtype=float))]
     ratios = known["ratio"].to_numpy(dtype=float)
-    kinds = {"SAM" if p in SAM_PHASES else "GD" for p in known["phase"]}
-    edges = "+".join(k for k in ("GD", "SAM") if k in kinds)
+    measures = known["measure"] if "measure" in known else [Measure.sharpness.value] * len(known)
+    kinds = {_edge_kind(m, p) for m, p in zip(measures, known["phase"])}
+    edges = "+".join(k for k in EDGE_KINDS if k in kinds)
     base = dict(run=run, n_measured=len(ratios), band=band, threshold=threshold, edges=edges,
                 final_ratio=float(ratios[-1]) if len(ratios) else None,
                 max_ratio=float(ratios.max()) if len(ratios) else None)
@@ -191,6 +264,14 @@ def summarize_edges(table: pd.DataFrame, band: float = DEFAULT_BAND,
                       median_ratio=median, verdict=verdict)
 
 
+def _edge_kind(measure: str, phase: str) -> str:
+    if measure == Measure.preconditioned_sharpness:
+        return "adaptive"
+    if measure == Measure.batch_sharpness:
+        return "batch"
+    return "SAM" if phase in SAM_PHASES else "GD"
+
+
 @dataclass
 class EosResult:
     run_dir: Path
@@ -199,7 +280,8 @@ class EosResult:
 
 
 def eos_run(run: str | Path, band: float = DEFAULT_BAND, threshold: float = DEFAULT_THRESHOLD,
-            metrics: pd.DataFrame | None = None) -> EosResult:
+            metrics: pd.DataFrame | None = None,
+            measure: Measure | str = Measure.auto) -> EosResult:
     """The eos table and verdict of one run: from its metrics.csv, or from `metrics` when
     given (the table sharpcli.spectra.measure makes from its checkpoints)."""
     check_band(band, threshold)
@@ -207,10 +289,13 @@ def eos_run(run: str | Path, band: float = DEFAULT_BAND, threshold: float = DEFA
     config = read_config(run_dir)
     if metrics is None:
         metrics = read_metrics(run_dir, required=EOS_METRICS_COLUMNS)
-    table = edge_table(metrics, config, band)
+    table = edge_table(metrics, config, band, measure)
     if table.empty:
-        raise SharpError(f"{run_dir}: no sharpness was measured (the sharpness column is "
-                         "empty); train with --sharpness-every N, or use --from-checkpoints")
+        wanted = sorted(set(row_measures(metrics, edge_columns(metrics, config)["phase"],
+                                         Measure.parse(measure, "--measure"))))
+        raise SharpError(f"{run_dir}: no {' or '.join(wanted)} was measured (the column is "
+                         "empty); train with --sharpness-every N (--batch-sharpness for the "
+                         "batch sharpness), or use --from-checkpoints")
     if not np.isfinite(table["ratio"].to_numpy(dtype=float)).any():
         raise SharpError(f"{run_dir}: the edge is unknown at every measured step (it needs a "
                          "positive lr in metrics.csv or config.json, and in SAM phases "

@@ -1,4 +1,6 @@
-"""PNG figures of runs: sharpness against the edges, loss and accuracy, alignment, density.
+"""PNG figures of runs: sharpness against the edges (λ₁ and the batch sharpness against the
+GD and SAM edges; the preconditioned sharpness λ₁(P⁻¹H) of adam/adamw/rmsprop against the
+adaptive edge, with the raw λ₁ beside it), loss and accuracy, alignment, density.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
 state, no display needed). With several runs every figure holds all of them: colour names
@@ -21,13 +23,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import Formatter
 
-from sharpcli.config import SAM_PHASES
+from sharpcli.config import ADAPTIVE_PHASES, SAM_PHASES
 from sharpcli.edges import gd_edge
 from sharpcli.analysis.eos import edge_columns
 from sharpcli.errors import SharpError
 from sharpcli.formats.runs import Run, load_run, read_density
 
-FIGURES = ("sharpness", "loss", "alignment", "density")
+FIGURES = ("sharpness", "preconditioned", "loss", "alignment", "density")
 PLOT_COLUMNS = ("step", "phase", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                 "sharpness", "alignment")
 
@@ -79,8 +81,8 @@ def figures(runs: Sequence[Run], *, log_scale: bool = False,
     string that says why there is nothing to draw."""
     runs = list(runs)
     labels = _labels(runs)
-    draws = {"sharpness": _sharpness, "loss": _loss, "alignment": _alignment,
-             "density": _density}
+    draws = {"sharpness": _sharpness, "preconditioned": _preconditioned, "loss": _loss,
+             "alignment": _alignment, "density": _density}
     return {name: draws[name](runs, labels, log_scale)
             for name in FIGURES if only is None or name in only}
 
@@ -105,20 +107,32 @@ def _marker(df: pd.DataFrame) -> str | None:
     return "o" if len(df) <= 60 else None
 
 
+def _measured(m: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows where `column` was measured (none when a run predates the column)."""
+    return m[m[column].notna()] if column in m else m.iloc[:0]
+
+
 def _sharpness(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | str:
     if not any(r.metrics["sharpness"].notna().any() for r in runs):
         return "no sharpness measured (train with --sharpness-every N)"
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     single = len(runs) == 1
-    has_sam = False
+    has_sam = has_batch = False
     for run, label, colour in zip(runs, labels, _colours(len(runs))):
         m = run.metrics.sort_values("step", kind="stable")
         edges = edge_columns(m, run.config)
         measured = m[m["sharpness"].notna()]
         ax.plot(measured["step"], measured["sharpness"], color=colour, marker=_marker(measured),
                 markersize=3, linewidth=1.5, label="sharpness λ₁" if single else label)
-        gd = edges[edges["gd_edge"].notna()]
+        batch = _measured(m, "batch_sharpness")
+        if len(batch):
+            has_batch = True
+            ax.plot(batch["step"], batch["batch_sharpness"], color="tab:green" if single else colour,
+                    linestyle="-.", marker=_marker(batch), markersize=2.5, linewidth=1.3,
+                    label="batch sharpness" if single else None)
+        # the GD edge is no edge of an adaptive optimizer's λ₁ (preconditioned.png has theirs)
+        gd = edges[edges["gd_edge"].notna() & ~edges["phase"].isin(ADAPTIVE_PHASES)]
         ax.plot(gd["step"], gd["gd_edge"], color="black" if single else colour,
                 linestyle="--", linewidth=1.2, label="GD edge 2/η" if single else None)
         sam = edges[edges["sam_edge"].notna() & edges["phase"].isin(SAM_PHASES)]
@@ -140,8 +154,48 @@ def _sharpness(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | 
     else:
         styles = [("-", "sharpness λ₁"), ("--", "GD edge 2/η")]
         styles += [(":", "SAM edge")] if has_sam else []
+        styles += [("-.", "batch sharpness")] if has_batch else []
         _style_legend(ax, styles, loc="lower right")
         ax.legend(loc="upper left", fontsize="small", title="run")
+    return fig
+
+
+def _preconditioned(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | str:
+    """λ₁(P⁻¹H) against the adaptive edge (left), and the raw λ₁ of the same runs (right),
+    whose edge the adaptive optimizers do not have."""
+    if not any(len(_measured(r.metrics, "preconditioned_sharpness")) for r in runs):
+        return "no preconditioned sharpness measured (train with --optimizer adam, adamw or rmsprop)"
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax_p, ax_raw = fig.subplots(1, 2)
+    single = len(runs) == 1
+    for run, label, colour in zip(runs, labels, _colours(len(runs))):
+        m = run.metrics.sort_values("step", kind="stable")
+        pre, raw = _measured(m, "preconditioned_sharpness"), _measured(m, "sharpness")
+        if pre.empty:  # not an adaptive run: colours stay those of the other figures
+            continue
+        ax_p.plot(pre["step"], pre["preconditioned_sharpness"], color=colour, marker=_marker(pre),
+                  markersize=3, linewidth=1.5, label="λ₁(P⁻¹H)" if single else label)
+        edges = edge_columns(m, run.config)
+        edges = edges[edges["adaptive_edge"].notna()]
+        ax_p.plot(edges["step"], edges["adaptive_edge"], color="black" if single else colour,
+                  linestyle="--", linewidth=1.2, label="adaptive edge" if single else None)
+        ax_raw.plot(raw["step"], raw["sharpness"], color=colour, marker=_marker(raw),
+                    markersize=3, linewidth=1.5, label=label)
+    for ax in (ax_p, ax_raw) if log_scale else ():
+        _plain_log_axis(ax)
+    ax_p.set_title("Preconditioned sharpness and the adaptive edge")
+    ax_p.set_ylabel("λ₁(P⁻¹H)")
+    ax_raw.set_title("Raw sharpness (the Hessian's own λ₁)")
+    ax_raw.set_ylabel("λ₁(H)")
+    for ax in (ax_p, ax_raw):
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    if single:
+        ax_p.legend(loc="best", fontsize="small")
+    else:
+        _style_legend(ax_p, [("-", "λ₁(P⁻¹H)"), ("--", "adaptive edge")], loc="lower right")
+        ax_raw.legend(loc="best", fontsize="small", title="run")
+    fig.suptitle("Adaptive edge of stability" + (f": {labels[0]}" if single else ""))
     return fig
 
 

@@ -7,7 +7,9 @@ with equal settings are repeats over seeds and form one group. Per run:
 
 - final_test_acc: the last non-empty test_acc (a fraction in [0, 1], as in metrics.csv);
 - best_test_acc: the largest test_acc logged;
-- final_sharpness: the last non-empty sharpness λ₁.
+- final_sharpness: the last non-empty sharpness λ₁;
+- final_preconditioned_sharpness: the last non-empty λ₁(P⁻¹H) of an adam, adamw or
+  rmsprop run; a column of the tables only when some run has one.
 
 Per group: n_seeds (the number of runs in the group), and for each metric the mean and the
 sample standard deviation over the runs that have a value (ddof=1, the usual "± std over
@@ -34,6 +36,8 @@ from sharpcli.formats.runs import (METRICS_FILE, Run, find_run_dirs, last_value,
 METRICS = (("final_test_acc", "final test acc (%)", 100.0),
            ("best_test_acc", "best test acc (%)", 100.0),
            ("final_sharpness", "final λ₁", 1.0))
+# Metrics shown only when some run has them.
+OPTIONAL_METRICS = (("final_preconditioned_sharpness", "final λ₁(P⁻¹H)", 1.0),)
 SUMMARY_COLUMNS_REQUIRED = ("step", "test_acc", "sharpness")
 
 
@@ -41,11 +45,13 @@ SUMMARY_COLUMNS_REQUIRED = ("step", "test_acc", "sharpness")
 class Summary:
     """`table`: one row per group, columns = the varying setting keys, n_seeds, then
     <metric>_mean and <metric>_std for each metric, then `runs` (the run folders, `;`-joined).
-    `settings`: the varying setting keys, in table order. `warnings`: things worth a look."""
+    `settings`: the varying setting keys, in table order. `warnings`: things worth a look.
+    `metrics`: the (stem, header, factor) of the metrics in the table."""
 
     table: pd.DataFrame
     settings: list[str]
     warnings: list[str] = field(default_factory=list)
+    metrics: tuple = METRICS
 
 
 def setting_of(config: dict, ignore: Iterable[str] = ()) -> dict:
@@ -55,12 +61,15 @@ def setting_of(config: dict, ignore: Iterable[str] = ()) -> dict:
 
 
 def run_values(run: Run) -> dict[str, float]:
-    """final_test_acc, best_test_acc and final_sharpness of one run (NaN when not logged)."""
+    """final_test_acc, best_test_acc, final_sharpness and final_preconditioned_sharpness of
+    one run (NaN when not logged)."""
     m = run.metrics.sort_values("step", kind="stable")
     acc = m["test_acc"]
+    pre = m.get("preconditioned_sharpness", pd.Series(dtype=float))  # absent in older runs
     return {"final_test_acc": last_value(acc),
             "best_test_acc": float(acc.max()) if acc.notna().any() else math.nan,
-            "final_sharpness": last_value(m["sharpness"])}
+            "final_sharpness": last_value(m["sharpness"]),
+            "final_preconditioned_sharpness": last_value(pre)}
 
 
 def _norm(value):
@@ -101,15 +110,18 @@ def summarize(paths: Sequence[str | Path], ignore: Iterable[str] = ()) -> Summar
     for i, s in enumerate(settings):
         groups.setdefault(tuple(_norm(s.get(k)) for k in keys), []).append(i)
     varying = [k for j, k in enumerate(keys) if len({g[j] for g in groups}) > 1]
+    values = [run_values(r) for r in runs]
+    metrics = METRICS + tuple(m for m in OPTIONAL_METRICS
+                              if any(not math.isnan(v[m[0]]) for v in values))
 
     rows = []
     for group_key, members in groups.items():
         first = settings[members[0]]
         row = {k: _display(first.get(k)) for k in varying}
         row["n_seeds"] = len(members)
-        values = pd.DataFrame([run_values(runs[i]) for i in members])
-        for stem, _, _ in METRICS:
-            col = values[stem].dropna()
+        group = pd.DataFrame([values[i] for i in members])
+        for stem, _, _ in metrics:
+            col = group[stem].dropna()
             row[f"{stem}_mean"] = float(col.mean()) if len(col) else math.nan
             row[f"{stem}_std"] = float(col.std(ddof=1)) if len(col) > 1 else math.nan
         row["runs"] = ";".join(str(runs[i].path) for i in members)
@@ -120,7 +132,7 @@ def summarize(paths: Sequence[str | Path], ignore: Iterable[str] = ()) -> Summar
                             f"{row['runs']}")
     rows.sort(key=lambda kr: _sort_key(kr[0]))
     table = pd.DataFrame([r for _, r in rows])
-    return Summary(table, varying, warnings)
+    return Summary(table, varying, warnings, metrics)
 
 
 def _display(value):
@@ -144,11 +156,11 @@ def format_mean_std(mean: float, std: float, factor: float = 1.0,
 
 def display_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the human-readable table (terminal and markdown)."""
-    headers = list(summary.settings) + ["n"] + [h for _, h, _ in METRICS]
+    headers = list(summary.settings) + ["n"] + [h for _, h, _ in summary.metrics]
     cells = []
     for row in summary.table.to_dict("records"):
         line = [_cell_text(row[k]) for k in summary.settings] + [str(row["n_seeds"])]
-        for stem, _, factor in METRICS:
+        for stem, _, factor in summary.metrics:
             decimals = 1 if factor == 100.0 else None
             line.append(format_mean_std(row[f"{stem}_mean"], row[f"{stem}_std"], factor, decimals))
         cells.append(line)

@@ -1,4 +1,4 @@
-"""`sharp eos`: measured sharpness against the GD and SAM edges, with a verdict per run."""
+"""`sharp eos`: measured sharpness against the GD, SAM and adaptive edges, with a verdict per run."""
 
 from __future__ import annotations
 
@@ -7,12 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
+from sharpcli.config import Measure, Optimizer
+
 HELP = (
-    "Compare measured sharpness λ₁ with the edge of stability, run by run.\n\n"
+    "Compare measured sharpness with the edge of stability, run by run.\n\n"
     "For each step where λ₁ was measured, the edge is the SAM edge (Long & Bartlett 2024) in "
     "sam/eigen-sam phases and the GD edge otherwise: 2/η, with momentum β (2+2β)/η, with "
-    "Nesterov (2+2β)/(η(1+2β)); ratio = λ₁/edge. Writes reports/<run>/eos.csv "
-    "(step,phase,sharpness,grad_norm,gd_edge,sam_edge,edge,ratio,at_edge) and prints a "
+    "Nesterov (2+2β)/(η(1+2β)); ratio = λ₁/edge. In adam/adamw/rmsprop phases the measure is "
+    "the preconditioned sharpness λ₁(P⁻¹H) against the adaptive edge (2+2β₁)/((1−β₁)η) "
+    "(Cohen et al. 2022; rmsprop (2+2μ)/η), and in sgd phases of a run trained with "
+    "--batch-sharpness the batch sharpness against the GD edge (edge column: adaptive, "
+    "batch); --measure picks one quantity for every step instead. Writes "
+    "reports/<run>/eos.csv (step,phase,sharpness,grad_norm,gd_edge,sam_edge,edge,ratio,"
+    "at_edge,measure: sharpness is the value of the quantity named by measure) and prints a "
     "summary per run.\n\n"
     "Verdict: the edge is reached at the first ratio ≥ 1 − band. From there on (that "
     "measurement included): above-edge if the median ratio > 1 + band; at-edge if at least "
@@ -20,7 +27,8 @@ HELP = (
     "side (below-edge or above-edge) holding more of the out-of-band measurements, "
     "below-edge on a tie. Never reached: below-edge.\n\n"
     "Calculator: with --lr (and --momentum, --nesterov, --rho, --grad-norm) and no RUN, "
-    "prints the GD edge, and the SAM edge when --rho is given."
+    "prints the GD edge, and the SAM edge when --rho is given; with --optimizer adam or "
+    "adamw (--beta1) or rmsprop (--momentum), the adaptive edge."
 )
 
 
@@ -36,6 +44,10 @@ def eos(
              "the band for the verdict at-edge.")] = 0.5,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Exit 1 unless every run's verdict is at-edge.")] = False,
+    measure: Annotated[Measure, typer.Option(
+        help="The quantity compared with an edge: auto (λ₁(P⁻¹H) in adaptive phases, batch "
+             "sharpness in sgd phases where measured, λ₁ otherwise), or one column of "
+             "metrics.csv for every step.")] = Measure.auto,
     out: Annotated[Optional[Path], typer.Option(
         help="Where to write eos.csv instead of reports/<run>/eos.csv: with one RUN the CSV "
              "file itself; with several (or when it is an existing directory), a directory "
@@ -66,18 +78,27 @@ def eos(
         show_default=False)] = None,
     grad_norm: Annotated[Optional[float], typer.Option(
         help="Calculator: gradient norm ‖g‖ for the SAM edge.", show_default=False)] = None,
+    optimizer: Annotated[Optional[Optimizer], typer.Option(
+        help="Calculator: adam, adamw or rmsprop prints their adaptive edge instead of the "
+             "GD edge.", show_default=False)] = None,
+    beta1: Annotated[Optional[float], typer.Option(
+        help="Calculator: Adam's β₁ (default 0.9) for the adaptive edge.",
+        show_default=False)] = None,
     dist_timeout: Annotated[float, typer.Option(
         help="--from-checkpoints under torchrun: seconds a process waits for the others in a "
              "collective before the command fails.")] = 600.0,
 ) -> None:
     from sharpcli.errors import SharpError
 
-    calculator = {"--lr": lr, "--rho": rho, "--grad-norm": grad_norm}
+    calculator = {"--lr": lr, "--rho": rho, "--grad-norm": grad_norm, "--optimizer": optimizer,
+                  "--beta1": beta1}
     if not runs:
         if lr is None:
             raise SharpError("give RUN directories, or --lr (with --rho and --grad-norm for "
                              "the SAM edge) for the calculator; see sharp eos --help")
-        _calculator(lr, momentum, nesterov, rho, grad_norm)
+        if measure is not Measure.auto:
+            raise SharpError("--measure applies to RUN directories, not to the calculator")
+        _calculator(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1)
         return
     given = [name for name, value in calculator.items() if value is not None]
     if given or momentum or nesterov:
@@ -88,13 +109,21 @@ def eos(
         raise SharpError("--samples applies to --from-checkpoints only")
     _runs(runs, band, threshold, strict, out, from_checkpoints,
           dict(device=device, samples=samples, tol=tol, max_iter=max_iter, seed=seed),
-          dist_timeout)
+          dist_timeout, measure)
 
 
-def _calculator(lr, momentum, nesterov, rho, grad_norm) -> None:
+def _calculator(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1) -> None:
     from sharpcli.analysis.eos import edges_at
 
-    edges = edges_at(lr, momentum, nesterov, rho, grad_norm)
+    edges = edges_at(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1)
+    if "adaptive_edge" in edges:
+        if optimizer == "rmsprop":
+            detail = f"(2+2μ)/η of rmsprop, η={lr:g}, μ={momentum:g}"
+        else:
+            detail = (f"(2+2β₁)/((1−β₁)η) of {optimizer} (Cohen et al. 2022), η={lr:g}, "
+                      f"β₁={0.9 if beta1 is None else beta1:g}")
+        print(f"adaptive_edge {edges['adaptive_edge']:.6g}  adaptive edge {detail}")
+        return
     if nesterov:
         formula = "(2+2β)/(η(1+2β))"
     elif momentum:
@@ -108,7 +137,7 @@ def _calculator(lr, momentum, nesterov, rho, grad_norm) -> None:
 
 
 def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs,
-          dist_timeout) -> None:
+          dist_timeout, measure) -> None:
     from sharpcli.analysis.eos import check_band, eos_run
     from sharpcli.distributed import SINGLE, process_group
     from sharpcli.errors import SharpError, StrictCheckFailed
@@ -118,7 +147,7 @@ def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs,
     if from_checkpoints:
         with process_group(measure_kwargs["device"], dist_timeout) as dist:
             tables = {run: _measure(run, measure_kwargs, dist) for run in runs}
-    results = [eos_run(run, band, threshold, tables.get(run)) for run in runs]
+    results = [eos_run(run, band, threshold, tables.get(run), measure) for run in runs]
     names = [r.run_dir.name for r in results]
     if out is not None and len(results) > 1 and len(set(names)) < len(names):
         raise SharpError(f"--out with several runs needs distinct run names, got {names}")
@@ -137,7 +166,9 @@ def _measure(run, measure_kwargs, dist):
 
     def say(path, row):
         if dist.is_main:
-            print(f"  {path.name}: λ₁={row['sharpness']:.4g} ‖g‖={row['grad_norm']:.4g}",
+            extra = row.get("preconditioned_sharpness")
+            extra = "" if extra is None else f" λ₁(P⁻¹H)={extra:.4g}"
+            print(f"  {path.name}: λ₁={row['sharpness']:.4g}{extra} ‖g‖={row['grad_norm']:.4g}",
                   flush=True)
 
     return measure_checkpoints(resolve_run_dir(run), **measure_kwargs, on_checkpoint=say,

@@ -11,7 +11,9 @@ import typer
 HELP = (
     "PNG figures of runs: sharpness against the edges, loss and accuracy, alignment, "
     "spectral density.\n\n"
-    "The figures: sharpness λ₁ against the GD and SAM edges (sharpness.png), train "
+    "The figures: sharpness λ₁ (and the batch sharpness, where measured) against the GD and "
+    "SAM edges (sharpness.png), the preconditioned sharpness λ₁(P⁻¹H) of adam/adamw/rmsprop "
+    "runs against the adaptive edge with the raw λ₁ beside it (preconditioned.png), train "
     "and test loss and accuracy (loss.png), alignment of the update with the top eigenvector "
     "(alignment.png), and the Hessian spectral density when reports/<run>/density.csv exists "
     "(density.png). A figure with nothing to draw is skipped.\n\n"
@@ -23,6 +25,7 @@ HELP = (
 
 class Figure(str, Enum):
     sharpness = "sharpness"
+    preconditioned = "preconditioned"
     loss = "loss"
     alignment = "alignment"
     density = "density"

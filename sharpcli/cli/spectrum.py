@@ -107,6 +107,12 @@ def spectrum_command(
     hessian_mode: Annotated[HessianMode, _opt(
         "eval: BatchNorm running statistics; train: each chunk's batch statistics. Dropout "
         "is off in both.", DATA)] = D.hessian_mode,
+    preconditioned: Annotated[bool, _opt(
+        "Checkpoints of adam, adamw or rmsprop: the spectrum of P^{-1/2} H P^{-1/2} (the "
+        "eigenvalues of P⁻¹H) with P from the saved optimizer state, the state before that "
+        "step's update (SPEC §10); written to spectrum-preconditioned.csv (and "
+        "density-preconditioned.csv). Checkpoints of step 0 have no P and are skipped.",
+        DATA)] = D.preconditioned,
     backend: Annotated[Backend, _opt(
         "native, or pyhessian to cross-check with the pyhessian package (eigenvalues and "
         "trace only).", RUN)] = D.backend,
@@ -153,7 +159,7 @@ def spectrum_command(
         density=density, density_runs=density_runs, density_iters=density_iters,
         density_grid=density_grid, density_sigma=density_sigma, per_layer=per_layer,
         samples=samples, split=split, batch_size=batch_size, backend=backend,
-        hessian_mode=hessian_mode, device=device, seed=seed)
+        hessian_mode=hessian_mode, preconditioned=preconditioned, device=device, seed=seed)
     source = ModelSource(model_factory, model_kwargs, weights, data, dataset, data_dir,
                          train_size, test_size, loss)
     if not targets and weights is None:
@@ -181,9 +187,13 @@ def _run(targets, cfg: SpectrumConfig, out, density_out, quiet: bool, dist, sour
                             if s.quantity == "eigenvalue"), math.nan)
                 bar.update(bar.task_ids[0], completed=i + 1, info=f"step {result.step}: λ₁ {lam:.4g}")
 
+        def on_skip(path, why):
+            if not quiet:
+                print(f"skipped {path.name}: {why}")
+
         return run_spectrum(targets, cfg, out=out, density_out=density_out,
                             should_stop=lambda: stop.requested, on_start=on_start,
-                            on_done=on_done, dist=dist, source=source)
+                            on_done=on_done, on_skip=on_skip, dist=dist, source=source)
 
 
 def print_table(results, cfg: SpectrumConfig) -> None:
@@ -197,9 +207,10 @@ def print_table(results, cfg: SpectrumConfig) -> None:
     if not console.is_terminal:  # a log file or a pipe: no terminal width to fit
         console = Console(highlight=False, width=160)
     k = cfg.top_k
-    title = (f"Hessian spectrum ({cfg.backend}, {cfg.eigen_method}, top {k}; "
+    what = "Spectrum of P^-1/2 H P^-1/2" if cfg.preconditioned else "Hessian spectrum"
+    title = (f"{what} ({cfg.backend}, {cfg.eigen_method}, top {k}; "
              f"{results[0].n_examples} {cfg.split} examples, {results[0].n_params} parameters)"
-             if results else "Hessian spectrum")
+             if results else what)
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
     table.add_column("step", justify="right")
     table.add_column("block", overflow="fold")

@@ -30,11 +30,14 @@ def train_command(
     depth: Annotated[int, _opt("Hidden layers (mlp) or conv layers (cnn).", MODEL)] = D.depth,
     activation: Annotated[Optional[str], _opt("Activation: tanh, relu, gelu, elu, softplus, silu, identity (default: tanh for mlp/cnn, relu for ResNets).", MODEL)] = D.activation,
     loss: Annotated[Loss, _opt("mse = 0.5·‖f(x) − onehot(y)‖² averaged over examples; ce = cross-entropy.", MODEL)] = Loss(D.loss),
-    optimizer: Annotated[Optimizer, _opt("gd (full batch), sgd, sam or eigen-sam.", OPT)] = Optimizer(D.optimizer),
+    optimizer: Annotated[Optimizer, _opt("gd (full batch), sgd, sam, eigen-sam, or torch's adam, adamw and rmsprop (full batch without --batch-size).", OPT)] = Optimizer(D.optimizer),
     lr: Annotated[float, _opt("Step size η.", OPT)] = D.lr,
-    momentum: Annotated[float, _opt("Heavy-ball momentum β.", OPT)] = D.momentum,
+    momentum: Annotated[float, _opt("Heavy-ball momentum β (gd, sgd, SAM's base; rmsprop's momentum μ).", OPT)] = D.momentum,
     nesterov: Annotated[bool, _opt("Use Nesterov momentum.", OPT)] = D.nesterov,
-    weight_decay: Annotated[float, _opt("L2 weight decay (not part of the measured Hessian).", OPT)] = D.weight_decay,
+    weight_decay: Annotated[float, _opt("L2 weight decay (not part of the measured Hessian); decoupled for adamw, coupled otherwise.", OPT)] = D.weight_decay,
+    beta1: Annotated[float, _opt("adam, adamw: β₁, the decay of the gradient average (momentum).", OPT)] = D.beta1,
+    beta2: Annotated[Optional[float], _opt("adam, adamw: β₂, the decay of the squared-gradient average; rmsprop: its smoothing constant (torch's alpha). Default 0.999 for adam/adamw, 0.99 for rmsprop.", OPT)] = D.beta2,
+    eps: Annotated[float, _opt("adam, adamw, rmsprop: ε added to the denominator √v.", OPT)] = D.eps,
     batch_size: Annotated[Optional[int], _opt("Minibatch size; omitted = full batch.", OPT)] = D.batch_size,
     physical_batch_size: Annotated[int, _opt("Examples per forward pass when computing full-batch quantities (memory bound).", OPT)] = D.physical_batch_size,
     steps: Annotated[Optional[int], _opt("Number of updates (default 1000 unless --epochs).", OPT)] = D.steps,
@@ -48,6 +51,7 @@ def train_command(
     sam_sync: Annotated[SamSync, _opt("Under torchrun: global perturbs with the all-reduced gradient (the update one process computes); local perturbs each process's shard with its own gradient (m-sharpness, the SAM paper's multi-accelerator recipe).", SAM)] = D.sam_sync,
     sam_start: Annotated[Optional[int], _opt("Late-phase SAM: the base optimizer (gd, or sgd with --batch-size) until T (steps, or epochs with --epochs), SAM or Eigen-SAM after; momentum buffers carry over.", SAM)] = D.sam_start,
     sharpness_every: Annotated[int, _opt("Measure λ₁ every N steps (0 = off).", MEAS)] = D.sharpness_every,
+    batch_sharpness: Annotated[bool, _opt("With --batch-size: also the batch sharpness, the mean of g_Bᵀ H_B g_B / ‖g_B‖² over fresh batches B (to a 1% standard error or 200 batches; one HVP each) whenever λ₁ is measured.", MEAS)] = D.batch_sharpness,
     sharpness_samples: Annotated[Optional[int], _opt("Examples in the sharpness Hessian (first N of the training subset; default all).", MEAS)] = D.sharpness_samples,
     sharpness_k: Annotated[int, _opt("Top eigenvalues computed per measurement (λ₁ goes to metrics.csv).", MEAS)] = D.sharpness_k,
     sharpness_iters: Annotated[int, _opt("Most Lanczos iterations per measurement.", MEAS)] = D.sharpness_iters,
@@ -99,7 +103,10 @@ def _train(config: TrainConfig, train, quiet: bool, dist):
                 parts = []
                 if row.get("train_loss") is not None:
                     parts.append(f"loss {row['train_loss']:.4g}")
-                if row.get("sharpness") is not None and row.get("sam_edge") is not None:
+                if row.get("preconditioned_sharpness") is not None:
+                    parts.append(f"λ₁(P⁻¹H) {row['preconditioned_sharpness']:.4g} / "
+                                 f"adaptive edge {row['adaptive_edge']:.4g}")
+                elif row.get("sharpness") is not None and row.get("sam_edge") is not None:
                     parts.append(f"λ₁ {row['sharpness']:.4g} / SAM edge {row['sam_edge']:.4g}")
                 elif row.get("sharpness") is not None and row.get("gd_edge") is not None:
                     parts.append(f"λ₁ {row['sharpness']:.4g} / 2/η {row['gd_edge']:.4g}")
@@ -128,8 +135,8 @@ def print_summary(result) -> None:
         verdict = None
     if verdict is not None:
         last, s = verdict.table.iloc[-1], verdict.summary
-        name = "SAM edge" if last["phase"] in SAM_PHASES else "GD edge"
-        out.print(f"final sharpness λ₁ = {last['sharpness']:.4g}, {name} = {last['edge']:.4g}, "
+        quantity, name = _measure_names(last["measure"], last["phase"] in SAM_PHASES)
+        out.print(f"final {quantity} = {_num(last['sharpness'])}, {name} = {_num(last['edge'])}, "
                   f"ratio {last['ratio']:.3f}")
         reached = ("never reached" if s.edge_step is None else
                    f"reached at step {s.edge_step}, {s.in_band:.0%} of the measurements since "
@@ -137,6 +144,20 @@ def print_summary(result) -> None:
         out.print(f"edge of stability: {s.verdict} ({reached}); sharp eos gives the same")
     out.print(f"metrics: {result.report_dir / 'metrics.csv'}")
     out.print(f"checkpoints: {result.checkpoint_dir}/")
+
+
+def _num(x: float) -> str:
+    """4 significant digits, without an exponent for the large edges of adaptive optimizers."""
+    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.0f}"
+
+
+def _measure_names(measure: str, sam_phase: bool) -> tuple[str, str]:
+    """How the summary names the measured quantity and its edge."""
+    if measure == "preconditioned_sharpness":
+        return "preconditioned sharpness λ₁(P⁻¹H)", "adaptive edge"
+    if measure == "batch_sharpness":
+        return "batch sharpness", "GD edge"
+    return "sharpness λ₁", "SAM edge" if sam_phase else "GD edge"
 
 
 def register(app: typer.Typer) -> None:

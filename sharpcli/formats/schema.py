@@ -8,18 +8,24 @@ METRICS_FILE = "metrics.csv"
 TOP_EIGENVALUES_FILE = "top_eigenvalues.csv"
 SPECTRUM_FILE = "spectrum.csv"
 DENSITY_FILE = "density.csv"
+# `sharp spectrum --preconditioned`: the spectrum of P^{-1/2} H P^{-1/2}, same columns; its own
+# files, so that it never overwrites a run's spectrum of H.
+PRECONDITIONED_SPECTRUM_FILE = "spectrum-preconditioned.csv"
+PRECONDITIONED_DENSITY_FILE = "density-preconditioned.csv"
 EOS_FILE = "eos.csv"
 
 METRICS_COLUMNS = ("step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",
                    "test_acc", "grad_norm", "sharpness", "alignment", "gd_edge", "sam_edge",
-                   "seconds")
+                   "preconditioned_sharpness", "adaptive_edge", "batch_sharpness", "seconds")
 # λ₁…λ_k of each measurement when --sharpness-k > 1 (metrics.csv has room for λ₁ only).
 TOP_EIGENVALUE_COLUMNS = ("step", "index", "eigenvalue", "residual")
 SPECTRUM_COLUMNS = ("checkpoint", "step", "block", "quantity", "index", "value", "residual",
                     "converged", "n_hvp", "seconds")
 DENSITY_COLUMNS = ("checkpoint", "step", "eigenvalue", "density")
+# `sharpness` holds the value of the quantity `measure` names (λ₁, λ₁(P⁻¹H) or the batch
+# sharpness) and `edge` its edge, so that ratio = sharpness / edge on every row.
 EOS_COLUMNS = ("step", "phase", "sharpness", "grad_norm", "gd_edge", "sam_edge", "edge",
-               "ratio", "at_edge")
+               "ratio", "at_edge", "measure")
 
 # Every metrics column except `phase` holds numbers (or nothing).
 NUMERIC_METRICS = tuple(c for c in METRICS_COLUMNS if c != "phase")

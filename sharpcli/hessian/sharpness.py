@@ -1,5 +1,6 @@
-"""Sharpness: the top eigenvalue λ₁ of the training-loss Hessian, and the alignment of a
-direction with its eigenvector v₁."""
+"""Sharpness: the top eigenvalue λ₁ of the training-loss Hessian (or, with an adaptive
+optimizer's preconditioner P, of P⁻¹H), and the alignment of a direction with its
+eigenvector v₁."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.operator import HessianOperator
-from sharpcli.linalg import lanczos, lanczos_top_k
+from sharpcli.linalg import DiagonalScaled, lanczos, lanczos_top_k
 from sharpcli.hessian.losses import LossFn
 
 
@@ -29,11 +30,16 @@ class Sharpness:
 def measure_sharpness(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                       k: int = 1, tol: float = 1e-3, max_iter: int = 100,
                       v0: torch.Tensor | None = None, seed: int = 0, chunk_size: int = 4096,
-                      mode: str = "eval", dist: Dist = SINGLE) -> Sharpness:
+                      mode: str = "eval", dist: Dist = SINGLE,
+                      preconditioner: torch.Tensor | None = None) -> Sharpness:
     """λ₁..λ_k of the Hessian of the mean loss over (x, y) by Lanczos; `v0` (the last v₁)
     warm-starts it, which cuts the HVPs needed along a training run severalfold. Under
-    torchrun every process runs the same Lanczos on the summed products."""
+    torchrun every process runs the same Lanczos on the summed products. With the flat
+    diagonal of a `preconditioner` P: those of P^{-1/2} H P^{-1/2}, i.e. of P⁻¹H (SPEC §10),
+    and v₁ is that operator's eigenvector."""
     op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode, dist=dist)
+    if preconditioner is not None:
+        op = DiagonalScaled(op, preconditioner.rsqrt())
     if k == 1:
         result = lanczos(op, k=1, tol=tol, max_iter=min(max_iter, op.size), v0=v0, seed=seed)
     else:  # restarts catch cluster members and repeated eigenvalues a single run misses

@@ -3,14 +3,16 @@
 from sharpcli.linalg.deflation import lanczos_top_k
 from sharpcli.linalg.density import slq_density
 from sharpcli.linalg.lanczos import lanczos
-from sharpcli.linalg.operator import DenseOperator, LinearOperator, matrix_with_spectrum
+from sharpcli.linalg.operator import (DenseOperator, DiagonalScaled, LinearOperator,
+                                      matrix_with_spectrum)
 from sharpcli.linalg.power import power_iteration
 from sharpcli.linalg.results import (DensityResult, EigenResult, LinalgInputError,
                                      TraceResult)
 from sharpcli.linalg.trace import control_variate_trace, hutchinson_trace
 
 __all__ = [
-    "DenseOperator", "DensityResult", "EigenResult", "LinalgInputError", "LinearOperator",
+    "DenseOperator", "DensityResult", "DiagonalScaled", "EigenResult", "LinalgInputError",
+    "LinearOperator",
     "TraceResult", "control_variate_trace", "hutchinson_trace", "lanczos", "lanczos_top_k", "matrix_with_spectrum",
     "power_iteration", "slq_density",
 ]

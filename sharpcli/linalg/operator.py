@@ -38,6 +38,24 @@ class DenseOperator:
         return self.matrix @ v
 
 
+class DiagonalScaled:
+    """D A D with D = diag(d) for a symmetric operator A: symmetric again, one product of A
+    per product. With d = P^{-1/2} for a positive diagonal P, D A D = P^{-1/2} A P^{-1/2} is
+    similar to P⁻¹A (P^{1/2}·P⁻¹A·P^{-1/2}), so it has the eigenvalues of P⁻¹A — the
+    preconditioned sharpness of an adaptive optimizer — as a symmetric problem that every
+    solver here takes."""
+
+    def __init__(self, op: LinearOperator, d: torch.Tensor):
+        if d.shape != (op.size,):
+            raise ValueError(f"diagonal of shape {tuple(d.shape)} for an operator of size {op.size}")
+        self.op = op
+        self.d = d.to(dtype=op.dtype, device=op.device)
+        self.size, self.dtype, self.device = op.size, op.dtype, op.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.d * self.op.matvec(self.d * v)
+
+
 def matrix_with_spectrum(eigenvalues, *, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     """Q diag(eigenvalues) Qᵀ with a random orthogonal Q: a test matrix whose spectrum we chose."""
     lam = torch.as_tensor(eigenvalues, dtype=dtype)

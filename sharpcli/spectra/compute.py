@@ -67,9 +67,10 @@ def _timed(block: str, quantity: str, solve, problem: Problem, cfg: SpectrumConf
     """Run `solve(operator)` on the block's Hessian; its wall time includes building the
     operator (the gradient graph is part of the cost)."""
     start = time.perf_counter()
-    op = Stoppable(HessianOperator(problem.model, problem.loss_fn, problem.x, problem.y,
-                                   chunk_size=problem.chunk_size, params=params,
-                                   mode=cfg.hessian_mode, dist=problem.dist),
+    op = Stoppable(problem.scaled(HessianOperator(problem.model, problem.loss_fn, problem.x,
+                                                  problem.y, chunk_size=problem.chunk_size,
+                                                  params=params, mode=cfg.hessian_mode,
+                                                  dist=problem.dist), params),
                    problem.should_stop, problem.dist)
     result = solve(op)
     return Solve(block, quantity, result, result.n_matvec, time.perf_counter() - start, op.size)
@@ -86,11 +87,12 @@ def _eigenvalues(op, cfg: SpectrumConfig):
 
 def trace_method(model: nn.Module, cfg: SpectrumConfig) -> TraceMethod:
     """--trace-method with `auto` resolved: the Gauss–Newton control variate wherever it
-    applies (each example's output its own), Hutchinson where it does not."""
+    applies (each example's output its own, and the operator H itself), Hutchinson where it
+    does not."""
     if cfg.trace_method is not TraceMethod.auto:
         return cfg.trace_method
     return (TraceMethod.gauss_newton if gauss_newton_separable(model, cfg.hessian_mode)
-            else TraceMethod.hutchinson)
+            and not cfg.preconditioned else TraceMethod.hutchinson)
 
 
 def _trace(op, problem: Problem, cfg: SpectrumConfig, params):

@@ -39,6 +39,7 @@ class SpectrumConfig:
     batch_size: int | None = None  # HVP chunk; None: the run's physical_batch_size
     backend: Backend = Backend.native
     hessian_mode: HessianMode = HessianMode.eval
+    preconditioned: bool = False   # P^{-1/2} H P^{-1/2}, P from an adaptive checkpoint's state
     device: str = "auto"
     seed: int = 0
 
@@ -85,6 +86,9 @@ class SpectrumConfig:
         if self.trace_method is TraceMethod.hutchpp and self.trace_probes < 3:
             raise SharpError(f"--trace-method hutch++ needs --trace-probes ≥ 3, got "
                              f"{self.trace_probes}")
+        if self.preconditioned and self.trace and self.trace_method is TraceMethod.gauss_newton:
+            raise SharpError("--trace-method gauss-newton estimates the trace of H itself; with "
+                             "--preconditioned use hutchinson or hutch++")
         if self.backend is Backend.pyhessian:
             check_pyhessian_supported(self)
 
@@ -104,6 +108,8 @@ def check_pyhessian_supported(cfg: SpectrumConfig) -> None:
         lacks.append(f"--trace-method {cfg.trace_method} (it has Hutchinson only)")
     if cfg.hessian_mode is HessianMode.train:
         lacks.append("--hessian-mode train (it always puts the model in eval mode)")
+    if cfg.preconditioned:
+        lacks.append("--preconditioned (it knows the Hessian only)")
     if lacks:
         raise SharpError("--backend pyhessian cannot do " + "; ".join(lacks)
                          + "; use --backend native")

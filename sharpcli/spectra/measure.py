@@ -1,5 +1,6 @@
-"""λ₁ and ‖g‖ measured at every checkpoint of a run, for `sharp eos --from-checkpoints`: a
-metrics-like table that the edge analysis reads exactly as it reads metrics.csv."""
+"""λ₁ and ‖g‖ (and for adam, adamw and rmsprop λ₁(P⁻¹H)) measured at every checkpoint of a
+run, for `sharp eos --from-checkpoints`: a metrics-like table that the edge analysis reads
+exactly as it reads metrics.csv."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def measure_checkpoints(run_dir: str | Path, *, device: str = "cpu", samples: in
                         dist: Dist = SINGLE) -> pd.DataFrame:
     """λ₁ (Lanczos on the training-loss Hessian) and the full-batch ‖g‖ at every checkpoint
     of a run, as a metrics-like DataFrame (step, phase, lr, rho, train_loss, grad_norm,
-    sharpness; the other SPEC columns empty).
+    sharpness, and preconditioned_sharpness from the saved optimizer state of adam, adamw
+    and rmsprop runs after their first update; the other SPEC columns empty).
 
     The examples are the first `samples` of the run's training subset (default: the run's
     sharpness_samples, else all of it). phase and lr are those of the last metrics.csv row at
@@ -58,6 +60,11 @@ def measure_checkpoints(run_dir: str | Path, *, device: str = "cpu", samples: in
         row = {"step": ckpt.step, "phase": phase, "lr": lr,
                "rho": float(s.rho) if phase in SAM_PHASES else math.nan,
                "train_loss": loss, "grad_norm": float(grad.norm()), "sharpness": top.value}
+        p = ckpt.preconditioner() if s.adaptive_optimizer else None
+        if p is not None:
+            row["preconditioned_sharpness"] = measure_sharpness(
+                ckpt.model, ckpt.loss_fn, x, y, tol=tol, max_iter=max_iter, seed=seed,
+                chunk_size=chunk, dist=dist, preconditioner=p).value
         rows.append(row)
         if on_checkpoint is not None:
             on_checkpoint(target.checkpoint, row)

@@ -16,7 +16,7 @@ from torch import nn
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.params import named_param_groups, trainable_params
 from sharpcli.interrupt import check_stop
-from sharpcli.linalg import DensityResult, EigenResult, TraceResult
+from sharpcli.linalg import DensityResult, DiagonalScaled, EigenResult, TraceResult
 from sharpcli.spectra.config import SpectrumRow
 
 
@@ -33,6 +33,18 @@ class Problem:
     step: int | None = None
     should_stop: Callable[[], bool] | None = None  # polled before every HVP
     dist: Dist = SINGLE  # under torchrun: each process takes its shard of (x, y)
+    # diag(P) over the trainable parameters: measure P^{-1/2} H P^{-1/2} instead of H
+    preconditioner: torch.Tensor | None = None
+
+    def scaled(self, op, params: list[nn.Parameter]):
+        """`op`, the Hessian block of `params`, as P_b^{-1/2} H_b P_b^{-1/2} with P_b the
+        preconditioner's entries of those parameters; `op` itself without one."""
+        if self.preconditioner is None:
+            return op
+        pieces = dict(zip(map(id, trainable_params(self.model)),
+                          torch.split(self.preconditioner,
+                                      [p.numel() for p in trainable_params(self.model)])))
+        return DiagonalScaled(op, torch.cat([pieces[id(p)] for p in params]).rsqrt())
 
 
 def parameter_blocks(model: nn.Module, per_layer: bool) -> dict[str, list[nn.Parameter]]:

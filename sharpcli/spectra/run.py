@@ -14,7 +14,9 @@ from sharpcli.device import resolve_device
 from sharpcli.distributed import SINGLE, Dist, process_device
 from sharpcli.errors import Interrupted, SharpError
 from sharpcli.formats.csvlog import CsvLog
-from sharpcli.formats.schema import DENSITY_COLUMNS, DENSITY_FILE, SPECTRUM_COLUMNS, SPECTRUM_FILE
+from sharpcli.formats.schema import (DENSITY_COLUMNS, DENSITY_FILE,
+                                     PRECONDITIONED_DENSITY_FILE, PRECONDITIONED_SPECTRUM_FILE,
+                                     SPECTRUM_COLUMNS, SPECTRUM_FILE)
 from sharpcli.hessian.params import num_params, trainable_params
 from sharpcli.spectra.compute import compute_spectrum
 from sharpcli.spectra.config import ModelSource, SpectrumConfig
@@ -39,6 +41,7 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                  density_out: Path | None = None, should_stop: Callable[[], bool] | None = None,
                  on_start: Callable[[int, int, Path], None] | None = None,
                  on_done: Callable[[int, int, CheckpointSpectrum], None] | None = None,
+                 on_skip: Callable[[Path, str], None] | None = None,
                  dist: Dist = SINGLE, source: ModelSource | None = None,
                  ) -> list[CheckpointSpectrum]:
     """Measure every checkpoint the arguments name and write spectrum.csv (and density.csv)
@@ -46,7 +49,11 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     Each file is rewritten by the call that first writes to it. Interrupted (exit 130) once
     `should_stop()` turns true, with every row finished so far on disk. Under torchrun
     every process measures its shard of the examples and rank 0 writes. `source` names a
-    model sharpcli did not build (--model-factory), its examples and loss."""
+    model sharpcli did not build (--model-factory), its examples and loss.
+
+    `cfg.preconditioned`: the spectrum of P^{-1/2} H P^{-1/2} with P from each checkpoint's
+    optimizer state, into spectrum-preconditioned.csv (density-preconditioned.csv); a
+    checkpoint saved before the first update has no P and is skipped (`on_skip(path, why)`)."""
     cfg.validate()
     source = source or ModelSource()
     targets = expand_targets(args)
@@ -63,17 +70,26 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
             logs[path] = CsvLog(path, columns).open(fresh=True)
         logs[path].write_many(rows)
 
-    results = []
+    results, skipped = [], []
+    names = ((PRECONDITIONED_SPECTRUM_FILE, PRECONDITIONED_DENSITY_FILE) if cfg.preconditioned
+             else (SPECTRUM_FILE, DENSITY_FILE))
     try:
         for subject in subjects(targets, device, source, should_stop=should_stop,
                                 on_start=on_start, dist=dist):
             x, y = _examples(subject.splits, cfg, subject.target.checkpoint)
-            csv_path = out if out is not None else subject.report_dir / SPECTRUM_FILE
-            dens_path = (density_out or csv_path.parent / DENSITY_FILE) if cfg.density else None
+            p = subject.preconditioner() if cfg.preconditioned else None
+            if cfg.preconditioned and p is None:
+                skipped.append(subject.target.checkpoint)
+                if on_skip is not None:
+                    on_skip(subject.target.checkpoint,
+                            "no optimizer state before the first update, so no P")
+                continue
+            csv_path = out if out is not None else subject.report_dir / names[0]
+            dens_path = (density_out or csv_path.parent / names[1]) if cfg.density else None
             problem = Problem(subject.model, subject.loss_fn, x, y,
                               chunk_size=cfg.batch_size or subject.chunk_size,
                               checkpoint=str(subject.target.checkpoint), step=subject.step,
-                              should_stop=should_stop, dist=dist)
+                              should_stop=should_stop, dist=dist, preconditioner=p)
             solves = []
             for solve in compute_spectrum(problem, cfg):
                 log(csv_path, SPECTRUM_COLUMNS,
@@ -93,6 +109,9 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     finally:
         for csv_log in logs.values():
             csv_log.close()
+    if skipped and not results:
+        raise SharpError(f"--preconditioned: {', '.join(map(str, skipped))} hold no optimizer "
+                         "state yet (saved before the first update): P exists from step 1 on")
     return results
 
 

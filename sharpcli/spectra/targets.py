@@ -16,6 +16,8 @@ from sharpcli.errors import SharpError
 from sharpcli.formats.checkpoints import list_checkpoints
 from sharpcli.formats.runs import checkpoint_files, is_run_dir
 from sharpcli.hessian.losses import LossFn
+from sharpcli.hessian.params import trainable_params
+from sharpcli.hessian.preconditioner import preconditioner_from_state
 from sharpcli.interrupt import check_stop
 from sharpcli.spectra.config import ModelSource
 from sharpcli.workload.custom import (UserData, build_user_model, check_problem, load_weights,
@@ -108,6 +110,7 @@ class Subject:
     splits: DataSplits | UserData
     chunk_size: int
     report_dir: Path
+    preconditioner: Callable[[], torch.Tensor | None]  # diag(P) of an adaptive run's state
 
 
 def subjects(targets: list[Target], device, source: ModelSource | None = None, *,
@@ -120,7 +123,8 @@ def subjects(targets: list[Target], device, source: ModelSource | None = None, *
         for target, ckpt, splits in load_targets(targets, device, should_stop=should_stop,
                                                  on_start=on_start, dist=dist):
             yield Subject(target, ckpt.step, ckpt.model, ckpt.loss_fn, splits,
-                          ckpt.settings.physical_batch_size, report_dir_for(target, ckpt.config))
+                          ckpt.settings.physical_batch_size, report_dir_for(target, ckpt.config),
+                          ckpt.preconditioner)
         return
     model = build_user_model(source.model_factory, source.model_kwargs)
     loss_fn = resolve_loss(source.loss)
@@ -129,12 +133,26 @@ def subjects(targets: list[Target], device, source: ModelSource | None = None, *
         check_stop(should_stop, dist)
         if on_start is not None:
             on_start(i, len(targets), target.checkpoint)
-        state, step, config = read_weights(target.checkpoint)
-        load_weights(model, state, str(target.checkpoint))
+        weights = read_weights(target.checkpoint)
+        load_weights(model, weights.state, str(target.checkpoint))
         model.to(device).eval()
         check_problem(model, loss_fn, splits.x_train, splits.y_train)
-        yield Subject(target, step, model, loss_fn, splits, 4096,
-                      report_dir_for(target, config) if config else target.checkpoint.parent)
+        yield Subject(target, weights.step, model, loss_fn, splits, 4096,
+                      report_dir_for(target, weights.config) if weights.config
+                      else target.checkpoint.parent, _saved_preconditioner(weights, model, target))
+
+
+def _saved_preconditioner(weights, model: nn.Module, target: Target):
+    """diag(P) from the optimizer state a checkpoint of an adaptive loop saved."""
+    def diagonal():
+        if not weights.optimizer:
+            raise SharpError(f"{target.checkpoint}: --preconditioned needs an optimizer state; "
+                             "give a checkpoint saved by sharp train or sharpcli.Tracker")
+        try:
+            return preconditioner_from_state(weights.optimizer, trainable_params(model))
+        except ValueError as err:
+            raise SharpError(f"{target.checkpoint}: --preconditioned: {err}") from None
+    return diagonal
 
 
 def _user_examples(source: ModelSource, model: nn.Module, device) -> DataSplits | UserData:

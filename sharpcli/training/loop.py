@@ -1,4 +1,5 @@
-"""The training loop of `sharp train`: GD, SGD, SAM and Eigen-SAM, measured by a Tracker.
+"""The training loop of `sharp train`: GD, SGD, SAM, Eigen-SAM, Adam, AdamW and RMSProp,
+measured by a Tracker.
 
 Order within step t, so that a checkpoint, a logged row and a resume all agree:
   1. checkpoint w_t if due (before anything at step t touches the model or RNG);
@@ -20,7 +21,7 @@ import torch
 
 from sharpcli.config import SAM_PHASES, Phase, SamSync, TrainConfig
 from sharpcli.distributed import Dist
-from sharpcli.edges import EdgeRule
+from sharpcli.edges import PRECONDITIONER_OF, EdgeRule
 from sharpcli.errors import Interrupted
 from sharpcli.formats.checkpoints import checkpoint_path
 from sharpcli.hessian import HessianOperator
@@ -139,10 +140,13 @@ def tracker_for(run: RunSetup, resumed: Resumed | None) -> Tracker:
                    chunk_size=c.physical_batch_size, seed=c.seed,
                    checkpoint_every=c.checkpoint_every, checkpoint_dir=run.checkpoint_dir,
                    keep_last=c.keep_last, batch_size=c.batch_size,
-                   edges=EdgeRule(c.momentum, c.nesterov, c.rho),
+                   edges=EdgeRule(c.momentum, c.nesterov, c.rho,
+                                  PRECONDITIONER_OF.get(c.optimizer.value), c.beta1),
                    record=run.record, resume_step=resumed.step if resumed else None,
                    top_vector=resumed.top_vector if resumed else None,
-                   elapsed=resumed.elapsed if resumed else 0.0, dist=run.dist)
+                   elapsed=resumed.elapsed if resumed else 0.0, dist=run.dist,
+                   batch_sharpness=c.batch_size if c.batch_sharpness else None,
+                   preconditioned_vector=resumed.preconditioned_vector if resumed else None)
 
 
 def gradient_at(run: RunSetup, sampler: BatchSampler, step: int):

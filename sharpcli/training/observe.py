@@ -2,9 +2,10 @@
 the optimizer's param groups, the step size of the moment, and the run's record.
 
 Known rules: torch.optim.SGD (gd when the loop is full batch, sgd with a batch size;
-momentum and Nesterov enter the GD edge) and SAM wrappers in the style of davda54/sam (a
-param group with `rho`: the SAM edge). Any other optimizer is logged under its own name,
-with no edge: sharpcli does not guess a threshold it does not know.
+momentum and Nesterov enter the GD edge), SAM wrappers in the style of davda54/sam (a param
+group with `rho`: the SAM edge), and torch.optim's Adam, AdamW and RMSprop (the adaptive
+edge, and λ₁(P⁻¹H) with P from their state). Any other optimizer is logged under its own
+name, with no edge: sharpcli does not guess a threshold it does not know.
 """
 
 from __future__ import annotations
@@ -31,23 +32,42 @@ def is_sam(optimizer) -> bool:
     return "rho" in _group(optimizer)
 
 
+def adaptive_phase(optimizer) -> str | None:
+    """adam, adamw or rmsprop for torch.optim's own (AdamW first: it may subclass Adam)."""
+    for cls, phase in ((torch.optim.AdamW, Phase.adamw), (torch.optim.Adam, Phase.adam),
+                       (torch.optim.RMSprop, Phase.rmsprop)):
+        if isinstance(optimizer, cls):
+            return phase.value
+    return None
+
+
+def has_preconditioner(optimizer) -> bool:
+    """Whether the optimizer's state defines P (Adam, AdamW, RMSprop)."""
+    return adaptive_phase(optimizer) is not None
+
+
+def _known(optimizer) -> bool:
+    return (optimizer is None or isinstance(optimizer, torch.optim.SGD) or is_sam(optimizer)
+            or has_preconditioner(optimizer))
+
+
 def phase_of(optimizer, batch_size: int | None) -> str:
-    """The phase a row records: gd/sgd for SGD, sam for a SAM wrapper, else the class name."""
-    if optimizer is None or isinstance(optimizer, torch.optim.SGD) or is_sam(optimizer):
-        if is_sam(optimizer):
-            return Phase.sam.value
+    """The phase a row records: gd/sgd for SGD, sam for a SAM wrapper, adam/adamw/rmsprop,
+    else the optimizer's class name."""
+    if is_sam(optimizer):
+        return Phase.sam.value
+    if optimizer is None or isinstance(optimizer, torch.optim.SGD):
         return Phase.gd.value if batch_size is None else Phase.sgd.value
-    return type(optimizer).__name__.lower()
+    return adaptive_phase(optimizer) or type(optimizer).__name__.lower()
 
 
 def edge_rule(optimizer) -> EdgeRule | None:
-    """The edges of the optimizer's update (momentum and Nesterov from its first param
-    group); None for a rule whose edge sharpcli does not know."""
-    group = _group(optimizer)
-    if not (optimizer is None or isinstance(optimizer, torch.optim.SGD) or is_sam(optimizer)):
+    """The edges of the optimizer's update, from its first param group (momentum, Nesterov,
+    ρ, Adam's β₁, RMSprop's momentum); None for a rule whose edge sharpcli does not know."""
+    if not _known(optimizer):
         return None
-    return EdgeRule(float(group.get("momentum", 0.0) or 0.0), bool(group.get("nesterov", False)),
-                    float(group["rho"]) if "rho" in group else None)
+    group = _group(optimizer)
+    return EdgeRule.from_param_groups([group], rho=float(group["rho"]) if "rho" in group else None)
 
 
 def current_lr(optimizer) -> float | None:

@@ -22,12 +22,14 @@ RESUMABLE_CHANGES = {"resume", "quiet", "device", "steps", "epochs", "data_dir",
 @dataclass
 class Resumed:
     """Where a run continues: its first step, the training time already spent, the last
-    measurement's top eigenvector (Lanczos's warm start) and Eigen-SAM's estimate."""
+    measurement's top eigenvectors (Lanczos's warm starts, of H and of P⁻¹H) and
+    Eigen-SAM's estimate."""
 
     step: int = 0
     elapsed: float = 0.0
     top_vector: torch.Tensor | None = None
     eigen: EigenState = EigenState()
+    preconditioned_vector: torch.Tensor | None = None
 
     @property
     def continued(self) -> bool:
@@ -52,7 +54,7 @@ def restore(run: RunSetup) -> Resumed | None:
     extra = payload.get("extra", {})
     vector = lambda key: None if extra.get(key) is None else extra[key].to(run.device)  # noqa: E731
     return Resumed(payload["step"], float(extra.get("elapsed", 0.0)), vector("top_vector"),
-                   EigenState(vector("eigen_vector")))
+                   EigenState(vector("eigen_vector")), vector("preconditioned_vector"))
 
 
 def _check_resumable(stored: dict, config: TrainConfig, where: Path) -> None:

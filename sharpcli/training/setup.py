@@ -52,6 +52,7 @@ def validate_config(c: TrainConfig) -> None:
         raise SharpError("give --steps or --epochs, not both")
     if not 0 <= c.momentum < 1:
         raise SharpError(f"--momentum must be in [0, 1), got {c.momentum}")
+    _check_adaptive(c)
     if c.nesterov and c.momentum == 0:
         raise SharpError("--nesterov needs --momentum > 0")
     if c.optimizer is Optimizer.gd and c.batch_size is not None:
@@ -67,6 +68,23 @@ def validate_config(c: TrainConfig) -> None:
     check_positive(c.dist_timeout, "--dist-timeout")
     if c.run_name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", c.run_name):
         raise SharpError(f"--run-name {c.run_name!r} may only use letters, digits and . _ = + -")
+
+
+def _check_adaptive(c: TrainConfig) -> None:
+    """Adam, AdamW and RMSProp settings, and batch sharpness (SPEC §10)."""
+    for flag, value in [("--beta1", c.beta1), ("--beta2", c.beta2)]:
+        check_positive(value, flag, allow_zero=True, optional=True)
+        if value is not None and value >= 1:
+            raise SharpError(f"{flag} must be in [0, 1), got {value}")
+    check_positive(c.eps, "--eps")
+    if c.optimizer in (Optimizer.adam, Optimizer.adamw) and (c.momentum or c.nesterov):
+        raise SharpError(f"--optimizer {c.optimizer} has no --momentum or --nesterov; its "
+                         "momentum is --beta1")
+    if c.optimizer is Optimizer.rmsprop and c.nesterov:
+        raise SharpError("--optimizer rmsprop has heavy-ball --momentum only, no --nesterov")
+    if c.batch_sharpness and (c.batch_size is None or not c.sharpness_every):
+        raise SharpError("--batch-sharpness is measured on minibatches with λ₁: it needs "
+                         "--batch-size and --sharpness-every > 0")
 
 
 @dataclass

@@ -4,7 +4,9 @@ metrics.csv (SPEC §2), so that every run folder, whoever trained it, holds the 
 At a measured step t (after the step's gradient, before its update) the Tracker records
 ‖g‖ of the update's gradient, λ₁…λ_k of the training-loss Hessian by Lanczos warm-started
 from the previous measurement's v₁, the alignment |cos(direction, v₁)| of the update's
-direction, the edges (sharpcli.edges.EdgeRule), and train and test loss and accuracy; it
+direction, the edges (sharpcli.edges.EdgeRule), and train and test loss and accuracy; with
+Adam, AdamW or RMSProp also λ₁(P⁻¹H) with P from the optimizer's state before update t
+(sharpcli.hessian.preconditioner), and when asked the batch sharpness; it
 writes config.json once, one row per measured step, top_eigenvalues.csv when k > 1, and
 checkpoints of w_t when due. `sharp train` calls it at every step through `measure`; a
 hand-written loop calls `step(t)` after backward() and before optimizer.step(), and gets the
@@ -36,10 +38,14 @@ from sharpcli.formats.checkpoints import checkpoint_path, list_checkpoints, save
 from sharpcli.formats.csvlog import CsvLog
 from sharpcli.formats.schema import (CONFIG_FILE, METRICS_COLUMNS, METRICS_FILE,
                                      TOP_EIGENVALUE_COLUMNS, TOP_EIGENVALUES_FILE)
+from sharpcli.hessian.batch_sharpness import batch_sharpness, random_batches
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import evaluate, gradient_norm, gradient_vector
+from sharpcli.hessian.params import trainable_params
+from sharpcli.hessian.preconditioner import preconditioner
 from sharpcli.hessian.sharpness import alignment, measure_sharpness
-from sharpcli.training.observe import current_lr, edge_rule, is_sam, loop_record, phase_of
+from sharpcli.training.observe import (current_lr, edge_rule, has_preconditioner, is_sam,
+                                       loop_record, phase_of)
 
 
 @dataclass
@@ -68,12 +74,14 @@ class Tracker:
     <run_dir>/../../checkpoints/<run name>, beside reports/ as `sharp train` puts them),
     keeping the newest `keep_last`. `batch_size` is the loop's minibatch (None: full batch),
     which names the phase (gd or sgd) and counts epochs. The edges come from the optimizer's
-    param groups unless `edges` fixes them; config.json holds `record`, or what the Tracker
-    can know of the loop.
+    param groups unless `edges` fixes them; with Adam, AdamW or RMSProp the row also has
+    λ₁(P⁻¹H) and the adaptive edge. `batch_sharpness=B` measures the batch sharpness of
+    batches of B with λ₁. config.json holds `record`, or what the Tracker can know of the
+    loop.
 
     For `sharp train`: `resume_step` continues the files of an interrupted run (rows from
-    that step on are dropped, its checkpoint kept); `top_vector` and `elapsed` carry the warm
-    start and the clock over. Under torchrun (`dist`) every process measures its shard of
+    that step on are dropped, its checkpoint kept); `top_vector`, `preconditioned_vector` and
+    `elapsed` carry the warm starts and the clock over. Under torchrun (`dist`) every process measures its shard of
     the examples and takes the same decisions; rank 0 alone writes files.
     """
 
@@ -87,14 +95,19 @@ class Tracker:
                  edges: EdgeRule | None = None,
                  record: dict | None = None, resume_step: int | None = None,
                  top_vector: torch.Tensor | None = None, elapsed: float = 0.0,
-                 dist: Dist = SINGLE):
+                 dist: Dist = SINGLE, batch_sharpness: int | None = None,
+                 preconditioned_vector: torch.Tensor | None = None):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.x, self.y, self.test = x, y, test
         n = min(samples or len(x), len(x))
         self.x_sharp, self.y_sharp = x[:n], y[:n]
         self.every, self.k, self.tol, self.max_iter = every, k, tol, max_iter
         self.eval_every = eval_every or every
-        self.chunk_size, self.seed, self.edges, self.dist = chunk_size, seed, edges, dist
+        self.chunk_size, self.seed, self.dist = chunk_size, seed, dist
+        self.edges = edges  # None: the optimizer's rule's, read at each measurement
+        self.preconditioned = has_preconditioner(optimizer)
+        self.sharpness_batch = batch_sharpness
+        self.preconditioned_vector = preconditioned_vector
         self.run_dir = Path(run_dir)
         self.checkpoint_every, self.keep_last, self.batch_size = checkpoint_every, keep_last, batch_size
         if checkpoint_dir is None:  # beside reports/, as sharp train puts them
@@ -151,7 +164,8 @@ class Tracker:
             return None
         path = checkpoint_path(self.checkpoint_dir, step)
         if self.dist.is_main:  # every process holds the same weights and state
-            state = {"elapsed": self.elapsed(), "top_vector": self.top_vector, **(extra or {})}
+            state = {"elapsed": self.elapsed(), "top_vector": self.top_vector,
+                     "preconditioned_vector": self.preconditioned_vector, **(extra or {})}
             save_checkpoint(path, step=step, epoch=epoch, config=self.record, model=self.model,
                             optimizer=self.optimizer, extra=state)
             self._saved_now = path
@@ -230,7 +244,33 @@ class Tracker:
                                            "residual": res})
         direction = info.direction
         return {"sharpness": s.value,
-                "alignment": alignment(direction, s.top_vector) if direction is not None else None}
+                "alignment": alignment(direction, s.top_vector) if direction is not None else None,
+                "preconditioned_sharpness": self._preconditioned(info),
+                "batch_sharpness": self._batch_sharpness(info)}
+
+    def _preconditioned(self, info: StepInfo) -> float | None:
+        """λ₁(P⁻¹H), P from the optimizer's state as it is now, before update t (none
+        before the first update), warm-started from its own last eigenvector."""
+        if not self.preconditioned:
+            return None
+        p = preconditioner(self.optimizer, trainable_params(self.model))
+        if p is None:
+            return None
+        s = measure_sharpness(self.model, self.loss_fn, self.x_sharp, self.y_sharp, tol=self.tol,
+                              max_iter=self.max_iter, v0=self.preconditioned_vector,
+                              seed=self.seed + info.step, chunk_size=self.chunk_size,
+                              dist=self.dist, preconditioner=p)
+        self.preconditioned_vector = s.top_vector
+        return s.value
+
+    def _batch_sharpness(self, info: StepInfo) -> float | None:
+        """E_B[g_Bᵀ H_B g_B / ‖g_B‖²] over fresh training batches drawn for step t."""
+        if self.sharpness_batch is None:
+            return None
+        batches = random_batches(len(self.x), self.sharpness_batch, self.seed, info.step,
+                                 self.x.device)
+        return batch_sharpness(self.model, self.loss_fn, self.x, self.y, batches,
+                               chunk_size=self.chunk_size, dist=self.dist).value
 
     # ---------------------------------------------------------------- a hand-written loop
 

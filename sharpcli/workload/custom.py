@@ -66,19 +66,29 @@ def build_user_model(factory: str, kwargs_json: str | None = None) -> nn.Module:
     return model
 
 
-def read_weights(path: str | Path) -> tuple[dict, int | None, dict | None]:
-    """(state dict, step, run config) of a weights file, read with weights_only=True: a
-    sharpcli checkpoint (its model, step and run's config), or a bare state dict (no step,
-    no run)."""
+@dataclass
+class Weights:
+    """A weights file: the state dict, and when it is a sharpcli checkpoint its step, its
+    run's config and its optimizer's state."""
+
+    state: dict
+    step: int | None = None
+    config: dict | None = None
+    optimizer: dict | None = None
+
+
+def read_weights(path: str | Path) -> Weights:
+    """A weights file read with weights_only=True: a sharpcli checkpoint (its model, step,
+    run config and optimizer state), or a bare state dict."""
     path = Path(path)
     obj = load_payload(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         check_payload(obj, path)
-        return obj["model"], obj["step"], obj["config"]
+        return Weights(obj["model"], obj["step"], obj["config"], obj["optimizer"] or None)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise SharpError(f"{path} holds neither a state dict (a dict of tensors) nor a sharpcli "
                          "checkpoint")
-    return obj, None, None
+    return Weights(obj)
 
 
 def load_weights(model: nn.Module, state: dict, where: str) -> None:

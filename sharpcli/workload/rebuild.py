@@ -13,6 +13,8 @@ from sharpcli.config import TrainConfig
 from sharpcli.errors import SharpError
 from sharpcli.formats.checkpoints import read_checkpoint
 from sharpcli.hessian.losses import LossFn, get_loss
+from sharpcli.hessian.params import trainable_params
+from sharpcli.hessian.preconditioner import preconditioner_from_state
 from sharpcli.workload.data import DataSplits, load_dataset
 from sharpcli.workload.models import build_model
 
@@ -42,6 +44,14 @@ class Checkpoint:
         """(x_train, y_train, x_test, y_test) exactly as the run used them."""
         splits = load_run_data(self.settings, self.device)
         return splits.x_train, splits.y_train, splits.x_test, splits.y_test
+
+    def preconditioner(self) -> torch.Tensor | None:
+        """diag(P) of an adam, adamw or rmsprop checkpoint from its saved optimizer state,
+        the state before this step's update (SPEC §10); None at step 0, before any update."""
+        if not self.settings.adaptive_optimizer:
+            raise SharpError(f"{self.path}: a preconditioner needs a checkpoint of --optimizer "
+                             f"adam, adamw or rmsprop; this run used {self.settings.optimizer}")
+        return preconditioner_from_state(self.payload["optimizer"], trainable_params(self.model))
 
 
 def load_run_data(settings: TrainConfig, device) -> DataSplits:

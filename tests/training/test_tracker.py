@@ -162,3 +162,24 @@ def test_minibatch_loops_count_epochs_and_log_sgd(tmp_path):
 
     assert row["phase"] == "sgd" and row["epoch"] == pytest.approx(14 / 5)  # ⌈23/5⌉ = 5
     assert row["gd_edge"] == pytest.approx(gd_edge(0.1, 0.9, nesterov=True))
+
+
+def test_adam_in_a_plain_loop_logs_the_preconditioned_sharpness(tmp_path):
+    """torch.optim.Adam around a Tracker: phase adam, the adaptive edge (2 + 2β₁)/((1 − β₁)η),
+    and λ₁(P⁻¹H) once the optimizer has a state (none before the first update)."""
+    from sharpcli.edges import adam_edge
+
+    model, loss_fn, x, y = BN_MSE()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.8, 0.99))
+    with sharpcli.Tracker(model, loss_fn, x, y, optimizer=opt, run_dir=tmp_path / "a",
+                          every=2) as tracker:
+        rows = []
+        for step in range(5):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            rows.append(tracker.step(step))
+            opt.step()
+    first, later = rows[0], rows[2]
+    assert first["phase"] == later["phase"] == "adam"
+    assert first["preconditioned_sharpness"] is None and later["preconditioned_sharpness"] > 0
+    assert later["adaptive_edge"] == pytest.approx(adam_edge(0.01, 0.8)) == pytest.approx(3.6 / 0.002)

@@ -39,6 +39,7 @@ def test_gd_run_writes_metrics_config_and_checkpoints(gd_run):
     assert (df["phase"] == "gd").all()
     assert df["sharpness"].notna().all() and df["alignment"].between(0, 1).all()
     assert df["gd_edge"].eq(2 / 0.3).all() and df["sam_edge"].isna().all() and df["rho"].isna().all()
+    assert df[["preconditioned_sharpness", "adaptive_edge", "batch_sharpness"]].isna().all().all()
     assert df["train_loss"].iloc[-1] < df["train_loss"].iloc[0]
     config = json.loads((gd_run / "reports" / "r" / "config.json").read_text())
     assert config["lr"] == 0.3 and config["seed"] == 0 and config["train_size"] == 64

@@ -56,15 +56,17 @@ class CsvLog:
         with open(self.path, newline="") as f:
             rows = list(csv.reader(f))
         header, body = rows[0], rows[1:]
-        if header != self.columns:
+        if header != self.columns and not set(header) < set(self.columns):
             raise SharpError(f"{self.path} has columns {header}, expected {self.columns}")
         i = header.index("step")
         # A row cut short by a crash is dropped: it would read back as a row of empty cells.
         kept = [r for r in body if len(r) == len(header) and _step_of(r[i]) < step]
+        # A file of an older sharpcli, which had fewer columns: its rows get empty new cells.
+        kept = [[dict(zip(header, r)).get(c, "") for c in self.columns] for r in kept]
 
         def write(f):
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(header)
+            w.writerow(self.columns)
             w.writerows(kept)
 
         atomic_write(self.path, write, mode="w")

@@ -214,6 +214,23 @@ def test_resume_drops_a_half_written_row(tmp_path):
     assert without_column(resumed, "seconds") == without_column(reference, "seconds")
 
 
+def test_resume_of_a_run_logged_by_an_older_sharpcli(tmp_path):
+    """metrics.csv from before the adaptive columns existed: --resume keeps its rows, gives
+    them the new columns (empty) and goes on as an uninterrupted run."""
+    flags = ["--sharpness-every", "2", "--eval-every", "2", "--checkpoint-every", "2"]
+    assert sharp(*train_args(tmp_path, "r", "--steps", "4", *flags)).code == 0
+    metrics = tmp_path / "reports" / "r" / "metrics.csv"
+    old = ["preconditioned_sharpness", "adaptive_edge", "batch_sharpness"]
+    lines = csv_lines(metrics)
+    for column in old:
+        lines = without_column(lines, column)
+    metrics.write_text("\n".join(lines) + "\n")
+    assert sharp(*train_args(tmp_path, "r", "--steps", "8", *flags, "--resume")).code == 0
+    assert sharp(*train_args(tmp_path, "ref", "--steps", "8", *flags)).code == 0
+    reference = csv_lines(tmp_path / "reports" / "ref" / "metrics.csv")
+    assert without_column(csv_lines(metrics), "seconds") == without_column(reference, "seconds")
+
+
 # ---------------------------------------------------------------- --keep-last
 
 def test_keep_last_bounds_the_checkpoints(tmp_path):

@@ -34,6 +34,9 @@ SETTINGS = {
     "eigen-sam": ["--optimizer", "eigen-sam", "--rho", "0.05", "--lr", "0.3", "--eig-every", "20",
                   "--eig-iters", "3", "--batch-size", "250"],
     "sam-local": ["--optimizer", "sam", "--rho", "0.05", "--lr", "0.3", "--sam-sync", "local"],
+    # images augmented on the device: each process draws the whole batch's, takes its shard
+    "sgd-augment": ["--dataset", "digits", "--model", "cnn", "--optimizer", "sgd", "--batch-size",
+                    "100", "--momentum", "0.9", "--lr", "0.05", "--augment", "flip-crop-cutout"],
 }
 COLUMNS = ["train_loss", "train_acc", "test_loss", "grad_norm", "sharpness"]
 LAUNCH_TIMEOUT = 300  # seconds, whole launch
@@ -91,7 +94,7 @@ SPECTRUM = ["--top-k", "3", "--tol", "1e-7", "--trace", "--trace-tol", "0", "--t
             "--per-layer", "--quiet"]
 
 
-@pytest.mark.parametrize("name", ["gd", "sgd", "sam", "eigen-sam"])
+@pytest.mark.parametrize("name", ["gd", "sgd", "sam", "eigen-sam", "sgd-augment"])
 def test_training_equals_one_process(launched, name, tmp_path):
     root, _ = launched
     assert sharp(*train_flags(tmp_path, name, *SETTINGS[name])).code == 0

@@ -6,7 +6,7 @@
 # 78.07% for SAM (ρ 0.1, α 0.2, v refreshed every 100 steps by 5 power steps in eval mode).
 # Expected outcome: in the summary table Eigen-SAM's final test accuracy is about 78.5% and
 # above SAM's (~78.1%) by a few tenths, both above SGD's; final λ₁ of SAM and Eigen-SAM well
-# below SGD's, Eigen-SAM's the lowest. SAM runs at the recipe's ρ = 0.1, as in the log.
+# below SGD's, Eigen-SAM's the lowest. SAM runs at the recipe's ρ = 0.1 (and no α, v).
 # Cost: 9 runs of 200 epochs; about 4 GPU-hours on one H200 in bf16, 6–8 in fp32 (estimated
 # from the FLOPs; `benchmarks/gpu_check.sh` measures the images per second of each optimizer).
 #

@@ -48,9 +48,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
              optimizer="eigen-sam", rho=0.1, alpha=0.2, eig_every=100, eig_iters=5,
              eig_mode="eval", augment="flip-crop", **_cifar_measurement(196, 256)),
         "Luo et al., Explicit Eigenvalue Regularization Improves Sharpness-Aware Minimization "
-        "(NeurIPS 2024), the official code's training log: batch 256, lr 0.1, momentum 0.9, "
-        "weight decay 5e-4, cosine, rho 0.1, alpha 0.2, v refreshed every 100 steps by 5 "
-        "power steps in eval mode, 200 epochs, random crop and flip",
+        "(NeurIPS 2024), the official code's training log and README example (train.py --sam "
+        "Eigen-SAM --freq 100 --epochs 200 --alpha 0.2 --batch_size 256 --dataset CIFAR100 "
+        "--rho 0.1): lr 0.1, momentum 0.9, weight decay 5e-4, cosine, v by 5 power steps in "
+        "eval mode, random crop and flip. Its code counts --freq in steps within each epoch "
+        "(a refresh at step 100 of every 196-step epoch); sharpcli counts steps of the run "
+        "(steps 0, 100, 200, ...)",
         "test accuracy 78.51% for Eigen-SAM against 78.07% for SAM (the official log)"),
     Recipe(
         "sam-cifar10-wrn28-10",

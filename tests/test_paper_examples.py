@@ -58,3 +58,6 @@ def test_paper_batch_runs_in_smoke_mode(server, script):
         assert sorted(summary["optimizer"]) == optimizers
     assert (summary["n_seeds"] == len(seeds.split())).all()
     assert "| n |" in result.stdout  # the markdown table
+    if script == "paper_late_sam.sh":  # SGD up to the switch at step 4, SAM after it
+        phases = pd.read_csv(out / "reports" / "late-sam-seed0" / "metrics.csv")["phase"]
+        assert list(phases) == ["sgd", "sam"]

@@ -132,7 +132,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=512, help="examples in the measured Hessians")
     p.add_argument("--out", default="gpu-check-out", help="reports, checkpoints, fake data")
     p.add_argument("--only-epoch", action="store_true",
-                   help="instead: one epoch of eigensam-cifar100-resnet18 per optimizer and precision")
+                   help="instead: one epoch of eigensam-cifar100-resnet18 per optimizer, precision")
     p.add_argument("--epoch-train-size", type=int, default=50000, help="CIFAR-100 training images")
     p.add_argument("--epoch-test-size", type=int, default=10000, help="CIFAR-100 test images")
     p.add_argument("--epoch-width", type=int, default=64, help="ResNet-18's base channels")

@@ -105,7 +105,7 @@ class Augment(Choice):
 
     auto = "auto"                          # resolved per data set: DEFAULT_AUGMENT
     none = "none"
-    crop = "crop"                          # random 32×32 crop of the image padded by 4
+    crop = "crop"                          # a random window of the image padded by 4
     flip_crop = "flip-crop"                # and a horizontal flip with probability 1/2
     flip_crop_cutout = "flip-crop-cutout"  # and Cutout (a 16×16 square, probability 1/2)
 
@@ -278,7 +278,8 @@ UNUSED_BY_OPTIMIZER = {
 # --augment auto: the standard augmentation of each data set's papers for minibatch training
 # (flip and crop for CIFAR; crop only for SVHN, whose digits a flip would turn into other
 # symbols); none for the rest. Full-batch runs never augment: GD studies one fixed function.
-DEFAULT_AUGMENT = {Dataset.cifar10.value: Augment.flip_crop, Dataset.cifar100.value: Augment.flip_crop,
+DEFAULT_AUGMENT = {Dataset.cifar10.value: Augment.flip_crop,
+                   Dataset.cifar100.value: Augment.flip_crop,
                    Dataset.svhn.value: Augment.crop}
 
 

@@ -22,7 +22,8 @@ def mse_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return 0.5 * (outputs - target).pow(2).sum(dim=-1).mean()
 
 
-def ce_loss(outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def ce_loss(outputs: torch.Tensor, labels: torch.Tensor,
+            label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy averaged over examples; with label smoothing ε the target is
     (1 − ε)·onehot(y) + ε/C (Szegedy et al. 2016, as torch computes it)."""
     return F.cross_entropy(outputs, labels, label_smoothing=label_smoothing)

@@ -71,7 +71,8 @@ def validate_config(c: TrainConfig) -> None:
     get_loss(c.loss, c.label_smoothing)  # --label-smoothing: ce only, in [0, 1)
     if c.batch_size is None and c.augment not in (Augment.auto, Augment.none):
         raise SharpError(f"--augment {c.augment} applies to minibatch training; full-batch "
-                         "GD trains on the un-augmented examples (give --batch-size, or drop --augment)")
+                         "runs train on the un-augmented examples (give --batch-size, or drop "
+                         "--augment)")
     if c.run_name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", c.run_name):
         raise SharpError(f"--run-name {c.run_name!r} may only use letters, digits and . _ = + -")
 

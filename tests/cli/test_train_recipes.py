@@ -51,8 +51,9 @@ def test_list_recipes_prints_them_with_sources_without_torch():
     for name, recipe in RECIPES.items():
         assert name in out and recipe.source[:40] in out
     assert out.count("source:") == out.count("published:") == len(RECIPES)
-    code = ("import sys\nfrom sharpcli.cli import main\ntry:\n    main(['train', '--list-recipes'])\n"
-            "except SystemExit:\n    pass\nprint('torch imported:', 'torch' in sys.modules)")
+    code = ("import sys\nfrom sharpcli.cli import main\n"
+            "try:\n    main(['train', '--list-recipes'])\nexcept SystemExit:\n    pass\n"
+            "print('torch imported:', 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True,
                           text=True, timeout=60)
     assert done.stdout.strip().endswith("torch imported: False"), done.stderr

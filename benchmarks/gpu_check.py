@@ -4,9 +4,18 @@ GPU memory. Runs alone or under torchrun (then rank 0 prints).
 
     python benchmarks/gpu_check.py [--data-dir DIR] [--device cuda] [--steps 50] [--out DIR]
 
-CIFAR-10 is read from --data-dir when its files are there; otherwise random uint8 images of
-CIFAR's shape are written in CIFAR's own file format under --out and read from there (the
-timings do not depend on the pixels)."""
+With --only-epoch instead (one process): one epoch of the recipe eigensam-cifar100-resnet18
+for each of sgd, sam and eigen-sam in fp32 and in bf16, λ₁ tracking off (the check above
+times measurements): images per second of training, the epoch's wall time (its first and
+last step's evaluation of 60,000 images included) and peak GPU memory; a table, and
+OUT/recipe-epoch.csv. A CPU smoke run of the script (numbers meaningless):
+
+    python benchmarks/gpu_check.py --device cpu --only-epoch --epoch-train-size 512 \
+        --epoch-test-size 128 --epoch-width 2 --out /tmp/gpu-check
+
+CIFAR-10 and CIFAR-100 are read from --data-dir when their files are there; otherwise random
+uint8 images of CIFAR's shape are written in CIFAR's own file format under --out and read
+from there (the timings do not depend on the pixels)."""
 
 from __future__ import annotations
 
@@ -26,19 +35,90 @@ from sharpcli.spectra.run import run_spectrum
 from sharpcli.training.loop import train
 
 
-def fake_cifar(root: Path, n_train: int, n_test: int) -> Path:
-    """Random CIFAR-10 files (5 training batches and a test batch) under root."""
-    folder = root / "cifar-10-batches-py"
+def fake_cifar(root: Path, n_train: int, n_test: int, name: str = "cifar10") -> Path:
+    """Random CIFAR-10 files (5 training batches and a test batch) or CIFAR-100 files (one
+    of each) under root."""
+    if name == "cifar10":
+        folder, key, classes = root / "cifar-10-batches-py", "labels", 10
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        sizes = [n_train // 5] * 5 + [n_test]
+    else:
+        folder, key, classes = root / "cifar-100-python", "fine_labels", 100
+        names, sizes = ["train", "test"], [n_train, n_test]
     folder.mkdir(parents=True, exist_ok=True)
     gen = np.random.default_rng(0)
-    sizes = [n_train // 5] * 5 + [n_test]
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name, n in zip(names, sizes):
+    for file, n in zip(names, sizes):
         batch = {"data": gen.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 "labels": gen.integers(0, 10, n).tolist()}
-        with open(folder / name, "wb") as f:
+                 key: gen.integers(0, classes, n).tolist()}
+        with open(folder / file, "wb") as f:
             pickle.dump(batch, f)
     return root
+
+
+def recipe_epoch(args, out: Path) -> list[dict]:
+    """One epoch of eigensam-cifar100-resnet18 per optimizer and precision: the training
+    rate between the second step and the last full batch (outside the first and last
+    steps' evaluation and checkpoint; Eigen-SAM's refresh at step 100 inside), the epoch's
+    wall time and peak memory."""
+    from sharpcli.recipes import recipe_config
+
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "cifar-100-python" / "train").is_file():
+        data_dir = fake_cifar(out / "data", args.epoch_train_size, args.epoch_test_size, "cifar100")
+    cuda = torch.device(args.device).type == "cuda"
+    rows = []
+    for precision in ("fp32", "bf16"):
+        for optimizer in ("sgd", "sam", "eigen-sam"):
+            tag = f"epoch-{optimizer}-{precision}"
+            config = recipe_config("eigensam-cifar100-resnet18", optimizer=optimizer,
+                                   precision=precision, epochs=1, data_dir=str(data_dir),
+                                   train_size=args.epoch_train_size, test_size=args.epoch_test_size,
+                                   width=args.epoch_width, device=args.device, run_name=tag,
+                                   sharpness_every=0,
+                                   reports_dir=str(out / "reports"),
+                                   checkpoints_dir=str(out / "checkpoints"), quiet=True)
+            marks = {}
+
+            def on_step(step: int, total: int, row) -> None:
+                if step in (1, total - 2):  # steps 1 .. total − 3 in between: full batches
+                    if cuda:
+                        torch.cuda.synchronize()
+                    marks[step] = time.perf_counter()
+
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            result = train(config, progress=on_step)
+            epoch_s = time.perf_counter() - t0
+            steps = result.total_steps
+            timed = steps - 3  # updates 1 .. steps − 3 and the gradients of 2 .. steps − 2
+            rate = (timed * config.batch_size / (marks[steps - 2] - marks[1])
+                    if timed > 0 and len(marks) == 2 else float("nan"))
+            rows.append({"optimizer": optimizer, "precision": precision,
+                         "images_per_s": rate, "step_ms": config.batch_size / rate * 1e3,
+                         "epoch_s": epoch_s, "steps": steps,
+                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+                         "final_train_loss": result.last_row.get("train_loss")})
+    return rows
+
+
+def print_epoch(rows: list[dict], args, out: Path) -> None:
+    import csv
+
+    with open(out / "recipe-epoch.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    device = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "cpu"
+    print(f"one epoch of eigensam-cifar100-resnet18 ({args.epoch_train_size} images, ResNet-18 "
+          f"width {args.epoch_width}, batch 256) on {device}:")
+    print(f"  {'optimizer':<10} {'precision':<9} {'images/s':>10} {'ms/step':>8} "
+          f"{'epoch s':>8} {'peak GiB':>9}")
+    for r in rows:
+        print(f"  {r['optimizer']:<10} {r['precision']:<9} {r['images_per_s']:>10.0f} "
+              f"{r['step_ms']:>8.1f} {r['epoch_s']:>8.1f} {r['peak_gib']:>9.2f}")
+    print(f"  written to {out / 'recipe-epoch.csv'}")
 
 
 def main() -> None:
@@ -51,8 +131,17 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64, help="ResNet-18's base channels (64: the real one)")
     p.add_argument("--samples", type=int, default=512, help="examples in the measured Hessians")
     p.add_argument("--out", default="gpu-check-out", help="reports, checkpoints, fake data")
+    p.add_argument("--only-epoch", action="store_true",
+                   help="instead: one epoch of eigensam-cifar100-resnet18 per optimizer, precision")
+    p.add_argument("--epoch-train-size", type=int, default=50000, help="CIFAR-100 training images")
+    p.add_argument("--epoch-test-size", type=int, default=10000, help="CIFAR-100 test images")
+    p.add_argument("--epoch-width", type=int, default=64, help="ResNet-18's base channels")
     args = p.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.only_epoch:
+        print_epoch(recipe_epoch(args, out), args, out)
+        return
     data_dir = Path(args.data_dir)
     with process_group(args.device, 600) as dist:
         real = (data_dir / "cifar-10-batches-py" / "data_batch_1").is_file()

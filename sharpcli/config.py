@@ -120,6 +120,23 @@ class HessianMode(Choice):
     train = "train"
 
 
+class Augment(Choice):
+    """Data augmentation of the training batches (sharpcli.workload.augment)."""
+
+    auto = "auto"                          # resolved per data set: DEFAULT_AUGMENT
+    none = "none"
+    crop = "crop"                          # a random window of the image padded by 4
+    flip_crop = "flip-crop"                # and a horizontal flip with probability 1/2
+    flip_crop_cutout = "flip-crop-cutout"  # and Cutout (a 16×16 square, probability 1/2)
+
+
+class Precision(Choice):
+    """The arithmetic of the training passes; measurements are always fp32."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast to bfloat16 for the forward and backward passes of training
+
+
 class Method(Choice):
     lanczos = "lanczos"
     power = "power"
@@ -208,6 +225,13 @@ class TrainConfig:
     sam_start: int | None = None
     sam_sync: SamSync = SamSync.global_
     sync_bn: bool = False
+    # the papers' CIFAR workloads: augmentation, label smoothing, precision, Eigen-SAM's
+    # power-iteration mode, and the recipe (if any) that filled the flags not given
+    augment: Augment = Augment.auto  # auto: resolve_augment (recorded resolved in config.json)
+    label_smoothing: float = 0.0     # with --loss ce: targets (1 − ε)·onehot + ε/C
+    precision: Precision = Precision.fp32
+    eig_mode: HessianMode = HessianMode.eval  # eval: BatchNorm running statistics (official code)
+    recipe: str | None = None        # a record: the recipe's flags are in the fields above
     # measurement
     sharpness_every: int = 20
     sharpness_samples: int | None = None  # None: the whole training subset
@@ -263,26 +287,46 @@ class TrainConfig:
 
 # Keys written into config.json beside the settings, for the record; not settings themselves.
 RECORD_ONLY_KEYS = {"versions", "resolved_device", "created", "total_steps", "steps_per_epoch",
-                    "num_params", "command", "input_shape", "num_classes", "world_size"}
+                    "num_params", "command", "input_shape", "num_classes", "world_size",
+                    "memory_format"}
 
 # Settings that do not change what is computed: runs differing only in these are repeats.
 NON_SETTING_KEYS = {"seed", "run_name", "reports_dir", "checkpoints_dir", "resume", "quiet",
                     "device", "data_dir", "download", "physical_batch_size", "keep_last",
-                    "dist_timeout"} | RECORD_ONLY_KEYS
+                    "dist_timeout", "recipe"} | RECORD_ONLY_KEYS
 
 # Settings that a given optimizer never reads: leaving them out of a run's setting keeps,
 # say, a gd run and a gd run with a different (unused) --rho in one group.
-_SAM_ONLY = {"rho", "adaptive", "alpha", "eig_every", "eig_iters", "sam_start", "sam_sync"}
+_SAM_ONLY = {"rho", "adaptive", "alpha", "eig_every", "eig_iters", "eig_mode", "sam_start",
+             "sam_sync"}
 _ADAPTIVE_ONLY = {"beta1", "beta2", "eps"}
 UNUSED_BY_OPTIMIZER = {
     Optimizer.gd.value: _SAM_ONLY | _ADAPTIVE_ONLY,
     Optimizer.sgd.value: _SAM_ONLY | _ADAPTIVE_ONLY,
-    Optimizer.sam.value: {"alpha", "eig_every", "eig_iters"} | _ADAPTIVE_ONLY,
+    Optimizer.sam.value: {"alpha", "eig_every", "eig_iters", "eig_mode"} | _ADAPTIVE_ONLY,
     Optimizer.eigen_sam.value: {"adaptive"} | _ADAPTIVE_ONLY,
     Optimizer.adam.value: _SAM_ONLY | {"momentum", "nesterov"},
     Optimizer.adamw.value: _SAM_ONLY | {"momentum", "nesterov"},
     Optimizer.rmsprop.value: _SAM_ONLY | {"beta1", "nesterov"},
 }
+
+
+# --augment auto: the standard augmentation of each data set's papers for minibatch training
+# (flip and crop for CIFAR; crop only for SVHN, whose digits a flip would turn into other
+# symbols); none for the rest. Full-batch runs never augment: GD studies one fixed function.
+DEFAULT_AUGMENT = {Dataset.cifar10.value: Augment.flip_crop,
+                   Dataset.cifar100.value: Augment.flip_crop,
+                   Dataset.svhn.value: Augment.crop}
+
+
+def resolve_augment(augment, dataset, batch_size: int | None) -> Augment:
+    """The augmentation a run uses: `augment` itself unless it is auto."""
+    augment = Augment.parse(augment, "--augment")
+    if augment is not Augment.auto:
+        return augment
+    if batch_size is None:
+        return Augment.none
+    return DEFAULT_AUGMENT.get(plain(dataset), Augment.none)
 
 
 def sam_start_step(sam_start: int | None, in_epochs: bool, steps_per_epoch: int | None) -> int | None:

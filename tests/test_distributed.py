@@ -37,6 +37,9 @@ SETTINGS = {
     "sam-local": ["--optimizer", "sam", "--rho", "0.05", "--lr", "0.3", "--sam-sync", "local"],
     # λ₁(P⁻¹H) from the Adam state, and the batch sharpness of sharded batches
     "adam": ["--optimizer", "adam", "--lr", "0.003", "--batch-size", "250", "--batch-sharpness"],
+    # images augmented on the device: each process draws the whole batch's, takes its shard
+    "sgd-augment": ["--dataset", "digits", "--model", "cnn", "--optimizer", "sgd", "--batch-size",
+                    "100", "--momentum", "0.9", "--lr", "0.05", "--augment", "flip-crop-cutout"],
 }
 COLUMNS = ["train_loss", "train_acc", "test_loss", "grad_norm", "sharpness",
            "preconditioned_sharpness", "batch_sharpness"]
@@ -96,7 +99,7 @@ SPECTRUM = ["--top-k", "3", "--tol", "1e-7", "--trace", "--trace-tol", "0", "--t
             "--per-layer", "--quiet"]
 
 
-@pytest.mark.parametrize("name", ["gd", "sgd", "sam", "eigen-sam", "adam"])
+@pytest.mark.parametrize("name", ["gd", "sgd", "sam", "eigen-sam", "adam", "sgd-augment"])
 def test_training_equals_one_process(launched, name, tmp_path):
     root, _ = launched
     assert sharp(*train_flags(tmp_path, name, *SETTINGS[name])).code == 0

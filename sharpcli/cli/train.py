@@ -7,19 +7,37 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from sharpcli.config import Dataset, Loss, Model, Optimizer, SamSync, Schedule, TrainConfig
+from sharpcli.config import (Augment, Dataset, HessianMode, Loss, Model, Optimizer, Precision,
+                             SamSync, Schedule, TrainConfig)
 from sharpcli.cli.progress import progress_bar
 
 D = TrainConfig()  # defaults shown in --help come from the dataclass, the one source of truth
 DATA, MODEL, OPT, SAM, MEAS, RUN = "Data", "Model", "Optimizer", "SAM / Eigen-SAM", "Measurement", "Run"
 DIST = "Many processes (torchrun)"
+WORK = "Recipes and CIFAR workloads"
 
 
 def _opt(help: str, panel: str, *names: str):
     return typer.Option(*names, help=help, rich_help_panel=panel)
 
 
+def _list_recipes(value: bool) -> None:
+    """--list-recipes: print every recipe with its flags and sources, then stop."""
+    if value:
+        from sharpcli.recipes import RECIPES, describe
+
+        typer.echo("\n\n".join(describe(r) for r in RECIPES.values()))
+        raise typer.Exit()
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the flag of parameter `name` was given on the command line (not defaulted)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def train_command(
+    ctx: typer.Context,
     dataset: Annotated[Dataset, _opt("Data set; mnist1d and digits are generated/shipped offline.", DATA)] = Dataset(D.dataset),
     data_dir: Annotated[str, _opt("Folder holding the torchvision data sets.", DATA)] = D.data_dir,
     download: Annotated[bool, _opt("Allow torchvision to download a missing data set into --data-dir.", DATA)] = D.download,
@@ -50,6 +68,12 @@ def train_command(
     eig_iters: Annotated[int, _opt("Eigen-SAM: power-iteration steps (Hessian-vector products) per refresh.", SAM)] = D.eig_iters,
     sam_sync: Annotated[SamSync, _opt("Under torchrun: global perturbs with the all-reduced gradient (the update one process computes); local perturbs each process's shard with its own gradient (m-sharpness, the SAM paper's multi-accelerator recipe).", SAM)] = D.sam_sync,
     sam_start: Annotated[Optional[int], _opt("Late-phase SAM: the base optimizer (gd, or sgd with --batch-size) until T (steps, or epochs with --epochs), SAM or Eigen-SAM after; momentum buffers carry over.", SAM)] = D.sam_start,
+    recipe: Annotated[Optional[str], _opt("Fill the flags not given from a published setting (sharp train --list-recipes); flags given explicitly win.", WORK)] = D.recipe,
+    list_recipes: Annotated[bool, typer.Option("--list-recipes", help="Print the recipes with their flags and sources, and exit.", rich_help_panel=WORK, is_eager=True, callback=_list_recipes)] = False,
+    augment: Annotated[Augment, _opt("Augmentation of minibatches, on the device: auto = flip-crop for CIFAR, crop for SVHN (no flip for digits), none otherwise and for full-batch runs. Measurements always use the un-augmented examples.", WORK)] = D.augment,
+    label_smoothing: Annotated[float, _opt("Label smoothing ε of --loss ce (also in the measured Hessian: it is the training loss).", WORK)] = D.label_smoothing,
+    precision: Annotated[Precision, _opt("Arithmetic of the training passes: bf16 autocasts them; λ₁, spectra, HVPs and evaluation stay fp32 with TF32 off.", WORK)] = D.precision,
+    eig_mode: Annotated[HessianMode, _opt("Eigen-SAM's power iteration: eval uses BatchNorm's running statistics (the official code), train the batch's own. Same numbers without BatchNorm.", WORK)] = D.eig_mode,
     sharpness_every: Annotated[int, _opt("Measure λ₁ every N steps (0 = off).", MEAS)] = D.sharpness_every,
     batch_sharpness: Annotated[bool, _opt("With --batch-size: also the batch sharpness, the mean of g_Bᵀ H_B g_B / ‖g_B‖² over fresh batches B (to a 1% standard error or 200 batches; one HVP each) whenever λ₁ is measured.", MEAS)] = D.batch_sharpness,
     sharpness_samples: Annotated[Optional[int], _opt("Examples in the sharpness Hessian (first N of the training subset; default all).", MEAS)] = D.sharpness_samples,
@@ -80,7 +104,12 @@ def train_command(
     from sharpcli.training.loop import train
 
     values = dict(locals())
-    values.pop("train"), values.pop("process_group")
+    for key in ("train", "process_group", "ctx", "list_recipes"):
+        values.pop(key)
+    if recipe is not None:  # the recipe fills what the command line did not give
+        from sharpcli.recipes import apply_recipe
+
+        values.update(apply_recipe(recipe, {k: v for k, v in values.items() if _given(ctx, k)}))
     for key in ("train_size", "test_size"):  # 0 means the whole split
         if values[key] == 0:
             values[key] = None

@@ -22,7 +22,8 @@ from torch.func import functional_call, grad, jvp
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import chunk_slices
-from sharpcli.hessian.params import flatten, measurement_mode, trainable_params, unflatten
+from sharpcli.hessian.params import (flatten, full_precision, measurement_mode, trainable_params,
+                                     unflatten)
 
 
 class HessianOperator:
@@ -31,7 +32,8 @@ class HessianOperator:
     A snapshot at the current weights: rebuild it after the weights change. When all
     examples fit in one chunk the gradient graph is built once and each product is then a
     single backward pass through it (half the work of recomputing the forward).
-    The model's train/eval mode and buffers are left exactly as found.
+    The model's train/eval mode and buffers are left exactly as found, and every product
+    is taken in fp32 with TF32 off (`full_precision`), whatever the training passes use.
     `hvp` picks how a product is computed (HVP_MODES; see the module docstring).
     Under torchrun (`dist`) each process takes its shard of (x, y) and computes its share
     of Hv (its examples' terms over the whole N); one all-reduce sums the shares.
@@ -98,8 +100,9 @@ class HessianOperator:
             raise ValueError(f"vector of shape {tuple(v.shape)} for an operator of size {self.size}")
         self.n_matvec += 1
         vs = unflatten(v.to(self.dtype), self.params)
-        if self._cached_grads is not None:
-            return self.dist.sum_(self._grad_dot(self._cached_grads, vs, retain=True))
+        if self._cached_grads is not None:  # the backward pass of a graph built in fp32
+            with full_precision():
+                return self.dist.sum_(self._grad_dot(self._cached_grads, vs, retain=True))
         out = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         with measurement_mode(self.model, self.mode):
             for sl in self.slices:

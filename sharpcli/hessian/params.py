@@ -59,15 +59,42 @@ def running_stats_frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
+def full_precision() -> Iterator[None]:
+    """float32 as written for everything inside: autocast off (a bf16 training pass may
+    enclose a measurement) and TF32 off for CUDA matmuls and cuDNN convolutions, which
+    PyTorch enables for convolutions by default and which carry only 10 bits of mantissa.
+    The flags are put back as they were. On the CPU none of this changes a number."""
+    backends = torch.backends
+    new_api = hasattr(backends.cudnn, "conv") and hasattr(backends.cudnn.conv, "fp32_precision")
+    if new_api:  # torch ≥ 2.9; the legacy flags must not be mixed with these
+        saved = (backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision)
+    else:
+        saved = (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32)
+    try:
+        if new_api:
+            backends.cuda.matmul.fp32_precision = backends.cudnn.conv.fp32_precision = "ieee"
+        else:
+            backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = False
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            yield
+    finally:
+        if new_api:
+            backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision = saved
+        else:
+            backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = saved
+
+
+@contextmanager
 def measurement_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module]:
     """Put the model in the state a Hessian or evaluation is taken in, then restore it exactly.
 
     "eval": BatchNorm uses its running statistics, Dropout is off — the function the
     trained network computes. "train": BatchNorm normalises each chunk with its own batch
     statistics (the function the optimizer differentiated) without updating its running
-    ones, Dropout still off so the operator is deterministic. Measuring never changes the
-    model (PyHessian leaves models in eval mode; we don't). Attention runs on its plain
-    kernel (math_attention), the one that can be differentiated twice.
+    ones, Dropout still off so the operator is deterministic. Either way in full precision
+    (fp32, TF32 off: `full_precision`), whatever the training passes use, and attention on
+    its plain kernel (math_attention), the one that can be differentiated twice. Measuring
+    never changes the model (PyHessian leaves models in eval mode; we don't).
     """
     if mode not in tuple(HessianMode):
         raise ValueError(f"mode must be one of {[m.value for m in HessianMode]}, got {mode!r}")
@@ -76,13 +103,14 @@ def measurement_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module
         with math_attention():
             if mode == "eval":
                 model.eval()
-                yield model
+                with full_precision():
+                    yield model
             else:
                 model.train()
                 for m in model.modules():
                     if isinstance(m, nn.modules.dropout._DropoutNd):
                         m.eval()
-                with running_stats_frozen(model):
+                with running_stats_frozen(model), full_precision():
                     yield model
     finally:
         for m, was_training in flags:

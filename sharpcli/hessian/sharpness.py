@@ -11,6 +11,7 @@ from torch import nn
 
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.operator import HessianOperator
+from sharpcli.hessian.params import full_precision
 from sharpcli.linalg import DiagonalScaled, lanczos, lanczos_top_k
 from sharpcli.hessian.losses import LossFn
 
@@ -36,14 +37,16 @@ def measure_sharpness(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: tor
     warm-starts it, which cuts the HVPs needed along a training run severalfold. Under
     torchrun every process runs the same Lanczos on the summed products. With the flat
     diagonal of a `preconditioner` P: those of P^{-1/2} H P^{-1/2}, i.e. of P⁻¹H (SPEC §10),
-    and v₁ is that operator's eigenvector."""
-    op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode, dist=dist)
-    if preconditioner is not None:
-        op = DiagonalScaled(op, preconditioner.rsqrt())
-    if k == 1:
-        result = lanczos(op, k=1, tol=tol, max_iter=min(max_iter, op.size), v0=v0, seed=seed)
-    else:  # restarts catch cluster members and repeated eigenvalues a single run misses
-        result = lanczos_top_k(op, k, tol=tol, max_iter=max_iter, v0=v0, seed=seed)
+    and v₁ is that operator's eigenvector. Products and solver in fp32 with TF32 off,
+    whatever autocast or TF32 setting encloses the call."""
+    with full_precision():
+        op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode, dist=dist)
+        if preconditioner is not None:
+            op = DiagonalScaled(op, preconditioner.rsqrt())
+        if k == 1:
+            result = lanczos(op, k=1, tol=tol, max_iter=min(max_iter, op.size), v0=v0, seed=seed)
+        else:  # restarts catch cluster members and repeated eigenvalues a single run misses
+            result = lanczos_top_k(op, k, tol=tol, max_iter=max_iter, v0=v0, seed=seed)
     return Sharpness(result.eigenvalues, result.residuals, result.eigenvectors[:, 0].detach(),
                      result.n_matvec)
 

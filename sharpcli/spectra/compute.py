@@ -21,7 +21,7 @@ from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable
 from sharpcli.hessian.losses import LOSSES
-from sharpcli.hessian.params import num_params, trainable_params
+from sharpcli.hessian.params import full_precision, num_params, trainable_params
 from sharpcli.linalg import (control_variate_trace, hutchinson_trace, lanczos, lanczos_top_k,
                             power_iteration, slq_density)
 from sharpcli.spectra.config import SpectrumConfig
@@ -67,12 +67,13 @@ def _timed(block: str, quantity: str, solve, problem: Problem, cfg: SpectrumConf
     """Run `solve(operator)` on the block's Hessian; its wall time includes building the
     operator (the gradient graph is part of the cost)."""
     start = time.perf_counter()
-    op = Stoppable(problem.scaled(HessianOperator(problem.model, problem.loss_fn, problem.x,
-                                                  problem.y, chunk_size=problem.chunk_size,
-                                                  params=params, mode=cfg.hessian_mode,
-                                                  dist=problem.dist), params),
-                   problem.should_stop, problem.dist)
-    result = solve(op)
+    with full_precision():  # the solver's own arithmetic too: fp32, TF32 off
+        op = Stoppable(problem.scaled(HessianOperator(problem.model, problem.loss_fn, problem.x,
+                                                      problem.y, chunk_size=problem.chunk_size,
+                                                      params=params, mode=cfg.hessian_mode,
+                                                      dist=problem.dist), params),
+                       problem.should_stop, problem.dist)
+        result = solve(op)
     return Solve(block, quantity, result, result.n_matvec, time.perf_counter() - start, op.size)
 
 

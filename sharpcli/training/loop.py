@@ -122,8 +122,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None,
             set_lr(run.optimizer, info.lr)
             if info.sam_phase:  # the base optimizer moves w with ∇L_B(w + ε) instead of g
                 sam_step(run.model, run.loss_fn, *batch, info.direction, run.optimizer,
-                         gradient=lambda: batch_gradient(run.train_model, run.loss_fn, *batch,
-                                                         run.config.physical_batch_size, dist))
+                         gradient=lambda: training_gradient(run, *batch))
             else:
                 run.optimizer.step()
     result.seconds = tracker.elapsed()
@@ -151,24 +150,33 @@ def tracker_for(run: RunSetup, resumed: Resumed | None) -> Tracker:
 
 def gradient_at(run: RunSetup, sampler: BatchSampler, step: int):
     """.grad ← ∇L_B(w_t) on step t's batch in train mode (BatchNorm updates its statistics
-    as in any training step); the step's StepInfo (with the loss) and its batch. Under
+    as in any training step); the step's StepInfo (with the loss) and its batch, augmented
+    (--augment: a minibatch run trains on augmented images, measures on the originals). Under
     torchrun each process takes its shard of the batch, and the gradient is all-reduced
     unless SAM perturbs with each shard's own (--sam-sync local)."""
     c = run.config
     idx = sampler.indices(step)
-    xb, yb = run.data.x_train[idx], run.data.y_train[idx]
+    # the whole global batch, augmented by (seed, step): the same on any number of processes
+    xb, yb = run.training_batch(run.data.x_train[idx], step), run.data.y_train[idx]
     if not run.model.training:  # a guard only: the recursive call costs as much as a layer
         run.model.train()
     phase = run.phase_at(step)
     sam_phase = phase.value in SAM_PHASES
     sync = not (sam_phase and c.sam_sync is SamSync.local)
-    loss = batch_gradient(run.train_model, run.loss_fn, xb, yb, c.physical_batch_size,
-                          run.dist, sync=sync)
+    loss = training_gradient(run, xb, yb, sync=sync)
     average_running_stats(run.model, run.dist)
     info = StepInfo(step, phase.value, lr_at(step, run.plan.total_steps, c.lr, c.schedule),
                     gradient_norm(run.params), run.plan.epoch_at(step), loss,
                     rho=c.rho if sam_phase else None, sam_phase=sam_phase)
     return info, (xb, yb)
+
+
+def training_gradient(run: RunSetup, x: torch.Tensor, y: torch.Tensor, *, sync: bool = True):
+    """.grad ← ∇L_B on the batch (x, y) in the run's training arithmetic (--precision);
+    returns this process's share of the loss."""
+    with run.autocast():
+        return batch_gradient(run.train_model, run.loss_fn, x, y, run.config.physical_batch_size,
+                              run.dist, sync=sync)
 
 
 def local_perturbation(run: RunSetup, info: StepInfo) -> bool:
@@ -185,11 +193,13 @@ def global_gradient(run: RunSetup, local: torch.Tensor, batch_size: int) -> torc
 
 def eigen_sam_refresh(run: RunSetup, eigen: EigenState, step: int, batch) -> EigenState:
     """Eigen-SAM's estimate of v₁, refreshed on the batch's Hessian when due (under torchrun
-    the Hessian of the whole batch, its products summed over the processes)."""
+    the Hessian of the whole batch, its products summed over the processes). The batch is
+    the step's training batch, augmented; --eig-mode eval (the official code) normalises by
+    BatchNorm's running statistics, train by the batch's own; fp32 either way."""
     if not refresh_due(eigen, step, run.config.eig_every):
         return eigen
     op = HessianOperator(run.model, run.loss_fn, *batch, chunk_size=run.config.physical_batch_size,
-                         mode="train", dist=run.dist)
+                         mode=run.config.eig_mode.value, dist=run.dist)
     return refresh(eigen, op, iters=run.config.eig_iters, seed=run.config.seed + step)
 
 

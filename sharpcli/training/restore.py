@@ -16,7 +16,8 @@ from sharpcli.training.setup import RunSetup
 
 # Settings that may differ when a run is resumed: they do not change what is computed.
 RESUMABLE_CHANGES = {"resume", "quiet", "device", "steps", "epochs", "data_dir", "keep_last",
-                     "reports_dir", "checkpoints_dir", "run_name"}  # a moved run can be resumed
+                     "reports_dir", "checkpoints_dir", "run_name",  # a moved run can be resumed
+                     "recipe"}  # a record only: the settings themselves are compared
 
 
 @dataclass

@@ -24,8 +24,9 @@ Choices (the papers leave them open):
   SAM step when there is none yet (the start of a run or of the late phase); the first
   refresh starts from a Gaussian vector drawn from (seed, step) by a private generator.
   Its power iteration uses exactly --eig-iters Hessian-vector products on the batch's
-  Hessian in "train" measurement mode (batch statistics, running statistics untouched,
-  dropout off, mode restored).
+  Hessian in --eig-mode's measurement mode: "eval" (the default, as the official code:
+  BatchNorm's running statistics) or "train" (the batch's statistics, running statistics
+  untouched); dropout off and the mode restored either way, and always in fp32.
 - Late-phase SAM (--sam-start): the same base optimizer object continues at the switch,
   so momentum buffers carry over from the base phase.
 - g = 0 gives ε = 0 for SAM and ASAM (no NaN).
@@ -42,7 +43,8 @@ from sharpcli.config import Phase
 from sharpcli.linalg.power import power_iteration
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import accumulate_gradient
-from sharpcli.hessian.params import flatten, running_stats_frozen, trainable_params, unflatten
+from sharpcli.hessian.params import (flatten, full_precision, running_stats_frozen,
+                                     trainable_params, unflatten)
 
 
 def _unit(g: torch.Tensor) -> torch.Tensor:
@@ -131,6 +133,7 @@ def refresh_due(state: EigenState, step: int, every: int) -> bool:
 def refresh(state: EigenState, op, *, iters: int, seed: int) -> EigenState:
     """`iters` power-iteration steps on `op` (the current batch's Hessian), warm-started from
     the last v (the first start is Gaussian from `seed`): exactly `iters` products."""
-    result = power_iteration(op, k=1, tol=0.0, max_iter=iters, v0=state.v, seed=seed,
-                             residuals=False)
+    with full_precision():  # like every Hessian computation: fp32, TF32 off
+        result = power_iteration(op, k=1, tol=0.0, max_iter=iters, v0=state.v, seed=seed,
+                                 residuals=False)
     return EigenState(result.eigenvectors[:, 0].detach())

@@ -15,7 +15,8 @@ from torch import nn
 
 import sharpcli
 from sharpcli.checks import check_positive
-from sharpcli.config import Optimizer, Phase, SamSync, TrainConfig, phase_at, sam_start_step
+from sharpcli.config import (Augment, Optimizer, Phase, SamSync, TrainConfig, phase_at,
+                             resolve_augment, sam_start_step)
 from sharpcli.device import resolve_device
 from sharpcli.distributed import SINGLE, Dist, process_device
 from sharpcli.errors import SharpError
@@ -23,6 +24,8 @@ from sharpcli.hessian.losses import LossFn, get_loss
 from sharpcli.hessian.params import trainable_params
 from sharpcli.training.optim import build_base_optimizer
 from sharpcli.training.parallel import data_parallel
+from sharpcli.training.precision import check_precision, training_autocast, uses_channels_last
+from sharpcli.workload.augment import augment, check_kind
 from sharpcli.workload.data import DataSplits, load_dataset
 from sharpcli.workload.models import build_model
 
@@ -66,6 +69,11 @@ def validate_config(c: TrainConfig) -> None:
     if c.sam_sync is SamSync.local and not c.sam:
         raise SharpError("--sam-sync local applies to --optimizer sam or eigen-sam")
     check_positive(c.dist_timeout, "--dist-timeout")
+    get_loss(c.loss, c.label_smoothing)  # --label-smoothing: ce only, in [0, 1)
+    if c.batch_size is None and c.augment not in (Augment.auto, Augment.none):
+        raise SharpError(f"--augment {c.augment} applies to minibatch training; full-batch "
+                         "runs train on the un-augmented examples (give --batch-size, or drop "
+                         "--augment)")
     if c.run_name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", c.run_name):
         raise SharpError(f"--run-name {c.run_name!r} may only use letters, digits and . _ = + -")
 
@@ -182,10 +190,20 @@ class RunSetup:
     checkpoint_dir: Path
     record: dict
     dist: Dist = SINGLE
+    channels_last: bool = False  # NHWC weights and batches (convolutional networks on CUDA)
 
     @property
     def params(self) -> list[nn.Parameter]:
         return trainable_params(self.model)
+
+    def training_batch(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """The inputs step `step` trains on: augmented by (seed, step), in the run's layout."""
+        x = augment(x, self.config.augment, seed=self.config.seed, step=step)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        """The context of a training pass (--precision)."""
+        return training_autocast(self.config.precision, self.device)
 
     def phase_at(self, step: int) -> Phase:
         c = self.config
@@ -198,12 +216,21 @@ def prepare(config: TrainConfig, dist: Dist = SINGLE) -> RunSetup:
     config is left as it was."""
     validate_config(config)
     device = resolve_device(process_device(config.device, dist))
+    check_precision(config.precision, device)
+    config = dataclasses.replace(config, augment=resolve_augment(config.augment, config.dataset,
+                                                                 config.batch_size))
     torch.manual_seed(config.seed)
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                         train_size=config.train_size, test_size=config.test_size, device=device)
+    check_kind(config.augment, data.input_shape)
     plan = plan_steps(config, len(data.x_train), dist.world_size)
     model = build_model(config.model, data.input_shape, data.num_classes, width=config.width,
                         depth=config.depth, activation=config.activation).to(device)
+    channels_last = uses_channels_last(model, device)
+    if channels_last:  # the same values in NHWC layout: cuDNN's fast path
+        model = model.to(memory_format=torch.channels_last)
+        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
+        data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in trainable_params(model))
     if config.sharpness_every and config.sharpness_k > n_params:
         raise SharpError(f"--sharpness-k {config.sharpness_k} exceeds the {n_params} parameters")
@@ -212,11 +239,12 @@ def prepare(config: TrainConfig, dist: Dist = SINGLE) -> RunSetup:
     record = dict(config.to_dict(), resolved_device=str(device), versions=_versions(),
                   total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
                   num_params=n_params, input_shape=list(data.input_shape),
-                  num_classes=data.num_classes, world_size=dist.world_size)
+                  num_classes=data.num_classes, world_size=dist.world_size,
+                  memory_format="channels_last" if channels_last else "contiguous")
     return RunSetup(config, device, data, model, data_parallel(model, dist, config.sync_bn),
-                    get_loss(config.loss), optimizer, plan,
+                    get_loss(config.loss, config.label_smoothing), optimizer, plan,
                     Path(config.reports_dir) / config.run_name,
-                    Path(config.checkpoints_dir) / config.run_name, record, dist)
+                    Path(config.checkpoints_dir) / config.run_name, record, dist, channels_last)
 
 
 def _versions() -> dict:

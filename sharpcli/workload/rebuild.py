@@ -38,7 +38,7 @@ class Checkpoint:
 
     @property
     def loss_fn(self) -> LossFn:
-        return get_loss(self.config["loss"])
+        return get_loss(self.config["loss"], self.config.get("label_smoothing", 0.0))
 
     def data(self):
         """(x_train, y_train, x_test, y_test) exactly as the run used them."""

@@ -18,9 +18,9 @@ import scipy.linalg
 import torch
 
 from sharpcli.linalg.projection import project_out
-from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, check_k,
-                                     check_count, make_generator, random_vector,
-                                     start_vector)
+from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, check_count,
+                                     check_criterion, check_k, error_bounds, make_generator,
+                                     random_vector, start_vector, tolerance_scale)
 
 # β below this many ε·‖A‖ means the Krylov space is (numerically) invariant.
 _BREAKDOWN = 100.0
@@ -99,20 +99,17 @@ class LanczosProcess:
         return theta, s, residuals
 
 
-def _tolerance_scale(theta_top: float, tmax: float, eps: float) -> float:
-    """max(|θ₁|, √ε·‖T‖, tiny): relative to the top Ritz value, floored so that an operator
-    whose top eigenvalue is ~0 next to large negative ones can still converge."""
-    return max(abs(theta_top), eps ** 0.5 * tmax, torch.finfo(torch.float64).tiny)
-
-
 def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
-            seed: int = 0) -> EigenResult:
+            seed: int = 0, criterion: str = "residual") -> EigenResult:
     """Top-k eigenpairs of a symmetric operator, by algebraic value (largest first).
 
     Runs Lanczos with full reorthogonalisation, one matvec per iteration, and stops when all
-    k top Ritz pairs have residual ‖Av − θv‖ ≤ tol·max(|θ₁|, √ε‖T‖) (checked every
-    iteration from the tridiagonal matrix, at no matvec cost), after `max_iter` iterations,
-    or when the basis spans the whole space (size ≤ max_iter: the results are then exact).
+    k top Ritz pairs meet `criterion` (checked every iteration from the tridiagonal matrix,
+    at no matvec cost), after `max_iter` iterations, or when the basis spans the whole space
+    (size ≤ max_iter: the results are then exact). Criteria:
+    - "residual": ‖Av − θv‖ ≤ tol·max(|θ₁|, √ε‖T‖);
+    - "eigenvalue": the estimated error of each Ritz value, min(r, r²/gap)
+      (results.error_bounds), ≤ tol·|θ|: tol is a relative accuracy of the eigenvalues.
     Large negative eigenvalues are never returned as "top": only the algebraic order counts.
 
     The reported residuals are |β_m s_{m,i}|, which equal ‖Av − θv‖ up to about ε‖A‖
@@ -137,6 +134,7 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
                                "k iterations for k eigenpairs")
     if not tol >= 0:
         raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
+    check_criterion(criterion)
     gen = make_generator(seed, op.device)
     steps = min(max_iter, op.size)
     proc = LanczosProcess(op, start_vector(op, v0, gen), steps)
@@ -145,9 +143,14 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
         done = proc.m == steps
         if proc.m >= k:
             theta, s, res = proc.ritz(k)
-            scale = _tolerance_scale(float(theta[0]), max(map(abs, proc.alphas)) + max(proc.betas),
-                                     proc.eps)
-            converged = res <= tol * scale
+            if criterion == "residual":
+                scale = tolerance_scale(float(theta[0]), max(map(abs, proc.alphas)) + max(proc.betas),
+                                        proc.eps)
+                converged = res <= tol * scale
+            else:
+                bounds = error_bounds(theta.numpy(), res.numpy())
+                converged = torch.from_numpy(bounds <= tol * theta[:k].abs().numpy())
+            theta = theta[:k]
             if bool(converged.all()) or done:
                 break
         if done:

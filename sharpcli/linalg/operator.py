@@ -1,7 +1,10 @@
 """The one abstraction the eigensolvers see: a symmetric linear operator with a matvec.
 
 Lanczos, power iteration, Hutchinson and SLQ know nothing about models; the Hessian of a
-network (sharpcli.hessian) and a dense test matrix both look like this.
+network (sharpcli.hessian) and a dense test matrix both look like this. An operator may
+also offer `matmat`, the products with a block of vectors at once (one pass over the data
+for a Hessian); solvers reach it through `results.apply_block`, which loops over the
+columns of operators that have none.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ class LinearOperator(Protocol):
         """Return A @ v for a 1-D tensor v of length `size`."""
         ...
 
+    # Optional: def matmat(self, vs: torch.Tensor) -> torch.Tensor, A @ vs for vs of shape
+    # (size, b), the same numbers as b matvecs. Not part of the protocol's required surface:
+    # results.apply_block falls back to a loop of matvecs.
+
 
 class DenseOperator:
     """A symmetric matrix held in memory: ground truth for tests, and quadratics."""
@@ -36,6 +43,9 @@ class DenseOperator:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.matrix @ v
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ vs
 
 
 def matrix_with_spectrum(eigenvalues, *, seed: int = 0, dtype=torch.float64) -> torch.Tensor:

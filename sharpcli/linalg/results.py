@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from sharpcli.checks import check_positive
@@ -68,6 +69,14 @@ def check_k(op, k: int) -> None:
         raise LinalgInputError(f"k={k} eigenpairs requested from an operator of size {op.size}")
 
 
+CRITERIA = ("residual", "eigenvalue")  # what an eigensolver's tol bounds (see lanczos)
+
+
+def check_criterion(criterion: str) -> None:
+    if criterion not in CRITERIA:
+        raise LinalgInputError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+
+
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
     """A private generator on the operator's device: probes are drawn where they are used,
     and the global RNG is never touched."""
@@ -84,6 +93,34 @@ def random_vector(op, gen: torch.Generator, kind: str = "gaussian") -> torch.Ten
         bits = torch.randint(0, 2, (op.size,), generator=gen, dtype=op.dtype, device=op.device)
         return bits.mul_(2).sub_(1)
     raise LinalgInputError(f"probe must be 'gaussian' or 'rademacher', got {kind!r}")
+
+
+def tolerance_scale(theta_top: float, tmax: float, eps: float) -> float:
+    """max(|θ₁|, √ε·‖T‖, tiny): residual tolerances are relative to the top Ritz value,
+    floored so that an operator whose top eigenvalue is ~0 next to large negative ones can
+    still converge."""
+    return max(abs(theta_top), eps ** 0.5 * tmax, torch.finfo(torch.float64).tiny)
+
+
+def error_bounds(theta: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """The estimated error |λ − θᵢ| of each of the first len(residuals) Ritz values θᵢ (all
+    Ritz values `theta` given, descending): min(rᵢ, rᵢ²/gapᵢ), gapᵢ the distance from θᵢ to
+    the nearest other Ritz value.
+
+    rᵢ = ‖Av − θᵢv‖ bounds the distance from θᵢ to the nearest eigenvalue (for any unit v);
+    r²/gap is the sharper, quadratic bound of Kato and Temple (Parlett, "The Symmetric
+    Eigenvalue Problem", Thm 11.7.1), which needs the gap to the rest of A's spectrum: the
+    Ritz values stand in for it, as in ARPACK's and Parlett's practice, so it is an estimate,
+    not a guarantee (no bound from one Krylov space can see an eigenvalue it has not found)."""
+    k = len(residuals)
+    gaps = np.full(k, np.inf)
+    for i in range(k):
+        others = np.delete(theta, i)
+        if others.size:
+            gaps[i] = np.abs(others - theta[i]).min()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        quadratic = np.where(gaps > 0, residuals ** 2 / gaps, np.inf)
+    return np.minimum(residuals, quadratic)
 
 
 def start_vector(op, v0, gen: torch.Generator) -> torch.Tensor:
@@ -106,4 +143,19 @@ def apply(op, v: torch.Tensor) -> torch.Tensor:
     w = op.matvec(v)
     if w.shape != (op.size,):
         raise LinalgInputError(f"matvec returned shape {tuple(w.shape)}, expected ({op.size},)")
+    return w
+
+
+def apply_block(op, vs: torch.Tensor) -> torch.Tensor:
+    """A @ vs for the columns of vs (size, b): op.matmat where the operator has one (a
+    Hessian computes the whole block in one pass over its data), else b matvecs. Checked
+    like `apply`."""
+    if vs.ndim != 2 or vs.shape[0] != op.size:
+        raise LinalgInputError(f"a block of shape {tuple(vs.shape)} for an operator of size {op.size}")
+    matmat = getattr(op, "matmat", None)
+    if matmat is None:
+        return torch.stack([apply(op, v) for v in vs.T], dim=1)
+    w = matmat(vs)
+    if w.shape != vs.shape:
+        raise LinalgInputError(f"matmat returned shape {tuple(w.shape)}, expected {tuple(vs.shape)}")
     return w

@@ -186,7 +186,7 @@ class TrainConfig:
     sharpness_samples: int | None = None  # None: the whole training subset
     sharpness_k: int = 1
     sharpness_iters: int = 100
-    sharpness_tol: float = 1e-3
+    sharpness_tol: float = 1e-3  # relative accuracy of each logged λ (estimated error ≤ tol·λ)
     eval_every: int = 20
     checkpoint_every: int = 100
     keep_last: int | None = None

@@ -22,7 +22,8 @@ RESUMABLE_CHANGES = {"resume", "quiet", "device", "steps", "epochs", "data_dir",
 @dataclass
 class Resumed:
     """Where a run continues: its first step, the training time already spent, the last
-    measurement's top eigenvector (Lanczos's warm start) and Eigen-SAM's estimate."""
+    measurement's top eigenvectors (the warm start: (size, k), or v₁ alone from a checkpoint
+    written before they were all kept) and Eigen-SAM's estimate."""
 
     step: int = 0
     elapsed: float = 0.0
@@ -51,7 +52,8 @@ def restore(run: RunSetup) -> Resumed | None:
     set_rng_state(payload["rng"])
     extra = payload.get("extra", {})
     vector = lambda key: None if extra.get(key) is None else extra[key].to(run.device)  # noqa: E731
-    return Resumed(payload["step"], float(extra.get("elapsed", 0.0)), vector("top_vector"),
+    top = vector("top_vectors") if extra.get("top_vectors") is not None else vector("top_vector")
+    return Resumed(payload["step"], float(extra.get("elapsed", 0.0)), top,
                    EigenState(vector("eigen_vector")))
 
 

@@ -2,8 +2,9 @@
 metrics.csv (SPEC §2), so that every run folder, whoever trained it, holds the same numbers.
 
 At a measured step t (after the step's gradient, before its update) the Tracker records
-‖g‖ of the update's gradient, λ₁…λ_k of the training-loss Hessian by Lanczos warm-started
-from the previous measurement's v₁, the alignment |cos(direction, v₁)| of the update's
+‖g‖ of the update's gradient, λ₁…λ_k of the training-loss Hessian to a relative accuracy
+`tol` (Lanczos, or block Lanczos for k > 1) warm-started from the previous measurement's
+top-k eigenvectors, the alignment |cos(direction, v₁)| of the update's
 direction, the edges (sharpcli.edges.EdgeRule), and train and test loss and accuracy; it
 writes config.json once, one row per measured step, top_eigenvalues.csv when k > 1, and
 checkpoints of w_t when due. `sharp train` calls it at every step.
@@ -55,7 +56,8 @@ class Tracker:
     checkpoints every `checkpoint_every` steps into `checkpoint_dir` (keeping the newest
     `keep_last`). `record` is written to config.json. `resume_step` continues the files of
     an interrupted run: rows from that step on are dropped and its checkpoint is kept;
-    `top_vector` and `elapsed` carry the warm start and the clock over. Under torchrun
+    `top_vector` (v₁, or the top-k eigenvectors as columns) and `elapsed` carry the warm
+    start and the clock over. Under torchrun
     (`dist`) every process measures its shard of the examples and takes the same decisions;
     rank 0 alone writes files.
     """
@@ -80,7 +82,8 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.checkpoint_every, self.keep_last = checkpoint_every, keep_last
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.resume_step, self.top_vector = resume_step, top_vector
+        self.resume_step = resume_step
+        self.top_vectors = top_vector  # the warm start: (size, k), or v₁ from an older checkpoint
         self.rows: list[dict] = []  # the rows this tracker logged
         self._saved_now: Path | None = None
         self._clock = (elapsed, time.perf_counter())
@@ -94,6 +97,12 @@ class Tracker:
             self.log.open(fresh=fresh, keep_below_step=resume_step)
             if k > 1:
                 self.top_log.open(fresh=fresh, keep_below_step=resume_step)
+
+    @property
+    def top_vector(self) -> torch.Tensor | None:
+        """v₁ of the last measurement (or of the warm start it was given)."""
+        v = self.top_vectors
+        return v[:, 0] if v is not None and v.ndim == 2 else v
 
     # ---------------------------------------------------------------- when
 
@@ -124,7 +133,9 @@ class Tracker:
             return None
         path = checkpoint_path(self.checkpoint_dir, step)
         if self.dist.is_main:  # every process holds the same weights and state
-            state = {"elapsed": self.elapsed(), "top_vector": self.top_vector, **(extra or {})}
+            # top_vectors: the whole warm start; top_vector (v₁ alone) as older readers know it
+            state = {"elapsed": self.elapsed(), "top_vector": self.top_vector,
+                     "top_vectors": self.top_vectors, **(extra or {})}
             save_checkpoint(path, step=step, epoch=epoch, config=self.record, model=self.model,
                             optimizer=self.optimizer, extra=state)
             self._saved_now = path
@@ -189,13 +200,13 @@ class Tracker:
         return row
 
     def _sharpness(self, info: StepInfo) -> dict:
-        """λ₁ (and λ₂…λ_k into top_eigenvalues.csv) warm-started from the last v₁, and the
-        alignment of the step's direction with the new v₁."""
+        """λ₁ (and λ₂…λ_k into top_eigenvalues.csv) warm-started from the last top-k
+        eigenvectors, and the alignment of the step's direction with the new v₁."""
         s = measure_sharpness(self.model, self.loss_fn, self.x_sharp, self.y_sharp, k=self.k,
-                              tol=self.tol, max_iter=self.max_iter, v0=self.top_vector,
+                              tol=self.tol, max_iter=self.max_iter, v0=self.top_vectors,
                               seed=self.seed + info.step, chunk_size=self.chunk_size,
                               dist=self.dist)
-        self.top_vector = s.top_vector
+        self.top_vectors = s.top_vectors
         if self.k > 1:
             for i, (lam, res) in enumerate(zip(s.eigenvalues.tolist(), s.residuals.tolist())):
                 self._write(self.top_log, {"step": info.step, "index": i + 1, "eigenvalue": lam,

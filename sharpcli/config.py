@@ -102,6 +102,7 @@ class HessianMode(Choice):
 
 class Method(Choice):
     lanczos = "lanczos"
+    block = "block"      # block Lanczos (sharpcli.linalg.block_lanczos)
     power = "power"
 
 

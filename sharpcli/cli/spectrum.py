@@ -49,13 +49,22 @@ def spectrum_command(
     top_k: Annotated[int, _opt("Number of top eigenvalues (largest first).", EIG)] = D.top_k,
     method: Annotated[Optional[Method], _opt(
         "lanczos (default: full reorthogonalisation, then restarts on the deflated operator "
-        "so that repeated or clustered eigenvalues are not missed) or power (iteration with "
+        "so that repeated or clustered eigenvalues are not missed), block (block Lanczos: "
+        "blocks of --block-size vectors per pass over the data; repeated and clustered "
+        "eigenvalues up to the block size without restarts) or power (iteration with "
         "deflation, as PyHessian; finds the largest |λ| first). --backend pyhessian: power "
         "only.", EIG,
         show_default=False)] = None,
+    block_size: Annotated[Optional[int], _opt(
+        "--method block: vectors per block (default --top-k).", EIG,
+        show_default=False)] = D.block_size,
+    warm_start: Annotated[bool, _opt(
+        "Over a run's checkpoints, start each eigenvalue solve from the previous "
+        "checkpoint's eigenvectors (same answers, fewer products when they change little).",
+        EIG)] = D.warm_start,
     tol: Annotated[float, _opt(
-        "lanczos: stop when every residual ‖Hv − λv‖ ≤ tol·|λ₁|; power and pyhessian: when λ "
-        "changes by less than tol relative between iterations.", EIG)] = D.tol,
+        "lanczos, block: stop when every residual ‖Hv − λv‖ ≤ tol·|λ₁|; power and pyhessian: "
+        "when λ changes by less than tol relative between iterations.", EIG)] = D.tol,
     check_missed: Annotated[bool, _opt(
         "lanczos: after convergence, one more Lanczos run on the deflated Hessian looks for "
         "eigenvalues the first run missed (repeated ones, or a member of a tight cluster); "
@@ -121,6 +130,7 @@ def spectrum_command(
 
     cfg = SpectrumConfig(
         top_k=top_k, method=method, tol=tol, max_iter=max_iter, check_missed=check_missed,
+        block_size=block_size, warm_start=warm_start,
         trace=trace, trace_probes=trace_probes, trace_method=trace_method, trace_tol=trace_tol,
         density=density, density_runs=density_runs, density_iters=density_iters,
         density_grid=density_grid, density_sigma=density_sigma, per_layer=per_layer,

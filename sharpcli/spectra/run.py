@@ -43,7 +43,9 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                  dist: Dist = SINGLE) -> list[CheckpointSpectrum]:
     """Measure every checkpoint the arguments name and write spectrum.csv (and density.csv)
     row by row: by default into each run's report folder, with `out` all into one file.
-    Each file is rewritten by the call that first writes to it. Interrupted (exit 130) once
+    Each file is rewritten by the call that first writes to it. With `cfg.warm_start` the
+    eigenvalue solves of a run's checkpoints start from the previous checkpoint's
+    eigenvectors. Interrupted (exit 130) once
     `should_stop()` turns true, with every row finished so far on disk. Under torchrun
     every process measures its shard of the examples and rank 0 writes."""
     cfg.validate()
@@ -59,6 +61,7 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
         logs[path].write_many(rows)
 
     results = []
+    warm: dict[tuple, dict] = {}  # per run and example set: each block's last eigenvectors
     try:
         for target, ckpt, splits in load_targets(targets, device, should_stop=should_stop,
                                                  on_start=on_start, dist=dist):
@@ -70,7 +73,10 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                               checkpoint=str(target.checkpoint), step=ckpt.step,
                               should_stop=should_stop, dist=dist)
             solves = []
-            for solve in compute_spectrum(problem, cfg):
+            # checkpoints of one run, in step order: each starts from the one before
+            key = (str(target.checkpoint.parent), len(x))
+            previous = warm.setdefault(key, {}) if cfg.warm_start else None
+            for solve in compute_spectrum(problem, cfg, previous):
                 log(csv_path, SPECTRUM_COLUMNS,
                     [r.as_dict() for r in solve.rows(problem.checkpoint, problem.step)])
                 if solve.quantity == "density":

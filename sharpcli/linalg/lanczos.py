@@ -18,7 +18,8 @@ import scipy.linalg
 import torch
 
 from sharpcli.linalg.projection import project_out
-from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, check_count,
+from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
+                                     check_count,
                                      check_criterion, check_k, eigenvalues_settled,
                                      make_generator, random_vector, start_vector,
                                      tolerance_scale)
@@ -51,10 +52,12 @@ class LanczosProcess:
     def m(self) -> int:
         return len(self.alphas)
 
-    def step(self) -> None:
+    def step(self, w: torch.Tensor | None = None) -> None:
+        """One Lanczos step; `w` = A v_j when the product was already taken (in a block
+        with other processes' vectors: `step_together`)."""
         j = self.m
         v = self.basis[j]
-        w = apply(self.op, v)
+        w = apply(self.op, v) if w is None else w
         self.n_matvec += 1
         # one host sync per step for α, ‖Av‖ and β: negligible next to a Hessian-vector product
         alpha = torch.dot(v, w)
@@ -72,6 +75,11 @@ class LanczosProcess:
         self.broke_down = beta <= _BREAKDOWN * self.eps * self.anorm
         if not self.broke_down and j + 1 < self.max_steps:
             self.basis[j + 1] = w / beta
+
+    @property
+    def next_vector(self) -> torch.Tensor:
+        """v_j, the vector the next step multiplies."""
+        return self.basis[self.m]
 
     def restart(self, gen: torch.Generator) -> None:
         """Continue after an invariant subspace with a random vector orthogonal to the basis;
@@ -98,6 +106,17 @@ class LanczosProcess:
         theta, s = theta.flip(0), s.flip(1)
         residuals = abs(self.betas[-1]) * s[-1].abs()
         return theta, s[:, :k], residuals
+
+
+def step_together(processes: list[LanczosProcess]) -> None:
+    """One step of each of several independent processes on the same operator, their
+    products taken as one block (apply_block): SLQ's probes in one pass over the data."""
+    if not processes:
+        return
+    op = processes[0].op
+    w = apply_block(op, torch.stack([p.next_vector for p in processes], dim=1))
+    for p, col in zip(processes, w.T):
+        p.step(col)
 
 
 def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,

@@ -117,6 +117,11 @@ def spectrum_command(
         "native, or pyhessian to cross-check with the pyhessian package (eigenvalues and "
         "trace only).", RUN)] = D.backend,
     device: Annotated[str, _opt("auto, cpu, cuda, cuda:N or mps.", RUN)] = D.device,
+    compile: Annotated[bool, _opt(
+        "Hessian-vector products by forward-over-reverse through torch.compile (double "
+        "backward cannot be compiled). A one-time compilation of tens of seconds; on the "
+        "CPU slower per product than the default cached double backward (benchmarks/RESULTS.md).",
+        RUN)] = D.compile,
     seed: Annotated[int, _opt("Seed of the random start vectors and probes.", RUN)] = D.seed,
     out: Annotated[Optional[Path], _opt(
         "Write every row to this CSV instead of reports/<run>/spectrum.csv.", RUN,
@@ -135,7 +140,7 @@ def spectrum_command(
         density=density, density_runs=density_runs, density_iters=density_iters,
         density_grid=density_grid, density_sigma=density_sigma, per_layer=per_layer,
         samples=samples, split=split, batch_size=batch_size, backend=backend,
-        hessian_mode=hessian_mode, device=device, seed=seed)
+        hessian_mode=hessian_mode, device=device, seed=seed, compile=compile)
     with process_group(device, dist_timeout) as dist:
         quiet = quiet or not dist.is_main
         results = _run(targets, cfg, out, density_out, quiet, dist)

@@ -46,7 +46,9 @@ class HessianOperator:
     Under torchrun (`dist`) each process takes its shard of (x, y) and computes its share
     of Hv (its examples' terms over the whole N); one all-reduce sums the shares (one for a
     whole block in `matmat`). `vectorize` (None: on accelerators only) and `max_block` set how
-    `matmat` computes a block (module docstring).
+    `matmat` computes a block (module docstring). `compile` runs the forward-over-reverse
+    product through torch.compile (double backward cannot be compiled: aot_autograd has no
+    double backward); it pays a compilation of tens of seconds on first use.
     """
 
     HVP_MODES = ("double-backward", "forward-over-reverse")
@@ -54,7 +56,8 @@ class HessianOperator:
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
                  mode: str = "eval", cache_graph: bool = True, hvp: str = "double-backward",
-                 dist: Dist = SINGLE, vectorize: bool | None = None, max_block: int = 16):
+                 dist: Dist = SINGLE, vectorize: bool | None = None, max_block: int = 16,
+                 compile: bool = False):
         if len(x) == 0:
             raise ValueError("the Hessian needs at least one example")
         self.total = len(x)  # every example weighs 1/total, in whichever process it is
@@ -77,9 +80,16 @@ class HessianOperator:
         self.max_block = max_block
         self.fallback: str | None = None  # why batched products were given up, if they were
         self._cached_grads = None
+        if compile and hvp != "forward-over-reverse":
+            raise ValueError("compile needs hvp='forward-over-reverse': torch.compile cannot "
+                             "differentiate twice (aot_autograd has no double backward)")
         if hvp == "forward-over-reverse":
             ids = {id(p): name for name, p in model.named_parameters()}
             self._names = [ids[id(p)] for p in self.params]
+            batched = vmap(self._product, in_dims=(None, None, None, None, 0))
+            self._products = {False: self._product, True: batched}
+            if compile:
+                self._products = {k: torch.compile(f) for k, f in self._products.items()}
         elif cache_graph and len(self.slices) == 1:
             with measurement_mode(model, mode):
                 self._cached_grads = self._chunk_gradient(self.slices[0])
@@ -105,21 +115,21 @@ class HessianOperator:
     def _chunk_jvp(self, sl: slice, vs: list[torch.Tensor], batched: bool = False) -> torch.Tensor:
         """Forward-over-reverse: d/dt ∇L_chunk(w + t v) at t = 0, by torch.func (vmapped
         over the rows of vs with `batched`)."""
-        w = (sl.stop - sl.start) / self.total
-        xs, ys = self.x[sl], self.y[sl]
+        primals = {n: p.detach() for n, p in zip(self._names, self.params)}
+        tangents = dict(zip(self._names, vs))
+        product = self._products[batched]
+        return product(self.x[sl], self.y[sl], (sl.stop - sl.start) / self.total, primals, tangents)
 
+    def _product(self, xs: torch.Tensor, ys: torch.Tensor, weight: float, primals: dict,
+                 tangents: dict) -> torch.Tensor:
+        """The chunk's share of Hv, a function of its inputs only (so that torch.compile
+        traces it once per chunk shape)."""
         def chunk_loss(weights: dict) -> torch.Tensor:
             # Only self.params are replaced; other parameters and buffers are the module's own.
-            return w * self.loss_fn(functional_call(self.model, weights, (xs,)), ys)
+            return weight * self.loss_fn(functional_call(self.model, weights, (xs,)), ys)
 
-        primals = {n: p.detach() for n, p in zip(self._names, self.params)}
-
-        def product(tangents: dict) -> torch.Tensor:
-            _, hv = jvp(grad(chunk_loss), (primals,), (tangents,))
-            return torch.cat([hv[n].reshape(-1) for n in self._names])
-
-        tangents = dict(zip(self._names, vs))
-        return vmap(product)(tangents) if batched else product(tangents)
+        _, hv = jvp(grad(chunk_loss), (primals,), (tangents,))
+        return torch.cat([hv[n].reshape(-1) for n in self._names])
 
     def _local(self, vs: list[torch.Tensor], batched: bool) -> torch.Tensor:
         """This process's share of Hv (or of the rows of HV with `batched`): no all-reduce."""

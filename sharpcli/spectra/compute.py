@@ -76,7 +76,9 @@ def _timed(block: str, quantity: str, solve, problem: Problem, cfg: SpectrumConf
     start = time.perf_counter()
     op = Stoppable(HessianOperator(problem.model, problem.loss_fn, problem.x, problem.y,
                                    chunk_size=problem.chunk_size, params=params,
-                                   mode=cfg.hessian_mode, dist=problem.dist),
+                                   mode=cfg.hessian_mode, dist=problem.dist,
+                                   hvp="forward-over-reverse" if cfg.compile else "double-backward",
+                                   compile=cfg.compile),
                    problem.should_stop, problem.dist)
     result = solve(op)
     return Solve(block, quantity, result, result.n_matvec, time.perf_counter() - start, op.size)

@@ -25,6 +25,7 @@ class SpectrumConfig:
     max_iter: int | None = None    # lanczos, block: per run (default max(100, 2k)); power: per pair (100)
     block_size: int | None = None  # block: vectors per block (default top_k)
     warm_start: bool = True        # a run's checkpoints: start from the previous one's vectors
+    compile: bool = False          # forward-over-reverse products through torch.compile
     trace: bool = False
     trace_probes: int = 100
     trace_method: TraceMethod = TraceMethod.auto  # gauss-newton where outputs are per example

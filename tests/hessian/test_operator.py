@@ -244,3 +244,18 @@ def test_matmat_shape_checks_and_cpu_default():
         op.matmat(torch.ones(op.size, dtype=torch.float64))
     with pytest.raises(ValueError, match="max_block"):
         HessianOperator(model, mse_loss, x, y, max_block=0)
+
+
+def test_compiled_forward_over_reverse_equals_double_backward(monkeypatch):
+    """compile=True traces the product with torch.compile; the graph capture is what we test
+    (the "eager" backend: Inductor's code generation costs tens of seconds per shape)."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="eager", **kw))
+    model, _, x, y = MLP_MSE()
+    op = HessianOperator(model, mse_loss, x, y, chunk_size=15, hvp="forward-over-reverse",
+                         compile=True)
+    reference = HessianOperator(model, mse_loss, x, y)
+    v = torch.randn(op.size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert torch.allclose(op.matvec(v), reference.matvec(v), atol=1e-12, rtol=1e-10)
+    with pytest.raises(ValueError, match="cannot differentiate twice"):
+        HessianOperator(model, mse_loss, x, y, compile=True)

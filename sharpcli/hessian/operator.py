@@ -32,7 +32,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import chunk_slices
-from sharpcli.hessian.params import flatten, measurement_mode, trainable_params, unflatten
+from sharpcli.hessian.params import measurement_mode, trainable_params, unflatten
 
 
 class HessianOperator:

@@ -7,7 +7,7 @@ import torch
 from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.params import trainable_params
-from sharpcli.linalg import DenseOperator, block_lanczos, lanczos, matrix_with_spectrum
+from sharpcli.linalg import DenseOperator, block_lanczos, matrix_with_spectrum
 from tests.cases import CLASSES, MLP_MSE
 from tests.helpers import CountingOperator as Counting
 from tests.helpers import dense_hessian

@@ -72,6 +72,31 @@ def oracle(op, v0: torch.Tensor, lam: float, tol: float = 1e-3, cap: int = 100) 
     return proc.m
 
 
+def warm_start_rows(paths: list[Path]) -> list[list]:
+    """sharp spectrum --top-k 5 over the run's checkpoints every 100 steps (the default
+    --checkpoint-every), each solve cold or started from the previous checkpoint's vectors."""
+    from sharpcli.spectra.compute import compute_spectrum
+    from sharpcli.spectra.config import SpectrumConfig
+    from sharpcli.spectra.problem import Problem
+
+    paths = [p for p in paths if int(p.stem.split("-")[1]) % 100 == 0]
+    rows = []
+    for method in ("lanczos", "block"):
+        for warm_start in (False, True):
+            cfg = SpectrumConfig(top_k=5, method=method)
+            warm = {} if warm_start else None
+            products = seconds = 0.0
+            for path in paths:
+                ckpt = sharpcli.load_checkpoint(path)
+                x, y = ckpt.data()[:2]
+                solve = next(compute_spectrum(Problem(ckpt.model, ckpt.loss_fn, x, y), cfg, warm))
+                products, seconds = products + solve.n_hvp, seconds + solve.seconds
+            rows.append([f"--method {method}" + (" (with its check)" if method == "lanczos" else ""),
+                         "warm" if warm_start else "cold (--no-warm-start)", len(paths),
+                         products / len(paths), seconds])
+    return rows
+
+
 def main():
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1000)
@@ -131,6 +156,7 @@ def main():
             oracle_cold.append(oracle(op, torch.randn(op.size, generator=gen), lam))
             cosines.append(float((prev @ v1).abs()))
         prev = v1
+    warm_rows = warm_start_rows(list_checkpoints(Path(root) / "checkpoints" / "acc"))
     shutil.rmtree(root, ignore_errors=True)
     n = len(errors)
     base = t["untracked"]
@@ -156,6 +182,12 @@ def main():
             f"below 0.5 at {sum(c < 0.5 for c in cosines)} of {len(cosines)} measurements "
             f"(first 10: {', '.join(f'{c:.2f}' for c in cosines[:10])}; last 10: "
             f"{', '.join(f'{c:.2f}' for c in cosines[-10:])})."]
+    text += ["\n### Warm starts over a run's checkpoints\n",
+             "`sharp spectrum RUN --top-k 5` over the same run's checkpoints at every 100 steps "
+             "(default settings otherwise), each checkpoint's solve cold or started from the "
+             "previous checkpoint's eigenvectors (the default).\n",
+             table(["method", "start", "checkpoints", "products per checkpoint", "seconds, all"],
+                   warm_rows)]
     write_section("tracking" + ("-quick" if args.quick else ""), "\n".join(text))
 
 

@@ -62,6 +62,7 @@ class BlockLanczosProcess:
         self.order = 0              # basis vectors whose products are in T
         self.coupling = np.zeros((0, width))  # B_j: the pending block × the last applied one
         self.n_matvec = 0
+        self.n_blocks = 0
 
     def _fill(self, q: torch.Tensor, good: torch.Tensor, filled: int) -> torch.Tensor:
         """q with its columns where `good` is false replaced by random unit vectors
@@ -87,6 +88,7 @@ class BlockLanczosProcess:
         q = self.basis[lo:hi].T                         # (size, b)
         w = apply_block(self.op, q)
         self.n_matvec += hi - lo
+        self.n_blocks += 1
         a = (q.T @ w).double().cpu().numpy()
         if not np.all(np.isfinite(a)):
             raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
@@ -148,7 +150,8 @@ def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float =
     `v0` (size,) or (size, c) warm-starts the process: its columns (the previous top
     eigenvectors, say) are the start block, filled up to `block_size` with Gaussian vectors
     drawn from `seed`; with more than `block_size` columns the block grows to hold them all.
-    Each returned residual is |‖B_j s‖|, equal to ‖Av − θv‖ up to rounding of order ε‖A‖.
+    Each returned residual is ‖B_j s_last‖, equal to ‖Av − θv‖ up to rounding of order ε‖A‖;
+    `iterations` counts blocks, `n_matvec` products (b per block).
     Memory: the basis holds up to about max_iter vectors of the operator's size.
     """
     check_k(op, k)
@@ -167,7 +170,7 @@ def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float =
     if max_iter < k:
         raise LinalgInputError(f"max_iter={max_iter} is below k={k}: block Lanczos needs at "
                                "least k products for k eigenpairs")
-    steps = max(max_iter // b, 1)  # whole blocks within max_iter products
+    steps = max(max_iter // b, -(-k // b))  # whole blocks within max_iter, enough for k
     proc = BlockLanczosProcess(op, start, capacity=(steps + 1) * b, gen=gen)
     previous = None  # the top-k Ritz values one block earlier
     while True:
@@ -193,7 +196,7 @@ def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float =
     return EigenResult(eigenvalues=torch.from_numpy(theta[:k].copy()), eigenvectors=vectors,
                        residuals=torch.from_numpy(res.copy()),
                        converged=torch.from_numpy(np.asarray(converged).copy()),
-                       n_matvec=proc.n_matvec, iterations=proc.n_matvec)
+                       n_matvec=proc.n_matvec, iterations=proc.n_blocks)
 
 
 def _start_block(op, v0) -> torch.Tensor:

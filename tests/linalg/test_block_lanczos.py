@@ -139,3 +139,9 @@ def test_non_finite_operator_is_an_error():
 def test_matrix_with_spectrum_is_what_it_says():
     a = matrix_with_spectrum(REPEATS, seed=5)
     assert torch.allclose(torch.linalg.eigvalsh(a), REPEATS.double().sort().values, atol=1e-12)
+
+
+def test_blocks_enough_for_k_even_when_max_iter_cuts_them():
+    op, a = make_op(torch.linspace(0, 1, 50), torch.float64)
+    r = block_lanczos(op, 5, block_size=2, max_iter=5, tol=0.0)
+    assert r.n_matvec == 6 and r.iterations == 3 and len(r.eigenvalues) == 5

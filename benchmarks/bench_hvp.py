@@ -17,6 +17,10 @@ is_grads_batched through the cached graph) for blocks of b = 1, 2, 4, 8, 16 vect
 vector, against one matvec; and the forward-over-reverse product vmapped over a block of 8.
 Compiled (third table, the MLPs): the forward-over-reverse product through torch.compile
 (double backward cannot be compiled), its first call (the compilation) and then per product.
+
+`--device cuda` measures instead ResNet-18 (width 64, as for CIFAR) on a CIFAR-shaped
+synthetic batch of 512: the GPU case where a block should pay, with a synchronisation
+after every timed call.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def variants(model, x, y):
     params = trainable_params(model)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
-    v = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(n, generator=torch.Generator().manual_seed(0)).to(x.device)
     vs = unflatten(v, params)
 
     def loss_of(pdict):
@@ -102,13 +106,13 @@ def variants(model, x, y):
 BLOCKS = (1, 2, 4, 8, 16)
 
 
-def block_rows(fam, model, x, y, repeats):
+def block_rows(fam, model, x, y, repeats, device="cpu"):
     """Per-vector ms of batched blocks against single products, one family."""
     single = HessianOperator(model, mse_loss, x, y, vectorize=False)
     batched = HessianOperator(model, mse_loss, x, y, vectorize=True)
     fo_r = HessianOperator(model, mse_loss, x, y, hvp="forward-over-reverse", vectorize=True)
     gen = torch.Generator().manual_seed(0)
-    blocks = {b: torch.randn(single.size, b, generator=gen) for b in BLOCKS}
+    blocks = {b: torch.randn(single.size, b, generator=gen).to(device) for b in BLOCKS}
     v = blocks[1][:, 0]
     ref = single.matmat(blocks[8])
     for op in (batched, fo_r):
@@ -119,7 +123,7 @@ def block_rows(fam, model, x, y, repeats):
         fns[f"block {b}"] = (lambda V: lambda: batched.matmat(V))(blocks[b])
     fns["forward-over-reverse, matvec"] = lambda: fo_r.matvec(v)
     fns["forward-over-reverse, vmap block 8"] = lambda: fo_r.matmat(blocks[8])
-    t = interleaved(fns, repeats, warmup=1)
+    t = interleaved(synchronised(fns, device), repeats, warmup=1)
     print(fam, {k: f"{v * 1e3:.2f} ms" for k, v in t.items()}, file=sys.stderr)
     one, one_fr = t["matvec"], t["forward-over-reverse, matvec"]
     rows = [[fam, "double backward (cached graph)", b, t[f"block {b}"] / b * 1e3,
@@ -144,28 +148,51 @@ def compiled_rows(fam, model, x, y, repeats):
     return [[fam, first, t["default"] * 1e3, t["compiled"] * 1e3, t["compiled"] / t["default"]]]
 
 
+GPU_FAMILIES = {"resnet18 w64 (CIFAR-shaped, 512)": ("cifar-shaped", 512, "resnet18", 64, 2)}
+
+
+def examples(dataset: str, n_ex: int, device: str):
+    """(x, y, input shape, classes): a data set's first n_ex, or a synthetic CIFAR-shaped batch."""
+    if dataset == "cifar-shaped":
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(n_ex, 3, 32, 32, generator=gen)
+        return x.to(device), torch.randint(0, 10, (n_ex,), generator=gen).to(device), (3, 32, 32), 10
+    data = load_dataset(dataset, train_size=n_ex, test_size=10, device=device)
+    return data.x_train, data.y_train, data.input_shape, data.num_classes
+
+
+def synchronised(fns: dict, device: str) -> dict:
+    """On a GPU a call returns before its kernels finish: wait for them inside the timing."""
+    if device == "cpu":
+        return fns
+    return {k: (lambda f: lambda: (f(), torch.cuda.synchronize()))(f) for k, f in fns.items()}
+
+
 def main():
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile table")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: ResNet-18 on CIFAR-shaped "
+                   "batches of 512 (module docstring)")
     args = p.parse_args()
     setup(args.threads)
-    families = QUICK if args.quick else FAMILIES
+    families = QUICK if args.quick else GPU_FAMILIES if args.device != "cpu" else FAMILIES
     rows, blocks, compiled = [], [], []
     for fam, (dataset, n_ex, model_name, width, depth) in families.items():
-        data = load_dataset(dataset, train_size=n_ex, test_size=10)
+        x, y, input_shape, classes = examples(dataset, n_ex, args.device)
         torch.manual_seed(0)
-        model = build_model(model_name, data.input_shape, data.num_classes, width=width,
-                            depth=depth).eval()
-        n, fns = variants(model, data.x_train, data.y_train)
+        model = build_model(model_name, input_shape, classes, width=width,
+                            depth=depth).to(args.device).eval()
+        n, fns = variants(model, x, y)
+        fns = synchronised(fns, args.device)
         t = interleaved(fns, args.repeats, warmup=2)
         print(fam, {k: f"{v * 1e3:.2f} ms" for k, v in t.items()}, file=sys.stderr)
         base = t["gradient"]
         for name, sec in t.items():
             rows.append([fam, f"{n:,}", n_ex, name, sec * 1e3, sec / base])
-        if fam in BLOCK_FAMILIES or args.quick:
-            blocks += block_rows(fam, model, data.x_train, data.y_train, max(3, args.repeats // 2))
+        if fam in BLOCK_FAMILIES or fam in GPU_FAMILIES or args.quick:
+            blocks += block_rows(fam, model, x, y, max(3, args.repeats // 2), args.device)
         if not args.no_compile and (fam.startswith("mlp") or args.quick and fam == "mlp"):
-            compiled += compiled_rows(fam, model, data.x_train, data.y_train, args.repeats)
+            compiled += compiled_rows(fam, model, x, y, args.repeats)
     text = [f"## 2. HVP cost: one Hessian-vector product over one gradient\n",
             f"`{command_line()}` — {machine_line(args.threads)}\n",
             "Models at initialisation (PyTorch default), eval mode, MSE loss, float32; "

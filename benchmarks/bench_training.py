@@ -38,15 +38,21 @@ QUICK_MODELS = {"mlp": (dict(model="mlp", width=50, depth=2, lr=0.3), 102)}
 OFF = 10**9
 
 
+FIRST: dict[str, list[float]] = {}  # seconds from train() to its first progress call, per run name
+
+
 def sharpcli_steps(root: str, steps: int, **settings) -> list[float]:
-    """Per-step seconds of one train() run (steps 1 … T − 1)."""
-    stamps: list[float] = []
+    """Per-step seconds of one train() run (steps 1 … T − 1); the time to the first step
+    (set-up, and with --compile the compilation) goes to FIRST."""
+    stamps: list[float] = [time.perf_counter()]
     config = TrainConfig(reports_dir=f"{root}/reports", checkpoints_dir=f"{root}/checkpoints",
                          steps=steps, quiet=True, device="cpu", seed=0,
                          **{"eval_every": OFF, "checkpoint_every": OFF, "sharpness_every": 0,
                             **settings})
     train(config, progress=lambda step, total, row: stamps.append(time.perf_counter()))
     shutil.rmtree(f"{root}/reports"), shutil.rmtree(f"{root}/checkpoints")
+    FIRST.setdefault(repr(sorted(settings.items())), []).append(stamps[1] - stamps[0])
+    stamps = stamps[1:]
     return [b - a for a, b in zip(stamps[:-1], stamps[1:])][: steps - 2]  # steps 1 … T − 2
 
 
@@ -103,6 +109,7 @@ def main():
                 root, steps, sharpness_every=20, **m),
             "sharpcli gd, defaults (sharpness + eval every 20)": lambda: sharpcli_steps(
                 root, steps, sharpness_every=20, eval_every=20, **m),
+            "sharpcli gd, --compile": lambda: sharpcli_steps(root, steps, compile=True, **m),
         }
         means = {k: [] for k in variants}
         for _ in range(args.repeats):
@@ -121,6 +128,11 @@ def main():
                 1 - t["sharpcli gd"] / t["sharpcli gd, --sharpness-every 20"],
             "share of run time in sharpness + eval (defaults)":
                 1 - t["sharpcli gd"] / t["sharpcli gd, defaults (sharpness + eval every 20)"],
+            "gd step: --compile / eager": t["sharpcli gd, --compile"] / t["sharpcli gd"],
+            # the first --compile run of the process compiles; later ones reuse its code
+            "--compile: seconds to the first step, minus eager's (the process's first compilation)":
+                max(FIRST[repr(sorted(dict(compile=True, **m).items()))])
+                - statistics.median(FIRST[repr(sorted(m.items()))]),
         }
         headline[name] = ratios
         rows += [[name, steps, k, v * 1e3] for k, v in t.items()]

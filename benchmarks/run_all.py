@@ -17,7 +17,7 @@ import sys
 
 from common import HERE, OUT
 
-ORDER = ["spectrum", "hvp", "training", "scaling"]
+ORDER = ["spectrum", "hvp", "training", "scaling", "tracking"]
 MARK = "<!-- closing note -->"
 
 HEADER = """# sharpcli benchmarks
@@ -27,8 +27,9 @@ each section (thread count and load average included). Competing variants run in
 and each figure is a median over repeats; still, absolute milliseconds depend on the load
 of the moment, so read the ratios. No test asserts a timing.
 
-Reproduce everything (about 50 minutes on 2 cores, plus about 20 the first time for the
-spectrum section's float64 references, which are then cached):
+Reproduce everything (about 70 minutes on 2 cores, plus about 20 the first time for the
+spectrum section's float64 references, which are then cached; the spectrum section's
+curvlinops peer comes with `pip install -e '.[bench]'`):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_all.py --threads 1
 

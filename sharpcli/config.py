@@ -139,6 +139,7 @@ class Precision(Choice):
 
 class Method(Choice):
     lanczos = "lanczos"
+    block = "block"      # block Lanczos (sharpcli.linalg.block_lanczos)
     power = "power"
 
 
@@ -237,7 +238,8 @@ class TrainConfig:
     sharpness_samples: int | None = None  # None: the whole training subset
     sharpness_k: int = 1
     sharpness_iters: int = 100
-    sharpness_tol: float = 1e-3
+    sharpness_tol: float = 1e-3  # relative accuracy of each logged λ (estimated error ≤ tol·λ)
+    compile: bool = False  # torch.compile the training passes (measurements stay eager)
     eval_every: int = 20
     checkpoint_every: int = 100
     keep_last: int | None = None
@@ -293,7 +295,7 @@ RECORD_ONLY_KEYS = {"versions", "resolved_device", "created", "total_steps", "st
 # Settings that do not change what is computed: runs differing only in these are repeats.
 NON_SETTING_KEYS = {"seed", "run_name", "reports_dir", "checkpoints_dir", "resume", "quiet",
                     "device", "data_dir", "download", "physical_batch_size", "keep_last",
-                    "dist_timeout", "recipe"} | RECORD_ONLY_KEYS
+                    "dist_timeout", "recipe", "compile"} | RECORD_ONLY_KEYS
 
 # Settings that a given optimizer never reads: leaving them out of a run's setting keeps,
 # say, a gd run and a gd run with a different (unused) --rho in one group.

@@ -43,3 +43,10 @@ class CountingOperator(DenseOperator):
         assert v.dtype == self.dtype and v.device == self.device
         self.calls += 1
         return super().matvec(v)
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        """A block counts one product per column; `blocks` counts the passes."""
+        assert vs.dtype == self.dtype and vs.device == self.device and vs.ndim == 2
+        self.calls += vs.shape[1]
+        self.blocks = getattr(self, "blocks", 0) + 1
+        return super().matmat(vs)

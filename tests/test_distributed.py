@@ -87,6 +87,7 @@ def launched(tmp_path_factory):
     commands.append(train_flags(root / "two", "resumed-on-1", *SETTINGS["sgd"], "--steps", "30"))
     ckpt = root / "two" / "checkpoints" / "gd" / "step-00000060.pt"
     commands.append(["spectrum", ckpt, *SPECTRUM, "--out", root / "two" / "spectrum.csv"])
+    commands.append(["spectrum", ckpt, *SPECTRUM_BLOCKS, "--out", root / "two" / "blocks.csv"])
     commands.append(["eos", root / "two" / "reports" / "gd", "--from-checkpoints",
                      "--out", root / "two" / "eos.csv", "--tol", "1e-6"])
     (root / "commands.json").write_text(json.dumps([[str(a) for a in c] for c in commands]))
@@ -97,6 +98,9 @@ def launched(tmp_path_factory):
 
 SPECTRUM = ["--top-k", "3", "--tol", "1e-7", "--trace", "--trace-tol", "0", "--trace-probes", "8",
             "--per-layer", "--quiet"]
+# products in blocks (block Lanczos, SLQ's runs together): one all-reduce per block
+SPECTRUM_BLOCKS = ["--top-k", "3", "--method", "block", "--tol", "1e-7", "--density",
+                   "--density-runs", "3", "--density-iters", "12", "--quiet"]
 
 
 @pytest.mark.parametrize("name", ["gd", "sgd", "sam", "eigen-sam", "adam", "sgd-augment"])
@@ -179,6 +183,10 @@ def test_spectrum_and_eos_equal_one_process(launched, tmp_path):
     # equal probe values zᵀHz − zᵀGz: compared on the scale of the trace itself)
     trace = one["quantity"] == "trace"
     assert ((one["residual"] - two["residual"])[trace].abs() <= 1e-6 * one["value"][trace]).all()
+    assert sharp("spectrum", ckpt, *SPECTRUM_BLOCKS, "--out", tmp_path / "blocks.csv").code == 0
+    one, two = pd.read_csv(tmp_path / "blocks.csv"), pd.read_csv(root / "two" / "blocks.csv")
+    assert list(one["quantity"]) == ["eigenvalue"] * 3 + ["density"]
+    assert ((one["value"] - two["value"]).abs() <= 1e-6 * one["value"].abs()).all()
     assert sharp("eos", root / "two" / "reports" / "gd", "--from-checkpoints", "--tol", "1e-6",
                  "--out", tmp_path / "eos.csv").code == 0
     a, b = pd.read_csv(tmp_path / "eos.csv"), pd.read_csv(root / "two" / "eos.csv")

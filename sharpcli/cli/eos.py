@@ -62,7 +62,7 @@ def eos(
         help="--from-checkpoints: the Hessian and gradient of the first N training examples "
              "(default: the run's --sharpness-samples, else its whole training subset).",
         min=1, show_default=False)] = None,
-    tol: Annotated[float, typer.Option(help="--from-checkpoints: Lanczos tolerance.")] = 1e-3,
+    tol: Annotated[float, typer.Option(help="--from-checkpoints: relative accuracy of λ₁, as sharp train's --sharpness-tol.")] = 1e-3,
     max_iter: Annotated[int, typer.Option(
         help="--from-checkpoints: Lanczos iteration limit.", min=1)] = 100,
     seed: Annotated[int, typer.Option(

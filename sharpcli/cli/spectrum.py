@@ -52,13 +52,22 @@ def spectrum_command(
     top_k: Annotated[int, _opt("Number of top eigenvalues (largest first).", EIG)] = D.top_k,
     method: Annotated[Optional[Method], _opt(
         "lanczos (default: full reorthogonalisation, then restarts on the deflated operator "
-        "so that repeated or clustered eigenvalues are not missed) or power (iteration with "
+        "so that repeated or clustered eigenvalues are not missed), block (block Lanczos: "
+        "blocks of --block-size vectors per pass over the data; repeated and clustered "
+        "eigenvalues up to the block size without restarts) or power (iteration with "
         "deflation, as PyHessian; finds the largest |λ| first). --backend pyhessian: power "
         "only.", EIG,
         show_default=False)] = None,
+    block_size: Annotated[Optional[int], _opt(
+        "--method block: vectors per block (default --top-k).", EIG,
+        show_default=False)] = D.block_size,
+    warm_start: Annotated[bool, _opt(
+        "Over a run's checkpoints, start each eigenvalue solve from the previous "
+        "checkpoint's eigenvectors (same answers, fewer products when they change little).",
+        EIG)] = D.warm_start,
     tol: Annotated[float, _opt(
-        "lanczos: stop when every residual ‖Hv − λv‖ ≤ tol·|λ₁|; power and pyhessian: when λ "
-        "changes by less than tol relative between iterations.", EIG)] = D.tol,
+        "lanczos, block: stop when every residual ‖Hv − λv‖ ≤ tol·|λ₁|; power and pyhessian: "
+        "when λ changes by less than tol relative between iterations.", EIG)] = D.tol,
     check_missed: Annotated[bool, _opt(
         "lanczos: after convergence, one more Lanczos run on the deflated Hessian looks for "
         "eigenvalues the first run missed (repeated ones, or a member of a tight cluster); "
@@ -117,6 +126,11 @@ def spectrum_command(
         "native, or pyhessian to cross-check with the pyhessian package (eigenvalues and "
         "trace only).", RUN)] = D.backend,
     device: Annotated[str, _opt("auto, cpu, cuda, cuda:N or mps.", RUN)] = D.device,
+    compile: Annotated[bool, _opt(
+        "Hessian-vector products by forward-over-reverse through torch.compile (double "
+        "backward cannot be compiled). A one-time compilation of tens of seconds; on the "
+        "CPU slower per product than the default cached double backward (benchmarks/RESULTS.md).",
+        RUN)] = D.compile,
     seed: Annotated[int, _opt("Seed of the random start vectors and probes.", RUN)] = D.seed,
     out: Annotated[Optional[Path], _opt(
         "Write every row to this CSV instead of reports/<run>/spectrum.csv.", RUN,
@@ -155,11 +169,13 @@ def spectrum_command(
 
     cfg = SpectrumConfig(
         top_k=top_k, method=method, tol=tol, max_iter=max_iter, check_missed=check_missed,
+        block_size=block_size, warm_start=warm_start,
         trace=trace, trace_probes=trace_probes, trace_method=trace_method, trace_tol=trace_tol,
         density=density, density_runs=density_runs, density_iters=density_iters,
         density_grid=density_grid, density_sigma=density_sigma, per_layer=per_layer,
         samples=samples, split=split, batch_size=batch_size, backend=backend,
-        hessian_mode=hessian_mode, preconditioned=preconditioned, device=device, seed=seed)
+        hessian_mode=hessian_mode, preconditioned=preconditioned, device=device, seed=seed,
+        compile=compile)
     source = ModelSource(model_factory, model_kwargs, weights, data, dataset, data_dir,
                          train_size, test_size, loss)
     if not targets and weights is None:

@@ -9,6 +9,16 @@ eigensolvers then give per-layer spectra.
 of the gradient, torch.func.jvp(torch.func.grad(L), w, v): the same product, exact, with no
 graph kept between products. Double backward with a cached graph is the default, because
 it was the faster on every model family we measured (benchmarks/RESULTS.md §2).
+
+`matmat(V)` gives HV for a block of vectors in one pass over the data: one batched backward
+through the (cached or per-chunk) gradient graph, `autograd.grad(..., is_grads_batched=True)`,
+or torch.func.vmap over the forward-over-reverse product; at most `max_block` vectors at a
+time, to bound memory. Where an operation has no batching rule (a custom autograd.Function
+with data-dependent control flow in its backward, an in-place update of a buffer), the
+batched pass raises; the operator then computes that block, and every later one, column by
+column, and says why in `fallback`. Batching is a win where one product leaves the device
+idle (a GPU); on the CPU one product already keeps the core busy and a batched pass was no
+faster per vector (benchmarks/RESULTS.md §2), so `vectorize=None` batches on accelerators only.
 """
 
 from __future__ import annotations
@@ -17,13 +27,12 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad, jvp, vmap
 
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.objective import chunk_slices
-from sharpcli.hessian.params import (flatten, full_precision, measurement_mode, trainable_params,
-                                     unflatten)
+from sharpcli.hessian.params import full_precision, measurement_mode, trainable_params, unflatten
 
 
 class HessianOperator:
@@ -36,7 +45,11 @@ class HessianOperator:
     is taken in fp32 with TF32 off (`full_precision`), whatever the training passes use.
     `hvp` picks how a product is computed (HVP_MODES; see the module docstring).
     Under torchrun (`dist`) each process takes its shard of (x, y) and computes its share
-    of Hv (its examples' terms over the whole N); one all-reduce sums the shares.
+    of Hv (its examples' terms over the whole N); one all-reduce sums the shares (one for a
+    whole block in `matmat`). `vectorize` (None: on accelerators only) and `max_block` set how
+    `matmat` computes a block (module docstring). `compile` runs the forward-over-reverse
+    product through torch.compile (double backward cannot be compiled: aot_autograd has no
+    double backward); it pays a compilation of tens of seconds on first use.
     """
 
     HVP_MODES = ("double-backward", "forward-over-reverse")
@@ -44,7 +57,8 @@ class HessianOperator:
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
                  mode: str = "eval", cache_graph: bool = True, hvp: str = "double-backward",
-                 dist: Dist = SINGLE):
+                 dist: Dist = SINGLE, vectorize: bool | None = None, max_block: int = 16,
+                 compile: bool = False):
         if len(x) == 0:
             raise ValueError("the Hessian needs at least one example")
         self.total = len(x)  # every example weighs 1/total, in whichever process it is
@@ -60,11 +74,23 @@ class HessianOperator:
         self.device = self.params[0].device
         self.mode = mode
         self.slices = chunk_slices(len(x), chunk_size)
-        self.n_matvec = 0
+        self.n_matvec = 0  # products, a block of b counting b
+        self.vectorize = self.device.type != "cpu" if vectorize is None else vectorize
+        if max_block < 1:
+            raise ValueError(f"max_block must be at least 1, got {max_block}")
+        self.max_block = max_block
+        self.fallback: str | None = None  # why batched products were given up, if they were
         self._cached_grads = None
+        if compile and hvp != "forward-over-reverse":
+            raise ValueError("compile needs hvp='forward-over-reverse': torch.compile cannot "
+                             "differentiate twice (aot_autograd has no double backward)")
         if hvp == "forward-over-reverse":
             ids = {id(p): name for name, p in model.named_parameters()}
             self._names = [ids[id(p)] for p in self.params]
+            batched = vmap(self._product, in_dims=(None, None, None, None, 0))
+            self._products = {False: self._product, True: batched}
+            if compile:
+                self._products = {k: torch.compile(f) for k, f in self._products.items()}
         elif cache_graph and len(self.slices) == 1:
             with measurement_mode(model, mode):
                 self._cached_grads = self._chunk_gradient(self.slices[0])
@@ -77,40 +103,84 @@ class HessianOperator:
         return [g if g is not None else torch.zeros_like(p, requires_grad=True)
                 for g, p in zip(grads, self.params)]
 
-    def _grad_dot(self, grads: list[torch.Tensor], vs: list[torch.Tensor], retain: bool) -> torch.Tensor:
+    def _grad_dot(self, grads: list[torch.Tensor], vs: list[torch.Tensor], retain: bool,
+                  batched: bool = False) -> torch.Tensor:
+        """Σ (∂g/∂w)ᵀ v through the gradient graph: Hv, or with `batched` the rows of HV for
+        vs shaped (b, *p.shape); a parameter the gradient does not reach gives zeros."""
         hv = torch.autograd.grad(grads, self.params, grad_outputs=vs, retain_graph=retain,
-                                 allow_unused=True)
-        return flatten([h if h is not None else torch.zeros_like(p) for h, p in zip(hv, self.params)])
+                                 allow_unused=True, is_grads_batched=batched)
+        lead = (len(vs[0]),) if batched else ()
+        return torch.cat([(h if h is not None else p.new_zeros(lead + p.shape)).reshape(*lead, -1)
+                          for h, p in zip(hv, self.params)], dim=-1)
 
-    def _chunk_jvp(self, sl: slice, vs: list[torch.Tensor]) -> torch.Tensor:
-        """Forward-over-reverse: d/dt ∇L_chunk(w + t v) at t = 0, by torch.func."""
-        w = (sl.stop - sl.start) / self.total
-        xs, ys = self.x[sl], self.y[sl]
+    def _chunk_jvp(self, sl: slice, vs: list[torch.Tensor], batched: bool = False) -> torch.Tensor:
+        """Forward-over-reverse: d/dt ∇L_chunk(w + t v) at t = 0, by torch.func (vmapped
+        over the rows of vs with `batched`)."""
+        primals = {n: p.detach() for n, p in zip(self._names, self.params)}
+        tangents = dict(zip(self._names, vs))
+        product = self._products[batched]
+        return product(self.x[sl], self.y[sl], (sl.stop - sl.start) / self.total, primals, tangents)
 
+    def _product(self, xs: torch.Tensor, ys: torch.Tensor, weight: float, primals: dict,
+                 tangents: dict) -> torch.Tensor:
+        """The chunk's share of Hv, a function of its inputs only (so that torch.compile
+        traces it once per chunk shape)."""
         def chunk_loss(weights: dict) -> torch.Tensor:
             # Only self.params are replaced; other parameters and buffers are the module's own.
-            return w * self.loss_fn(functional_call(self.model, weights, (xs,)), ys)
+            return weight * self.loss_fn(functional_call(self.model, weights, (xs,)), ys)
 
-        primals = {n: p.detach() for n, p in zip(self._names, self.params)}
-        _, hv = jvp(grad(chunk_loss), (primals,), (dict(zip(self._names, vs)),))
-        return flatten([hv[n] for n in self._names])
+        _, hv = jvp(grad(chunk_loss), (primals,), (tangents,))
+        return torch.cat([hv[n].reshape(-1) for n in self._names])
+
+    def _local(self, vs: list[torch.Tensor], batched: bool) -> torch.Tensor:
+        """This process's share of Hv (or of the rows of HV with `batched`): no all-reduce."""
+        if self._cached_grads is not None:  # the backward pass of a graph built in fp32
+            with full_precision():
+                return self._grad_dot(self._cached_grads, vs, retain=True, batched=batched)
+        lead = (len(vs[0]),) if batched else ()
+        out = torch.zeros(lead + (self.size,), dtype=self.dtype, device=self.device)
+        with measurement_mode(self.model, self.mode):
+            for sl in self.slices:
+                if self.hvp == "forward-over-reverse":
+                    out += self._chunk_jvp(sl, vs, batched)
+                else:
+                    out += self._grad_dot(self._chunk_gradient(sl), vs, retain=False, batched=batched)
+        return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         if v.shape != (self.size,):
             raise ValueError(f"vector of shape {tuple(v.shape)} for an operator of size {self.size}")
         self.n_matvec += 1
-        vs = unflatten(v.to(self.dtype), self.params)
-        if self._cached_grads is not None:  # the backward pass of a graph built in fp32
-            with full_precision():
-                return self.dist.sum_(self._grad_dot(self._cached_grads, vs, retain=True))
-        out = torch.zeros(self.size, dtype=self.dtype, device=self.device)
-        with measurement_mode(self.model, self.mode):
-            for sl in self.slices:
-                if self.hvp == "forward-over-reverse":
-                    out += self._chunk_jvp(sl, vs)
-                else:
-                    out += self._grad_dot(self._chunk_gradient(sl), vs, retain=False)
+        out = self._local(unflatten(v.to(self.dtype), self.params), batched=False)
         return self.dist.sum_(out)  # each process's share of Hv, summed
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        """HV for the columns of vs (size, b): the same numbers as b matvecs (to rounding),
+        in ⌈b/max_block⌉ batched passes, or column by column (see the module docstring);
+        counted as b products; under torchrun one all-reduce for the whole block."""
+        if vs.ndim != 2 or vs.shape[0] != self.size:
+            raise ValueError(f"block of shape {tuple(vs.shape)} for an operator of size {self.size}")
+        b = vs.shape[1]
+        self.n_matvec += b
+        rows = vs.T.to(self.dtype)
+        out = torch.empty(b, self.size, dtype=self.dtype, device=self.device)
+        for start in range(0, b, self.max_block):
+            block = rows[start:start + self.max_block]
+            out[start:start + len(block)] = self._block(block)
+        return self.dist.sum_(out).T
+
+    def _block(self, rows: torch.Tensor) -> torch.Tensor:
+        """This process's share of the products with the rows of `rows` (b, size)."""
+        if self.vectorize and len(rows) > 1:
+            sizes = [p.numel() for p in self.params]
+            vs = [piece.reshape(len(rows), *p.shape)
+                  for piece, p in zip(torch.split(rows, sizes, dim=1), self.params)]
+            try:
+                return self._local(vs, batched=True)
+            except (RuntimeError, NotImplementedError) as err:  # no batching rule somewhere
+                self.vectorize = False
+                self.fallback = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}"
+        return torch.stack([self._local(unflatten(v, self.params), batched=False) for v in rows])
 
     def dense(self) -> torch.Tensor:
         """The full matrix, one column per basis vector: for tests on small models only."""

@@ -12,42 +12,58 @@ from torch import nn
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.operator import HessianOperator
 from sharpcli.hessian.params import full_precision
-from sharpcli.linalg import DiagonalScaled, lanczos, lanczos_top_k
+from sharpcli.linalg import DiagonalScaled, block_lanczos, lanczos
 from sharpcli.hessian.losses import LossFn
 
 
 @dataclass
 class Sharpness:
     eigenvalues: torch.Tensor   # (k,) descending
-    residuals: torch.Tensor     # (k,)
-    top_vector: torch.Tensor    # v₁, unit, on the model's device
+    residuals: torch.Tensor     # (k,) ‖Hv − λv‖
+    top_vectors: torch.Tensor   # (size, k) v₁…v_k, unit columns, on the model's device
     n_hvp: int
 
     @property
     def value(self) -> float:
         return float(self.eigenvalues[0])
 
+    @property
+    def top_vector(self) -> torch.Tensor:
+        """v₁."""
+        return self.top_vectors[:, 0]
+
 
 def measure_sharpness(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                       k: int = 1, tol: float = 1e-3, max_iter: int = 100,
                       v0: torch.Tensor | None = None, seed: int = 0, chunk_size: int = 4096,
                       mode: str = "eval", dist: Dist = SINGLE,
-                      preconditioner: torch.Tensor | None = None) -> Sharpness:
-    """λ₁..λ_k of the Hessian of the mean loss over (x, y) by Lanczos; `v0` (the last v₁)
-    warm-starts it, which cuts the HVPs needed along a training run severalfold. Under
-    torchrun every process runs the same Lanczos on the summed products. With the flat
-    diagonal of a `preconditioner` P: those of P^{-1/2} H P^{-1/2}, i.e. of P⁻¹H (SPEC §10),
-    and v₁ is that operator's eigenvector. Products and solver in fp32 with TF32 off,
-    whatever autocast or TF32 setting encloses the call."""
+                      preconditioner: torch.Tensor | None = None,
+                      criterion: str = "eigenvalue") -> Sharpness:
+    """λ₁..λ_k of the Hessian of the mean loss over (x, y), each to a relative accuracy `tol`
+    (criterion "eigenvalue": the estimated error min(r, r²/gap) ≤ tol·λ and λ settled; see
+    sharpcli.linalg.results.eigenvalues_settled), or with criterion "residual" to
+    ‖Hv − λv‖ ≤ tol·λ₁.
+
+    `v0` warm-starts it: the previous v₁ (size,), or the previous top vectors (size, k) as
+    columns. k = 1 runs Lanczos from v₁; k > 1 runs block Lanczos with blocks of k from
+    all of them, so that cluster members and repeated eigenvalues are counted (a single
+    Lanczos run can miss them). Under torchrun every process runs the same solver on the
+    summed products. With the flat diagonal of a `preconditioner` P: the eigenvalues of
+    P^{-1/2} H P^{-1/2}, i.e. of P⁻¹H (SPEC §10), and that operator's eigenvectors.
+    Products and solver in fp32 with TF32 off, whatever autocast or TF32 setting encloses
+    the call."""
     with full_precision():
         op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode, dist=dist)
         if preconditioner is not None:
             op = DiagonalScaled(op, preconditioner.rsqrt())
         if k == 1:
-            result = lanczos(op, k=1, tol=tol, max_iter=min(max_iter, op.size), v0=v0, seed=seed)
-        else:  # restarts catch cluster members and repeated eigenvalues a single run misses
-            result = lanczos_top_k(op, k, tol=tol, max_iter=max_iter, v0=v0, seed=seed)
-    return Sharpness(result.eigenvalues, result.residuals, result.eigenvectors[:, 0].detach(),
+            start = v0[:, 0] if v0 is not None and v0.ndim == 2 else v0
+            result = lanczos(op, k=1, tol=tol, max_iter=min(max_iter, op.size), v0=start,
+                             seed=seed, criterion=criterion)
+        else:
+            result = block_lanczos(op, k, tol=tol, max_iter=max(max_iter, k), v0=v0, seed=seed,
+                                   criterion=criterion)
+    return Sharpness(result.eigenvalues, result.residuals, result.eigenvectors.detach(),
                      result.n_matvec)
 
 

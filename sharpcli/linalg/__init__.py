@@ -1,5 +1,6 @@
 """Matrix-free linear algebra on symmetric operators: eigensolvers, trace, spectral density."""
 
+from sharpcli.linalg.block_lanczos import block_lanczos
 from sharpcli.linalg.deflation import lanczos_top_k
 from sharpcli.linalg.density import slq_density
 from sharpcli.linalg.lanczos import lanczos
@@ -12,7 +13,7 @@ from sharpcli.linalg.trace import control_variate_trace, hutchinson_trace
 
 __all__ = [
     "DenseOperator", "DensityResult", "DiagonalScaled", "EigenResult", "LinalgInputError",
-    "LinearOperator",
-    "TraceResult", "control_variate_trace", "hutchinson_trace", "lanczos", "lanczos_top_k", "matrix_with_spectrum",
+    "LinearOperator", "TraceResult", "block_lanczos", "control_variate_trace",
+    "hutchinson_trace", "lanczos", "lanczos_top_k", "matrix_with_spectrum",
     "power_iteration", "slq_density",
 ]

@@ -6,7 +6,7 @@ import torch
 
 from sharpcli.linalg.lanczos import lanczos
 from sharpcli.linalg.projection import project_out
-from sharpcli.linalg.results import EigenResult
+from sharpcli.linalg.results import EigenResult, apply_block
 
 
 class _Deflated:
@@ -22,6 +22,9 @@ class _Deflated:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.project(self.op.matvec(self.project(v)))
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        return self.project(apply_block(self.op, self.project(vs)))
 
 
 def lanczos_top_k(op, k: int, *, tol: float = 1e-3, max_iter: int = 100, seed: int = 0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from sharpcli.linalg.lanczos import LanczosProcess
+from sharpcli.linalg.lanczos import LanczosProcess, step_together
 from sharpcli.linalg.results import (DensityResult, LinalgInputError, check_count,
                                      make_generator, random_vector)
 
@@ -19,16 +19,19 @@ DEFAULT_SIGMA = 1e-2  # Gaussian width as a fraction of the spectrum's range (ma
 PAD_SIGMAS = 5.0      # the grid extends this many widths beyond the extreme nodes
 
 
-def _quadrature(op, v: torch.Tensor, n_iter: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Nodes and weights of one run; stops early if the Krylov space is invariant (then
-    the quadrature is exact for v and further steps would only add zero weights)."""
-    proc = LanczosProcess(op, v / v.norm(), n_iter)
-    while proc.m < n_iter:
-        proc.step()
-        if proc.broke_down:
-            break
-    theta, s = proc.eigh()
-    return theta, s[0] ** 2, proc.n_matvec
+def _quadrature(runs: list[LanczosProcess], n_iter: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Nodes and weights of each run, the runs stepped together (one block of products per
+    step). A run stops early if its Krylov space is invariant (then the quadrature is exact
+    for its probe and further steps would only add zero weights)."""
+    active = list(runs)
+    while active:
+        step_together(active)
+        active = [p for p in active if p.m < n_iter and not p.broke_down]
+    out = []
+    for proc in runs:
+        theta, s = proc.eigh()
+        out.append((theta, s[0] ** 2))
+    return out
 
 
 def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
@@ -38,7 +41,8 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
 
     `n_runs` probes (`probe` = "rademacher" or "gaussian", seeded by `seed`), each with
     min(n_iter, size) Lanczos steps with full reorthogonalisation (fewer if its Krylov space
-    is exhausted: an operator with d distinct eigenvalues needs only d). Nodes are the Ritz
+    is exhausted: an operator with d distinct eigenvalues needs only d). The runs advance
+    together, their products one block (the operator's matmat) per step. Nodes are the Ritz
     values, weights the squared first components of T's eigenvectors (float64 eigh).
 
     Smoothing: `sigma` is a RELATIVE width; the absolute Gaussian width is
@@ -61,10 +65,12 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
         raise LinalgInputError(f"sigma must be positive, got {sigma!r}")
     gen = make_generator(seed, op.device)
     steps = min(n_iter, op.size)
-    runs = [_quadrature(op, random_vector(op, gen, probe), steps) for _ in range(n_runs)]
-    m = max(len(theta) for theta, _, _ in runs)
-    nodes = torch.stack([torch.cat([t, t[-1].expand(m - len(t))]) for t, _, _ in runs])
-    weights = torch.stack([torch.cat([w, w.new_zeros(m - len(w))]) for _, w, _ in runs])
+    probes = [random_vector(op, gen, probe) for _ in range(n_runs)]
+    procs = [LanczosProcess(op, v / v.norm(), steps) for v in probes]
+    runs = _quadrature(procs, steps)
+    m = max(len(theta) for theta, _ in runs)
+    nodes = torch.stack([torch.cat([t, t[-1].expand(m - len(t))]) for t, _ in runs])
+    weights = torch.stack([torch.cat([w, w.new_zeros(m - len(w))]) for _, w in runs])
     lo, hi = float(nodes.min()), float(nodes.max())
     width = sigma * ((hi - lo) if hi > lo else max(abs(hi), 1.0))
     grid = torch.linspace(lo - PAD_SIGMAS * width, hi + PAD_SIGMAS * width, int(grid_size),
@@ -74,4 +80,4 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
     density = gauss @ weights.reshape(-1) / n_runs
     density = density / torch.trapezoid(density, grid)
     return DensityResult(grid=grid, density=density, nodes=nodes, weights=weights,
-                         n_matvec=sum(n for _, _, n in runs), sigma=width)
+                         n_matvec=sum(p.n_matvec for p in procs), sigma=width)

@@ -18,9 +18,11 @@ import scipy.linalg
 import torch
 
 from sharpcli.linalg.projection import project_out
-from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, check_k,
-                                     check_count, make_generator, random_vector,
-                                     start_vector)
+from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
+                                     check_count,
+                                     check_criterion, check_k, eigenvalues_settled,
+                                     make_generator, random_vector, start_vector,
+                                     tolerance_scale)
 
 # β below this many ε·‖A‖ means the Krylov space is (numerically) invariant.
 _BREAKDOWN = 100.0
@@ -50,10 +52,12 @@ class LanczosProcess:
     def m(self) -> int:
         return len(self.alphas)
 
-    def step(self) -> None:
+    def step(self, w: torch.Tensor | None = None) -> None:
+        """One Lanczos step; `w` = A v_j when the product was already taken (in a block
+        with other processes' vectors: `step_together`)."""
         j = self.m
         v = self.basis[j]
-        w = apply(self.op, v)
+        w = apply(self.op, v) if w is None else w
         self.n_matvec += 1
         # one host sync per step for α, ‖Av‖ and β: negligible next to a Hessian-vector product
         alpha = torch.dot(v, w)
@@ -71,6 +75,11 @@ class LanczosProcess:
         self.broke_down = beta <= _BREAKDOWN * self.eps * self.anorm
         if not self.broke_down and j + 1 < self.max_steps:
             self.basis[j + 1] = w / beta
+
+    @property
+    def next_vector(self) -> torch.Tensor:
+        """v_j, the vector the next step multiplies."""
+        return self.basis[self.m]
 
     def restart(self, gen: torch.Generator) -> None:
         """Continue after an invariant subspace with a random vector orthogonal to the basis;
@@ -91,28 +100,39 @@ class LanczosProcess:
         return torch.from_numpy(theta), torch.from_numpy(s)
 
     def ritz(self, k: int):
-        """The top-k Ritz values (descending), their coordinate vectors s (m, k) and the
-        residual norms |β_m s_{m,i}|, all float64 CPU."""
+        """All Ritz values (descending), the top-k coordinate vectors s (m, k) and all the
+        residual norms |β_m s_{m,i}|, float64 CPU."""
         theta, s = self.eigh()
-        theta, s = theta.flip(0)[:k], s.flip(1)[:, :k]
+        theta, s = theta.flip(0), s.flip(1)
         residuals = abs(self.betas[-1]) * s[-1].abs()
-        return theta, s, residuals
+        return theta, s[:, :k], residuals
 
 
-def _tolerance_scale(theta_top: float, tmax: float, eps: float) -> float:
-    """max(|θ₁|, √ε·‖T‖, tiny): relative to the top Ritz value, floored so that an operator
-    whose top eigenvalue is ~0 next to large negative ones can still converge."""
-    return max(abs(theta_top), eps ** 0.5 * tmax, torch.finfo(torch.float64).tiny)
+def step_together(processes: list[LanczosProcess]) -> None:
+    """One step of each of several independent processes on the same operator, their
+    products taken as one block (apply_block): SLQ's probes in one pass over the data."""
+    if not processes:
+        return
+    op = processes[0].op
+    w = apply_block(op, torch.stack([p.next_vector for p in processes], dim=1))
+    for p, col in zip(processes, w.T):
+        p.step(col)
 
 
 def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
-            seed: int = 0) -> EigenResult:
+            seed: int = 0, criterion: str = "residual") -> EigenResult:
     """Top-k eigenpairs of a symmetric operator, by algebraic value (largest first).
 
     Runs Lanczos with full reorthogonalisation, one matvec per iteration, and stops when all
-    k top Ritz pairs have residual ‖Av − θv‖ ≤ tol·max(|θ₁|, √ε‖T‖) (checked every
-    iteration from the tridiagonal matrix, at no matvec cost), after `max_iter` iterations,
-    or when the basis spans the whole space (size ≤ max_iter: the results are then exact).
+    k top Ritz pairs meet `criterion` (checked every iteration from the tridiagonal matrix,
+    at no matvec cost), after `max_iter` iterations, or when the basis spans the whole space
+    (size ≤ max_iter: the results are then exact). Criteria:
+    - "residual": ‖Av − θv‖ ≤ tol·max(|θ₁|, √ε‖T‖);
+    - "eigenvalue": the estimated error of each Ritz value, min(r, r²/gap)
+      (results.error_bounds), ≤ tol·|θ|, and the value moved by no more than that in the
+      last step (results.eigenvalues_settled): tol is a relative accuracy of the
+      eigenvalues themselves, the quantity people read, and is reached with fewer products
+      than a residual of the same size.
     Large negative eigenvalues are never returned as "top": only the algebraic order counts.
 
     The reported residuals are |β_m s_{m,i}|, which equal ‖Av − θv‖ up to about ε‖A‖
@@ -137,17 +157,25 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
                                "k iterations for k eigenpairs")
     if not tol >= 0:
         raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
+    check_criterion(criterion)
     gen = make_generator(seed, op.device)
     steps = min(max_iter, op.size)
     proc = LanczosProcess(op, start_vector(op, v0, gen), steps)
+    previous = None  # the top-k Ritz values one step earlier
     while True:
         proc.step()
         done = proc.m == steps
         if proc.m >= k:
             theta, s, res = proc.ritz(k)
-            scale = _tolerance_scale(float(theta[0]), max(map(abs, proc.alphas)) + max(proc.betas),
-                                     proc.eps)
-            converged = res <= tol * scale
+            if criterion == "residual":
+                scale = tolerance_scale(float(theta[0]), max(map(abs, proc.alphas)) + max(proc.betas),
+                                        proc.eps)
+                converged = res[:k] <= tol * scale
+            else:
+                converged = torch.from_numpy(eigenvalues_settled(theta.numpy(), res.numpy(), k,
+                                                                 previous, tol))
+                previous = theta[:k].numpy()
+            theta, res = theta[:k], res[:k]
             if bool(converged.all()) or done:
                 break
         if done:

@@ -1,7 +1,10 @@
 """The one abstraction the eigensolvers see: a symmetric linear operator with a matvec.
 
 Lanczos, power iteration, Hutchinson and SLQ know nothing about models; the Hessian of a
-network (sharpcli.hessian) and a dense test matrix both look like this.
+network (sharpcli.hessian) and a dense test matrix both look like this. An operator may
+also offer `matmat`, the products with a block of vectors at once (one pass over the data
+for a Hessian); solvers reach it through `results.apply_block`, which loops over the
+columns of operators that have none.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+
+from sharpcli.linalg.results import apply_block
 
 
 class LinearOperator(Protocol):
@@ -21,6 +26,10 @@ class LinearOperator(Protocol):
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """Return A @ v for a 1-D tensor v of length `size`."""
         ...
+
+    # Optional: def matmat(self, vs: torch.Tensor) -> torch.Tensor, A @ vs for vs of shape
+    # (size, b), the same numbers as b matvecs. Not part of the protocol's required surface:
+    # results.apply_block falls back to a loop of matvecs.
 
 
 class DenseOperator:
@@ -36,6 +45,9 @@ class DenseOperator:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.matrix @ v
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ vs
 
 
 class DiagonalScaled:
@@ -54,6 +66,10 @@ class DiagonalScaled:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.d * self.op.matvec(self.d * v)
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        """D A D V for the columns of V: A's own block product where it has one."""
+        return self.d[:, None] * apply_block(self.op, self.d[:, None] * vs)
 
 
 def matrix_with_spectrum(eigenvalues, *, seed: int = 0, dtype=torch.float64) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from sharpcli.checks import check_positive
@@ -68,6 +69,14 @@ def check_k(op, k: int) -> None:
         raise LinalgInputError(f"k={k} eigenpairs requested from an operator of size {op.size}")
 
 
+CRITERIA = ("residual", "eigenvalue")  # what an eigensolver's tol bounds (see lanczos)
+
+
+def check_criterion(criterion: str) -> None:
+    if criterion not in CRITERIA:
+        raise LinalgInputError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+
+
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
     """A private generator on the operator's device: probes are drawn where they are used,
     and the global RNG is never touched."""
@@ -84,6 +93,52 @@ def random_vector(op, gen: torch.Generator, kind: str = "gaussian") -> torch.Ten
         bits = torch.randint(0, 2, (op.size,), generator=gen, dtype=op.dtype, device=op.device)
         return bits.mul_(2).sub_(1)
     raise LinalgInputError(f"probe must be 'gaussian' or 'rademacher', got {kind!r}")
+
+
+def tolerance_scale(theta_top: float, tmax: float, eps: float) -> float:
+    """max(|θ₁|, √ε·‖T‖, tiny): residual tolerances are relative to the top Ritz value,
+    floored so that an operator whose top eigenvalue is ~0 next to large negative ones can
+    still converge."""
+    return max(abs(theta_top), eps ** 0.5 * tmax, torch.finfo(torch.float64).tiny)
+
+
+def error_bounds(theta: np.ndarray, residuals: np.ndarray, k: int) -> np.ndarray:
+    """The estimated error |λ − θᵢ| of each of the top k Ritz values, given all the Ritz
+    values `theta` (descending) and all their residuals: min(rᵢ, rᵢ²/gapᵢ).
+
+    rᵢ = ‖Av − θᵢv‖ bounds the distance from θᵢ to the nearest eigenvalue (for any unit v);
+    rᵢ²/gap is the sharper, quadratic bound of Kato and Temple (Parlett, "The Symmetric
+    Eigenvalue Problem", §11.7), which needs the gap from θᵢ to the rest of A's spectrum.
+    For that, each other Ritz pair j says that an eigenvalue lies within r_j of θ_j, so
+    gapᵢ = min over j ≠ i of |θᵢ − θ_j| − r_j (0 when an interval reaches θᵢ: then the
+    bound is rᵢ). A Ritz value far below the cluster, as after two or three steps, has a
+    large residual and so does not pass for a wide gap. It is still an estimate, not a
+    guarantee: no Krylov space can see an eigenvalue it has not found yet."""
+    out = residuals[:k].copy()
+    for i in range(min(k, len(theta))):
+        others = np.delete(np.arange(len(theta)), i)
+        if others.size == 0:
+            continue
+        gap = float(np.min(np.abs(theta[others] - theta[i]) - residuals[others]))
+        if gap > 0:
+            out[i] = min(out[i], residuals[i] ** 2 / gap)
+    return out
+
+
+def eigenvalues_settled(theta: np.ndarray, residuals: np.ndarray, k: int,
+                        previous: np.ndarray | None, tol: float) -> np.ndarray:
+    """The "eigenvalue" criterion for the top k Ritz values: each one's estimated error
+    (`error_bounds`) is at most tol·|θᵢ|, and it moved by at most that much since the
+    previous step (`previous`, the top-k Ritz values one step or block earlier; None on the
+    first). The second condition keeps a Ritz value that is still climbing toward an
+    eigenvalue the space has not found yet from passing on a gap it cannot see: measured
+    along the default run's edge of stability, the estimate alone stopped after two
+    products 11% short of λ₁, the two together never beyond 6e-4 at tol 1e-3."""
+    scale = tol * np.abs(theta[:k])
+    ok = error_bounds(theta, residuals, k) <= scale
+    if previous is None or len(previous) < k:
+        return ok & (residuals[:k] == 0)
+    return ok & (np.abs(theta[:k] - previous[:k]) <= scale)
 
 
 def start_vector(op, v0, gen: torch.Generator) -> torch.Tensor:
@@ -106,4 +161,19 @@ def apply(op, v: torch.Tensor) -> torch.Tensor:
     w = op.matvec(v)
     if w.shape != (op.size,):
         raise LinalgInputError(f"matvec returned shape {tuple(w.shape)}, expected ({op.size},)")
+    return w
+
+
+def apply_block(op, vs: torch.Tensor) -> torch.Tensor:
+    """A @ vs for the columns of vs (size, b): op.matmat where the operator has one (a
+    Hessian computes the whole block in one pass over its data), else b matvecs. Checked
+    like `apply`."""
+    if vs.ndim != 2 or vs.shape[0] != op.size:
+        raise LinalgInputError(f"a block of shape {tuple(vs.shape)} for an operator of size {op.size}")
+    matmat = getattr(op, "matmat", None)
+    if matmat is None:
+        return torch.stack([apply(op, v) for v in vs.T], dim=1)
+    w = matmat(vs)
+    if w.shape != vs.shape:
+        raise LinalgInputError(f"matmat returned shape {tuple(w.shape)}, expected {tuple(vs.shape)}")
     return w

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from sharpcli.linalg.projection import project_out
-from sharpcli.linalg.results import (LinalgInputError, TraceResult, apply, check_count,
+from sharpcli.linalg.results import (LinalgInputError, TraceResult, apply_block, check_count,
                                      make_generator, random_vector)
 
 MIN_PROBES = 10  # probes averaged before an early stop may trust its standard error
@@ -42,17 +42,25 @@ def _stderr(values: list[float]) -> float:
 def _hutchinson_phase(op, gen, n_probes: int, tol: float | None, offset: float,
                       basis: torch.Tensor | None,
                       minus: Callable[[torch.Tensor], float] | None = None,
-                      min_probes: int = MIN_PROBES) -> list[float]:
+                      min_probes: int = MIN_PROBES, block: int = 1) -> list[float]:
     """zᵀAz (minus `minus(z)` when given) for up to n_probes Rademacher z (projected off
-    `basis` when given), stopping early once stderr ≤ tol·|offset + mean|."""
+    `basis` when given), stopping early once stderr ≤ tol·|offset + mean|.
+
+    Products are taken in blocks through the operator's matmat: the first `min_probes`
+    (no stop is possible before them; all n_probes without tol) in one, then `block` at a
+    time, the stop checked after each. The probes are drawn in the same order whatever the
+    blocks, so block = 1 gives the probe-by-probe estimate exactly."""
     values: list[float] = []
-    for _ in range(n_probes):
-        z = random_vector(op, gen, "rademacher")
+    while len(values) < n_probes:
+        first = tol is None or len(values) < min_probes
+        size = min((n_probes if tol is None else min_probes) if first else block,
+                   n_probes - len(values))
+        z = torch.stack([random_vector(op, gen, "rademacher") for _ in range(size)], dim=1)
         if basis is not None:
             z = project_out(z, basis.T)
-        # one host sync per probe: needed for the early stop, cheap next to the matvec
-        value = float(torch.dot(z, apply(op, z)).double())
-        values.append(value - minus(z) if minus is not None else value)
+        # one host sync per block: needed for the early stop, cheap next to the products
+        quad = (z * apply_block(op, z)).sum(dim=0).double().tolist()
+        values += [q - minus(zi) if minus is not None else q for q, zi in zip(quad, z.T)]
         if tol is not None and len(values) >= min_probes:
             estimate = offset + sum(values) / len(values)
             if _stderr(values) <= tol * abs(estimate):
@@ -61,7 +69,7 @@ def _hutchinson_phase(op, gen, n_probes: int, tol: float | None, offset: float,
 
 
 def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed: int = 0,
-                     method: str = "hutchinson") -> TraceResult:
+                     method: str = "hutchinson", block: int = 1) -> TraceResult:
     """Estimate tr(A) with at most `n_probes` matvecs.
 
     method="hutchinson": the mean of zᵀAz over Rademacher probes z; stderr is the sample
@@ -77,14 +85,17 @@ def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed:
     matvecs.
 
     The result counts matvecs exactly. Probes are drawn on the operator's device from a
-    generator seeded with `seed`.
+    generator seeded with `seed`. Products go through the operator's matmat in blocks: the
+    sketch, tr(QᵀAQ) and the first probes of the Hutchinson phase each in one, later probes
+    `block` at a time (the stop is checked between blocks).
     """
     check_count(n_probes, "n_probes")
     if tol is not None and not tol > 0:
         raise LinalgInputError(f"tol must be positive or None, got {tol!r}")
+    check_count(block, "block")
     gen = make_generator(seed, op.device)
     if method == "hutchinson":
-        values = _hutchinson_phase(op, gen, n_probes, tol, 0.0, None)
+        values = _hutchinson_phase(op, gen, n_probes, tol, 0.0, None, block=block)
         return TraceResult(sum(values) / len(values), _stderr(values), len(values), len(values),
                            values)
     if method != "hutch++":
@@ -92,34 +103,37 @@ def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed:
     if n_probes < 3:
         raise LinalgInputError(f"hutch++ needs a budget of at least 3 matvecs, got {n_probes}")
     s = min(n_probes // 3, op.size)
-    sketch = torch.stack([apply(op, random_vector(op, gen, "rademacher")) for _ in range(s)], dim=1)
-    q, _ = torch.linalg.qr(sketch)  # (size, s), orthonormal columns even if AS is rank-deficient
-    low_rank = sum(float(torch.dot(q[:, i], apply(op, q[:, i])).double()) for i in range(s))
+    probes = torch.stack([random_vector(op, gen, "rademacher") for _ in range(s)], dim=1)
+    q, _ = torch.linalg.qr(apply_block(op, probes))  # (size, s), orthonormal even if AS is rank-deficient
+    low_rank = float((q * apply_block(op, q)).sum().double())
     if s == op.size:  # Q spans the whole space: tr(QᵀAQ) is the trace, nothing is left
         return TraceResult(low_rank, 0.0, 2 * s, 0)
-    values = _hutchinson_phase(op, gen, n_probes - 2 * s, tol, low_rank, q)
+    values = _hutchinson_phase(op, gen, n_probes - 2 * s, tol, low_rank, q, block=block)
     estimate = low_rank + sum(values) / len(values)
     return TraceResult(estimate, _stderr(values), 2 * s + len(values), len(values), values)
 
 
 def control_variate_trace(op, base_trace: float, base_quadratic_form: Callable[[torch.Tensor], float],
                           *, n_probes: int = 100, tol: float | None = None,
-                          seed: int = 0) -> TraceResult:
+                          seed: int = 0, block: int = 1) -> TraceResult:
     """Estimate tr(A) as tr(B) + mean over Rademacher z of (zᵀAz − zᵀBz), where B is a
     matrix whose trace is known (`base_trace`) and whose quadratic form is cheap
     (`base_quadratic_form(z)` = zᵀBz).
 
     Unbiased for any B; the closer B is to A, the smaller the standard error (that of the
     remainder, sample std over √n). At most `n_probes` probes, one matvec of A each; with
-    `tol`, stop early (after at least 5 probes) once stderr ≤ tol·|estimate|.
+    `tol`, stop early (after at least 5 probes) once stderr ≤ tol·|estimate|. The first 5
+    products are one block (matmat), later ones `block` at a time.
     """
     check_count(n_probes, "n_probes")
     if tol is not None and not tol > 0:
         raise LinalgInputError(f"tol must be positive or None, got {tol!r}")
     if not math.isfinite(base_trace):
         raise LinalgInputError(f"base_trace must be finite, got {base_trace!r}")
+    check_count(block, "block")
     gen = make_generator(seed, op.device)
     values = _hutchinson_phase(op, gen, n_probes, tol, base_trace, None,
-                               minus=base_quadratic_form, min_probes=MIN_PROBES_CONTROL_VARIATE)
+                               minus=base_quadratic_form, min_probes=MIN_PROBES_CONTROL_VARIATE,
+                               block=block)
     estimate = base_trace + sum(values) / len(values)
     return TraceResult(estimate, _stderr(values), len(values), len(values), values)

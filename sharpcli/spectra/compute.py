@@ -22,20 +22,23 @@ from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable
 from sharpcli.hessian.losses import LOSSES
 from sharpcli.hessian.params import full_precision, num_params, trainable_params
-from sharpcli.linalg import (control_variate_trace, hutchinson_trace, lanczos, lanczos_top_k,
-                            power_iteration, slq_density)
+from sharpcli.linalg import (block_lanczos, control_variate_trace, hutchinson_trace, lanczos,
+                            lanczos_top_k, power_iteration, slq_density)
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve, Stoppable, parameter_blocks
 from sharpcli.workload.custom import check_problem
 
 
-def compute_spectrum(problem: Problem, cfg: SpectrumConfig) -> Iterator[Solve]:
+def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
+                     warm: dict[str, torch.Tensor] | None = None) -> Iterator[Solve]:
     """The requested quantities one at a time, so a caller can write each as soon as it is
     done: eigenvalues of the whole network first, then its trace and density, then per-layer
     eigenvalues (and traces) block by block.
 
     A top-k larger than the whole network's parameter count is an error; a per-layer block
-    smaller than k gives all of its eigenvalues instead.
+    smaller than k gives all of its eigenvalues instead. `warm`, when given, maps a block's
+    name to the eigenvectors of the last solve (the previous checkpoint of the same run):
+    each eigenvalue solve starts from them, and leaves its own there for the next.
     """
     n = num_params(trainable_params(problem.model))
     if cfg.top_k > n:
@@ -54,7 +57,13 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig) -> Iterator[Solve]:
                          "that example alone, and BatchNorm in --hessian-mode train normalises by "
                          "the batch; use --hessian-mode eval or --trace-method hutchinson")
     for block, params in parameter_blocks(problem.model, cfg.per_layer).items():
-        yield _timed(block, "eigenvalue", lambda op: _eigenvalues(op, cfg), problem, cfg, params)
+        def eigenvalues(op, block=block):
+            result = _eigenvalues(op, cfg, None if warm is None else _warm_start(warm.get(block), op))
+            if warm is not None:
+                warm[block] = result.eigenvectors
+            return result
+
+        yield _timed(block, "eigenvalue", eigenvalues, problem, cfg, params)
         if cfg.trace:
             yield _timed(block, "trace", lambda op: _trace(op, problem, cfg, params),
                          problem, cfg, params)
@@ -68,22 +77,40 @@ def _timed(block: str, quantity: str, solve, problem: Problem, cfg: SpectrumConf
     operator (the gradient graph is part of the cost)."""
     start = time.perf_counter()
     with full_precision():  # the solver's own arithmetic too: fp32, TF32 off
-        op = Stoppable(problem.scaled(HessianOperator(problem.model, problem.loss_fn, problem.x,
-                                                      problem.y, chunk_size=problem.chunk_size,
-                                                      params=params, mode=cfg.hessian_mode,
-                                                      dist=problem.dist), params),
-                       problem.should_stop, problem.dist)
+        hessian = HessianOperator(problem.model, problem.loss_fn, problem.x, problem.y,
+                                  chunk_size=problem.chunk_size, params=params,
+                                  mode=cfg.hessian_mode, dist=problem.dist,
+                                  hvp="forward-over-reverse" if cfg.compile else "double-backward",
+                                  compile=cfg.compile)
+        op = Stoppable(problem.scaled(hessian, params), problem.should_stop, problem.dist)
         result = solve(op)
     return Solve(block, quantity, result, result.n_matvec, time.perf_counter() - start, op.size)
 
 
-def _eigenvalues(op, cfg: SpectrumConfig):
+def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None = None):
+    """The top k by the chosen method, started from the columns of v0 when given: block
+    Lanczos takes them all as its start block; single-vector Lanczos and power iteration
+    start from their sum, a vector with a share in every one of them."""
     k = min(cfg.top_k, op.size)
+    one = None if v0 is None else v0.sum(dim=1)
+    if cfg.eigen_method is Method.block:
+        return block_lanczos(op, k, block_size=cfg.block_size, tol=cfg.tol,
+                             max_iter=cfg.iterations, seed=cfg.seed, v0=v0)
     if cfg.eigen_method is Method.lanczos and cfg.check_missed:
-        return lanczos_top_k(op, k, tol=cfg.tol, max_iter=cfg.iterations, seed=cfg.seed)
+        return lanczos_top_k(op, k, tol=cfg.tol, max_iter=cfg.iterations, seed=cfg.seed, v0=one)
     if cfg.eigen_method is Method.lanczos:
-        return lanczos(op, k, tol=cfg.tol, max_iter=min(cfg.iterations, op.size), seed=cfg.seed)
-    return power_iteration(op, k, tol=cfg.tol, max_iter=cfg.iterations, seed=cfg.seed)
+        return lanczos(op, k, tol=cfg.tol, max_iter=min(cfg.iterations, op.size), seed=cfg.seed,
+                       v0=one)
+    return power_iteration(op, k, tol=cfg.tol, max_iter=cfg.iterations, seed=cfg.seed, v0=one)
+
+
+def _warm_start(vectors: torch.Tensor | None, op) -> torch.Tensor | None:
+    """The previous solve's eigenvectors if they fit this operator (same parameter count,
+    finite, a sum that does not cancel), else None: a cold start."""
+    if vectors is None or vectors.shape[0] != op.size or not bool(torch.isfinite(vectors).all()):
+        return None
+    vectors = vectors.to(device=op.device, dtype=op.dtype)
+    return vectors if float(vectors.sum(dim=1).norm()) > 0 else None
 
 
 def trace_method(model: nn.Module, cfg: SpectrumConfig) -> TraceMethod:

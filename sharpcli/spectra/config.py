@@ -21,9 +21,12 @@ class SpectrumConfig:
 
     top_k: int = 5
     method: Method | None = None   # None: lanczos (native); pyhessian has power iteration only
-    tol: float = 1e-3              # lanczos: residual ≤ tol·|λ₁|; power: relative change of λ
+    tol: float = 1e-3              # lanczos, block: residual ≤ tol·|λ₁|; power: relative change of λ
     check_missed: bool = True      # lanczos: restarts on the deflated operator (lanczos_top_k)
-    max_iter: int | None = None    # lanczos: per run (default max(100, 2k)); power: per pair (100)
+    max_iter: int | None = None    # lanczos, block: per run (default max(100, 2k)); power: per pair (100)
+    block_size: int | None = None  # block: vectors per block (default top_k)
+    warm_start: bool = True        # a run's checkpoints: start from the previous one's vectors
+    compile: bool = False          # forward-over-reverse products through torch.compile
     trace: bool = False
     trace_probes: int = 100
     trace_method: TraceMethod = TraceMethod.auto  # gauss-newton where outputs are per example
@@ -65,7 +68,7 @@ class SpectrumConfig:
         """--max-iter as given, else 100 (PyHessian's default), and for Lanczos at least 2k."""
         if self.max_iter is not None:
             return self.max_iter
-        return max(100, 2 * self.top_k) if self.eigen_method is Method.lanczos else 100
+        return max(100, 2 * self.top_k) if self.eigen_method is not Method.power else 100
 
     def validate(self) -> None:
         """A SharpError naming the flag for any value out of range or combination we refuse."""
@@ -73,14 +76,15 @@ class SpectrumConfig:
                             ("--trace-probes", self.trace_probes),
                             ("--density-runs", self.density_runs),
                             ("--density-iters", self.density_iters),
-                            ("--samples", self.samples), ("--batch-size", self.batch_size)]:
+                            ("--samples", self.samples), ("--batch-size", self.batch_size),
+                            ("--block-size", self.block_size)]:
             check_positive(value, flag, optional=True, integer=True)
         if self.density_grid < 2:
             raise SharpError(f"--density-grid must be at least 2, got {self.density_grid}")
         for flag, value in [("--tol", self.tol), ("--trace-tol", self.trace_tol)]:
             check_positive(value, flag, allow_zero=True, optional=True)
         check_positive(self.density_sigma, "--density-sigma")
-        if self.eigen_method is Method.lanczos and self.iterations < self.top_k:
+        if self.eigen_method is not Method.power and self.iterations < self.top_k:
             raise SharpError(f"--max-iter {self.max_iter} is below --top-k {self.top_k}: Lanczos "
                              "needs at least k iterations for k eigenvalues")
         if self.trace_method is TraceMethod.hutchpp and self.trace_probes < 3:
@@ -101,8 +105,8 @@ def check_pyhessian_supported(cfg: SpectrumConfig) -> None:
     if cfg.density:
         lacks.append("--density (pyhessian 0.1's density() calls torch.eig, which current torch "
                      "has removed)")
-    if cfg.method is Method.lanczos:
-        lacks.append("--method lanczos (it computes eigenvalues by power iteration only: "
+    if cfg.method in (Method.lanczos, Method.block):
+        lacks.append(f"--method {cfg.method} (it computes eigenvalues by power iteration only: "
                      "use --method power or leave --method out)")
     if cfg.trace_method in (TraceMethod.hutchpp, TraceMethod.gauss_newton):
         lacks.append(f"--trace-method {cfg.trace_method} (it has Hutchinson only)")

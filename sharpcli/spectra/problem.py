@@ -17,6 +17,7 @@ from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.params import named_param_groups, trainable_params
 from sharpcli.interrupt import check_stop
 from sharpcli.linalg import DensityResult, DiagonalScaled, EigenResult, TraceResult
+from sharpcli.linalg.results import apply_block
 from sharpcli.spectra.config import SpectrumRow
 
 
@@ -57,9 +58,10 @@ def parameter_blocks(model: nn.Module, per_layer: bool) -> dict[str, list[nn.Par
 
 
 class Stoppable:
-    """An operator that raises Interrupted before a product once a stop was requested: Ctrl-C
-    ends a long solve within one HVP, and the rows already written stay. Under torchrun a
-    request to any process stops them all at the same product."""
+    """An operator that raises Interrupted before a product (or a block of products) once a
+    stop was requested: Ctrl-C ends a long solve within one HVP or one block, and the rows
+    already written stay. Under torchrun a request to any process stops them all at the same
+    product."""
 
     def __init__(self, op, should_stop: Callable[[], bool] | None, dist: Dist = SINGLE):
         self.op, self.should_stop, self.dist = op, should_stop, dist
@@ -68,6 +70,11 @@ class Stoppable:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         check_stop(self.should_stop, self.dist)
         return self.op.matvec(v)
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        """A block in one pass: one stop check for the whole block."""
+        check_stop(self.should_stop, self.dist)
+        return apply_block(self.op, vs)
 
 
 @dataclass

@@ -46,7 +46,9 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                  ) -> list[CheckpointSpectrum]:
     """Measure every checkpoint the arguments name and write spectrum.csv (and density.csv)
     row by row: by default into each run's report folder, with `out` all into one file.
-    Each file is rewritten by the call that first writes to it. Interrupted (exit 130) once
+    Each file is rewritten by the call that first writes to it. With `cfg.warm_start` the
+    eigenvalue solves of a run's checkpoints start from the previous checkpoint's
+    eigenvectors. Interrupted (exit 130) once
     `should_stop()` turns true, with every row finished so far on disk. Under torchrun
     every process measures its shard of the examples and rank 0 writes. `source` names a
     model sharpcli did not build (--model-factory), its examples and loss.
@@ -73,6 +75,7 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     results, skipped = [], []
     names = ((PRECONDITIONED_SPECTRUM_FILE, PRECONDITIONED_DENSITY_FILE) if cfg.preconditioned
              else (SPECTRUM_FILE, DENSITY_FILE))
+    warm: dict[tuple, dict] = {}  # per run and example set: each block's last eigenvectors
     try:
         for subject in subjects(targets, device, source, should_stop=should_stop,
                                 on_start=on_start, dist=dist):
@@ -91,7 +94,10 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                               checkpoint=str(subject.target.checkpoint), step=subject.step,
                               should_stop=should_stop, dist=dist, preconditioner=p)
             solves = []
-            for solve in compute_spectrum(problem, cfg):
+            # checkpoints of one run, in step order: each starts from the one before
+            key = (str(subject.target.checkpoint.parent), len(x))
+            previous = warm.setdefault(key, {}) if cfg.warm_start else None
+            for solve in compute_spectrum(problem, cfg, previous):
                 log(csv_path, SPECTRUM_COLUMNS,
                     [r.as_dict() for r in solve.rows(problem.checkpoint, problem.step)])
                 if solve.quantity == "density":

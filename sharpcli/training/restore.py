@@ -23,8 +23,9 @@ RESUMABLE_CHANGES = {"resume", "quiet", "device", "steps", "epochs", "data_dir",
 @dataclass
 class Resumed:
     """Where a run continues: its first step, the training time already spent, the last
-    measurement's top eigenvectors (Lanczos's warm starts, of H and of P⁻¹H) and
-    Eigen-SAM's estimate."""
+    measurement's top eigenvectors (the warm starts of H's solve — (size, k), or v₁ alone
+    from a checkpoint written before they were all kept — and of P⁻¹H's) and Eigen-SAM's
+    estimate."""
 
     step: int = 0
     elapsed: float = 0.0
@@ -54,7 +55,8 @@ def restore(run: RunSetup) -> Resumed | None:
     set_rng_state(payload["rng"])
     extra = payload.get("extra", {})
     vector = lambda key: None if extra.get(key) is None else extra[key].to(run.device)  # noqa: E731
-    return Resumed(payload["step"], float(extra.get("elapsed", 0.0)), vector("top_vector"),
+    top = vector("top_vectors") if extra.get("top_vectors") is not None else vector("top_vector")
+    return Resumed(payload["step"], float(extra.get("elapsed", 0.0)), top,
                    EigenState(vector("eigen_vector")), vector("preconditioned_vector"))
 
 

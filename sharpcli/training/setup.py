@@ -241,7 +241,10 @@ def prepare(config: TrainConfig, dist: Dist = SINGLE) -> RunSetup:
                   num_params=n_params, input_shape=list(data.input_shape),
                   num_classes=data.num_classes, world_size=dist.world_size,
                   memory_format="channels_last" if channels_last else "contiguous")
-    return RunSetup(config, device, data, model, data_parallel(model, dist, config.sync_bn),
+    train_model = data_parallel(model, dist, config.sync_bn)
+    if config.compile:  # training passes only: measurements differentiate twice, which
+        train_model = torch.compile(train_model)  # torch.compile cannot (no double backward)
+    return RunSetup(config, device, data, model, train_model,
                     get_loss(config.loss, config.label_smoothing), optimizer, plan,
                     Path(config.reports_dir) / config.run_name,
                     Path(config.checkpoints_dir) / config.run_name, record, dist, channels_last)

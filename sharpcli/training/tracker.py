@@ -2,10 +2,11 @@
 metrics.csv (SPEC §2), so that every run folder, whoever trained it, holds the same numbers.
 
 At a measured step t (after the step's gradient, before its update) the Tracker records
-‖g‖ of the update's gradient, λ₁…λ_k of the training-loss Hessian by Lanczos warm-started
-from the previous measurement's v₁, the alignment |cos(direction, v₁)| of the update's
-direction, the edges (sharpcli.edges.EdgeRule), and train and test loss and accuracy; with
-Adam, AdamW or RMSProp also λ₁(P⁻¹H) with P from the optimizer's state before update t
+‖g‖ of the update's gradient, λ₁…λ_k of the training-loss Hessian to a relative accuracy
+`tol` (Lanczos, or block Lanczos for k > 1) warm-started from the previous measurement's
+top-k eigenvectors, the alignment |cos(direction, v₁)| of the update's direction, the
+edges (sharpcli.edges.EdgeRule), and train and test loss and accuracy; with Adam, AdamW or
+RMSProp also λ₁(P⁻¹H) with P from the optimizer's state before update t
 (sharpcli.hessian.preconditioner), and when asked the batch sharpness; it
 writes config.json once, one row per measured step, top_eigenvalues.csv when k > 1, and
 checkpoints of w_t when due. `sharp train` calls it at every step through `measure`; a
@@ -80,9 +81,10 @@ class Tracker:
     loop.
 
     For `sharp train`: `resume_step` continues the files of an interrupted run (rows from
-    that step on are dropped, its checkpoint kept); `top_vector`, `preconditioned_vector` and
-    `elapsed` carry the warm starts and the clock over. Under torchrun (`dist`) every process measures its shard of
-    the examples and takes the same decisions; rank 0 alone writes files.
+    that step on are dropped, its checkpoint kept); `top_vector` (v₁, or the top-k
+    eigenvectors as columns), `preconditioned_vector` and `elapsed` carry the warm starts
+    and the clock over. Under torchrun (`dist`) every process measures its shard of the
+    examples and takes the same decisions; rank 0 alone writes files.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
@@ -113,7 +115,8 @@ class Tracker:
         if checkpoint_dir is None:  # beside reports/, as sharp train puts them
             checkpoint_dir = self.run_dir.parent.parent / "checkpoints" / self.run_dir.name
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.resume_step, self.top_vector = resume_step, top_vector
+        self.resume_step = resume_step
+        self.top_vectors = top_vector  # the warm start: (size, k), or v₁ from an older checkpoint
         self.rows: list[dict] = []  # the rows this tracker logged
         self._saved_now: Path | None = None
         self._clock = (elapsed, time.perf_counter())
@@ -134,6 +137,12 @@ class Tracker:
             self.log.open(fresh=fresh, keep_below_step=resume_step)
             if k > 1:
                 self.top_log.open(fresh=fresh, keep_below_step=resume_step)
+
+    @property
+    def top_vector(self) -> torch.Tensor | None:
+        """v₁ of the last measurement (or of the warm start it was given)."""
+        v = self.top_vectors
+        return v[:, 0] if v is not None and v.ndim == 2 else v
 
     # ---------------------------------------------------------------- when
 
@@ -164,7 +173,9 @@ class Tracker:
             return None
         path = checkpoint_path(self.checkpoint_dir, step)
         if self.dist.is_main:  # every process holds the same weights and state
+            # top_vectors: the whole warm start; top_vector (v₁ alone) as older readers know it
             state = {"elapsed": self.elapsed(), "top_vector": self.top_vector,
+                     "top_vectors": self.top_vectors,
                      "preconditioned_vector": self.preconditioned_vector, **(extra or {})}
             save_checkpoint(path, step=step, epoch=epoch, config=self.record, model=self.model,
                             optimizer=self.optimizer, extra=state)
@@ -231,13 +242,13 @@ class Tracker:
         return row
 
     def _sharpness(self, info: StepInfo) -> dict:
-        """λ₁ (and λ₂…λ_k into top_eigenvalues.csv) warm-started from the last v₁, and the
-        alignment of the step's direction with the new v₁."""
+        """λ₁ (and λ₂…λ_k into top_eigenvalues.csv) warm-started from the last top-k
+        eigenvectors, and the alignment of the step's direction with the new v₁."""
         s = measure_sharpness(self.model, self.loss_fn, self.x_sharp, self.y_sharp, k=self.k,
-                              tol=self.tol, max_iter=self.max_iter, v0=self.top_vector,
+                              tol=self.tol, max_iter=self.max_iter, v0=self.top_vectors,
                               seed=self.seed + info.step, chunk_size=self.chunk_size,
                               dist=self.dist)
-        self.top_vector = s.top_vector
+        self.top_vectors = s.top_vectors
         if self.k > 1:
             for i, (lam, res) in enumerate(zip(s.eigenvalues.tolist(), s.residuals.tolist())):
                 self._write(self.top_log, {"step": info.step, "index": i + 1, "eigenvalue": lam,

@@ -64,6 +64,21 @@ def test_eigenvalues_match_dense_hessian(run, tmp_path):
     assert (df["residual"] <= 1e-5 * truth[0].item() * 1.01).all()
 
 
+def test_block_method_over_a_run_warm_and_cold(run, tmp_path):
+    """--method block over the run's checkpoints, each started from the previous one's
+    vectors (the default) or cold: the dense eigenvalues either way."""
+    for flag in ("--warm-start", "--no-warm-start"):
+        sharp("spectrum", run / "checkpoints/tiny", "--method", "block", "--top-k", "4",
+              "--tol", "1e-6", "--out", tmp_path / f"{flag}.csv", "--quiet", flag).ok()
+    warm, cold = (pd.read_csv(tmp_path / f"{f}.csv") for f in ("--warm-start", "--no-warm-start"))
+    assert warm["value"].tolist() == pytest.approx(cold["value"].tolist(), rel=1e-5)
+    for step in (0, 2, 4):
+        _, truth = _truth(run / f"checkpoints/tiny/step-{step:08d}.pt")
+        got = warm[warm["step"] == step]["value"].tolist()
+        assert got == pytest.approx(truth[:4].tolist(), rel=1e-5), step
+    assert warm["converged"].all() and (warm["n_hvp"] % 4 == 0).all()  # whole blocks of 4
+
+
 def test_trace_and_density_of_the_test_split(run, tmp_path):
     path = run / "checkpoints/tiny/step-00000002.pt"
     h, eig = _truth(path, split="test", samples=20)

@@ -138,3 +138,124 @@ def test_forward_over_reverse_with_batchnorm_matches_double_backward(mode):
     assert torch.allclose(dense["forward-over-reverse"], truth, atol=1e-10, rtol=1e-8)
     for k, v in model.state_dict().items():  # running statistics untouched
         assert torch.equal(v, before[k])
+
+
+# --- blocks of products: matmat -------------------------------------------------------------
+
+BLOCK = 5  # columns of the test blocks; max_block 2 cuts them into passes of 2, 2 and 1
+
+
+@pytest.mark.parametrize("hvp", HessianOperator.HVP_MODES)
+@pytest.mark.parametrize("chunk_size", CHUNKINGS.values(), ids=CHUNKINGS.keys())
+def test_matmat_equals_columns_and_dense_hessian(case, chunk_size, hvp):
+    """Batched passes (autograd's is_grads_batched, or vmap over forward-over-reverse) give
+    the products of the columns one by one, and the dense Hessian's."""
+    model, loss_fn, x, y = case()
+    truth = dense_hessian(model, loss_fn, x, y)
+    vs = torch.randn(truth.shape[0], BLOCK, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, hvp=hvp, vectorize=True,
+                         max_block=2)
+    block = op.matmat(vs)
+    columns = torch.stack([op.matvec(v) for v in vs.T], dim=1)
+    assert op.fallback is None and op.n_matvec == 2 * BLOCK
+    assert torch.allclose(block, columns, atol=1e-12, rtol=1e-10)
+    assert torch.allclose(block, truth @ vs, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("hvp", HessianOperator.HVP_MODES)
+def test_matmat_with_batchnorm_in_either_mode(mode, hvp):
+    """BatchNorm batches in measurement mode (running statistics are not written, so vmap
+    has no in-place update to refuse): no fallback, the dense block, buffers untouched."""
+    model, _, x, y = BN_MSE()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with measurement_mode(model, mode):
+        truth = dense_hessian(model, mse_loss, x, y)
+    op = HessianOperator(model, mse_loss, x, y, mode=mode, hvp=hvp, vectorize=True)  # one chunk
+    vs = torch.randn(op.size, BLOCK, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert torch.allclose(op.matmat(vs), truth @ vs, atol=1e-10, rtol=1e-8)
+    assert op.fallback is None
+    # chunks of 15 and 8: in train mode each chunk has its own statistics, column or block
+    op = HessianOperator(model, mse_loss, x, y, chunk_size=15, mode=mode, hvp=hvp, vectorize=True)
+    columns = torch.stack([op.matvec(v) for v in vs.T], dim=1)
+    assert torch.allclose(op.matmat(vs), columns, atol=1e-12, rtol=1e-10)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+class _CheckedTanh(torch.autograd.Function):
+    """tanh whose backward checks its input with Python control flow, as user code does:
+    fine one vector at a time, impossible to batch (vmap cannot branch on a value)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        if not bool(torch.isfinite(grad).all()):
+            raise FloatingPointError("non-finite gradient")
+        return grad * (1 - y * y)
+
+
+class _CheckedNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc2(_CheckedTanh.apply(self.fc1(x)))
+
+
+@pytest.mark.parametrize("chunk_size", CHUNKINGS.values(), ids=CHUNKINGS.keys())
+def test_matmat_falls_back_to_columns_without_a_batching_rule(chunk_size):
+    _, _, x, y = MLP_MSE()
+    torch.manual_seed(0)
+    model = _CheckedNet().double()
+    plain = torch.nn.Sequential(model.fc1, torch.nn.Tanh(), model.fc2)  # the same function
+    truth = dense_hessian(plain, mse_loss, x, y)
+    op = HessianOperator(model, mse_loss, x, y, chunk_size=chunk_size, vectorize=True)
+    vs = torch.randn(op.size, BLOCK, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.allclose(op.matmat(vs), truth @ vs, atol=1e-10, rtol=1e-8)
+    assert not op.vectorize and "RuntimeError" in op.fallback  # said why, and stays with columns
+    assert torch.allclose(op.matmat(vs[:, :2]), truth @ vs[:, :2], atol=1e-10, rtol=1e-8)
+    assert op.n_matvec == BLOCK + 2
+
+
+def test_per_block_matmat_is_the_dense_sub_block():
+    model, _, x, y = CNN_CE()
+    truth = dense_hessian(model, ce_loss, x, y)
+    params = trainable_params(model)
+    start = sum(p.numel() for p in params[:2])  # the second convolution: weight and bias
+    n = sum(p.numel() for p in params[2:4])
+    op = HessianOperator(model, ce_loss, x, y, params=params[2:4], vectorize=True)
+    vs = torch.randn(n, BLOCK, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert torch.allclose(op.matmat(vs), truth[start:start + n, start:start + n] @ vs, atol=1e-10)
+
+
+def test_matmat_shape_checks_and_cpu_default():
+    model, _, x, y = MLP_MSE()
+    op = HessianOperator(model, mse_loss, x, y)
+    assert not op.vectorize  # on the CPU a batched pass is no faster per vector (RESULTS.md §2)
+    with pytest.raises(ValueError, match="block of shape"):
+        op.matmat(torch.ones(op.size, dtype=torch.float64))
+    with pytest.raises(ValueError, match="max_block"):
+        HessianOperator(model, mse_loss, x, y, max_block=0)
+
+
+def test_compiled_forward_over_reverse_equals_double_backward(monkeypatch):
+    """compile=True traces the product with torch.compile; the graph capture is what we test
+    (the "eager" backend: Inductor's code generation costs tens of seconds per shape)."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="eager", **kw))
+    model, _, x, y = MLP_MSE()
+    op = HessianOperator(model, mse_loss, x, y, chunk_size=15, hvp="forward-over-reverse",
+                         compile=True)
+    reference = HessianOperator(model, mse_loss, x, y)
+    v = torch.randn(op.size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert torch.allclose(op.matvec(v), reference.matvec(v), atol=1e-12, rtol=1e-10)
+    with pytest.raises(ValueError, match="cannot differentiate twice"):
+        HessianOperator(model, mse_loss, x, y, compile=True)

@@ -78,3 +78,9 @@ def test_bad_arguments():
     for kwargs in (dict(n_runs=0), dict(n_iter=0), dict(grid_size=1), dict(sigma=0.0), dict(probe="x")):
         with pytest.raises(ValueError):
             slq_density(op, **kwargs)
+
+
+def test_runs_advance_together_one_block_per_step():
+    op = Counting(matrix_with_spectrum(torch.linspace(-1, 1, 60), seed=5))
+    r = slq_density(op, n_runs=4, n_iter=20)
+    assert r.n_matvec == op.calls == 80 and op.blocks == 20

@@ -1,10 +1,12 @@
 """Lanczos against dense ground truth: quadratics with chosen spectra."""
 
+import numpy as np
 import pytest
 import torch
 
 from sharpcli.errors import SharpError
 from sharpcli.linalg import DenseOperator, EigenResult, lanczos, matrix_with_spectrum
+from sharpcli.linalg.results import error_bounds
 from tests.helpers import CountingOperator as Counting
 
 
@@ -146,3 +148,26 @@ def test_cuda_float32():
     r = lanczos(DenseOperator(a.cuda()), k=3, tol=1e-4)
     assert r.eigenvectors.is_cuda and r.eigenvalues.device.type == "cpu"
     check_against_dense(r, a.double(), 3, torch.float32)
+
+
+def test_error_bounds_by_hand():
+    # Ritz values 10, 9, 1 with residuals 0.1, 0.2, 5: eigenvalues lie in [9.8, 10.2]... so
+    # the gap from 10 is min(1 − 0.2, 9 − 5) = 0.8 and its bound 0.1²/0.8; from 9: 0.2²/0.9
+    theta, res = np.array([10.0, 9.0, 1.0]), np.array([0.1, 0.2, 5.0])
+    assert np.allclose(error_bounds(theta, res, 2), [0.01 / 0.8, 0.04 / 0.9])
+    # an interval that reaches the value leaves the residual itself; one value, the same
+    assert np.allclose(error_bounds(np.array([10.0, 9.5]), np.array([0.1, 0.6]), 1), [0.1])
+    assert np.allclose(error_bounds(np.array([3.0]), np.array([0.5]), 1), [0.5])
+
+
+@pytest.mark.parametrize("spectrum", ["cluster", "negative"])
+def test_eigenvalue_criterion_meets_its_relative_accuracy(spectrum):
+    lam = {"cluster": torch.cat([torch.tensor([10.0, 9.9, 9.7]), torch.linspace(-3, 9, 297)]),
+           "negative": torch.linspace(-50, 10, 300)}[spectrum]
+    for seed in range(3):
+        op, a = make_op(lam, torch.float64, seed=seed)
+        top = torch.linalg.eigvalsh(a).flip(0)[:3]
+        r = lanczos(op, k=3, tol=1e-4, criterion="eigenvalue", seed=seed, max_iter=300)
+        assert r.converged.all() and torch.all((top - r.eigenvalues).abs() <= 1e-4 * top.abs())
+        assert r.n_matvec < lanczos(op, k=3, tol=1e-4, seed=seed, max_iter=300).n_matvec
+

@@ -144,3 +144,29 @@ def test_samples_are_the_averaged_probe_values():
     z = torch.randint(0, 2, (100,), generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1
     assert h.samples[0] == pytest.approx(float(z @ a @ z), rel=1e-12)
     assert cv.samples[0] == pytest.approx(float(z @ (a - b) @ z), rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_probes_go_through_matmat_in_blocks(method):
+    """The same probes in the same order whatever the blocks: equal estimates; the first 10
+    probes (and Hutch++'s sketch and tr(QᵀAQ)) in one block each."""
+    op = Counting(matrix_with_spectrum(torch.linspace(0.5, 3, 100), seed=3))
+    one = hutchinson_trace(op, n_probes=60, tol=0.01, seed=0, method=method)
+    assert one.n_probes > 10  # the stop falls after the first block
+    blocks_one = op.blocks
+    op.calls, op.blocks = 0, 0
+    four = hutchinson_trace(op, n_probes=60, tol=0.01, seed=0, method=method, block=4)
+    assert four.n_matvec == op.calls and four.n_probes >= one.n_probes
+    assert four.samples[:one.n_probes] == pytest.approx(one.samples, rel=1e-12)
+    assert op.blocks < blocks_one
+    sketch = 2 if method == "hutch++" else 0
+    assert blocks_one == sketch + 1 + (one.n_probes - 10)  # then one product at a time
+
+
+def test_control_variate_probes_in_blocks():
+    a = matrix_with_spectrum(torch.linspace(0, 2, 80), seed=4)
+    base = torch.diag(torch.diag(a))
+    op = Counting(a)
+    r = control_variate_trace(op, float(base.trace()), lambda z: float(z @ base @ z), n_probes=5,
+                              seed=0)
+    assert op.blocks == 1 and r.n_matvec == op.calls == 5

@@ -297,3 +297,45 @@ def test_default_trace_is_gauss_newton_and_stops_at_its_tolerance():
     assert every.n_hvp == 40 and abs(every.value - truth) <= 4 * every.residual
     hutch = trace_row(trace_method="hutchinson", trace_probes=40, trace_tol=0)
     assert every.residual < 0.3 * hutch.residual  # the control variate's whole point
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_block_method_matches_dense_blocks_and_counts_the_output_copies(dtype):
+    """--method block per layer: every block's top 6 against the dense sub-block; the MSE
+    output layer repeats each eigenvalue once per class, and blocks of 6 find every copy."""
+    problem = _problem(MLP_MSE, dtype=dtype)
+    dense = _dense(problem)
+    tol = {torch.float64: 1e-9, torch.float32: 1e-6}[dtype]
+    rows = _rows(problem, top_k=6, tol=tol, max_iter=200, per_layer=True, method="block")
+    start = 0
+    for name, params in named_param_groups(problem.model).items():
+        n = sum(p.numel() for p in params)
+        truth = torch.linalg.eigvalsh(dense[start:start + n, start:start + n]).flip(0)[:6]
+        start += n
+        assert torch.allclose(_values(rows, block=name), truth, atol=50 * tol * float(truth[0]),
+                              rtol=0), name
+    head = _values(rows, block="4").tolist()
+    assert head[:3] == pytest.approx([head[0]] * 3, rel=1e-5) and head[3] < head[0] * (1 - 1e-3)
+    assert all(r.converged for r in rows)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "block"])
+def test_warm_start_from_a_nearby_checkpoint_gives_the_cold_answer(method):
+    """The next checkpoint of a run: the same model a few small steps on. Starting from the
+    previous eigenvectors gives the eigenvalues a cold start gives, in fewer products."""
+    problem = _problem(MLP_MSE, dtype=torch.float64)
+    cfg = SpectrumConfig(top_k=4, tol=1e-8, max_iter=155, method=method)
+    warm: dict = {}
+    list(compute_spectrum(problem, cfg, warm))
+    assert warm["all"].shape == (155, 4)
+    loss = problem.loss_fn(problem.model(problem.x), problem.y)  # a small GD step
+    grads = torch.autograd.grad(loss, list(problem.model.parameters()))
+    with torch.no_grad():
+        for p, g in zip(problem.model.parameters(), grads):
+            p -= 0.01 * g
+    truth = torch.linalg.eigvalsh(_dense(problem)).flip(0)[:4]
+    cold = next(compute_spectrum(problem, cfg))
+    hot = next(compute_spectrum(problem, cfg, warm))
+    assert torch.allclose(hot.result.eigenvalues, truth, rtol=1e-7)
+    assert torch.allclose(hot.result.eigenvalues, cold.result.eigenvalues, rtol=1e-7)
+    assert hot.n_hvp < cold.n_hvp, (hot.n_hvp, cold.n_hvp)

@@ -135,3 +135,20 @@ def test_resume_continues_to_the_same_metrics(tmp_path):
     a = metrics(tmp_path, "full").drop(columns="seconds")
     b = metrics(tmp_path, "part").drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_compile_trains_the_same_run(tmp_path, monkeypatch):
+    """--compile sends the training passes through torch.compile and leaves the measurements
+    eager; with the "eager" backend (graph capture without code generation, which would cost
+    tens of seconds) the numbers are the uncompiled run's."""
+    compile_ = torch.compile
+    calls = []
+    monkeypatch.setattr(torch, "compile",
+                        lambda model, **kw: calls.append(model) or compile_(model, backend="eager", **kw))
+    common = ["--steps", "4", "--sharpness-every", "2", "--eval-every", "2"]
+    sharp(*train_args(tmp_path, "plain", *common)).ok()
+    sharp(*train_args(tmp_path, "compiled", *common, "--compile")).ok()
+    assert len(calls) == 1
+    a, b = (metrics(tmp_path, r).drop(columns="seconds") for r in ("plain", "compiled"))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+

@@ -1,0 +1,212 @@
+"""Block Lanczos with full reorthogonalisation: top-k eigenpairs from products with blocks of
+b vectors, one pass over the data per block.
+
+From an orthonormal start block Q₁ (size × b) the process builds an orthonormal basis
+V = [Q₁ … Q_j] of the block Krylov space span{Q₁, AQ₁, …, A^{j−1}Q₁} and the block
+tridiagonal T = VᵀAV with diagonal blocks A_i = Q_iᵀAQ_i and couplings B_i:
+
+    A Q_i = Q_{i−1} B_{i−1}ᵀ + Q_i A_i + Q_{i+1} B_i,     A V = V T + Q_{j+1} B_j E_jᵀ.
+
+If T s = θ s, the Ritz pair (θ, Vs) has residual ‖AVs − θVs‖ = ‖B_j s_last‖, s_last the last
+b entries of s: the certificate of SPEC §3 comes from T alone, as in single-vector Lanczos
+(Golub & Underwood 1977; Golub & Van Loan §10.3.6).
+
+Why blocks: an eigenvalue of multiplicity m ≤ b is found m times, because the start block
+has m independent directions in its eigenspace, where a single start vector has one; and a
+cluster of up to b eigenvalues converges together at the rate set by the gap below the
+cluster, not by the gaps inside it. So the top k come out counted with multiplicity without
+the restarts of `lanczos_top_k`. The price is a Krylov space of lower degree for the same
+number of products, which a warm start (the previous top vectors as Q₁) more than repays
+along a training run or a checkpoint history.
+
+A rank-deficient block (the Krylov space of some directions is exhausted: an invariant
+subspace, or repeated eigenvalues beyond b) gets fresh random directions orthogonal to the
+basis, with zero coupling: T stays block tridiagonal and the process goes on (as ARPACK's
+restart does for one vector).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sharpcli.linalg.projection import project_out
+from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply_block, check_count,
+                                     check_criterion, check_k, eigenvalues_settled,
+                                     make_generator, random_vector, tolerance_scale)
+
+# A singular value below this many ε·‖A‖ means the block's direction is (numerically) in
+# the span of the basis: the space it would add is exhausted.
+_BREAKDOWN = 100.0
+
+
+class BlockLanczosProcess:
+    """The block recurrence plus full reorthogonalisation, one block product per `step()`.
+
+    The basis is stored as rows of one (capacity, size) tensor on the operator's device and
+    T as a float64 numpy matrix. Blocks have b columns, except that the last one is cut to
+    the dimension left when the basis is about to fill the whole space."""
+
+    def __init__(self, op, start: torch.Tensor, capacity: int, gen: torch.Generator):
+        self.op, self.gen = op, gen
+        self.capacity = min(capacity, op.size)
+        self.basis = torch.empty(self.capacity, op.size, dtype=op.dtype, device=op.device)
+        self.eps = torch.finfo(op.dtype).eps
+        self.anorm = 0.0      # running lower bound on ‖A‖: the largest ‖A Q_i‖₂
+        self.T = np.zeros((self.capacity, self.capacity))
+        width = min(start.shape[1], self.capacity)
+        u, s, _ = torch.linalg.svd(start, full_matrices=False)
+        good = s[:width] > self.eps * float(s.max()) * start.shape[1]
+        self.basis[:width] = self._fill(u[:, :width], good, filled=0).T
+        self.pending = (0, width)   # the block whose product comes next
+        self.order = 0              # basis vectors whose products are in T
+        self.coupling = np.zeros((0, width))  # B_j: the pending block × the last applied one
+        self.n_matvec = 0
+        self.n_blocks = 0
+
+    def _fill(self, q: torch.Tensor, good: torch.Tensor, filled: int) -> torch.Tensor:
+        """q with its columns where `good` is false replaced by random unit vectors
+        orthogonal to the first `filled` basis rows and to the other columns."""
+        if bool(good.all()):
+            return q
+        q, good = q.clone(), good.clone()
+        for i in torch.nonzero(~good).flatten().tolist():
+            r = project_out(random_vector(self.op, self.gen, "gaussian"), self.basis[:filled])
+            r = project_out(r, q[:, good].T)
+            q[:, i] = r / r.norm()
+            good[i] = True
+        return q
+
+    @property
+    def exhausted(self) -> bool:
+        """The basis spans the whole space: T is A in that basis, its eigenpairs are A's."""
+        return self.pending[1] == self.pending[0]
+
+    def step(self) -> None:
+        """Apply A to the pending block, extend T, and orthonormalise the next block."""
+        lo, hi = self.pending
+        q = self.basis[lo:hi].T                         # (size, b)
+        w = apply_block(self.op, q)
+        self.n_matvec += hi - lo
+        self.n_blocks += 1
+        a = (q.T @ w).double().cpu().numpy()
+        if not np.all(np.isfinite(a)):
+            raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
+        a = (a + a.T) / 2
+        self.T[lo:hi, lo:hi] = a
+        self.anorm = max(self.anorm, float(torch.linalg.matrix_norm(w, ord=2)))
+        w = w - q @ torch.as_tensor(a, dtype=w.dtype, device=w.device)
+        if lo > 0:  # subtract Q_{j−1} B_{j−1}ᵀ; B_{j−1} sits below the diagonal block of j−1
+            plo = self._previous_start
+            b_prev = torch.as_tensor(self.T[lo:hi, plo:lo], dtype=w.dtype, device=w.device)
+            w = w - self.basis[plo:lo].T @ b_prev.T
+        w = project_out(w, self.basis[:hi])
+        self.order, self._previous_start = hi, lo
+        width = min(hi - lo, self.capacity - hi)
+        if width == 0:
+            self.pending, self.coupling = (hi, hi), np.zeros((0, hi - lo))
+            return
+        # W = U diag(s) Vᵀ: the next block is U, the coupling B_j = UᵀW = diag(s) Vᵀ.
+        # Directions with s at rounding level are exhausted: fresh ones, coupled by zero.
+        u, s, _ = torch.linalg.svd(w, full_matrices=False)
+        good = s[:width] > _BREAKDOWN * self.eps * self.anorm
+        nxt = u[:, :width]
+        if bool(good.any()) and float(s[:width][good].min()) < self.eps ** 0.5 * float(s[0]):
+            # W nearly rank-deficient: its small directions carry W's rounding-level
+            # components along the basis, amplified; project them off again
+            nxt = torch.linalg.qr(project_out(nxt, self.basis[:hi]))[0]
+        nxt = self._fill(nxt, good, filled=hi)
+        coupling = (nxt.T @ w).double().cpu().numpy()
+        coupling[~good.cpu().numpy()] = 0.0
+        self.basis[hi:hi + width] = nxt.T
+        self.T[hi:hi + width, lo:hi] = coupling
+        self.T[lo:hi, hi:hi + width] = coupling.T
+        self.pending, self.coupling = (hi, hi + width), coupling
+
+    def ritz(self, k: int):
+        """All Ritz values (descending), the top-k coordinate vectors (order, k) and all the
+        residual norms ‖B_j s_last‖, float64 numpy."""
+        n = self.order
+        theta, s = np.linalg.eigh(self.T[:n, :n])
+        theta, s = theta[::-1].copy(), s[:, ::-1].copy()
+        residuals = np.linalg.norm(self.coupling @ s[self._previous_start:n], axis=0)
+        return theta, s[:, :k], residuals
+
+
+def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float = 1e-3,
+                  max_iter: int = 100, v0: torch.Tensor | None = None, seed: int = 0,
+                  criterion: str = "residual") -> EigenResult:
+    """Top-k eigenpairs (largest algebraic first) by block Lanczos with blocks of
+    `block_size` vectors (default k), each block one `matmat` of the operator.
+
+    Stops when the top k Ritz pairs meet `criterion`:
+    - "residual": ‖Av − θv‖ ≤ tol·max(|θ₁|, √ε‖T‖) for each, as `lanczos` does;
+    - "eigenvalue": the estimated error of each Ritz value, min(r, r²/gap), is ≤ tol·|θ| and
+      the value moved by no more than that since the last block (`eigenvalues_settled`):
+      tol is then a relative accuracy of the eigenvalues themselves;
+    or after the whole blocks that fit in `max_iter` products, or when the basis spans the
+    whole space (then the results are exact).
+
+    `v0` (size,) or (size, c) warm-starts the process: its columns (the previous top
+    eigenvectors, say) are the start block, filled up to `block_size` with Gaussian vectors
+    drawn from `seed`; with more than `block_size` columns the block grows to hold them all.
+    Each returned residual is ‖B_j s_last‖, equal to ‖Av − θv‖ up to rounding of order ε‖A‖;
+    `iterations` counts blocks, `n_matvec` products (b per block).
+    Memory: the basis holds up to about max_iter vectors of the operator's size.
+    """
+    check_k(op, k)
+    check_count(max_iter, "max_iter")
+    if not tol >= 0:
+        raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
+    check_criterion(criterion)
+    b = k if block_size is None else block_size
+    check_count(b, "block_size")
+    gen = make_generator(seed, op.device)
+    start = _start_block(op, v0)
+    b = min(max(b, start.shape[1]), op.size)
+    if start.shape[1] < b:
+        fill = torch.stack([random_vector(op, gen, "gaussian") for _ in range(b - start.shape[1])], dim=1)
+        start = torch.cat([start, fill / fill.norm(dim=0)], dim=1)
+    if max_iter < k:
+        raise LinalgInputError(f"max_iter={max_iter} is below k={k}: block Lanczos needs at "
+                               "least k products for k eigenpairs")
+    steps = max(max_iter // b, -(-k // b))  # whole blocks within max_iter, enough for k
+    proc = BlockLanczosProcess(op, start, capacity=(steps + 1) * b, gen=gen)
+    previous = None  # the top-k Ritz values one block earlier
+    while True:
+        proc.step()
+        done = proc.exhausted or proc.n_matvec + b > steps * b
+        if proc.order >= k:
+            theta, s, res = proc.ritz(k)
+            if criterion == "residual":
+                scale = tolerance_scale(float(theta[0]), float(np.abs(theta).max()), proc.eps)
+                converged = res[:k] <= tol * scale
+            else:
+                converged = eigenvalues_settled(theta, res, k, previous, tol)
+                previous = theta[:k]
+            res = res[:k]
+            if converged.all() or done:
+                break
+        if done:
+            raise LinalgInputError(f"block Lanczos ran out of products before k={k} Ritz pairs")
+    n = proc.order
+    y = torch.as_tensor(s.copy(), dtype=op.dtype, device=op.device)
+    vectors = proc.basis[:n].T @ y
+    vectors = vectors / vectors.norm(dim=0, keepdim=True)
+    return EigenResult(eigenvalues=torch.from_numpy(theta[:k].copy()), eigenvectors=vectors,
+                       residuals=torch.from_numpy(res.copy()),
+                       converged=torch.from_numpy(np.asarray(converged).copy()),
+                       n_matvec=proc.n_matvec, iterations=proc.n_blocks)
+
+
+def _start_block(op, v0) -> torch.Tensor:
+    """The warm-start columns as (size, c) on the operator's device and dtype, or (size, 0)."""
+    if v0 is None:
+        return torch.empty(op.size, 0, dtype=op.dtype, device=op.device)
+    v = torch.as_tensor(v0).detach().to(device=op.device, dtype=op.dtype)
+    v = v.reshape(-1, 1) if v.ndim == 1 else v
+    if v.ndim != 2 or v.shape[0] != op.size:
+        raise LinalgInputError(f"v0 has shape {tuple(v.shape)}, the operator has size {op.size}")
+    if not bool(torch.isfinite(v).all()) or not bool((v.norm(dim=0) > 0).all()):
+        raise LinalgInputError("v0 must hold finite, non-zero vectors")
+    return v / v.norm(dim=0)

@@ -199,11 +199,12 @@ def main():
     mems = [r for k, r in shares.items() if k.startswith("mem")]
     (b0, p0), (b1, p1) = [(m["extra_bytes"] - m["basis_bytes"], m["params"]) for m in mems]
     per_param = (b1 - b0) / (p1 - p0)
-    fixed = b0 - per_param * p0
+    fixed = max(b0 - per_param * p0, 0.0)  # the fit's intercept: noise around 0 at these sizes
     for_iters = lambda it: it * 4 + per_param  # noqa: E731
     text += [f"**Memory per process**: Lanczos with m iterations holds the m·P·4 B basis on "
              f"every process (the Krylov vectors are replicated); the rest measured "
-             f"≈ {per_param:.0f} B per parameter above a fixed {fixed / 2**20:.0f} MiB "
+             f"≈ {per_param:.0f} B per parameter above a fixed {fixed / 2**20:.0f} MiB (the fit's "
+             "intercept, clipped at 0) "
              f"(MLPs of {p0:,} and {p1:,} parameters, 1000 examples split over 2 processes).",
              f"- With the default max_iter 100: ≈ {for_iters(100):.0f} B per parameter per process, "
              f"so about {(24 * GIB - fixed) / for_iters(100) / 1e6:.0f}M parameters fit in 24 GiB "

@@ -71,16 +71,9 @@ class Optimizer(Choice):
     rmsprop = "rmsprop"
 
 
-class Phase(Choice):
-    """The update rule used at a step (metrics.csv's `phase`)."""
-
-    gd = "gd"
-    sgd = "sgd"
-    sam = "sam"
-    eigen_sam = "eigen-sam"
-    adam = "adam"
-    adamw = "adamw"
-    rmsprop = "rmsprop"
+# The update rule used at a step (metrics.csv's `phase`): an optimizer's own, so the same
+# list; a sharpness-aware run's steps before --sam-start are its base's, gd or sgd.
+Phase = Optimizer
 
 
 # The sharpness-aware optimizers and phases: their edge is the SAM edge (SPEC §4).

@@ -274,11 +274,6 @@ class TrainConfig:
         """Whether the optimizer is Adam, AdamW or RMSProp (a diagonal preconditioner P)."""
         return self.optimizer.value in ADAPTIVE_PHASES
 
-    @property
-    def base_phase(self) -> Phase:
-        """The update outside SAM phases: gd when full batch, sgd with a batch size."""
-        return Phase.gd if self.batch_size is None else Phase.sgd
-
 
 # Keys written into config.json beside the settings, for the record; not settings themselves.
 RECORD_ONLY_KEYS = {"versions", "resolved_device", "created", "total_steps", "steps_per_epoch",

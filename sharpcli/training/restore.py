@@ -33,10 +33,6 @@ class Resumed:
     eigen: EigenState = EigenState()
     preconditioned_vector: torch.Tensor | None = None
 
-    @property
-    def continued(self) -> bool:
-        return self.step > 0 or self.elapsed > 0
-
 
 def restore(run: RunSetup) -> Resumed | None:
     """With --resume and a checkpoint: load model, optimizer and RNG state from the newest

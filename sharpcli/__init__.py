@@ -6,7 +6,7 @@ __all__ = ["Tracker", "load_checkpoint", "spectrum", "__version__"]
 
 # Lazy: importing torch takes seconds, and `sharp --help` or `sharp summarize` need none.
 _EXPORTS = {"load_checkpoint": "sharpcli.workload.rebuild", "Tracker": "sharpcli.training.tracker",
-            "spectrum": "sharpcli.spectra.compute"}
+            "spectrum": "sharpcli.spectra.api"}
 
 
 def __getattr__(name: str):

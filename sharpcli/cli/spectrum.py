@@ -150,7 +150,21 @@ def spectrum_command(
         "weights_only=True).", OWN, show_default=False)] = None,
     data: Annotated[Optional[str], _opt(
         "The examples: a .pt (read with weights_only=True) or .npz file holding x and y, "
-        "optionally x_test and y_test.", OWN, show_default=False)] = None,
+        "optionally x_test and y_test; or MODULE:CALLABLE returning a Dataset (batched by "
+        "--batch-size, default 32), a DataLoader or an iterable of (inputs, targets) batches "
+        "— inputs a tensor, tuple or dict, passed as model(x), model(*x), model(**x) — read "
+        "one batch at a time, never all on the device.", OWN, show_default=False)] = None,
+    num_terms: Annotated[Optional[str], _opt(
+        "MODULE:CALLABLE batch → the number of loss terms in it (default: its examples). The "
+        "Hessian is of the mean over all terms: a per-token loss that ignores padding counts "
+        "its unpadded targets.", OWN, show_default=False)] = None,
+    batch_loss: Annotated[Optional[str], _opt(
+        "MODULE:CALLABLE (model, batch) → the batch's mean loss, in place of --loss, for "
+        "models that compute their own.", OWN, show_default=False)] = None,
+    check_deterministic: Annotated[bool, _opt(
+        "Refuse a --data MODULE:CALLABLE source whose batches differ between two passes "
+        "(shuffling, random augmentation); --no-check-deterministic measures anyway.",
+        OWN)] = True,
     dataset: Annotated[Optional[Dataset], _opt(
         "Or a built-in data set, standardised as sharp train does.", OWN,
         show_default=False)] = None,
@@ -162,7 +176,9 @@ def spectrum_command(
         "With --dataset: the first N test examples.", OWN, show_default=False)] = None,
     loss: Annotated[str, _opt(
         "mse (0.5‖f − onehot(y)‖², or 0.5‖f − y‖² for float targets, averaged over examples), "
-        "ce, or MODULE:CALLABLE (outputs, targets) → the mean loss as a scalar.", OWN)] = "mse",
+        "ce, model (the loss the model returns, e.g. a Hugging Face model called with a dict "
+        "batch holding labels), or MODULE:CALLABLE (outputs, targets) → the mean loss as a "
+        "scalar.", OWN)] = "mse",
 ) -> None:
     from sharpcli.distributed import process_group
     from sharpcli.spectra.config import ModelSource
@@ -177,7 +193,7 @@ def spectrum_command(
         hessian_mode=hessian_mode, preconditioned=preconditioned, device=device, seed=seed,
         compile=compile)
     source = ModelSource(model_factory, model_kwargs, weights, data, dataset, data_dir,
-                         train_size, test_size, loss)
+                         train_size, test_size, loss, batch_loss, num_terms, check_deterministic)
     if not targets and weights is None:
         raise SharpError("give checkpoint files or run folders (or --weights with --model-factory)")
     with process_group(device, dist_timeout) as dist:

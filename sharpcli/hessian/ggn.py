@@ -12,7 +12,10 @@ probes, whose variance 2‖R‖²_F is about a thousand times smaller than Hutch
 
 Both pieces need each example's output to depend on that example alone: true in eval mode,
 and in train mode for networks without BatchNorm (measurement_mode keeps Dropout off).
-`gauss_newton_separable` says whether that holds.
+`gauss_newton_separable` says whether that holds. They also need the per-example pieces
+themselves: batches of (tensor inputs, targets) called as model(x), a loss of the outputs
+averaged over examples; `gauss_newton_unavailable` says why not, where it does not apply
+(a closure loss, dict inputs, token counts), and the trace then falls back to Hutchinson.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from torch.func import functional_call, jacrev, jvp, vmap
 
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.interrupt import check_stop
+from sharpcli.hessian.calls import Call
 from sharpcli.hessian.losses import LossFn
-from sharpcli.hessian.objective import chunk_slices
+from sharpcli.hessian.objective import objective_of
 from sharpcli.hessian.params import measurement_mode, trainable_params, unflatten
+from sharpcli.sources.data import Data, chunk_slices
 
 # Per-example Jacobians are held for one chunk at a time: at most this many numbers.
 _JACOBIAN_BUDGET = 2**25  # 128 MiB in float32
@@ -40,6 +45,18 @@ def gauss_newton_separable(model: nn.Module, mode: str) -> bool:
     if mode == "eval":
         return True
     return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def gauss_newton_unavailable(call: Call, data: Data) -> str | None:
+    """Why the exact Gauss–Newton trace cannot be taken of this objective, or None: it needs
+    model(x) on tensor inputs, a loss of the outputs, and terms that are examples."""
+    if not call.plain:
+        return "the loss is not loss_fn(model(x), y) (a batch_loss, forward or output_fn is given)"
+    if data.num_terms is not None:
+        return "num_terms counts other loss terms than examples"
+    if data.in_memory and not isinstance(data.source.inputs, torch.Tensor):
+        return "the inputs are not one tensor"
+    return None
 
 
 def output_hessians(loss_fn: LossFn, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -58,31 +75,40 @@ def output_hessians(loss_fn: LossFn, outputs: torch.Tensor, labels: torch.Tensor
 
 
 class GaussNewtonPart:
-    """G for the same mean loss, examples, parameter block and measurement mode as a
+    """G for the same mean loss, data, parameter block and measurement mode as a
     HessianOperator built with the same arguments. `should_stop`, when given, is polled
-    before each chunk of the trace: Ctrl-C ends a long Jacobian pass (Interrupted)."""
+    before each batch of the trace: Ctrl-C ends a long Jacobian pass (Interrupted)."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
+    def __init__(self, model: nn.Module, loss_fn, x, y=None, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
                  mode: str = "eval", should_stop: Callable[[], bool] | None = None,
                  dist: Dist = SINGLE):
         if not gauss_newton_separable(model, mode):
             raise ValueError("the Gauss–Newton trace needs per-example outputs: BatchNorm in "
                              "train mode couples the examples of a batch")
-        # each process sums over its shard; every example weighs 1/total, then one all-reduce
-        self.total, self.dist = len(x), dist
-        x, y = x[dist.shard(len(x))], y[dist.shard(len(y))]
-        self.model, self.loss_fn, self.x, self.y, self.mode = model, loss_fn, x, y, mode
+        # each process sums over its share; every example weighs 1/total, then one all-reduce
+        self.call, self.data = objective_of(model, loss_fn, x, y, chunk_size=chunk_size, dist=dist)
+        why = gauss_newton_unavailable(self.call, self.data)
+        if why is not None:
+            raise ValueError(f"the Gauss–Newton trace needs per-example outputs: {why}")
+        self.loss_fn: LossFn = self.call.loss_fn
+        self.dist, self.model, self.mode = self.data.dist, model, mode
         self.params = list(params) if params is not None else trainable_params(model)
         ids = {id(p): name for name, p in model.named_parameters()}
         self.names = [ids[id(p)] for p in self.params]
         self.size = sum(p.numel() for p in self.params)
-        self.chunk_size = chunk_size
-        self._lambdas: dict[int, torch.Tensor] = {}  # chunk start → Λ of its examples
+        self._lambdas: dict[int, torch.Tensor] = {}  # batch index → Λ of its examples
         self.should_stop = should_stop
 
-    def _poll(self) -> None:
-        check_stop(self.should_stop)
+    def _batches(self):
+        """(x, y) of each of this process's batches, polling for a stop before each."""
+        for _, batch in self.data:
+            check_stop(self.should_stop)
+            inputs, targets = Call.split(batch)
+            if not isinstance(inputs, torch.Tensor):
+                raise ValueError("the Gauss–Newton trace needs tensor inputs, got "
+                                 f"{type(inputs).__name__}")
+            yield inputs, targets
 
     def _primals(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in zip(self.names, self.params)}
@@ -93,55 +119,43 @@ class GaussNewtonPart:
         Each example's Jacobian Gram Jₙ Jₙᵀ (C × C) comes, when every parameter of the block
         belongs to an nn.Linear fed one row per example (MLPs), from the layers' inputs aₙ
         and the backpropagated output signals bₙ: the weight's per-example gradient is
-        bₙaₙᵀ, so ⟨∂f_c/∂W, ∂f_d/∂W⟩ = (b_c·b_d)‖aₙ‖² — C backward passes per chunk and
+        bₙaₙᵀ, so ⟨∂f_c/∂W, ∂f_d/∂W⟩ = (b_c·b_d)‖aₙ‖² — C backward passes per batch and
         never a P-sized tensor per example (Goodfellow 2015, "Efficient per-example gradient
         computations"). Otherwise the Jacobians are formed with torch.func (vmap of jacrev,
         a chunk of examples at a time), which costs memory traffic of N·C·P numbers.
         """
         total = 0.0
-        with measurement_mode(self.model, self.mode):
-            grams = self._linear_grams()
-            for sl, outputs, gram in grams if grams is not None else self._jacobian_grams():
-                lam = output_hessians(self.loss_fn, outputs, self.y[sl])
-                total += float((lam * gram).sum().double())
-        return self.dist.sum(total / self.total)
-
-    def _linear_grams(self) -> list | None:
-        """[(slice, outputs, Jₙ Jₙᵀ)] per chunk by the nn.Linear shortcut, or None where
-        it does not apply."""
         layers = self._linear_layers()
-        if layers is None:
-            return None
-        grams = []
-        for sl in chunk_slices(len(self.x), self.chunk_size):
-            self._poll()
-            found = self._linear_gram(self.x[sl], layers)
-            if found is None:
-                return None
-            grams.append((sl, *found))
-        return grams
+        with measurement_mode(self.model, self.mode):
+            for xs, ys in self._batches():
+                found = self._linear_gram(xs, layers) if layers is not None else None
+                pieces = [(slice(None), *found)] if found is not None else self._jacobian_grams(xs)
+                for sl, outputs, gram in pieces:
+                    lam = output_hessians(self.loss_fn, outputs, ys[sl])
+                    total += float((lam * gram).sum().double())
+        return self.dist.sum(total / self.data.total)
 
-    def _jacobian_rows(self) -> int:
+    def _jacobian_rows(self, xs: torch.Tensor) -> int:
         with torch.no_grad():
-            n_out = self.model(self.x[:1]).shape[-1]
-        return max(1, min(self.chunk_size, _JACOBIAN_BUDGET // max(1, n_out * self.size)))
+            n_out = self.model(xs[:1]).shape[-1]
+        return max(1, min(len(xs), _JACOBIAN_BUDGET // max(1, n_out * self.size)))
 
-    def _jacobian_grams(self):
-        """(slice, outputs, Jₙ Jₙᵀ) per chunk from per-example Jacobians (the general path)."""
+    def _jacobian_grams(self, xs: torch.Tensor):
+        """(slice, outputs, Jₙ Jₙᵀ) per chunk of the batch from per-example Jacobians (the
+        general path)."""
         primals = self._primals()
 
         def one_output(weights, xi):
             return functional_call(self.model, weights, (xi.unsqueeze(0),)).squeeze(0)
 
         per_example_jacobian = vmap(jacrev(one_output), in_dims=(None, 0))
-        for sl in chunk_slices(len(self.x), self._jacobian_rows()):
-            self._poll()
-            xs = self.x[sl]
-            jac = per_example_jacobian(primals, xs)
+        for sl in chunk_slices(len(xs), self._jacobian_rows(xs)):
+            check_stop(self.should_stop)
+            jac = per_example_jacobian(primals, xs[sl])
             gram = sum(torch.einsum("nck,ndk->ncd", j.flatten(2), j.flatten(2))
                        for j in (jac[n] for n in self.names))
             with torch.no_grad():
-                outputs = self.model(xs)
+                outputs = self.model(xs[sl])
             yield sl, outputs, gram.detach()  # weights outside the block still require grad
 
     def _linear_layers(self) -> list[tuple[nn.Linear, bool, bool]] | None:
@@ -202,22 +216,21 @@ class GaussNewtonPart:
         return outputs.detach(), gram
 
     def quadratic_form(self, v: torch.Tensor) -> float:
-        """vᵀGv = (1/N) Σₙ (Jₙv)ᵀ Λₙ (Jₙv): one forward-mode pass (a JVP) per chunk."""
+        """vᵀGv = (1/N) Σₙ (Jₙv)ᵀ Λₙ (Jₙv): one forward-mode pass (a JVP) per batch."""
         tangents = dict(zip(self.names, unflatten(v.to(self.params[0].dtype), self.params)))
         primals = self._primals()
-        total = torch.zeros((), dtype=torch.float64, device=self.x.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
         with measurement_mode(self.model, self.mode), warnings.catch_warnings():
             # torch.func's first forward-mode call scripts a helper and warns about it
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")
-            for sl in chunk_slices(len(self.x), self.chunk_size):
-                xs, ys = self.x[sl], self.y[sl]
+            for i, (xs, ys) in enumerate(self._batches()):
                 outputs, jv = jvp(lambda w: functional_call(self.model, w, (xs,)),
                                   (primals,), (tangents,))
-                lam = self._lambdas.get(sl.start)
-                if lam is None:  # the weights are fixed, so each chunk's Λ is computed once
+                lam = self._lambdas.get(i)
+                if lam is None:  # the weights are fixed, so each batch's Λ is computed once
                     lam = output_hessians(self.loss_fn, outputs, ys)
-                    if lam.numel() * (len(self.x) // len(xs)) <= _JACOBIAN_BUDGET:
-                        self._lambdas[sl.start] = lam
+                    if lam.numel() * self.data.n_batches <= _JACOBIAN_BUDGET:
+                        self._lambdas[i] = lam
                 jv = jv.detach()  # weights outside the block still require grad
                 total += torch.einsum("nc,ncd,nd->", jv, lam, jv).double()
-        return self.dist.sum(float(total / self.total))
+        return self.dist.sum(float(total / self.data.total))

@@ -1,10 +1,13 @@
-"""The mean loss over a fixed set of examples, computed in chunks (and, under torchrun, in
-shards: sharpcli.distributed).
+"""The mean loss over a data set's loss terms and its gradient, batch by batch (and, under
+torchrun, in shards: sharpcli.distributed), through the one data layer (sharpcli.sources).
 
-Every example carries weight 1/N whatever the chunk sizes: a chunk of n examples enters
-with weight n/N (averaging per-chunk means would over-weight a short last chunk). A process
-holding a shard of the examples passes `total=N`, the size of the whole set, so that what it
-computes is its share of the mean, and one sum over processes gives the mean itself.
+Every loss term carries weight 1/T whatever the batches: a batch of n terms enters with
+weight n/T (averaging per-batch means would over-weight a short last batch). A process
+holding a shard of the data computes its share of the mean, and one sum over processes
+gives the mean itself.
+
+`objective_of` turns what a caller holds — tensors x, y or any source, and a loss or a Call
+— into the (Call, Data) pair every measurement iterates.
 """
 
 from __future__ import annotations
@@ -16,36 +19,45 @@ import torch
 from torch import nn
 
 from sharpcli.distributed import SINGLE, Dist
-from sharpcli.hessian.losses import LossFn, accuracy
+from sharpcli.hessian.calls import Call
+from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.params import (flatten, measurement_mode, running_stats_frozen,
                                      trainable_params)
+from sharpcli.sources.data import Data, as_data, chunk_slices
+
+__all__ = ["accumulate_gradient", "chunk_slices", "evaluate", "full_batch_gradient",
+           "gradient_norm", "gradient_vector", "objective_of"]
 
 
-def chunk_slices(n: int, chunk_size: int) -> list[slice]:
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    return [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
+def objective_of(model: nn.Module, loss_fn, x, y=None, *, chunk_size: int = 4096,
+                 dist: Dist = SINGLE) -> tuple[Call, Data]:
+    """The Call and the Data of a measurement: `x, y` in-memory examples (chunked by
+    `chunk_size`, sharded by `dist`), or `x` any source (a Data as it is). Batches go to the
+    model's device."""
+    device = next(iter(model.parameters())).device
+    if isinstance(x, Data) and dist is not SINGLE and dist != x.dist:
+        raise ValueError("dist differs from the Data's own: give it to the Data")
+    return Call.of(loss_fn), as_data(x, y, chunk_size=chunk_size, dist=dist, device=device)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-             chunk_size: int = 4096, dist: Dist = SINGLE) -> tuple[float, float]:
-    """(mean loss, accuracy) over all of (x, y) in eval mode, each process evaluating its
-    shard; the model's mode is restored. The accuracy is None for float labels."""
-    n = len(x)
-    sl = dist.shard(n)
-    x, y = x[sl], y[sl]
-    sums = torch.zeros(2, device=x.device, dtype=torch.float64)
+def evaluate(model: nn.Module, loss_fn, x, y=None, chunk_size: int = 4096,
+             dist: Dist = SINGLE) -> tuple[float, float | None]:
+    """(mean loss, accuracy) over all of the data in eval mode, each process evaluating its
+    share; the model's mode is restored. The accuracy is None where there is none (float
+    targets, a batch_loss closure); padding targets (-100) do not count."""
+    call, data = objective_of(model, loss_fn, x, y, chunk_size=chunk_size, dist=dist)
+    sums = torch.zeros(2, device=data.device, dtype=torch.float64)
+    has_accuracy = False
     with measurement_mode(model, "eval"):
-        for c in chunk_slices(len(x), chunk_size):
-            out = model(x[c])
-            w = (c.stop - c.start) / n
-            sums[0] += w * loss_fn(out, y[c]).double()
-            acc = accuracy(out, y[c])
+        for w, batch in data:
+            loss, acc = call.loss_and_accuracy(model, batch)
+            sums[0] += w * loss.double()
             if acc is not None:
                 sums[1] += w * acc.double()
-    loss, acc = dist.sum_(sums).tolist()
-    return loss, (None if y.is_floating_point() else acc)
+                has_accuracy = True
+    loss, acc = data.dist.sum_(sums).tolist()
+    return loss, (acc if data.dist.any(has_accuracy) else None)
 
 
 def accumulate_gradient(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
@@ -96,24 +108,20 @@ def gradient_vector(params: Sequence[torch.Tensor]) -> torch.Tensor:
     return flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
 
 
-def full_batch_gradient(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-                        chunk_size: int = 4096, mode: str = "eval",
-                        dist: Dist = SINGLE) -> tuple[float, torch.Tensor]:
-    """(mean loss, flat gradient) over all of (x, y) at the current weights in a measurement
-    mode, each process taking its shard; leaves .grad and the model's mode and buffers as
-    they were."""
+def full_batch_gradient(model: nn.Module, loss_fn, x, y=None, chunk_size: int = 4096,
+                        mode: str = "eval", dist: Dist = SINGLE) -> tuple[float, torch.Tensor]:
+    """(mean loss, flat gradient) over all of the data at the current weights in a
+    measurement mode, each process taking its share; leaves .grad and the model's mode and
+    buffers as they were."""
+    call, data = objective_of(model, loss_fn, x, y, chunk_size=chunk_size, dist=dist)
     params = trainable_params(model)
-    n = len(x)
-    sl = dist.shard(n)
-    x, y = x[sl], y[sl]
     grad = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=params[0].dtype)
-    loss = torch.zeros((), device=x.device, dtype=torch.float64)
+    loss = torch.zeros((), device=params[0].device, dtype=torch.float64)
     with measurement_mode(model, mode):
-        for c in chunk_slices(len(x), chunk_size):
-            w = (c.stop - c.start) / n
-            chunk_loss = loss_fn(model(x[c]), y[c])
-            grads = torch.autograd.grad(w * chunk_loss, params, allow_unused=True)
+        for w, batch in data:
+            batch_loss = call.loss(model, batch)
+            grads = torch.autograd.grad(w * batch_loss, params, allow_unused=True)
             grad += flatten([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
-            loss += w * chunk_loss.detach().double()
-    dist.sum_(grad)
-    return dist.sum(float(loss)), grad
+            loss += w * batch_loss.detach().double()
+    data.dist.sum_(grad)
+    return data.dist.sum(float(loss)), grad

@@ -1,7 +1,8 @@
 """The Hessian of the mean training loss as a linear operator on flat parameter vectors.
 
-H = ∇²L(w) with L = (1/N) Σᵢ ℓ(f(xᵢ; w), yᵢ). The product Hv is a double backward pass
-(Pearlmutter 1994), chunk by chunk, each chunk weighted by its share n/N of the examples.
+H = ∇²L(w) with L = (1/T) Σ over the data's T loss terms (examples, or tokens). The product
+Hv is a double backward pass (Pearlmutter 1994), batch by batch through the data layer
+(sharpcli.sources), each batch weighted by its share n_b/T of the terms.
 With `params` a subset of the weights, the operator is that diagonal block of H: the same
 eigensolvers then give per-layer spectra.
 
@@ -30,50 +31,50 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from sharpcli.distributed import SINGLE, Dist
-from sharpcli.hessian.losses import LossFn
-from sharpcli.hessian.objective import chunk_slices
+from sharpcli.hessian.objective import objective_of
 from sharpcli.hessian.params import full_precision, measurement_mode, trainable_params, unflatten
 
 
 class HessianOperator:
-    """Hessian-vector products of the mean loss over (x, y).
+    """Hessian-vector products of the mean loss over the data: in-memory examples `x, y`,
+    or `x` any source of batches (sharpcli.sources) with `y` left out.
 
-    A snapshot at the current weights: rebuild it after the weights change. When all
-    examples fit in one chunk the gradient graph is built once and each product is then a
+    A snapshot at the current weights: rebuild it after the weights change. When this
+    process's data is one batch the gradient graph is built once and each product is then a
     single backward pass through it (half the work of recomputing the forward).
     The model's train/eval mode and buffers are left exactly as found, and every product
     is taken in fp32 with TF32 off (`full_precision`), whatever the training passes use.
-    `hvp` picks how a product is computed (HVP_MODES; see the module docstring).
-    Under torchrun (`dist`) each process takes its shard of (x, y) and computes its share
-    of Hv (its examples' terms over the whole N); one all-reduce sums the shares (one for a
-    whole block in `matmat`). `vectorize` (None: on accelerators only) and `max_block` set how
-    `matmat` computes a block (module docstring). `compile` runs the forward-over-reverse
-    product through torch.compile (double backward cannot be compiled: aot_autograd has no
-    double backward); it pays a compilation of tens of seconds on first use.
+    `loss_fn` is a loss (outputs, targets) → mean, a name, or a sharpcli.hessian.calls.Call
+    (closures, forward conventions). `hvp` picks how a product is computed (HVP_MODES; see
+    the module docstring). Under torchrun (`dist`) each process takes its share of the data
+    and computes its share of Hv (its terms over the whole T); one all-reduce sums the
+    shares (one for a whole block in `matmat`). `vectorize` (None: on accelerators only) and
+    `max_block` set how `matmat` computes a block (module docstring). `compile` runs the
+    forward-over-reverse product through torch.compile (double backward cannot be compiled:
+    aot_autograd has no double backward); it pays a compilation of tens of seconds on first use.
     """
 
     HVP_MODES = ("double-backward", "forward-over-reverse")
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
+    def __init__(self, model: nn.Module, loss_fn, x, y=None, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
                  mode: str = "eval", cache_graph: bool = True, hvp: str = "double-backward",
                  dist: Dist = SINGLE, vectorize: bool | None = None, max_block: int = 16,
                  compile: bool = False):
-        if len(x) == 0:
-            raise ValueError("the Hessian needs at least one example")
-        self.total = len(x)  # every example weighs 1/total, in whichever process it is
-        self.dist = dist
-        x, y = x[dist.shard(len(x))], y[dist.shard(len(y))]
         if hvp not in self.HVP_MODES:
             raise ValueError(f"hvp must be one of {self.HVP_MODES}, got {hvp!r}")
+        if isinstance(x, torch.Tensor) and len(x) == 0:
+            raise ValueError("the Hessian needs at least one example")
+        self.call, self.data = objective_of(model, loss_fn, x, y, chunk_size=chunk_size, dist=dist)
+        self.dist = self.data.dist
+        self.total = self.data.total  # every term weighs 1/total, in whichever process it is
         self.hvp = hvp
-        self.model, self.loss_fn, self.x, self.y = model, loss_fn, x, y
+        self.model = model
         self.params = list(params) if params is not None else trainable_params(model)
         self.size = sum(p.numel() for p in self.params)
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         self.mode = mode
-        self.slices = chunk_slices(len(x), chunk_size)
         self.n_matvec = 0  # products, a block of b counting b
         self.vectorize = self.device.type != "cpu" if vectorize is None else vectorize
         if max_block < 1:
@@ -87,17 +88,17 @@ class HessianOperator:
         if hvp == "forward-over-reverse":
             ids = {id(p): name for name, p in model.named_parameters()}
             self._names = [ids[id(p)] for p in self.params]
-            batched = vmap(self._product, in_dims=(None, None, None, None, 0))
+            batched = vmap(self._product, in_dims=(None, None, None, 0))
             self._products = {False: self._product, True: batched}
             if compile:
                 self._products = {k: torch.compile(f) for k, f in self._products.items()}
-        elif cache_graph and len(self.slices) == 1:
+        elif cache_graph and self.data.n_batches == 1:
             with measurement_mode(model, mode):
-                self._cached_grads = self._chunk_gradient(self.slices[0])
+                for weight, batch in self.data:
+                    self._cached_grads = self._batch_gradient(weight, batch)
 
-    def _chunk_gradient(self, sl: slice) -> list[torch.Tensor]:
-        w = (sl.stop - sl.start) / self.total
-        loss = w * self.loss_fn(self.model(self.x[sl]), self.y[sl])
+    def _batch_gradient(self, weight: float, batch) -> list[torch.Tensor]:
+        loss = weight * self.call.loss(self.model, batch)
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         # A parameter the loss does not touch has a zero gradient; keep it differentiable.
         return [g if g is not None else torch.zeros_like(p, requires_grad=True)
@@ -113,23 +114,22 @@ class HessianOperator:
         return torch.cat([(h if h is not None else p.new_zeros(lead + p.shape)).reshape(*lead, -1)
                           for h, p in zip(hv, self.params)], dim=-1)
 
-    def _chunk_jvp(self, sl: slice, vs: list[torch.Tensor], batched: bool = False) -> torch.Tensor:
-        """Forward-over-reverse: d/dt ∇L_chunk(w + t v) at t = 0, by torch.func (vmapped
+    def _batch_jvp(self, weight: float, batch, vs: list[torch.Tensor],
+                   batched: bool = False) -> torch.Tensor:
+        """Forward-over-reverse: d/dt ∇L_batch(w + t v) at t = 0, by torch.func (vmapped
         over the rows of vs with `batched`)."""
         primals = {n: p.detach() for n, p in zip(self._names, self.params)}
         tangents = dict(zip(self._names, vs))
-        product = self._products[batched]
-        return product(self.x[sl], self.y[sl], (sl.stop - sl.start) / self.total, primals, tangents)
+        return self._products[batched](batch, weight, primals, tangents)
 
-    def _product(self, xs: torch.Tensor, ys: torch.Tensor, weight: float, primals: dict,
-                 tangents: dict) -> torch.Tensor:
-        """The chunk's share of Hv, a function of its inputs only (so that torch.compile
-        traces it once per chunk shape)."""
-        def chunk_loss(weights: dict) -> torch.Tensor:
+    def _product(self, batch, weight: float, primals: dict, tangents: dict) -> torch.Tensor:
+        """The batch's share of Hv, a function of its inputs only (so that torch.compile
+        traces it once per batch shape)."""
+        def batch_loss(weights: dict) -> torch.Tensor:
             # Only self.params are replaced; other parameters and buffers are the module's own.
-            return weight * self.loss_fn(functional_call(self.model, weights, (xs,)), ys)
+            return weight * self.call.functional_loss(self.model, weights, batch)
 
-        _, hv = jvp(grad(chunk_loss), (primals,), (tangents,))
+        _, hv = jvp(grad(batch_loss), (primals,), (tangents,))
         return torch.cat([hv[n].reshape(-1) for n in self._names])
 
     def _local(self, vs: list[torch.Tensor], batched: bool) -> torch.Tensor:
@@ -140,11 +140,12 @@ class HessianOperator:
         lead = (len(vs[0]),) if batched else ()
         out = torch.zeros(lead + (self.size,), dtype=self.dtype, device=self.device)
         with measurement_mode(self.model, self.mode):
-            for sl in self.slices:
+            for weight, batch in self.data:
                 if self.hvp == "forward-over-reverse":
-                    out += self._chunk_jvp(sl, vs, batched)
+                    out += self._batch_jvp(weight, batch, vs, batched)
                 else:
-                    out += self._grad_dot(self._chunk_gradient(sl), vs, retain=False, batched=batched)
+                    out += self._grad_dot(self._batch_gradient(weight, batch), vs, retain=False,
+                                          batched=batched)
         return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:

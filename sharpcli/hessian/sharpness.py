@@ -33,7 +33,7 @@ class Sharpness:
         return self.top_vectors[:, 0]
 
 
-def measure_sharpness(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
+def measure_sharpness(model: nn.Module, loss_fn, x, y=None, *,
                       k: int = 1, tol: float = 1e-3, max_iter: int = 100,
                       v0: torch.Tensor | None = None, seed: int = 0, chunk_size: int = 4096,
                       mode: str = "eval", dist: Dist = SINGLE,

@@ -14,19 +14,16 @@ import time
 from typing import Iterator
 
 import torch
-from torch import nn
 
 from sharpcli.config import Backend, Method, TraceMethod
 from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
-from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable
-from sharpcli.hessian.losses import LOSSES
+from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable, gauss_newton_unavailable
 from sharpcli.hessian.params import full_precision, num_params, trainable_params
 from sharpcli.linalg import (block_lanczos, control_variate_trace, hutchinson_trace, lanczos,
                             lanczos_top_k, power_iteration, slq_density)
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve, Stoppable, parameter_blocks
-from sharpcli.workload.custom import check_problem
 
 
 def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
@@ -51,11 +48,16 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
 
         yield from pyhessian_solves(problem, cfg)
         return
-    if cfg.trace and trace_method(problem.model, cfg) is TraceMethod.gauss_newton \
-            and not gauss_newton_separable(problem.model, cfg.hessian_mode):
-        raise SharpError("--trace-method gauss-newton needs each example's output to depend on "
-                         "that example alone, and BatchNorm in --hessian-mode train normalises by "
-                         "the batch; use --hessian-mode eval or --trace-method hutchinson")
+    if cfg.trace and trace_method(problem, cfg) is TraceMethod.gauss_newton:
+        if not gauss_newton_separable(problem.model, cfg.hessian_mode):
+            raise SharpError("--trace-method gauss-newton needs each example's output to depend "
+                             "on that example alone, and BatchNorm in --hessian-mode train "
+                             "normalises by the batch; use --hessian-mode eval or --trace-method "
+                             "hutchinson")
+        why = gauss_newton_unavailable(problem.call, problem.data)
+        if why is not None:
+            raise SharpError(f"--trace-method gauss-newton needs per-example outputs, but {why}; "
+                             "use --trace-method hutchinson")
     for block, params in parameter_blocks(problem.model, cfg.per_layer).items():
         def eigenvalues(op, block=block):
             result = _eigenvalues(op, cfg, None if warm is None else _warm_start(warm.get(block), op))
@@ -65,8 +67,10 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
 
         yield _timed(block, "eigenvalue", eigenvalues, problem, cfg, params)
         if cfg.trace:
-            yield _timed(block, "trace", lambda op: _trace(op, problem, cfg, params),
-                         problem, cfg, params)
+            solve = _timed(block, "trace", lambda op: _trace(op, problem, cfg, params),
+                           problem, cfg, params)
+            solve.note = trace_note(problem, cfg)
+            yield solve
         if cfg.density and block == "all":
             yield _timed(block, "density", lambda op: _density(op, cfg), problem, cfg, params)
 
@@ -77,9 +81,8 @@ def _timed(block: str, quantity: str, solve, problem: Problem, cfg: SpectrumConf
     operator (the gradient graph is part of the cost)."""
     start = time.perf_counter()
     with full_precision():  # the solver's own arithmetic too: fp32, TF32 off
-        hessian = HessianOperator(problem.model, problem.loss_fn, problem.x, problem.y,
-                                  chunk_size=problem.chunk_size, params=params,
-                                  mode=cfg.hessian_mode, dist=problem.dist,
+        hessian = HessianOperator(problem.model, problem.call, problem.data, params=params,
+                                  mode=cfg.hessian_mode,
                                   hvp="forward-over-reverse" if cfg.compile else "double-backward",
                                   compile=cfg.compile)
         op = Stoppable(problem.scaled(hessian, params), problem.should_stop, problem.dist)
@@ -113,23 +116,32 @@ def _warm_start(vectors: torch.Tensor | None, op) -> torch.Tensor | None:
     return vectors if float(vectors.sum(dim=1).norm()) > 0 else None
 
 
-def trace_method(model: nn.Module, cfg: SpectrumConfig) -> TraceMethod:
+def trace_method(problem: Problem, cfg: SpectrumConfig) -> TraceMethod:
     """--trace-method with `auto` resolved: the Gauss–Newton control variate wherever it
-    applies (each example's output its own, and the operator H itself), Hutchinson where it
-    does not."""
+    applies (each example's output its own and available, and the operator H itself),
+    Hutchinson where it does not."""
     if cfg.trace_method is not TraceMethod.auto:
         return cfg.trace_method
-    return (TraceMethod.gauss_newton if gauss_newton_separable(model, cfg.hessian_mode)
-            and not cfg.preconditioned else TraceMethod.hutchinson)
+    applies = (gauss_newton_separable(problem.model, cfg.hessian_mode) and not cfg.preconditioned
+               and gauss_newton_unavailable(problem.call, problem.data) is None)
+    return TraceMethod.gauss_newton if applies else TraceMethod.hutchinson
+
+
+def trace_note(problem: Problem, cfg: SpectrumConfig) -> str | None:
+    """Why an `auto` trace fell back to Hutchinson where the Gauss–Newton control variate
+    would be the default: the per-example outputs it needs are not available."""
+    if cfg.trace_method is not TraceMethod.auto or cfg.preconditioned:
+        return None
+    why = gauss_newton_unavailable(problem.call, problem.data)
+    return None if why is None else f"trace by Hutchinson (no Gauss–Newton control variate: {why})"
 
 
 def _trace(op, problem: Problem, cfg: SpectrumConfig, params):
-    method = trace_method(problem.model, cfg)
+    method = trace_method(problem, cfg)
     if method is TraceMethod.gauss_newton:
         # tr H = tr G (exact) + E[zᵀHz − zᵀGz]: only the small remainder is left to chance
-        part = GaussNewtonPart(problem.model, problem.loss_fn, problem.x, problem.y,
-                               chunk_size=problem.chunk_size, params=params,
-                               mode=cfg.hessian_mode, dist=problem.dist,
+        part = GaussNewtonPart(problem.model, problem.call, problem.data, params=params,
+                               mode=cfg.hessian_mode,
                                # a stop within the Jacobian pass would leave the other
                                # processes in its sum: they stop at the next product together
                                should_stop=None if problem.dist.enabled else problem.should_stop)
@@ -143,21 +155,3 @@ def _trace(op, problem: Problem, cfg: SpectrumConfig, params):
 def _density(op, cfg: SpectrumConfig):
     return slq_density(op, n_runs=cfg.density_runs, n_iter=cfg.density_iters,
                        grid_size=cfg.density_grid, sigma=cfg.density_sigma, seed=cfg.seed)
-
-
-def spectrum(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, *, top_k: int = 5,
-             trace: bool = False, chunk_size: int = 4096, **settings) -> list[dict]:
-    """`sharp spectrum` on a model in memory, for notebooks: the rows spectrum.csv would hold
-    (checkpoint "" and step None), as dicts. `loss_fn` is a callable (outputs, targets) → the
-    mean loss over the examples, or "mse" / "ce"; `settings` are SpectrumConfig's fields
-    (density, per_layer, method, tol, trace_method, hessian_mode, seed, ...). The Hessian
-    is of the mean loss over all of (x, y), taken on the model's device and left as found."""
-    loss_fn = LOSSES[loss_fn] if isinstance(loss_fn, str) and loss_fn in LOSSES else loss_fn
-    device = next(model.parameters()).device
-    x, y = x.to(device), y.to(device)
-    check_problem(model, loss_fn, x, y, flag="loss_fn")
-    cfg = SpectrumConfig(top_k=top_k, trace=trace, **settings)
-    cfg.validate()
-    problem = Problem(model, loss_fn, x, y, chunk_size=chunk_size)
-    return [row.as_dict() for solve in compute_spectrum(problem, cfg)
-            for row in solve.rows(problem.checkpoint, problem.step)]

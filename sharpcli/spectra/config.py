@@ -147,12 +147,15 @@ class ModelSource:
     model_factory: str | None = None  # MODULE:CALLABLE returning a torch.nn.Module
     model_kwargs: str | None = None   # JSON object of keyword arguments for the factory
     weights: str | None = None        # a state dict or a sharpcli checkpoint
-    data: str | None = None           # .pt or .npz with x, y (and x_test, y_test)
+    data: str | None = None           # .pt or .npz with x, y (and x_test, y_test), or MODULE:CALLABLE
     dataset: Dataset | None = None    # or one of the built-in sets
     data_dir: str = "data"
     train_size: int | None = None     # with --dataset: the first N examples, as sharp train
     test_size: int | None = None
-    loss: str = "mse"                 # mse, ce or MODULE:CALLABLE
+    loss: str = "mse"                 # mse, ce, model or MODULE:CALLABLE
+    batch_loss: str | None = None     # MODULE:CALLABLE (model, batch) → mean loss
+    num_terms: str | None = None      # MODULE:CALLABLE batch → its loss terms
+    check_deterministic: bool = True  # refuse a --data source whose passes differ
 
     def __post_init__(self) -> None:
         coerce_choices(self)
@@ -166,9 +169,13 @@ class ModelSource:
             given = [f for f, v in [("--model-kwargs", self.model_kwargs), ("--weights", self.weights),
                                     ("--data", self.data), ("--dataset", self.dataset),
                                     ("--train-size", self.train_size),
-                                    ("--test-size", self.test_size)] if v is not None]
+                                    ("--test-size", self.test_size),
+                                    ("--batch-loss", self.batch_loss),
+                                    ("--num-terms", self.num_terms)] if v is not None]
             if self.loss != "mse":
                 given.append("--loss")
+            if not self.check_deterministic:
+                given.append("--no-check-deterministic")
             if given:
                 raise SharpError(f"{', '.join(given)} apply with --model-factory; a sharpcli "
                                  "checkpoint's own config names its model, data and loss")

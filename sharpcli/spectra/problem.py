@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from sharpcli.distributed import SINGLE, Dist
+from sharpcli.hessian.calls import Call
+from sharpcli.hessian.objective import objective_of
 from sharpcli.hessian.params import named_param_groups, trainable_params
 from sharpcli.interrupt import check_stop
 from sharpcli.linalg import DensityResult, DiagonalScaled, EigenResult, TraceResult
@@ -23,19 +25,27 @@ from sharpcli.spectra.config import SpectrumRow
 
 @dataclass
 class Problem:
-    """The Hessian to measure: the mean of `loss_fn` over (x, y) at the model's weights."""
+    """The Hessian to measure: the mean loss over the data at the model's weights. `x, y`
+    are in-memory examples, or `x` is any source of batches (a sharpcli.sources.Data, built
+    once so that a stream is counted and checked once) and `y` None; `loss_fn` a loss, a
+    name or a Call."""
 
     model: nn.Module
-    loss_fn: Callable
-    x: torch.Tensor
-    y: torch.Tensor
+    loss_fn: Callable | Call | str
+    x: Any
+    y: torch.Tensor | None = None
     chunk_size: int = 4096
     checkpoint: str = ""
     step: int | None = None
     should_stop: Callable[[], bool] | None = None  # polled before every HVP
-    dist: Dist = SINGLE  # under torchrun: each process takes its shard of (x, y)
+    dist: Dist = SINGLE  # under torchrun: each process takes its share of the data
     # diag(P) over the trainable parameters: measure P^{-1/2} H P^{-1/2} instead of H
     preconditioner: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.call, self.data = objective_of(self.model, self.loss_fn, self.x, self.y,
+                                            chunk_size=self.chunk_size, dist=self.dist)
+        self.dist = self.data.dist
 
     def scaled(self, op, params: list[nn.Parameter]):
         """`op`, the Hessian block of `params`, as P_b^{-1/2} H_b P_b^{-1/2} with P_b the
@@ -88,6 +98,7 @@ class Solve:
     n_hvp: int
     seconds: float
     size: int      # parameters in the block
+    note: str | None = None  # what the caller should be told (a fallback, a cost in accuracy)
 
     def rows(self, checkpoint: str, step: int | None) -> list[SpectrumRow]:
         """Its rows of spectrum.csv: one per eigenvalue, one for a trace or a density (the

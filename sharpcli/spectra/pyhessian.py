@@ -35,7 +35,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from sharpcli.errors import SharpError
-from sharpcli.hessian.objective import chunk_slices
+from sharpcli.hessian.calls import Call
 from sharpcli.interrupt import check_stop
 from sharpcli.linalg import EigenResult, TraceResult
 from sharpcli.spectra.config import SpectrumConfig, check_pyhessian_supported
@@ -73,7 +73,7 @@ class _Recorder:
 def _session(problem: Problem, seed: int):
     """pyhessian's world for one call, and the model exactly as found afterwards."""
     module, utils = _pyhessian()
-    model, device = problem.model, problem.x.device
+    model, device = problem.model, problem.data.device
     if device.type not in ("cpu", "cuda"):
         raise SharpError(f"--backend pyhessian runs on cpu or cuda, not {device.type}")
     params = list(model.parameters())
@@ -109,13 +109,38 @@ def _session(problem: Problem, seed: int):
             p.grad = g
 
 
+class _Loader:
+    """This problem's batches as pyhessian takes them, read afresh on each of its passes:
+    (x, y) tensor pairs for model(x), which it weights by their size."""
+
+    def __init__(self, problem: Problem):
+        why = None
+        if not problem.call.plain:
+            why = "a loss other than loss_fn(model(x), y)"
+        elif problem.data.num_terms is not None:
+            why = "weights by --num-terms (it weights batches by their examples)"
+        if why:
+            raise SharpError(f"--backend pyhessian cannot take {why}; use --backend native")
+        self.data = problem.data
+
+    def __iter__(self):
+        for _, batch in self.data:
+            inputs, targets = Call.split(batch)
+            if not isinstance(inputs, torch.Tensor):
+                raise SharpError(f"--backend pyhessian cannot take inputs of type "
+                                 f"{type(inputs).__name__} (it calls model(x) on a tensor); "
+                                 "use --backend native")
+            yield inputs, targets
+
+
 def _hessian(problem: Problem, module, utils, rec: _Recorder):
     """pyhessian's `hessian` object on our examples, its products wrapped by `rec`: one batch
     when they fit one chunk (its cached-gradient path), else its data-loader path over the
     chunks (each weighted by its size, as ours are)."""
-    cuda = problem.x.device.type == "cuda"
-    n = len(problem.x)
-    if n <= problem.chunk_size:
+    cuda = problem.data.device is not None and problem.data.device.type == "cuda"
+    loader = _Loader(problem)
+    loss_fn = problem.call.loss_fn
+    if problem.data.n_batches == 1:
         original = module.hessian_vector_product
 
         def hvp(grads, params, v):
@@ -125,9 +150,8 @@ def _hessian(problem: Problem, module, utils, rec: _Recorder):
             return hv
 
         module.hessian_vector_product = hvp
-        return module.hessian(problem.model, problem.loss_fn, data=(problem.x, problem.y), cuda=cuda)
-    chunks = [(problem.x[sl], problem.y[sl]) for sl in chunk_slices(n, problem.chunk_size)]
-    h = module.hessian(problem.model, problem.loss_fn, dataloader=chunks, cuda=cuda)
+        return module.hessian(problem.model, loss_fn, data=next(iter(loader)), cuda=cuda)
+    h = module.hessian(problem.model, loss_fn, dataloader=loader, cuda=cuda)
     method = h.dataloader_hv_product
 
     def loader_hvp(v):

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import Dataset as TorchDataset
 
 from sharpcli.config import Split
 from sharpcli.device import resolve_device
@@ -17,11 +19,20 @@ from sharpcli.formats.csvlog import CsvLog
 from sharpcli.formats.schema import (DENSITY_COLUMNS, DENSITY_FILE,
                                      PRECONDITIONED_DENSITY_FILE, PRECONDITIONED_SPECTRUM_FILE,
                                      SPECTRUM_COLUMNS, SPECTRUM_FILE)
+from sharpcli.hessian.check import check_objective
 from sharpcli.hessian.params import num_params, trainable_params
+from sharpcli.sources.data import Data, as_data
 from sharpcli.spectra.compute import compute_spectrum
 from sharpcli.spectra.config import ModelSource, SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve
 from sharpcli.spectra.targets import expand_targets, subjects
+from sharpcli.workload.user_data import UserSource
+
+# what the data layer's and the check's errors call their arguments: the command's flags
+CLI_NAMES = {"data": "--data", "num_terms": "--num-terms", "loss_fn": "--loss",
+             "batch_loss": "--batch-loss", "check_deterministic": "--no-check-deterministic",
+             "chunk_size": "--batch-size", "y": "--data"}
+DEFAULT_STREAM_BATCH = 32  # a Dataset from --data MODULE:CALLABLE, batched without --batch-size
 
 
 @dataclass
@@ -76,10 +87,15 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     names = ((PRECONDITIONED_SPECTRUM_FILE, PRECONDITIONED_DENSITY_FILE) if cfg.preconditioned
              else (SPECTRUM_FILE, DENSITY_FILE))
     warm: dict[tuple, dict] = {}  # per run and example set: each block's last eigenvectors
+    datas: dict[int, Data] = {}
     try:
         for subject in subjects(targets, device, source, should_stop=should_stop,
                                 on_start=on_start, dist=dist):
-            x, y = _examples(subject.splits, cfg, subject.target.checkpoint)
+            data = datas.get(id(subject.splits))
+            if data is None:  # one per data set: a stream is counted and checked once
+                data = _data(subject, cfg, device, dist, source)
+                datas[id(subject.splits)] = data
+            check_objective(subject.model, subject.call, data, CLI_NAMES)
             p = subject.preconditioner() if cfg.preconditioned else None
             if cfg.preconditioned and p is None:
                 skipped.append(subject.target.checkpoint)
@@ -89,13 +105,12 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                 continue
             csv_path = out if out is not None else subject.report_dir / names[0]
             dens_path = (density_out or csv_path.parent / names[1]) if cfg.density else None
-            problem = Problem(subject.model, subject.loss_fn, x, y,
-                              chunk_size=cfg.batch_size or subject.chunk_size,
+            problem = Problem(subject.model, subject.call, data,
                               checkpoint=str(subject.target.checkpoint), step=subject.step,
                               should_stop=should_stop, dist=dist, preconditioner=p)
             solves = []
             # checkpoints of one run, in step order: each starts from the one before
-            key = (str(subject.target.checkpoint.parent), len(x))
+            key = (str(subject.target.checkpoint.parent), id(subject.splits))
             previous = warm.setdefault(key, {}) if cfg.warm_start else None
             for solve in compute_spectrum(problem, cfg, previous):
                 log(csv_path, SPECTRUM_COLUMNS,
@@ -104,7 +119,7 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                     log(dens_path, DENSITY_COLUMNS, solve.curve(problem.checkpoint, problem.step))
                 solves.append(solve)
             results.append(CheckpointSpectrum(subject.target.checkpoint, subject.step, solves,
-                                              csv_path, dens_path, len(x),
+                                              csv_path, dens_path, data.total,
                                               num_params(trainable_params(subject.model))))
             if on_done is not None:
                 on_done(len(results) - 1, len(targets), results[-1])
@@ -119,6 +134,25 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
         raise SharpError(f"--preconditioned: {', '.join(map(str, skipped))} hold no optimizer "
                          "state yet (saved before the first update): P exists from step 1 on")
     return results
+
+
+def _data(subject, cfg: SpectrumConfig, device, dist: Dist, source: ModelSource) -> Data:
+    """The examples a checkpoint is measured on: the first `cfg.samples` of the chosen split
+    of in-memory data, or all of a --data MODULE:CALLABLE source, batched by --batch-size."""
+    chunk = cfg.batch_size or subject.chunk_size
+    if isinstance(subject.splits, UserSource):
+        if cfg.samples is not None or cfg.split is not Split.train:
+            raise SharpError("--samples and --split apply to in-memory examples; --data "
+                             f"{subject.splits.spec} is measured whole")
+        data = subject.splits.data
+        if isinstance(data, TorchDataset) and not isinstance(data, (IterableDataset, DataLoader)):
+            data = DataLoader(data, batch_size=cfg.batch_size or DEFAULT_STREAM_BATCH)
+        return as_data(data, num_terms=subject.num_terms, chunk_size=chunk, dist=dist,
+                       device=device, check_deterministic=source.check_deterministic,
+                       names=CLI_NAMES)
+    x, y = _examples(subject.splits, cfg, subject.target.checkpoint)
+    return as_data(x, y, num_terms=subject.num_terms, chunk_size=chunk, dist=dist, device=device,
+                   names=CLI_NAMES)
 
 
 def _examples(splits, cfg: SpectrumConfig, path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,13 +15,15 @@ from torch import nn
 from sharpcli.errors import SharpError
 from sharpcli.formats.checkpoints import list_checkpoints
 from sharpcli.formats.runs import checkpoint_files, is_run_dir
-from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.params import trainable_params
 from sharpcli.hessian.preconditioner import preconditioner_from_state
 from sharpcli.interrupt import check_stop
 from sharpcli.spectra.config import ModelSource
-from sharpcli.workload.custom import (UserData, build_user_model, check_problem, load_weights,
-                                      read_data, read_weights, resolve_loss)
+from sharpcli.hessian.calls import Call
+from sharpcli.workload.imports import build_user_model, import_object, resolve_call
+from sharpcli.workload.user_data import (UserData, UserSource, is_callable_spec,
+                                         load_user_source, read_data)
+from sharpcli.workload.weights import load_weights, read_weights
 from sharpcli.workload.data import DataSplits, load_dataset
 from sharpcli.workload.rebuild import Checkpoint, load_checkpoint, load_run_data
 
@@ -106,11 +108,12 @@ class Subject:
     target: Target
     step: int | None
     model: nn.Module
-    loss_fn: LossFn
-    splits: DataSplits | UserData
+    call: Call
+    splits: DataSplits | UserData | UserSource
     chunk_size: int
     report_dir: Path
     preconditioner: Callable[[], torch.Tensor | None]  # diag(P) of an adaptive run's state
+    num_terms: Callable | None = None  # --num-terms: a batch's loss terms
 
 
 def subjects(targets: list[Target], device, source: ModelSource | None = None, *,
@@ -122,12 +125,13 @@ def subjects(targets: list[Target], device, source: ModelSource | None = None, *
     if source is None or not source.custom:
         for target, ckpt, splits in load_targets(targets, device, should_stop=should_stop,
                                                  on_start=on_start, dist=dist):
-            yield Subject(target, ckpt.step, ckpt.model, ckpt.loss_fn, splits,
+            yield Subject(target, ckpt.step, ckpt.model, Call(ckpt.loss_fn), splits,
                           ckpt.settings.physical_batch_size, report_dir_for(target, ckpt.config),
                           ckpt.preconditioner)
         return
     model = build_user_model(source.model_factory, source.model_kwargs)
-    loss_fn = resolve_loss(source.loss)
+    call = resolve_call(source.loss, source.batch_loss)
+    num_terms = import_object(source.num_terms, "--num-terms") if source.num_terms else None
     splits = _user_examples(source, model, device)
     for i, target in enumerate(targets):
         check_stop(should_stop, dist)
@@ -136,10 +140,10 @@ def subjects(targets: list[Target], device, source: ModelSource | None = None, *
         weights = read_weights(target.checkpoint)
         load_weights(model, weights.state, str(target.checkpoint))
         model.to(device).eval()
-        check_problem(model, loss_fn, splits.x_train, splits.y_train)
-        yield Subject(target, weights.step, model, loss_fn, splits, 4096,
+        yield Subject(target, weights.step, model, call, splits, 4096,
                       report_dir_for(target, weights.config) if weights.config
-                      else target.checkpoint.parent, _saved_preconditioner(weights, model, target))
+                      else target.checkpoint.parent, _saved_preconditioner(weights, model, target),
+                      num_terms)
 
 
 def _saved_preconditioner(weights, model: nn.Module, target: Target):
@@ -155,11 +159,14 @@ def _saved_preconditioner(weights, model: nn.Module, target: Target):
     return diagonal
 
 
-def _user_examples(source: ModelSource, model: nn.Module, device) -> DataSplits | UserData:
-    """The examples of --data (in the model's floating dtype) or of a built-in --dataset."""
+def _user_examples(source: ModelSource, model: nn.Module, device) -> DataSplits | UserData | UserSource:
+    """The examples of --data (a file's, in the model's floating dtype, or a callable's
+    source of batches) or of a built-in --dataset."""
     if source.dataset is not None:
         return load_dataset(source.dataset, data_dir=source.data_dir, train_size=source.train_size,
                             test_size=source.test_size, device=device)
+    if is_callable_spec(source.data):
+        return load_user_source(source.data)
     data = read_data(source.data)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 

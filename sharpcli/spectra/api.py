@@ -1,0 +1,128 @@
+"""`sharpcli.spectrum`: `sharp spectrum` on a model in memory, for notebooks and scripts.
+
+Every argument is named in the signature and each one is honoured; errors name these
+arguments, not the command's flags.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from sharpcli.errors import SharpError
+from sharpcli.hessian.calls import Call
+from sharpcli.hessian.check import check_objective
+from sharpcli.hessian.params import trainable_params
+from sharpcli.hessian.preconditioner import preconditioner
+from sharpcli.sources.data import as_data
+from sharpcli.spectra.compute import compute_spectrum
+from sharpcli.spectra.config import SpectrumConfig
+from sharpcli.spectra.problem import Problem
+
+# the flags of `sharp spectrum` whose argument here has another name than the flag's
+_RENAMED = {"--batch-size": "chunk_size", "--loss": "loss_fn", "--data": "data"}
+
+
+def api_message(message: str) -> str:
+    """A library message as the Python API would say it: `--top-k` → `top_k`."""
+    def name(match: re.Match) -> str:
+        flag = match.group(0)
+        return _RENAMED.get(flag, flag[2:].replace("-", "_"))
+
+    return re.sub(r"--[a-z][a-z0-9-]*", name, message)
+
+
+def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: torch.Tensor | None = None,
+             *, num_terms: Callable[[Any], int] | None = None, total_terms: int | None = None,
+             batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+             forward: Callable[[nn.Module, Any], Any] | None = None,
+             output_fn: Callable[[Any], torch.Tensor] | None = None,
+             check_deterministic: bool = True, chunk_size: int = 4096,
+             top_k: int = 5, method: str | None = None, tol: float = 1e-3,
+             max_iter: int | None = None, block_size: int | None = None,
+             check_missed: bool = True, trace: bool = False, trace_method: str = "auto",
+             trace_probes: int = 100, trace_tol: float | None = None, density: bool = False,
+             density_runs: int = 5, density_iters: int = 80, density_grid: int = 1000,
+             density_sigma: float = 0.01, per_layer: bool = False, hessian_mode: str = "eval",
+             preconditioned: bool = False, optimizer: torch.optim.Optimizer | None = None,
+             backend: str = "native", compile: bool = False, seed: int = 0) -> list[dict]:
+    """The rows spectrum.csv would hold (checkpoint "" and step None), as dicts: the top-k
+    eigenvalues of the Hessian of the mean loss over `data` (and with `trace`, `density`,
+    `per_layer` its trace, spectral density and per-module blocks).
+
+    The data: in-memory `data, y` (tensors, chunked by `chunk_size`), or `data` any source of
+    `(inputs, targets)` batches — a DataLoader, a list, a callable returning an iterator —
+    each batch's inputs passed as model(x), model(*x) or model(**x) (or through
+    `forward(model, batch)`). The loss is `loss_fn(outputs, targets)` ("mse" and "ce" on the
+    predictions), the mean over the batch's loss terms; or `batch_loss(model, batch)` with
+    `loss_fn=None` for models that compute their own. The Hessian is of the mean over all
+    loss terms: `num_terms(batch)` counts a batch's (default: its examples), `total_terms`
+    the whole set's when known (else one pass counts them). `output_fn(outputs)` gives the
+    predictions (default: the outputs, or their `.logits`). A stream that differs between
+    two passes is refused unless `check_deterministic=False`.
+
+    `preconditioned=True` measures P^{-1/2} H P^{-1/2} with P from `optimizer`'s state
+    (Adam, AdamW, RMSprop after their first step). The remaining arguments are those of
+    `sharp spectrum` (method: lanczos, block or power; trace_method: auto, hutchinson,
+    hutch++ or gauss-newton; hessian_mode: eval or train; backend: native or pyhessian).
+    The model's mode, buffers, gradients and the random number generators are left as found.
+    """
+    try:
+        return _spectrum(model, loss_fn, data, y, num_terms=num_terms, total_terms=total_terms,
+                         batch_loss=batch_loss, forward=forward, output_fn=output_fn,
+                         check_deterministic=check_deterministic, chunk_size=chunk_size,
+                         preconditioned=preconditioned, optimizer=optimizer,
+                         settings=dict(top_k=top_k, method=method, tol=tol, max_iter=max_iter,
+                                       block_size=block_size, check_missed=check_missed,
+                                       trace=trace, trace_method=trace_method,
+                                       trace_probes=trace_probes, trace_tol=trace_tol,
+                                       density=density, density_runs=density_runs,
+                                       density_iters=density_iters, density_grid=density_grid,
+                                       density_sigma=density_sigma, per_layer=per_layer,
+                                       hessian_mode=hessian_mode, backend=backend,
+                                       compile=compile, seed=seed))
+    except SharpError as err:
+        raise type(err)(api_message(str(err))) from None
+
+
+def _spectrum(model, loss_fn, data, y, *, num_terms, total_terms, batch_loss, forward, output_fn,
+              check_deterministic, chunk_size, preconditioned, optimizer, settings) -> list[dict]:
+    if not isinstance(model, nn.Module):
+        raise SharpError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
+    except ValueError as err:
+        raise SharpError(str(err)) from None
+    cfg = SpectrumConfig(**settings, preconditioned=preconditioned)
+    cfg.validate()
+    device = next(iter(model.parameters())).device
+    source = as_data(data, y, num_terms=num_terms, total_terms=total_terms, chunk_size=chunk_size,
+                     device=device, check_deterministic=check_deterministic)
+    check_objective(model, call, source)
+    problem = Problem(model, call, source, preconditioner=_preconditioner(model, optimizer,
+                                                                          preconditioned))
+    return [row.as_dict() for solve in compute_spectrum(problem, cfg)
+            for row in solve.rows(problem.checkpoint, problem.step)]
+
+
+def _preconditioner(model: nn.Module, optimizer, preconditioned: bool) -> torch.Tensor | None:
+    """diag(P) from the optimizer's state when `preconditioned`; refusing an optimizer that
+    would be ignored."""
+    if not preconditioned:
+        if optimizer is not None:
+            raise SharpError("optimizer is read only with preconditioned=True (for its P)")
+        return None
+    if optimizer is None:
+        raise SharpError("preconditioned=True needs optimizer=, the Adam, AdamW or RMSprop whose "
+                         "state defines P")
+    try:
+        p = preconditioner(optimizer, trainable_params(model))
+    except ValueError as err:
+        raise SharpError(f"preconditioned=True: {err}") from None
+    if p is None:
+        raise SharpError("preconditioned=True: the optimizer has no state yet; P exists after its "
+                         "first step")
+    return p

@@ -75,7 +75,8 @@ def current_lr(optimizer) -> float | None:
     return float(lr) if isinstance(lr, (int, float)) or torch.is_tensor(lr) else None
 
 
-def loop_record(model: nn.Module, optimizer, x: torch.Tensor, test, *, run_name: str,
+def loop_record(model: nn.Module, optimizer, train_size: int | None, input_shape: list | None,
+                test_size: int | None, *, run_name: str,
                 reports_dir: str, checkpoints_dir: str, batch_size: int | None,
                 settings: dict) -> dict:
     """config.json of a hand-written loop's run: what can be known of it. `optimizer` is the
@@ -91,8 +92,7 @@ def loop_record(model: nn.Module, optimizer, x: torch.Tensor, test, *, run_name:
             "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "optimizer": phase_of(optimizer, batch_size),
             "optimizer_class": f"{cls.__module__}.{cls.__qualname__}" if cls else None,
-            **group, "batch_size": batch_size, "train_size": len(x),
-            "test_size": len(test[0]) if test is not None else None,
-            "input_shape": list(x.shape[1:]), **settings,
+            **group, "batch_size": batch_size, "train_size": train_size,
+            "test_size": test_size, "input_shape": input_shape, **settings,
             "versions": {"sharpcli": sharpcli.__version__, "torch": str(torch.__version__),
                          "python": platform.python_version()}}

@@ -40,8 +40,9 @@ from sharpcli.formats.csvlog import CsvLog
 from sharpcli.formats.schema import (CONFIG_FILE, METRICS_COLUMNS, METRICS_FILE,
                                      TOP_EIGENVALUE_COLUMNS, TOP_EIGENVALUES_FILE)
 from sharpcli.hessian.batch_sharpness import batch_sharpness, random_batches
-from sharpcli.hessian.losses import LossFn
+from sharpcli.hessian.calls import Call
 from sharpcli.hessian.objective import evaluate, gradient_norm, gradient_vector
+from sharpcli.sources.data import Data, as_data
 from sharpcli.hessian.params import trainable_params
 from sharpcli.hessian.preconditioner import preconditioner
 from sharpcli.hessian.sharpness import alignment, measure_sharpness
@@ -87,9 +88,9 @@ class Tracker:
     examples and takes the same decisions; rank 0 alone writes files.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
+    def __init__(self, model: nn.Module, loss_fn, x, y=None, *, num_terms=None,
                  run_dir: str | Path, optimizer: torch.optim.Optimizer | None = None,
-                 every: int = 20, k: int = 1, test: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 every: int = 20, k: int = 1, test=None,
                  eval_every: int | None = None, samples: int | None = None, tol: float = 1e-3,
                  max_iter: int = 100, chunk_size: int = 4096, seed: int = 0,
                  checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None,
@@ -99,10 +100,16 @@ class Tracker:
                  top_vector: torch.Tensor | None = None, elapsed: float = 0.0,
                  dist: Dist = SINGLE, batch_sharpness: int | None = None,
                  preconditioned_vector: torch.Tensor | None = None):
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.x, self.y, self.test = x, y, test
-        n = min(samples or len(x), len(x))
-        self.x_sharp, self.y_sharp = x[:n], y[:n]
+        self.model, self.optimizer = model, optimizer
+        device = next(iter(model.parameters())).device
+        self.call = Call.of(loss_fn)
+        self.data = as_data(x, y, num_terms=num_terms, chunk_size=chunk_size, dist=dist, device=device)
+        self.test = None if test is None else _test_data(test, chunk_size, dist, device)
+        self.data_sharp = self._sharpness_data(samples)
+        if batch_sharpness is not None and not (self.data.in_memory
+                                                and isinstance(self.data.source.inputs, torch.Tensor)):
+            raise SharpError("batch_sharpness draws random batches of in-memory examples: give x, y "
+                             "tensors")
         self.every, self.k, self.tol, self.max_iter = every, k, tol, max_iter
         self.eval_every = eval_every or every
         self.chunk_size, self.seed, self.dist = chunk_size, seed, dist
@@ -121,7 +128,9 @@ class Tracker:
         self._saved_now: Path | None = None
         self._clock = (elapsed, time.perf_counter())
         if record is None:
-            record = loop_record(model, optimizer, x, test, run_name=self.run_dir.name,
+            record = loop_record(model, optimizer, self._examples(), _input_shape(self.data),
+                                 self.test.total if self.test is not None else None,
+                                 run_name=self.run_dir.name,
                                  reports_dir=str(self.run_dir.parent),
                                  checkpoints_dir=str(self.checkpoint_dir.parent),
                                  batch_size=batch_size,
@@ -137,6 +146,22 @@ class Tracker:
             self.log.open(fresh=fresh, keep_below_step=resume_step)
             if k > 1:
                 self.top_log.open(fresh=fresh, keep_below_step=resume_step)
+
+    def _sharpness_data(self, samples: int | None) -> Data:
+        """The examples λ₁ is measured on: the first `samples` of in-memory data, or all."""
+        if samples is None or (self.data.in_memory and samples >= len(self.data.source)):
+            return self.data
+        if not self.data.in_memory:
+            raise SharpError("samples takes the first examples of in-memory x, y; a stream is "
+                             "measured whole (give a smaller source instead)")
+        return Data(self.data.source.head(samples), num_terms=self.data.num_terms,
+                    dist=self.data.dist, device=self.data.device)
+
+    def _examples(self) -> int | None:
+        """Examples in the training data, where known: in memory, or counted as the terms."""
+        if self.data.in_memory:
+            return len(self.data.source)
+        return self.data.total if self.data.num_terms is None else None
 
     @property
     def top_vector(self) -> torch.Tensor | None:
@@ -229,11 +254,9 @@ class Tracker:
                "rho": info.rho, "grad_norm": grad_norm,
                **(edges.at(info.lr, grad_norm, info.sam_phase) if edges else {})}
         if evaluate_now:
-            row["train_loss"], row["train_acc"] = evaluate(self.model, self.loss_fn, self.x,
-                                                           self.y, self.chunk_size, self.dist)
+            row["train_loss"], row["train_acc"] = evaluate(self.model, self.call, self.data)
             if self.test is not None:
-                row["test_loss"], row["test_acc"] = evaluate(self.model, self.loss_fn, *self.test,
-                                                             self.chunk_size, self.dist)
+                row["test_loss"], row["test_acc"] = evaluate(self.model, self.call, self.test)
         if measure_sharp:
             row.update(self._sharpness(info))
         row["seconds"] = self.elapsed()
@@ -244,10 +267,9 @@ class Tracker:
     def _sharpness(self, info: StepInfo) -> dict:
         """λ₁ (and λ₂…λ_k into top_eigenvalues.csv) warm-started from the last top-k
         eigenvectors, and the alignment of the step's direction with the new v₁."""
-        s = measure_sharpness(self.model, self.loss_fn, self.x_sharp, self.y_sharp, k=self.k,
+        s = measure_sharpness(self.model, self.call, self.data_sharp, k=self.k,
                               tol=self.tol, max_iter=self.max_iter, v0=self.top_vectors,
-                              seed=self.seed + info.step, chunk_size=self.chunk_size,
-                              dist=self.dist)
+                              seed=self.seed + info.step)
         self.top_vectors = s.top_vectors
         if self.k > 1:
             for i, (lam, res) in enumerate(zip(s.eigenvalues.tolist(), s.residuals.tolist())):
@@ -267,10 +289,9 @@ class Tracker:
         p = preconditioner(self.optimizer, trainable_params(self.model))
         if p is None:
             return None
-        s = measure_sharpness(self.model, self.loss_fn, self.x_sharp, self.y_sharp, tol=self.tol,
+        s = measure_sharpness(self.model, self.call, self.data_sharp, tol=self.tol,
                               max_iter=self.max_iter, v0=self.preconditioned_vector,
-                              seed=self.seed + info.step, chunk_size=self.chunk_size,
-                              dist=self.dist, preconditioner=p)
+                              seed=self.seed + info.step, preconditioner=p)
         self.preconditioned_vector = s.top_vector
         return s.value
 
@@ -278,9 +299,9 @@ class Tracker:
         """E_B[g_Bᵀ H_B g_B / ‖g_B‖²] over fresh training batches drawn for step t."""
         if self.sharpness_batch is None:
             return None
-        batches = random_batches(len(self.x), self.sharpness_batch, self.seed, info.step,
-                                 self.x.device)
-        return batch_sharpness(self.model, self.loss_fn, self.x, self.y, batches,
+        x, y = self.data.source.inputs, self.data.source.targets
+        batches = random_batches(len(x), self.sharpness_batch, self.seed, info.step, x.device)
+        return batch_sharpness(self.model, self.call, x, y, batches,
                                chunk_size=self.chunk_size, dist=self.dist).value
 
     # ---------------------------------------------------------------- a hand-written loop
@@ -306,9 +327,12 @@ class Tracker:
         return self.measure(info)
 
     def _epoch(self, step: int) -> float:
-        """Epochs at `step`: steps over the steps an epoch has (⌈N/batch⌉; 1 full batch)."""
-        per_epoch = math.ceil(len(self.x) / self.batch_size) if self.batch_size else 1
-        return step / per_epoch
+        """Epochs at `step`: steps over the steps an epoch has (⌈N/batch⌉; 1 full batch);
+        None where the number of examples N is not known."""
+        if not self.batch_size:
+            return float(step)
+        n = self._examples()
+        return step / math.ceil(n / self.batch_size) if n else None
 
     # ---------------------------------------------------------------- files
 
@@ -325,3 +349,16 @@ class Tracker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _test_data(test, chunk_size: int, dist: Dist, device) -> Data:
+    """`test`: an (x, y) pair of tensors, or a source of batches."""
+    pair = isinstance(test, tuple) and len(test) == 2 and all(isinstance(t, torch.Tensor) for t in test)
+    return as_data(*(test if pair else (test,)), chunk_size=chunk_size, dist=dist, device=device)
+
+
+def _input_shape(data: Data) -> list[int] | None:
+    """The shape of one example of in-memory tensor inputs (config.json's input_shape)."""
+    if data.in_memory and isinstance(data.source.inputs, torch.Tensor):
+        return list(data.source.inputs.shape[1:])
+    return None

@@ -184,8 +184,8 @@ class TrainConfig:
     dataset: Dataset = Dataset.mnist1d
     data_dir: str = "data"
     download: bool = False
-    train_size: int | None = 1000
-    test_size: int | None = None  # None: the whole test split (mnist1d: 1000, digits: 360)
+    train_size: int | None = 1000  # the first N training examples; None or 0: all of them
+    test_size: int | None = None  # None or 0: the whole test split (mnist1d: 1000, digits: 360)
     # model
     model: Model = Model.mlp
     width: int | None = None  # None: the model's own default (mlp 100, cnn 32, resnet 64, wrn 16)
@@ -250,6 +250,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         coerce_choices(self)
+        # 0 means the whole split, as `--train-size 0` does on the command line; the config
+        # records it as None, so a run and its checkpoints say "all" one way only.
+        for name in ("train_size", "test_size"):
+            value = getattr(self, name)
+            if value == 0 and not isinstance(value, bool):
+                setattr(self, name, None)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

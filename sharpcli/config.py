@@ -76,10 +76,11 @@ class Optimizer(Choice):
 Phase = Optimizer
 
 
-# The sharpness-aware optimizers and phases: their edge is the SAM edge (SPEC §4).
+# The sharpness-aware optimizers and phases: their edge is the SAM edge
+# (docs/reference/mathematics.md#sam-edge).
 SAM_PHASES = frozenset({Phase.sam.value, Phase.eigen_sam.value})
 # The adaptive optimizers and phases: measured by the preconditioned sharpness λ₁(P⁻¹H)
-# against the adaptive edge (SPEC §10).
+# against the adaptive edge (docs/reference/mathematics.md#adaptive-edge).
 ADAPTIVE_PHASES = frozenset({Phase.adam.value, Phase.adamw.value, Phase.rmsprop.value})
 
 
@@ -95,7 +96,8 @@ class Measure(Choice):
 
 
 class SamSync(Choice):
-    """Which gradient a SAM step perturbs with under torchrun (SPEC §9)."""
+    """Which gradient a SAM step perturbs with under torchrun
+    (docs/reference/processes.md#sam-sync)."""
 
     global_ = "global"  # the all-reduced gradient: the update one process computes
     local = "local"     # each process its own shard's gradient (m-sharpness)
@@ -327,7 +329,7 @@ def resolve_augment(augment, dataset, batch_size: int | None) -> Augment:
 
 def sam_start_step(sam_start: int | None, in_epochs: bool, steps_per_epoch: int | None) -> int | None:
     """The first step of the SAM phase: --sam-start counts epochs when the run is given in
-    epochs (SPEC §5). None: SAM from the start (or unknown steps per epoch)."""
+    epochs (docs/reference/mathematics.md#late-phase-sam). None: SAM from the start (or unknown steps per epoch)."""
     if sam_start is None or not in_epochs:
         return sam_start
     return sam_start * steps_per_epoch if steps_per_epoch else None

@@ -80,7 +80,7 @@ def train_command(
     sharpness_samples: Annotated[Optional[int], _opt("Examples in the sharpness Hessian (first N of the training subset; default all).", MEAS)] = D.sharpness_samples,
     sharpness_k: Annotated[int, _opt("Top eigenvalues computed per measurement (λ₁ goes to metrics.csv).", MEAS)] = D.sharpness_k,
     sharpness_iters: Annotated[int, _opt("Most Lanczos iterations per measurement.", MEAS)] = D.sharpness_iters,
-    sharpness_tol: Annotated[float, _opt("Relative accuracy of each measured eigenvalue: Lanczos stops once the estimated error min(r, r²/gap) of λ is at most tol·λ and λ has settled (README, Sharpness).", MEAS)] = D.sharpness_tol,
+    sharpness_tol: Annotated[float, _opt("Relative accuracy of each measured eigenvalue: Lanczos stops once the estimated error min(r, r²/gap) of λ is at most tol·λ and λ has settled (docs/guides/training.md#sharpness).", MEAS)] = D.sharpness_tol,
     compile: Annotated[bool, _opt("torch.compile the training passes (a one-time compilation of tens of seconds; λ₁ measurements stay eager: torch.compile cannot differentiate twice). Off by default: on the CPU it saved 8% of a step of the default run, far less than the compilation costs (benchmarks/RESULTS.md).", RUN)] = D.compile,
     eval_every: Annotated[int, _opt("Evaluate train/test loss and accuracy every N steps.", MEAS)] = D.eval_every,
     checkpoint_every: Annotated[int, _opt("Save a checkpoint every N steps (and at the end).", MEAS)] = D.checkpoint_every,

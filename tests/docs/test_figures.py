@@ -1,6 +1,6 @@
 """Every figure of the docs has a command: docs/figures.sh lists exactly the files of
 docs/figures/, each drawn by an example script that exists, and every image the README and
-the docs show is one of them."""
+the docs show is one of them; the README's links resolve."""
 
 import re
 import subprocess
@@ -24,3 +24,10 @@ def test_shown_images_are_the_regenerated_figures():
     for page in (ROOT / "docs").rglob("*.md"):
         for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text()):
             assert (page.parent / path).resolve().parent == ROOT / "docs" / "figures", (page, path)
+
+
+def test_readme_links_resolve():
+    """The README's relative links (to docs pages, figures, scripts) name files that exist."""
+    links = re.findall(r"\]\(([^)\s]+)\)", (ROOT / "README.md").read_text())
+    local = [link.split("#")[0] for link in links if "://" not in link and link.split("#")[0]]
+    assert local and not [link for link in local if not (ROOT / link).exists()]

@@ -182,6 +182,13 @@ def plain(value):
 
 @dataclass
 class TrainConfig:
+    """The settings of one `sharp train` run, one field per flag (`--train-size` is
+    `train_size`); choices are enums that also accept their strings. `train_size` and
+    `test_size` of None or 0 mean the whole split, recorded as None. The checks that need no
+    data run when training starts (`sharpcli.training.setup.validate_config`); a recipe's
+    fields are merged by `sharpcli.recipes.train_config`. Saved resolved in config.json and
+    in every checkpoint (docs/reference/formats.md#config-json)."""
+
     # data
     dataset: Dataset = Dataset.mnist1d
     data_dir: str = "data"

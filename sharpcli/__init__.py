@@ -1,8 +1,14 @@
 """sharpcli: the sharpness of neural-network training, from the shell and from notebooks."""
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING
 
+__version__ = "0.1.0"
 __all__ = ["Tracker", "load_checkpoint", "spectrum", "__version__"]
+
+if TYPE_CHECKING:  # for type checkers and the API reference; imported on first use at run time
+    from sharpcli.spectra.compute import spectrum
+    from sharpcli.training.tracker import Tracker
+    from sharpcli.workload.rebuild import load_checkpoint
 
 # Lazy: importing torch takes seconds, and `sharp --help` or `sharp summarize` need none.
 _EXPORTS = {"load_checkpoint": "sharpcli.workload.rebuild", "Tracker": "sharpcli.training.tracker",

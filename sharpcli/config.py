@@ -76,10 +76,11 @@ class Optimizer(Choice):
 Phase = Optimizer
 
 
-# The sharpness-aware optimizers and phases: their edge is the SAM edge (SPEC §4).
+# The sharpness-aware optimizers and phases: their edge is the SAM edge
+# (docs/reference/mathematics.md#sam-edge).
 SAM_PHASES = frozenset({Phase.sam.value, Phase.eigen_sam.value})
 # The adaptive optimizers and phases: measured by the preconditioned sharpness λ₁(P⁻¹H)
-# against the adaptive edge (SPEC §10).
+# against the adaptive edge (docs/reference/mathematics.md#adaptive-edge).
 ADAPTIVE_PHASES = frozenset({Phase.adam.value, Phase.adamw.value, Phase.rmsprop.value})
 
 
@@ -95,7 +96,8 @@ class Measure(Choice):
 
 
 class SamSync(Choice):
-    """Which gradient a SAM step perturbs with under torchrun (SPEC §9)."""
+    """Which gradient a SAM step perturbs with under torchrun
+    (docs/reference/processes.md#sam-sync)."""
 
     global_ = "global"  # the all-reduced gradient: the update one process computes
     local = "local"     # each process its own shard's gradient (m-sharpness)
@@ -180,12 +182,19 @@ def plain(value):
 
 @dataclass
 class TrainConfig:
+    """The settings of one `sharp train` run, one field per flag (`--train-size` is
+    `train_size`); choices are enums that also accept their strings. `train_size` and
+    `test_size` of None or 0 mean the whole split, recorded as None. The checks that need no
+    data run when training starts (`sharpcli.training.setup.validate_config`); a recipe's
+    fields are merged by `sharpcli.recipes.train_config`. Saved resolved in config.json and
+    in every checkpoint (docs/reference/formats.md#config-json)."""
+
     # data
     dataset: Dataset = Dataset.mnist1d
     data_dir: str = "data"
     download: bool = False
-    train_size: int | None = 1000
-    test_size: int | None = None  # None: the whole test split (mnist1d: 1000, digits: 360)
+    train_size: int | None = 1000  # the first N training examples; None or 0: all of them
+    test_size: int | None = None  # None or 0: the whole test split (mnist1d: 1000, digits: 360)
     # model
     model: Model = Model.mlp
     width: int | None = None  # None: the model's own default (mlp 100, cnn 32, resnet 64, wrn 16)
@@ -250,6 +259,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         coerce_choices(self)
+        # 0 means the whole split, as `--train-size 0` does on the command line; the config
+        # records it as None, so a run and its checkpoints say "all" one way only.
+        for name in ("train_size", "test_size"):
+            value = getattr(self, name)
+            if value == 0 and not isinstance(value, bool):
+                setattr(self, name, None)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -321,7 +336,7 @@ def resolve_augment(augment, dataset, batch_size: int | None) -> Augment:
 
 def sam_start_step(sam_start: int | None, in_epochs: bool, steps_per_epoch: int | None) -> int | None:
     """The first step of the SAM phase: --sam-start counts epochs when the run is given in
-    epochs (SPEC §5). None: SAM from the start (or unknown steps per epoch)."""
+    epochs (docs/reference/mathematics.md#late-phase-sam). None: SAM from the start (or unknown steps per epoch)."""
     if sam_start is None or not in_epochs:
         return sam_start
     return sam_start * steps_per_epoch if steps_per_epoch else None

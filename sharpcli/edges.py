@@ -1,9 +1,14 @@
-"""Stability thresholds ("edges") for the top Hessian eigenvalue, SPEC §4 and §10."""
+"""Stability thresholds ("edges") for the top Hessian eigenvalue: the one home of their
+formulas (docs/reference/mathematics.md#edges), for training, `sharp eos` and its calculator."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from sharpcli.config import ADAPTIVE_PHASES, Optimizer
+from sharpcli.errors import SharpError
 
 
 def gd_edge(lr: float, momentum: float = 0.0, nesterov: bool = False) -> float:
@@ -45,7 +50,8 @@ def rmsprop_edge(lr: float, momentum: float = 0.0) -> float:
     return gd_edge(lr, momentum)
 
 
-# The preconditioners of SPEC §10, by optimizer name: AdamW's P is Adam's.
+# The preconditioners of the adaptive optimizers, by name: AdamW's P is Adam's
+# (docs/reference/mathematics.md#preconditioned-sharpness).
 PRECONDITIONER_OF = {"adam": "adam", "adamw": "adam", "rmsprop": "rmsprop"}
 
 
@@ -101,3 +107,84 @@ class EdgeRule:
         if self.preconditioner == "rmsprop":
             return rmsprop_edge(lr, self.momentum)
         return None
+
+
+def gd_edge_formula(momentum: float = 0.0, nesterov: bool = False) -> str:
+    """The formula `gd_edge` evaluates for these settings."""
+    if nesterov:
+        return "(2+2β)/(η(1+2β))"
+    return "(2+2β)/η" if momentum else "2/η"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One edge, named as metrics.csv's column (`gd_edge`, `sam_edge`, `adaptive_edge`),
+    with its value and a description: the formula, its source and the settings it used."""
+
+    name: str
+    value: float
+    description: str
+
+    def line(self) -> str:
+        """The line `sharp eos`'s calculator prints."""
+        return f"{self.name:<8} {self.value:.6g}  {self.description}"
+
+
+def edge_calculator(lr: float, momentum: float = 0.0, nesterov: bool = False,
+                    rho: float | None = None, grad_norm: float | None = None,
+                    optimizer: str | None = None, beta1: float | None = None, *,
+                    name: Callable[[str], str] = str) -> list[Edge]:
+    """The edges of these settings, as `sharp eos --lr ...` prints them: the GD edge, and
+    the SAM edge when `rho` is given (which then needs `grad_norm`; it is Long & Bartlett's
+    for SAM on plain GD, so momentum enters the GD edge only). For adam and adamw (`beta1`,
+    default 0.9) and rmsprop (`momentum`): their adaptive edge alone. Settings that do not
+    enter the edges asked for are refused. Errors call each argument `name(argument)`: the
+    CLI passes its flag names."""
+    if not lr > 0:
+        raise SharpError(f"{name('lr')} must be positive, got {lr}")
+    if not 0 <= momentum < 1:
+        raise SharpError(f"{name('momentum')} must lie in [0, 1), got {momentum}")
+    optimizer = None if optimizer is None else Optimizer.parse(optimizer, name("optimizer")).value
+    if optimizer in ADAPTIVE_PHASES:
+        return [_adaptive(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1, name)]
+    if beta1 is not None:
+        raise SharpError(f"{name('beta1')} enters the adaptive edge of "
+                         f"{name('optimizer')} adam or adamw only")
+    edges = [Edge("gd_edge", gd_edge(lr, momentum, nesterov),
+                  f"GD edge {gd_edge_formula(momentum, nesterov)}, η={lr:g}, β={momentum:g}")]
+    if rho is None:
+        if grad_norm is not None:
+            raise SharpError(f"{name('grad_norm')} only enters the SAM edge: "
+                             f"give {name('rho')} with it")
+        return edges
+    if rho < 0:
+        raise SharpError(f"{name('rho')} must be ≥ 0, got {rho}")
+    if grad_norm is None:
+        raise SharpError(f"the SAM edge depends on the gradient norm: give {name('grad_norm')} "
+                         f"with {name('rho')}")
+    if not grad_norm > 0:
+        raise SharpError(f"{name('grad_norm')} must be positive, got {grad_norm}")
+    return edges + [Edge("sam_edge", sam_edge(lr, rho, grad_norm),
+                         f"SAM edge (Long & Bartlett 2024), η={lr:g}, ρ={rho:g}, "
+                         f"‖g‖={grad_norm:g}")]
+
+
+def _adaptive(lr, momentum, nesterov, rho, grad_norm, optimizer: str, beta1: float | None,
+              name: Callable[[str], str]) -> Edge:
+    """The calculator's adaptive edge, refusing the settings that do not enter it."""
+    if rho is not None or grad_norm is not None or nesterov:
+        raise SharpError(f"{name('rho')}, {name('grad_norm')} and {name('nesterov')} do not "
+                         f"enter the edge of {optimizer}")
+    if optimizer == "rmsprop":
+        if beta1 is not None:
+            raise SharpError(f"{name('beta1')} is Adam's; rmsprop's edge takes {name('momentum')}")
+        return Edge("adaptive_edge", rmsprop_edge(lr, momentum),
+                    f"adaptive edge (2+2μ)/η of rmsprop, η={lr:g}, μ={momentum:g}")
+    if momentum:
+        raise SharpError(f"{optimizer} has no {name('momentum')}; its momentum is {name('beta1')}")
+    beta1 = 0.9 if beta1 is None else beta1
+    if not 0 <= beta1 < 1:
+        raise SharpError(f"{name('beta1')} must lie in [0, 1), got {beta1}")
+    return Edge("adaptive_edge", adam_edge(lr, beta1),
+                f"adaptive edge (2+2β₁)/((1−β₁)η) of {optimizer} (Cohen et al. 2022), "
+                f"η={lr:g}, β₁={beta1:g}")

@@ -1,4 +1,5 @@
-"""The exceptions a user can cause, each carrying the exit code SPEC §1 gives it.
+"""The exceptions a user can cause, each carrying its exit code
+(docs/reference/formats.md#exit-codes).
 
 Library code raises these; only the CLI turns them into one line on stderr and an exit code.
 """

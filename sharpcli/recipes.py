@@ -12,6 +12,7 @@ config.json records the result and the recipe's name. No torch here: `sharp --he
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sharpcli.config import UNUSED_BY_OPTIMIZER, TrainConfig, plain
@@ -121,6 +122,20 @@ def apply_recipe(name: str, explicit: dict) -> dict:
 def recipe_config(name: str, **explicit) -> TrainConfig:
     """A TrainConfig of recipe `name`, `explicit` fields overriding: the library's --recipe."""
     return TrainConfig(**apply_recipe(name, explicit))
+
+
+def train_config(settings: dict, given: Iterable[str] | None = None) -> TrainConfig:
+    """The TrainConfig `sharp train` runs, from TrainConfig fields: `settings` holds values
+    for any of them (the command passes every flag, defaults included) and `given` names the
+    ones set explicitly (None: all of `settings`). With `settings["recipe"]`, the recipe
+    fills every field not given, by `apply_recipe`'s rule; without one, `settings` is the
+    config. Sizes of 0 mean the whole split (TrainConfig's own rule)."""
+    name = settings.get("recipe")
+    if name is None:
+        return TrainConfig(**settings)
+    given = set(settings) if given is None else set(given)
+    explicit = {key: value for key, value in settings.items() if key in given}
+    return TrainConfig(**{**settings, **apply_recipe(name, explicit)})
 
 
 def as_flags(flags: dict) -> str:

@@ -1,4 +1,4 @@
-"""The stability edges of SPEC §4 and §10, checked against values worked by hand."""
+"""The stability edges (docs/reference/mathematics.md#edges), checked against values worked by hand."""
 
 import math
 

@@ -1,4 +1,5 @@
-"""Edge-of-stability analysis of a run (SPEC §7, §10): measured sharpness against the edge.
+"""Edge-of-stability analysis of a run (docs/guides/eos.md#verdict): measured sharpness against
+the edge, the verdict, and eos.csv (docs/reference/formats.md#eos-csv).
 
 At each step the *measure*, the quantity compared with an edge, is (`Measure.auto`):
 - in adam / adamw / rmsprop phases the preconditioned sharpness λ₁(P⁻¹H), against the
@@ -36,17 +37,18 @@ import pandas as pd
 
 from sharpcli.config import (ADAPTIVE_PHASES, SAM_PHASES, Measure, Optimizer, phase_at,
                              sam_start_step)
-from sharpcli.edges import PRECONDITIONER_OF, EdgeRule, adam_edge, gd_edge, rmsprop_edge, sam_edge
-from sharpcli.errors import SharpError
+from sharpcli.edges import PRECONDITIONER_OF, EdgeRule
+from sharpcli.errors import SharpError, StrictCheckFailed
 from sharpcli.formats.runs import PHASES, read_config, read_metrics, resolve_run_dir, writable
-from sharpcli.formats.schema import EOS_COLUMNS
+from sharpcli.formats.schema import EOS_COLUMNS, EOS_FILE
+
 DEFAULT_BAND = 0.1
 DEFAULT_THRESHOLD = 0.5
 VERDICTS = ("at-edge", "below-edge", "above-edge")
 # Comparisons with the band get this much slack so that a ratio of exactly 0.9 counts as
 # within a band of 0.1 despite floating point.
 _SLACK = 1e-12
-# Columns eos needs from metrics.csv; the rest of SPEC §2 may be absent here.
+# Columns eos needs from metrics.csv; its other columns may be absent here.
 EOS_METRICS_COLUMNS = ("step", "phase", "lr", "rho", "grad_norm", "sharpness")
 EDGE_KEYS = ("gd_edge", "sam_edge", "adaptive_edge")
 # The edge kinds a verdict names, in this order: (measure, SAM phase) → kind.
@@ -58,54 +60,6 @@ def check_band(band: float, threshold: float = DEFAULT_THRESHOLD) -> None:
         raise SharpError(f"--band must lie in (0, 1), got {band}")
     if not 0 < threshold <= 1:
         raise SharpError(f"--threshold must lie in (0, 1], got {threshold}")
-
-
-def edges_at(lr: float, momentum: float = 0.0, nesterov: bool = False,
-             rho: float | None = None, grad_norm: float | None = None,
-             optimizer: str | None = None, beta1: float | None = None) -> dict[str, float]:
-    """The calculator: {"gd_edge": ...} and, when rho is given, {"sam_edge": ...} too (which
-    then needs grad_norm). The SAM edge is Long & Bartlett's for SAM on plain GD: momentum
-    enters the GD edge only. For adam, adamw and rmsprop: {"adaptive_edge": ...} alone."""
-    if not lr > 0:
-        raise SharpError(f"--lr must be positive, got {lr}")
-    if not 0 <= momentum < 1:
-        raise SharpError(f"--momentum must lie in [0, 1), got {momentum}")
-    optimizer = None if optimizer is None else Optimizer.parse(optimizer, "--optimizer").value
-    if optimizer in ADAPTIVE_PHASES:
-        edge = _adaptive_edge_at(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1)
-        return {"adaptive_edge": edge}
-    if beta1 is not None:
-        raise SharpError("--beta1 enters the adaptive edge of --optimizer adam or adamw only")
-    out = {"gd_edge": gd_edge(lr, momentum, nesterov)}
-    if rho is not None:
-        if rho < 0:
-            raise SharpError(f"--rho must be ≥ 0, got {rho}")
-        if grad_norm is None:
-            raise SharpError("the SAM edge depends on the gradient norm: "
-                             "give --grad-norm with --rho")
-        if not grad_norm > 0:
-            raise SharpError(f"--grad-norm must be positive, got {grad_norm}")
-        out["sam_edge"] = sam_edge(lr, rho, grad_norm)
-    elif grad_norm is not None:
-        raise SharpError("--grad-norm only enters the SAM edge: give --rho with it")
-    return out
-
-
-def _adaptive_edge_at(lr, momentum, nesterov, rho, grad_norm, optimizer: str,
-                     beta1: float | None) -> float:
-    """The calculator's adaptive edge, refusing the flags that do not enter it."""
-    if rho is not None or grad_norm is not None or nesterov:
-        raise SharpError(f"--rho, --grad-norm and --nesterov do not enter the edge of {optimizer}")
-    if optimizer == "rmsprop":
-        if beta1 is not None:
-            raise SharpError("--beta1 is Adam's; rmsprop's edge takes --momentum")
-        return rmsprop_edge(lr, momentum)
-    if momentum:
-        raise SharpError(f"{optimizer} has no --momentum; its momentum is --beta1")
-    beta1 = 0.9 if beta1 is None else beta1
-    if not 0 <= beta1 < 1:
-        raise SharpError(f"--beta1 must lie in [0, 1), got {beta1}")
-    return adam_edge(lr, beta1)
 
 
 def run_phase_at(config: dict, step: int) -> str:
@@ -310,3 +264,50 @@ def write_eos_csv(table: pd.DataFrame, path: str | Path) -> Path:
     except OSError as err:
         raise SharpError(f"cannot write {path}: {err.strerror}") from None
     return path
+
+
+def eos_csv_path(run_dir: Path, out: str | Path | None = None, several: bool = False) -> Path:
+    """Where `sharp eos` writes a run's eos.csv: `reports/<run>/eos.csv`; with `out`, the
+    file `out` itself for a single run, `<out>/<run>/eos.csv` for several runs or when `out`
+    is an existing directory."""
+    if out is None:
+        return Path(run_dir) / EOS_FILE
+    out = Path(out)
+    if several or out.is_dir():
+        return out / Path(run_dir).name / EOS_FILE
+    return out
+
+
+@dataclass
+class EosReport:
+    """`sharp eos` on several runs: each run's result and the eos.csv written for it (None
+    where nothing was written)."""
+
+    results: list[EosResult]
+    written: list[Path | None]
+
+
+def eos_runs(runs: list[str | Path], band: float = DEFAULT_BAND,
+             threshold: float = DEFAULT_THRESHOLD, measure: Measure | str = Measure.auto, *,
+             metrics: dict | None = None, out: str | Path | None = None,
+             write: bool = True) -> EosReport:
+    """`sharp eos RUN...`: the table and verdict of each run (`eos_run`), and with `write`
+    its eos.csv at `eos_csv_path`. `metrics` maps a run (as given in `runs`) to the table to
+    use instead of its metrics.csv (`--from-checkpoints`)."""
+    metrics = metrics or {}
+    results = [eos_run(run, band, threshold, metrics.get(run), measure) for run in runs]
+    several = len(results) > 1
+    names = [r.run_dir.name for r in results]
+    if out is not None and several and len(set(names)) < len(names):
+        raise SharpError(f"--out with several runs needs distinct run names, got {names}")
+    written = [write_eos_csv(r.table, eos_csv_path(r.run_dir, out, several)) if write else None
+               for r in results]
+    return EosReport(results, written)
+
+
+def require_at_edge(results: list[EosResult]) -> None:
+    """`--strict`: StrictCheckFailed (exit 1) unless every run's verdict is at-edge."""
+    failed = [r.summary for r in results if r.summary.verdict != "at-edge"]
+    if failed:
+        listing = ", ".join(f"{s.run}: {s.verdict}" for s in failed)
+        raise StrictCheckFailed(f"--strict: not at the edge ({listing})")

@@ -1,4 +1,5 @@
-"""One table over many runs: mean ± std over seeds, grouped by setting (SPEC §8).
+"""One table over many runs: mean ± std over seeds, grouped by setting
+(docs/guides/plots.md#summarize).
 
 A run's *setting* is its config.json minus NON_SETTING_KEYS (seed, run_name, device, paths,
 record-only keys such as versions), minus the flags its optimizer never reads (--rho for
@@ -46,12 +47,14 @@ class Summary:
     """`table`: one row per group, columns = the varying setting keys, n_seeds, then
     <metric>_mean and <metric>_std for each metric, then `runs` (the run folders, `;`-joined).
     `settings`: the varying setting keys, in table order. `warnings`: things worth a look.
-    `metrics`: the (stem, header, factor) of the metrics in the table."""
+    `metrics`: the (stem, header, factor) of the metrics in the table. `written`: the CSV
+    file `summarize(..., out=...)` wrote, if any."""
 
     table: pd.DataFrame
     settings: list[str]
     warnings: list[str] = field(default_factory=list)
     metrics: tuple = METRICS
+    written: Path | None = None
 
 
 def setting_of(config: dict, ignore: Iterable[str] = ()) -> dict:
@@ -100,8 +103,10 @@ def load_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
     return runs, warnings
 
 
-def summarize(paths: Sequence[str | Path], ignore: Iterable[str] = ()) -> Summary:
-    """Group the runs under `paths` by setting and aggregate over seeds."""
+def summarize(paths: Sequence[str | Path], ignore: Iterable[str] = (),
+              out: str | Path | None = None) -> Summary:
+    """Group the runs under `paths` by setting and aggregate over seeds; with `out`, also
+    write the table there as CSV (`sharp summarize --out`)."""
     runs, warnings = load_runs(paths)
     ignore = set(ignore)
     settings = [setting_of(r.config, ignore) for r in runs]
@@ -131,8 +136,10 @@ def summarize(paths: Sequence[str | Path], ignore: Iterable[str] = ()) -> Summar
             warnings.append(f"runs with the same setting and seed (repeats counted as seeds): "
                             f"{row['runs']}")
     rows.sort(key=lambda kr: _sort_key(kr[0]))
-    table = pd.DataFrame([r for _, r in rows])
-    return Summary(table, varying, warnings, metrics)
+    summary = Summary(pd.DataFrame([r for _, r in rows]), varying, warnings, metrics)
+    if out is not None:
+        summary.written = write_summary_csv(summary, out)
+    return summary
 
 
 def _display(value):

@@ -113,50 +113,30 @@ def eos(
 
 
 def _calculator(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1) -> None:
-    from sharpcli.analysis.eos import edges_at
+    from sharpcli.edges import edge_calculator
 
-    edges = edges_at(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1)
-    if "adaptive_edge" in edges:
-        if optimizer == "rmsprop":
-            detail = f"(2+2μ)/η of rmsprop, η={lr:g}, μ={momentum:g}"
-        else:
-            detail = (f"(2+2β₁)/((1−β₁)η) of {optimizer} (Cohen et al. 2022), η={lr:g}, "
-                      f"β₁={0.9 if beta1 is None else beta1:g}")
-        print(f"adaptive_edge {edges['adaptive_edge']:.6g}  adaptive edge {detail}")
-        return
-    if nesterov:
-        formula = "(2+2β)/(η(1+2β))"
-    elif momentum:
-        formula = "(2+2β)/η"
-    else:
-        formula = "2/η"
-    print(f"gd_edge  {edges['gd_edge']:.6g}  GD edge {formula}, η={lr:g}, β={momentum:g}")
-    if "sam_edge" in edges:
-        print(f"sam_edge {edges['sam_edge']:.6g}  SAM edge (Long & Bartlett 2024), η={lr:g}, "
-              f"ρ={rho:g}, ‖g‖={grad_norm:g}")
+    for edge in edge_calculator(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1,
+                                name=lambda arg: "--" + arg.replace("_", "-")):
+        print(edge.line())
 
 
 def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs,
           dist_timeout, measure) -> None:
-    from sharpcli.analysis.eos import check_band, eos_run
+    from sharpcli.analysis.eos import check_band, eos_runs, require_at_edge
     from sharpcli.distributed import SINGLE, process_group
-    from sharpcli.errors import SharpError, StrictCheckFailed
 
     check_band(band, threshold)
     tables, dist = {}, SINGLE
     if from_checkpoints:
         with process_group(measure_kwargs["device"], dist_timeout) as dist:
             tables = {run: _measure(run, measure_kwargs, dist) for run in runs}
-    results = [eos_run(run, band, threshold, tables.get(run), measure) for run in runs]
-    names = [r.run_dir.name for r in results]
-    if out is not None and len(results) > 1 and len(set(names)) < len(names):
-        raise SharpError(f"--out with several runs needs distinct run names, got {names}")
-    if dist.is_main:  # under torchrun every process reaches the verdict, rank 0 reports it
-        _report(results, band, out)
-    failed = [r.summary for r in results if r.summary.verdict != "at-edge"]
-    if strict and failed:
-        listing = ", ".join(f"{s.run}: {s.verdict}" for s in failed)
-        raise StrictCheckFailed(f"--strict: not at the edge ({listing})")
+    # under torchrun every process reaches the verdict, rank 0 writes and reports it
+    report = eos_runs(runs, band, threshold, measure, metrics=tables, out=out,
+                      write=dist.is_main)
+    if dist.is_main:
+        _report(report, band)
+    if strict:
+        require_at_edge(report.results)
 
 
 def _measure(run, measure_kwargs, dist):
@@ -175,13 +155,11 @@ def _measure(run, measure_kwargs, dist):
                                dist=dist)
 
 
-def _report(results, band, out) -> None:
-    """The verdict table, and each run's eos.csv."""
+def _report(report, band) -> None:
+    """The verdict table, and where each run's eos.csv went."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
-
-    from sharpcli.analysis.eos import write_eos_csv
 
     table = Table(title=f"Edge of stability (band ±{band:g})")
     for header, justify in [("run", "left"), ("edge", "left"), ("n", "right"),
@@ -189,7 +167,7 @@ def _report(results, band, out) -> None:
                             ("median", "right"), ("final", "right"), ("verdict", "left")]:
         table.add_column(header, justify=justify, overflow="fold")
     colours = {"at-edge": "green", "below-edge": "yellow", "above-edge": "red"}
-    for r in results:
+    for r in report.results:
         s = r.summary
         table.add_row(escape(s.run), s.edges, str(s.n_measured),
                       "never" if s.edge_step is None else str(s.edge_step),
@@ -197,14 +175,8 @@ def _report(results, band, out) -> None:
                       _fmt(s.median_ratio), _fmt(s.final_ratio),
                       f"[{colours[s.verdict]}]{s.verdict}[/]")
     Console(highlight=False).print(table)
-    for r in results:
-        if out is None:
-            path = r.run_dir / "eos.csv"
-        elif len(results) == 1 and not out.is_dir():
-            path = out
-        else:
-            path = out / r.run_dir.name / "eos.csv"
-        print(f"wrote {write_eos_csv(r.table, path)}")  # one line, whatever the width
+    for path in report.written:
+        print(f"wrote {path}")  # one line, whatever the width
 
 
 def _fmt(value: float | None) -> str:

@@ -46,13 +46,12 @@ def summarize(
     from rich.markup import escape
     from rich.table import Table
 
-    from sharpcli.analysis.summarize import display_rows, summarize as summarize_runs, to_markdown, \
-        write_summary_csv
+    from sharpcli.analysis.summarize import display_rows, summarize as summarize_runs, to_markdown
 
-    summary = summarize_runs(paths, ignore=ignore)
+    summary = summarize_runs(paths, ignore=ignore, out=out)
     for warning in summary.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    written = write_summary_csv(summary, out)
+    written = summary.written
     if fmt is Format.markdown:
         sys.stdout.write(to_markdown(summary))
         print(f"wrote {written}", file=sys.stderr)

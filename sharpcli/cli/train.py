@@ -1,4 +1,5 @@
-"""`sharp train`: flags map one to one onto TrainConfig fields."""
+"""`sharp train`: flags map one to one onto TrainConfig fields; `sharpcli.recipes.train_config`
+turns them (and a --recipe) into the config, `sharpcli.training.loop.train` runs it."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def train_command(
     sharpness_samples: Annotated[Optional[int], _opt("Examples in the sharpness Hessian (first N of the training subset; default all).", MEAS)] = D.sharpness_samples,
     sharpness_k: Annotated[int, _opt("Top eigenvalues computed per measurement (λ₁ goes to metrics.csv).", MEAS)] = D.sharpness_k,
     sharpness_iters: Annotated[int, _opt("Most Lanczos iterations per measurement.", MEAS)] = D.sharpness_iters,
-    sharpness_tol: Annotated[float, _opt("Relative accuracy of each measured eigenvalue: Lanczos stops once the estimated error min(r, r²/gap) of λ is at most tol·λ and λ has settled (README, Sharpness).", MEAS)] = D.sharpness_tol,
+    sharpness_tol: Annotated[float, _opt("Relative accuracy of each measured eigenvalue: Lanczos stops once the estimated error min(r, r²/gap) of λ is at most tol·λ and λ has settled (docs/guides/training.md#sharpness).", MEAS)] = D.sharpness_tol,
     compile: Annotated[bool, _opt("torch.compile the training passes (a one-time compilation of tens of seconds; λ₁ measurements stay eager: torch.compile cannot differentiate twice). Off by default: on the CPU it saved 8% of a step of the default run, far less than the compilation costs (benchmarks/RESULTS.md).", RUN)] = D.compile,
     eval_every: Annotated[int, _opt("Evaluate train/test loss and accuracy every N steps.", MEAS)] = D.eval_every,
     checkpoint_every: Annotated[int, _opt("Save a checkpoint every N steps (and at the end).", MEAS)] = D.checkpoint_every,
@@ -102,19 +103,13 @@ def train_command(
     With no flags: full-batch GD on MNIST-1D with a tanh MLP and MSE loss, where λ₁ rises to
     2/η and hovers there (Cohen et al. 2021)."""
     from sharpcli.distributed import process_group
+    from sharpcli.recipes import train_config
     from sharpcli.training.loop import train
 
     values = dict(locals())
-    for key in ("train", "process_group", "ctx", "list_recipes"):
+    for key in ("train", "train_config", "process_group", "ctx", "list_recipes"):
         values.pop(key)
-    if recipe is not None:  # the recipe fills what the command line did not give
-        from sharpcli.recipes import apply_recipe
-
-        values.update(apply_recipe(recipe, {k: v for k, v in values.items() if _given(ctx, k)}))
-    for key in ("train_size", "test_size"):  # 0 means the whole split
-        if values[key] == 0:
-            values[key] = None
-    config = TrainConfig(**values)
+    config = train_config(values, given=[k for k in values if _given(ctx, k)])
     with process_group(device, dist_timeout) as dist:
         result = _train(config, train, quiet or not dist.is_main, dist)
     if not quiet and dist.is_main:

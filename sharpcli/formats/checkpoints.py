@@ -1,4 +1,4 @@
-"""Checkpoint files (SPEC §6): plain tensors, numbers, strings, lists and dicts, loaded with
+"""Checkpoint files (docs/reference/formats.md#checkpoints): plain tensors, numbers, strings, lists and dicts, loaded with
 `weights_only=True` so that an untrusted file can never execute code."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Run directories on disk: find them, read their config.json and metrics.csv, check columns.
 
 A run directory `reports/<run>/` holds `config.json` (the TrainConfig fields as a flat dict
-plus record-only keys) and `metrics.csv` (the columns of SPEC §2, empty cells where a
+plus record-only keys) and `metrics.csv` (docs/reference/formats.md#metrics-csv, empty cells where a
 quantity was not measured at that step). Every reader of runs (eos, plot, summarize,
 spectrum) goes through here, so a malformed run is reported the same way everywhere: one
 SharpError that names the file and what was expected.
@@ -112,7 +112,7 @@ def read_config(run_dir: str | os.PathLike) -> dict:
 def read_metrics(run_dir: str | os.PathLike,
                  required: Iterable[str] = METRICS_COLUMNS) -> pd.DataFrame:
     """metrics.csv of a run: numeric columns as floats (NaN where not measured), `phase` as
-    strings, `step` as int. Columns outside SPEC §2 are kept; a missing required column, a
+    strings, `step` as int. Columns not in METRICS_COLUMNS are kept; a missing required column, a
     non-numeric cell or an unknown phase is a SharpError naming the file."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
@@ -160,7 +160,7 @@ def load_run(arg: str | os.PathLike, required: Iterable[str] = METRICS_COLUMNS) 
 
 
 def write_run(run_dir: str | os.PathLike, config: dict, metrics: pd.DataFrame | list[dict]) -> Path:
-    """Write a run directory (config.json, metrics.csv with the SPEC columns in order, absent
+    """Write a run directory (config.json, metrics.csv with METRICS_COLUMNS in order, absent
     columns left empty): for tests, notebooks and runs imported from other tools."""
     path = Path(run_dir)
     path.mkdir(parents=True, exist_ok=True)

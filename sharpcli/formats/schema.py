@@ -1,5 +1,5 @@
-"""Every file sharpcli writes, by name and columns (SPEC §2, §3, §7): the one place a column
-list lives. Scripts read columns by name; new columns go before `seconds`."""
+"""Every file sharpcli writes, by name and columns (docs/reference/formats.md): the one place
+a column list lives. Scripts read columns by name; new columns go before `seconds`."""
 
 from __future__ import annotations
 

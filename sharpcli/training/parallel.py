@@ -1,5 +1,6 @@
 """Data-parallel training passes: the gradient of the mean loss over a global batch, each
-process taking its shard, exact whatever the shards (SPEC §9).
+process taking its shard, exact whatever the shards
+(docs/reference/processes.md#gradients).
 
 Under torchrun the model trains inside DistributedDataParallel, whose hooks all-reduce
 gradient buckets while the backward pass is still running (communication overlaps

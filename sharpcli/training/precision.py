@@ -9,7 +9,7 @@
   power iteration included) and evaluation run in fp32 with TF32 off
   (sharpcli.hessian.params.full_precision, entered by every measurement). The GD and SAM
   edges are float64 formulas of η and of ‖g‖, the norm (summed in fp32) of the gradient
-  the update used, as SPEC §2 defines it: under bf16, the autocast pass's gradient.
+  the update used, as metrics.csv defines it (docs/reference/formats.md#metrics-csv): under bf16, the autocast pass's gradient.
 - channels_last: convolutional networks on CUDA keep weights and the data set in NHWC
   layout (cuDNN's fast path, airbench's choice); the values, and so every flat vector and
   checkpoint, are the same. Not on the CPU, where it would change which kernels run.

@@ -1,4 +1,4 @@
-"""Sharpness-aware updates (SPEC §4): SAM (Foret et al. 2021), ASAM (Kwon et al. 2021) and
+"""Sharpness-aware updates (docs/reference/mathematics.md#sam): SAM (Foret et al. 2021), ASAM (Kwon et al. 2021) and
 Eigen-SAM (Luo et al., NeurIPS 2024).
 
 The three differ only in the perturbation ε, so each rule is a small pure function on flat

@@ -79,7 +79,7 @@ def validate_config(c: TrainConfig) -> None:
 
 
 def _check_adaptive(c: TrainConfig) -> None:
-    """Adam, AdamW and RMSProp settings, and batch sharpness (SPEC §10)."""
+    """Adam, AdamW and RMSProp settings, and batch sharpness (docs/guides/adaptive.md)."""
     for flag, value in [("--beta1", c.beta1), ("--beta2", c.beta2)]:
         check_positive(value, flag, allow_zero=True, optional=True)
         if value is not None and value >= 1:

@@ -47,7 +47,8 @@ class Checkpoint:
 
     def preconditioner(self) -> torch.Tensor | None:
         """diag(P) of an adam, adamw or rmsprop checkpoint from its saved optimizer state,
-        the state before this step's update (SPEC §10); None at step 0, before any update."""
+        the state before this step's update
+        (docs/reference/mathematics.md#preconditioned-sharpness); None at step 0, before any update."""
         if not self.settings.adaptive_optimizer:
             raise SharpError(f"{self.path}: a preconditioner needs a checkpoint of --optimizer "
                              f"adam, adamw or rmsprop; this run used {self.settings.optimizer}")

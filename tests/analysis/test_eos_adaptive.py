@@ -1,4 +1,4 @@
-"""`sharp eos` choosing its measure (SPEC §10): λ₁(P⁻¹H) against the adaptive edge in adam,
+"""`sharp eos` choosing its measure (docs/guides/eos.md#measure): λ₁(P⁻¹H) against the adaptive edge in adam,
 adamw and rmsprop phases, the batch sharpness against the GD edge in sgd phases that measured
 it, `--measure` overriding; the calculator's adaptive edges; the figure and the summary.
 Runs are built here to sit at the edge by one measure and far below it by the other."""

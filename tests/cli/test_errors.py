@@ -1,7 +1,7 @@
 """Bad input, one test per case, through the real CLI (`sharpcli.cli.main`, the function behind
 `sharp`, run in this process for speed; test_interrupt.py checks the stderr of real processes):
 exit code 2, one line on stderr that starts with `error:` and names the problem, no traceback
-(SPEC §1)."""
+(docs/reference/formats.md#exit-codes)."""
 
 import json
 import shutil

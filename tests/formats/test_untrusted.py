@@ -1,4 +1,4 @@
-"""Untrusted checkpoints (SPEC §6): loading never executes code. Our own checkpoints load with
+"""Untrusted checkpoints (docs/reference/formats.md#checkpoints): loading never executes code. Our own checkpoints load with
 plain `torch.load(path, weights_only=True)`; each planted file holds a pickle whose unpickling
 would run a shell command through os.system, and every way of loading it must refuse it with
 a clear error while the command's marker file never appears."""

@@ -155,7 +155,7 @@ def test_eigen_refresh_due():
     assert [s for s in range(12) if refresh_due(state, s, every=5)] == [0, 5, 10]
 
 
-# --- the SAM edge (SPEC §4), by hand ------------------------------------------------------
+# --- the SAM edge (docs/reference/mathematics.md#sam-edge), by hand --------------------------
 
 def test_sam_edge_by_hand_and_its_limit():
     # η = 0.1, ρ = 0.05, ‖g‖ = 1: 8ρ/(η‖g‖) = 4, λ = (1/0.1)(√5 − 1) = 10(√5 − 1)

@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 __all__ = ["Tracker", "load_checkpoint", "spectrum", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and the API reference; imported on first use at run time
-    from sharpcli.spectra.compute import spectrum
+    from sharpcli.spectra.api import spectrum
     from sharpcli.training.tracker import Tracker
     from sharpcli.workload.rebuild import load_checkpoint
 

@@ -119,7 +119,7 @@ def spectrum_command(
     preconditioned: Annotated[bool, _opt(
         "Checkpoints of adam, adamw or rmsprop: the spectrum of P^{-1/2} H P^{-1/2} (the "
         "eigenvalues of P⁻¹H) with P from the saved optimizer state, the state before that "
-        "step's update (SPEC §10); written to spectrum-preconditioned.csv (and "
+        "step's update (docs/reference/mathematics.md#preconditioned-sharpness); written to spectrum-preconditioned.csv (and "
         "density-preconditioned.csv). Checkpoints of step 0 have no P and are skipped.",
         DATA)] = D.preconditioned,
     backend: Annotated[Backend, _opt(

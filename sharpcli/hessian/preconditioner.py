@@ -1,5 +1,5 @@
 """The diagonal preconditioner P of Adam, AdamW and RMSProp, read from the optimizer's own
-state (SPEC §10; Cohen et al. 2022, "Adaptive Gradient Methods at the Edge of Stability").
+state (docs/reference/mathematics.md#preconditioned-sharpness; Cohen et al. 2022, "Adaptive Gradient Methods at the Edge of Stability").
 
 Adam's update w ← w − η·m̂/(√v̂ + ε), with m̂ = m/(1 − β₁^t) and v̂ = v/(1 − β₂^t), is
 w ← w − η·P⁻¹m with P_t = (1 − β₁^t)·diag(√(v_t/(1 − β₂^t)) + ε); AdamW's decoupled weight

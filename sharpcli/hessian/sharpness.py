@@ -49,7 +49,7 @@ def measure_sharpness(model: nn.Module, loss_fn, x, y=None, *,
     all of them, so that cluster members and repeated eigenvalues are counted (a single
     Lanczos run can miss them). Under torchrun every process runs the same solver on the
     summed products. With the flat diagonal of a `preconditioner` P: the eigenvalues of
-    P^{-1/2} H P^{-1/2}, i.e. of P⁻¹H (SPEC §10), and that operator's eigenvectors.
+    P^{-1/2} H P^{-1/2}, i.e. of P⁻¹H (docs/reference/mathematics.md#preconditioned-sharpness), and that operator's eigenvectors.
     Products and solver in fp32 with TF32 off, whatever autocast or TF32 setting encloses
     the call."""
     with full_precision():

@@ -1,5 +1,5 @@
 """`sharp spectrum` as a library: top-k eigenvalues, trace and spectral density of the Hessian
-of the mean loss (SPEC §3), as `Solve` results.
+of the mean loss (docs/reference/mathematics.md#mean-loss), as `Solve` results.
 
 The solvers live in sharpcli.linalg and see only an operator with a matvec; this module
 builds that operator from a problem (the whole network, or one parameter group for

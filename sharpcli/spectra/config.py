@@ -141,7 +141,7 @@ class SpectrumRow:
 @dataclass
 class ModelSource:
     """Where the model, data and loss come from when sharpcli did not build the model:
-    `--model-factory` and its companions (SPEC §11). With no factory, each checkpoint's
+    `--model-factory` and its companions (docs/guides/own-model.md#any-model). With no factory, each checkpoint's
     own config says everything and these flags are errors."""
 
     model_factory: str | None = None  # MODULE:CALLABLE returning a torch.nn.Module

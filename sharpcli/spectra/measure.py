@@ -31,7 +31,7 @@ def measure_checkpoints(run_dir: str | Path, *, device: str = "cpu", samples: in
     """λ₁ (Lanczos on the training-loss Hessian) and the full-batch ‖g‖ at every checkpoint
     of a run, as a metrics-like DataFrame (step, phase, lr, rho, train_loss, grad_norm,
     sharpness, and preconditioned_sharpness from the saved optimizer state of adam, adamw
-    and rmsprop runs after their first update; the other SPEC columns empty).
+    and rmsprop runs after their first update; the other metrics.csv columns empty).
 
     The examples are the first `samples` of the run's training subset (default: the run's
     sharpness_samples, else all of it). phase and lr are those of the last metrics.csv row at

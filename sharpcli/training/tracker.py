@@ -1,5 +1,5 @@
 """Measuring a run as it trains: the one path from the weights at step t to a row of
-metrics.csv (SPEC §2), so that every run folder, whoever trained it, holds the same numbers.
+metrics.csv (docs/reference/formats.md#metrics-csv), so that every run folder, whoever trained it, holds the same numbers.
 
 At a measured step t (after the step's gradient, before its update) the Tracker records
 ‖g‖ of the update's gradient, λ₁…λ_k of the training-loss Hessian to a relative accuracy
@@ -11,7 +11,7 @@ RMSProp also λ₁(P⁻¹H) with P from the optimizer's state before update t
 writes config.json once, one row per measured step, top_eigenvalues.csv when k > 1, and
 checkpoints of w_t when due. `sharp train` calls it at every step through `measure`; a
 hand-written loop calls `step(t)` after backward() and before optimizer.step(), and gets the
-same rows by construction (SPEC §11):
+same rows by construction (docs/guides/own-model.md#tracker):
 
     with sharpcli.Tracker(model, loss_fn, x, y, optimizer=opt, run_dir="reports/my-run") as t:
         for step in range(T + 1):

@@ -31,6 +31,21 @@ def dense_hessian(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -
     return torch.autograd.functional.hessian(loss_of, flat, vectorize=True)
 
 
+def dense_hessian_of(model: nn.Module, loss_of_outputs, *args, **kwargs) -> torch.Tensor:
+    """∇²L(w) of `loss_of_outputs(model(*args, **kwargs))` at once, for models called with
+    dicts or several inputs: the same independent computation as dense_hessian."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p.detach() for n, p in model.named_parameters() if p.requires_grad]
+    flat = torch.cat([p.reshape(-1) for p in params])
+
+    def loss_of(w: torch.Tensor) -> torch.Tensor:
+        tensors = dict(zip(names, (piece.view_as(p) for piece, p in
+                                   zip(torch.split(w, [p.numel() for p in params]), params))))
+        return loss_of_outputs(functional_call(model, tensors, args, kwargs))
+
+    return torch.autograd.functional.hessian(loss_of, flat, vectorize=True)
+
+
 class CountingOperator(DenseOperator):
     """A dense symmetric operator that counts its matvecs (and checks what it is fed), so
     tests can compare a solver's own count and cost with the truth."""

@@ -1,0 +1,63 @@
+"""A small causal token model and padded token data, the shape of a language model's
+Hessian problem at a size a dense Hessian can check: dict inputs (`ids`, `mask`), outputs
+as a dict holding `logits` (as a Hugging Face ModelOutput does), and a per-token mean
+cross-entropy that ignores the -100 padding label."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VOCAB, DIM, SEQ = 7, 3, 5
+
+
+class TokenNet(nn.Module):
+    """ids (N, T) → {"logits": (N, T, V)}: embedding, a causal prefix mean, tanh, output
+    (68 parameters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, DIM)
+        self.mix = nn.Linear(DIM, DIM)
+        self.out = nn.Linear(DIM, VOCAB)
+
+    def forward(self, ids, mask=None):
+        h = self.emb(ids)
+        if mask is not None:
+            h = h * mask[..., None].to(h.dtype)
+        steps = torch.arange(1, ids.shape[1] + 1, dtype=h.dtype, device=h.device)
+        h = torch.cumsum(h, dim=1) / steps[:, None]
+        return {"logits": self.out(torch.tanh(self.mix(h)))}
+
+
+def token_loss(outputs, labels):
+    """Mean cross-entropy over the unpadded tokens (the -100 labels do not count)."""
+    logits = outputs["logits"]
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def tokens(batch) -> int:
+    return int((batch[1] != -100).sum())
+
+
+def model(seed: int = 0) -> TokenNet:
+    torch.manual_seed(seed)
+    return TokenNet().double()
+
+
+def sequences(n: int = 7, seed: int = 1):
+    """n right-padded sequences of lengths 2…SEQ: ids, mask and labels (-100 on padding)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (n, SEQ), generator=gen)
+    lengths = torch.randint(2, SEQ + 1, (n,), generator=gen)
+    mask = (torch.arange(SEQ)[None, :] < lengths[:, None]).long()
+    labels = torch.randint(0, VOCAB, (n, SEQ), generator=gen).masked_fill(mask == 0, -100)
+    return ids, mask, labels
+
+
+def batches(batch_size: int, n: int = 7, seed: int = 1) -> list:
+    """The sequences as a list of ({"ids", "mask"}, labels) batches."""
+    ids, mask, labels = sequences(n, seed)
+    return [({"ids": ids[i:i + batch_size], "mask": mask[i:i + batch_size]},
+             labels[i:i + batch_size]) for i in range(0, n, batch_size)]

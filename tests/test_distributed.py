@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests import token_cases
 from tests.runners import sharp
 
 N = "1001"
@@ -45,11 +46,14 @@ COLUMNS = ["train_loss", "train_acc", "test_loss", "grad_norm", "sharpness",
            "preconditioned_sharpness", "batch_sharpness"]
 LAUNCH_TIMEOUT = 300  # seconds, whole launch
 BATCH = Path(__file__).with_name("torchrun_batch.py")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def torchrun(*args, cwd: Path, timeout: float = LAUNCH_TIMEOUT) -> subprocess.CompletedProcess:
-    """A 2-process torchrun launch, one thread per process, killed at `timeout`."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    """A 2-process torchrun launch, one thread per process, killed at `timeout`; the
+    repository on the path, so that `tests.…:CALLABLE` factories import."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -90,6 +94,9 @@ def launched(tmp_path_factory):
     commands.append(["spectrum", ckpt, *SPECTRUM_BLOCKS, "--out", root / "two" / "blocks.csv"])
     commands.append(["eos", root / "two" / "reports" / "gd", "--from-checkpoints",
                      "--out", root / "two" / "eos.csv", "--tol", "1e-6"])
+    torch.save(token_cases.model().state_dict(), root / "tokens.pt")
+    for source in STREAMS:
+        commands.append(stream_spectrum(root, source, root / "two" / f"{source}.csv"))
     (root / "commands.json").write_text(json.dumps([[str(a) for a in c] for c in commands]))
     result = torchrun(BATCH, root / "commands.json", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -101,6 +108,28 @@ SPECTRUM = ["--top-k", "3", "--tol", "1e-7", "--trace", "--trace-tol", "0", "--t
 # products in blocks (block Lanczos, SLQ's runs together): one all-reduce per block
 SPECTRUM_BLOCKS = ["--top-k", "3", "--method", "block", "--tol", "1e-7", "--density",
                    "--density-runs", "3", "--density-iters", "12", "--quiet"]
+
+
+# a token model on padded dict batches, weighted by unpadded tokens: a list of uneven batches
+# (each process takes every other one) and a DataLoader (its batch sampler split)
+STREAMS = ("stream", "loader")
+
+
+def stream_spectrum(root: Path, source: str, out: Path) -> list:
+    return ["spectrum", "--model-factory", "tests.token_cases:model", "--weights",
+            root / "tokens.pt", "--data", f"tests.token_cases:{source}", "--num-terms",
+            "tests.token_cases:tokens", "--loss", "tests.token_cases:token_loss", "--top-k", "3",
+            "--tol", "1e-9", "--trace", "--trace-probes", "6", "--trace-tol", "0", "--out", out,
+            "--quiet"]
+
+
+@pytest.mark.parametrize("source", STREAMS)
+def test_streamed_token_spectra_equal_one_process(launched, source, tmp_path):
+    root, _ = launched
+    assert sharp(*stream_spectrum(root, source, tmp_path / "one.csv")).code == 0
+    one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(root / "two" / f"{source}.csv")
+    assert list(one["quantity"]) == ["eigenvalue"] * 3 + ["trace"]
+    assert ((one["value"] - two["value"]).abs() <= 1e-6 * one["value"].abs()).all()
 
 
 @pytest.mark.parametrize("name", ["gd", "sgd", "sam", "eigen-sam", "adam", "sgd-augment"])

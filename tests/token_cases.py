@@ -61,3 +61,19 @@ def batches(batch_size: int, n: int = 7, seed: int = 1) -> list:
     ids, mask, labels = sequences(n, seed)
     return [({"ids": ids[i:i + batch_size], "mask": mask[i:i + batch_size]},
              labels[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def stream() -> list:
+    """`--data` for the CLI: 4 batches of 2, 2, 2 and 1 sequences (uneven shares over 2
+    processes: batches 0, 2 and 1, 3)."""
+    return batches(2)
+
+
+def loader():
+    """`--data` as a DataLoader of dict rows, batched by 2 (its batch sampler is split
+    between processes)."""
+    from torch.utils.data import DataLoader
+
+    ids, mask, labels = sequences()
+    rows = [({"ids": i, "mask": m}, l) for i, m, l in zip(ids, mask, labels)]
+    return DataLoader(rows, batch_size=2)

@@ -77,3 +77,39 @@ def loader():
     ids, mask, labels = sequences()
     rows = [({"ids": i, "mask": m}, l) for i, m, l in zip(ids, mask, labels)]
     return DataLoader(rows, batch_size=2)
+
+
+# ---- bad sources, for the one-line errors of `sharp spectrum --data MODULE:CALLABLE`
+
+def empty() -> list:
+    return []
+
+
+def noisy():
+    """A different batch on every pass (random augmentation, say)."""
+    return iter([({"ids": torch.randint(0, VOCAB, (2, SEQ)), "mask": torch.ones(2, SEQ)},
+                  torch.randint(0, VOCAB, (2, SEQ)))])
+
+
+def tensors_only() -> list:
+    """Batches that are bare tensors, not (inputs, targets) pairs."""
+    return [torch.zeros(2, SEQ).long()]
+
+
+def wrong_keys() -> list:
+    return [({"tokens": torch.zeros(2, SEQ).long()}, torch.zeros(2, SEQ).long())]
+
+
+def big_labels() -> list:
+    ids, mask, labels = sequences()
+    return [({"ids": ids, "mask": mask}, labels.masked_fill(labels == 3, VOCAB + 2))]
+
+
+def per_token_loss(outputs, labels):
+    """Not a mean: one loss per token."""
+    import torch.nn.functional as F
+    return F.cross_entropy(outputs["logits"].flatten(0, 1), labels.flatten(), reduction="none")
+
+
+def nothing(batch) -> int:
+    return 0

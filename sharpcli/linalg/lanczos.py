@@ -17,7 +17,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from sharpcli.linalg.budget import MemoryBudget
 from sharpcli.linalg.projection import project_out
+from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
                                      check_count,
                                      check_criterion, check_k, eigenvalues_settled,
@@ -119,8 +121,15 @@ def step_together(processes: list[LanczosProcess]) -> None:
         p.step(col)
 
 
+def unbudgeted_vectors(steps: int, k: int) -> int:
+    """Vectors `lanczos` holds at its peak without a budget, the product included: the basis,
+    the k Ritz vectors and their normalised copies, and the recurrence's temporaries
+    (measured in tests/linalg/test_restart.py)."""
+    return steps + 2 * k + 4
+
+
 def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
-            seed: int = 0, criterion: str = "residual") -> EigenResult:
+            seed: int = 0, criterion: str = "residual", max_memory=None) -> EigenResult:
     """Top-k eigenpairs of a symmetric operator, by algebraic value (largest first).
 
     Runs Lanczos with full reorthogonalisation, one matvec per iteration, and stops when all
@@ -149,6 +158,11 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     (clusters) are found, at the cost of more iterations.
 
     Memory: the basis holds up to min(max_iter, size) vectors of the operator's size.
+    `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound) bounds what the solver
+    keeps beyond the operator and one product: a budget that holds all of the above
+    (`unbudgeted_vectors`) changes nothing, the same numbers; a smaller one runs
+    thick-restart Lanczos in a basis that fits (restart.restarted_lanczos: more products,
+    the same certificate and criteria; `max_iter` then bounds products, not the basis).
     """
     check_k(op, k)
     check_count(max_iter, "max_iter")
@@ -158,8 +172,13 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     if not tol >= 0:
         raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
     check_criterion(criterion)
-    gen = make_generator(seed, op.device)
     steps = min(max_iter, op.size)
+    budget = MemoryBudget.of(max_memory)
+    if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_vectors(steps, k):
+        one = None if v0 is None else torch.as_tensor(v0).reshape(-1)  # v0 is one vector here
+        return restarted_lanczos(op, k, max_memory=budget, tol=tol, max_iter=max_iter, v0=one,
+                                 seed=seed, criterion=criterion)
+    gen = make_generator(seed, op.device)
     proc = LanczosProcess(op, start_vector(op, v0, gen), steps)
     previous = None  # the top-k Ritz values one step earlier
     while True:

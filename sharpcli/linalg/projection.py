@@ -27,3 +27,28 @@ def project_out(w: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
 
 
 _DGKS = 2 ** -0.5
+
+
+def project_out_(w: torch.Tensor, rows) -> torch.Tensor:
+    """`project_out` in place, for the memory-bounded solvers: w (size,) or (size, b) loses
+    its components along the orthonormal rows of `rows`, one (m, size) tensor or a list of
+    them (a basis held in pieces), with no temporary of w's size (the coefficients, m × b,
+    are all the scratch). The same classical Gram–Schmidt, repeated under the same DGKS
+    criterion; the coefficients of all pieces are taken before any is subtracted."""
+    pieces = [r for r in ([rows] if isinstance(rows, torch.Tensor) else rows or []) if len(r)]
+    if not pieces:
+        return w
+    before = torch.linalg.vector_norm(w, dim=0)
+    _subtract_projection(w, pieces)
+    if bool((torch.linalg.vector_norm(w, dim=0) < _DGKS * before).any()):  # one host sync
+        _subtract_projection(w, pieces)
+    return w
+
+
+def _subtract_projection(w: torch.Tensor, pieces: list[torch.Tensor]) -> None:
+    coefficients = [r @ w for r in pieces]
+    for r, h in zip(pieces, coefficients):
+        if w.ndim == 1:
+            w.addmv_(r.T, h, alpha=-1)
+        else:
+            w.addmm_(r.T, h, alpha=-1)

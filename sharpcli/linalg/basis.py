@@ -13,9 +13,10 @@ each way per step, and all the work on the basis is done where the basis is.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from sharpcli.linalg.projection import project_out_
+from sharpcli.linalg.projection import inner, project_out_
 
 
 class Basis:
@@ -101,3 +102,38 @@ def right_multiply_(w: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     for r0 in range(0, w.shape[0], chunk):
         w[r0:r0 + chunk, :n] = w[r0:r0 + chunk] @ m
     return w[:, :n]
+
+
+def orthonormalize_(w: torch.Tensor, against: list[torch.Tensor], width: int,
+                    threshold: float | None) -> tuple[int, np.ndarray]:
+    """In place: w (size, c) ← [U | rest], U (size, good) orthonormal and orthogonal to the
+    rows of `against` (a list of (m, size) pieces), spanning w's range after projection but
+    for directions with singular value ≤ `threshold` (None: ε·s₁·c); good ≤ width. Returns
+    good and the coupling B (width × c, zero rows from good on) with w_projected ≈ U B.
+
+    From the Gram matrix WᵀW = V diag(s²) Vᵀ, taken in float64 (projection.inner):
+    U = W V diag(1/s), B = diag(s) Vᵀ (Cholesky–QR by eigendecomposition). Its rounding is
+    ε·s₁/s_min, so when W is nearly rank-deficient (s_min < √ε s₁) U is projected and
+    orthonormalised once more (CholQR2: Fukaya et al. 2014), which also removes the
+    components along `against` that rounding amplified in the small directions."""
+    project_out_(w, against)
+    eps = torch.finfo(w.dtype).eps
+    lam, v = np.linalg.eigh(inner(w, w).cpu().numpy())
+    lam, v = lam[::-1], v[:, ::-1]
+    s = np.sqrt(np.clip(lam, 0.0, None))
+    limit = eps * s[0] * w.shape[1] if threshold is None else threshold
+    good = int(np.sum(s[:width] > limit))           # s descending: a prefix
+    coupling = np.zeros((width, w.shape[1]))
+    coupling[:good] = s[:good, None] * v[:, :good].T
+    u = right_multiply_(w, _like(w, v[:, :good] / s[:good]))
+    if good and s[good - 1] < eps ** 0.5 * s[0]:
+        project_out_(u, against)
+        lam2, v2 = np.linalg.eigh(inner(u, u).cpu().numpy())
+        inv_sqrt = (v2 / np.sqrt(lam2)) @ v2.T
+        right_multiply_(u, _like(w, inv_sqrt))
+        coupling[:good] = inv_sqrt.T @ coupling[:good]
+    return good, coupling
+
+
+def _like(w: torch.Tensor, x: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(x), dtype=w.dtype, device=w.device)

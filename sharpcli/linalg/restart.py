@@ -32,8 +32,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sharpcli.linalg.basis import Basis, right_multiply_
+from sharpcli.linalg.basis import Basis, orthonormalize_
 from sharpcli.linalg.budget import MemoryBudget, vector_bytes
+from sharpcli.linalg.projection import inner, project_out_
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
                                      check_count, check_criterion, check_k, eigenvalues_settled,
                                      make_generator, random_vector, start_block, start_columns,
@@ -78,24 +79,22 @@ class ThickRestartLanczos:
     def step(self) -> None:
         """Apply A to the pending block, extend T, and orthonormalise the next block."""
         lo, hi = self.m, self.m + self.p
-        q = self.basis.block(lo, hi)                     # (p, size)
-        x = q.T.to(self.op.device)
+        x = self.basis.block(lo, hi).T.to(self.op.device)   # a copy only across head/tail
         w = apply(self.op, x[:, 0]).unsqueeze(1) if self.b == 1 else apply_block(self.op, x)
         del x
         w = w.to(self.basis.device)
         self.n_matvec += self.p
         self.n_blocks += 1
-        a = (q @ w).double().cpu().numpy()
+        a = torch.cat([inner(q.T, w) for q in self.basis.pieces(lo, hi)]).cpu().numpy()
         if not np.all(np.isfinite(a)):
             raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
         a = (a + a.T) / 2
-        gram = (w.T @ w).double().cpu().numpy()
+        gram = inner(w, w).cpu().numpy()
         self.anorm = max(self.anorm, float(np.sqrt(max(np.linalg.eigvalsh(gram)[-1], 0.0))))
-        w.addmm_(q.T, self._small(a), alpha=-1)
-        del q
-        i, et = 0, self._small(self.E.T)
-        for piece in self.basis.pieces(0, lo):          # − V Eᵀ: the arrow and β_{j−1}
-            w.addmm_(piece.T, et[i:i + len(piece)], alpha=-1)
+        # W − V Eᵀ − Q A_Q: the recurrence (the arrow and β_{j−1} are in Eᵀ)
+        i, coef = 0, self._small(np.vstack([self.E.T, a]))
+        for piece in self.basis.pieces(0, hi):
+            w.addmm_(piece.T, coef[i:i + len(piece)], alpha=-1)
             i += len(piece)
         self.T = np.block([[self.T, self.E.T], [self.E, a]])
         self.m = hi
@@ -109,31 +108,15 @@ class ThickRestartLanczos:
 
     def _orthonormalize(self, w: torch.Tensor, hi: int, width: int, threshold) -> np.ndarray:
         """Rows [hi, hi + width) ← an orthonormal basis of w (size, c) ⊥ rows [0, hi) and
-        the lock; returns the coupling B (width × c) with w = [those rows]ᵀ B. In place on
-        w, from its Gram matrix WᵀW = V diag(s²) Vᵀ: U = W V diag(1/s). Directions with s at
-        or below `threshold` (None: ε·s₁·c) are exhausted (an invariant subspace): fresh
-        random ones, coupled by zero. When W is nearly rank-deficient (s_min < √ε s₁) its
-        small directions carry its rounding-level components along the basis, amplified:
-        they are projected off once more and U re-orthonormalised (CholQR2)."""
-        self.basis.project_out_(w, hi, self.lock)
-        lam, v = np.linalg.eigh((w.T @ w).double().cpu().numpy())
-        lam, v = lam[::-1], v[:, ::-1]
-        s = np.sqrt(np.clip(lam, 0.0, None))
-        limit = self.eps * s[0] * w.shape[1] if threshold is None else threshold
-        good = int(np.sum(s[:width] > limit))           # s descending: a prefix
-        coupling = np.zeros((width, w.shape[1]))
-        coupling[:good] = s[:good, None] * v[:, :good].T
-        u = right_multiply_(w, self._small(v[:, :good] / s[:good]))
-        if good and s[good - 1] < self.eps ** 0.5 * s[0]:
-            self.basis.project_out_(u, hi, self.lock)
-            lam2, v2 = np.linalg.eigh((u.T @ u).double().cpu().numpy())
-            inv_sqrt = (v2 / np.sqrt(lam2)) @ v2.T
-            right_multiply_(u, self._small(inv_sqrt))
-            coupling[:good] = inv_sqrt.T @ coupling[:good]
+        the lock (basis.orthonormalize_); returns the coupling B (width × c) with w = [those
+        rows]ᵀ B. Directions with a singular value at or below `threshold` are exhausted (an
+        invariant subspace): fresh random ones, coupled by zero."""
+        against = self.lock + self.basis.pieces(0, hi)
+        good, coupling = orthonormalize_(w, against, width, threshold)
         for i in range(good, width):
             r = random_vector(self.op, self.gen, "gaussian").to(self.basis.device)
-            self.basis.project_out_(r, hi, self.lock + [w[:, :i].T])
-            w[:, i] = r / r.norm()
+            project_out_(r, against + [w[:, :i].T])
+            w[:, i] = r.div_(r.norm())
         self.basis.write(hi, w[:, :width].T)
         return coupling
 

@@ -121,7 +121,8 @@ def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int
                   max_memory=budget)
     values, residuals = res.eigenvalues.tolist(), res.residuals.tolist()
     converged, n_matvec = res.converged.tolist(), res.n_matvec
-    held = res.basis_vectors or unbudgeted_vectors(min(max_iter, op.size), k)
+    held = res.basis_vectors or max(k, min(max_iter, op.size))  # rows of the first basis
+    restarts = res.restarts
     q = res.eigenvectors.T                       # (k, size) rows, updated in place
     del res
     rest = budget.less(k + 1, op.size, op.dtype)
@@ -137,7 +138,7 @@ def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int
                                    lock=q.to(storage))
         new = solve(proc, 1, tol=tol, max_iter=limit, criterion="residual")
         del proc
-        n_matvec += new.n_matvec
+        n_matvec, restarts = n_matvec + new.n_matvec, restarts + new.restarts
         theta, v = float(new.eigenvalues[0]), new.eigenvectors[:, 0]
         if not theta > values[-1]:
             break  # nothing missed above the k-th value
@@ -157,4 +158,4 @@ def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int
     return EigenResult(torch.tensor(values, dtype=torch.float64), q.T,
                        torch.tensor(residuals, dtype=torch.float64),
                        torch.tensor(converged, dtype=torch.bool), n_matvec, n_matvec,
-                       basis_vectors=held)
+                       basis_vectors=held, restarts=restarts)

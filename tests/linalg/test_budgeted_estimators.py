@@ -62,13 +62,13 @@ def test_full_reorthogonalisation_in_groups_is_the_same_density(budget):
     assert torch.allclose(grouped.density, full.density, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("budget", [5, 61, 130])
+@pytest.mark.parametrize("budget", [4, 31, 62])
 def test_slq_runs_allocate_within_the_budget(budget):
     gen = make_generator(0, OP.device)
     with PeakMemory() as memory:
-        density_module._runs_within(OP, gen, "rademacher", 5, 60, MemoryBudget(vectors(budget)))
-    together = max(budget // 61, 1)
-    assert memory.peak <= vectors(budget + together) + 2 * 60 ** 2 * 8 * together
+        density_module._runs_within(OP, gen, "rademacher", 3, 30, MemoryBudget(vectors(budget)))
+    together = max(budget // 31, 1)  # runs side by side: one product each
+    assert memory.peak <= vectors(budget + together) + 2 * 30 ** 2 * 8 * together
 
 
 def test_slq_generous_budget_and_minimum():
@@ -105,15 +105,15 @@ def test_traces_in_blocks_are_the_same_estimate(method, tol, block):
 def test_capped_hutch_plus_plus_is_unbiased_with_a_larger_error():
     """Meyer et al.: a sketch of s < m/3 leaves the remainder's variance 2‖A − A_s‖²_F/(m − 2s)."""
     true = float(SPECTRUM.sum())
-    full = [hutchinson_trace(OP, n_probes=60, method="hutch++", seed=s) for s in range(20)]
+    full = [hutchinson_trace(OP, n_probes=60, method="hutch++", seed=s) for s in range(12)]
     capped = [hutchinson_trace(OP, n_probes=60, method="hutch++", seed=s, max_memory=vectors(7))
-              for s in range(20)]
+              for s in range(12)]
     assert "sketch of 5 vectors instead of 20" in capped[0].note
     assert all(r.n_matvec == 60 for r in full + capped)
     err = lambda rs: float(torch.tensor([r.estimate - true for r in rs]).pow(2).mean().sqrt())  # noqa: E731
     mean = lambda rs: sum(r.estimate for r in rs) / len(rs)  # noqa: E731
     assert err(full) < err(capped)
-    assert abs(mean(capped) - true) < 3 * err(capped) / 20 ** 0.5
+    assert abs(mean(capped) - true) < 3 * err(capped) / 12 ** 0.5
     assert all(abs(r.estimate - true) < 5 * r.stderr for r in capped)
 
 

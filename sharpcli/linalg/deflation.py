@@ -129,16 +129,10 @@ def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int
     for restart in range(1, k + 1):  # each restart that finds something adds one pair
         if k >= op.size:
             break
-        deflated = _DeflatedInPlace(op, q.T)
-        limit = min(max_iter, op.size - k)
-        capacity, storage = plan(deflated, 1, 1, rest, limit)
-        held = max(held, k + 1 + capacity)
-        proc = ThickRestartLanczos(deflated, None, k=1, b=1, capacity=capacity, storage=storage,
-                                   gen=make_generator(seed + restart, op.device),
-                                   lock=q.to(storage))
-        new = solve(proc, 1, tol=tol, max_iter=limit, criterion="residual")
-        del proc
+        new = _deflated_top(op, q, rest, tol=tol, max_iter=min(max_iter, op.size - k),
+                            seed=seed + restart)
         n_matvec, restarts = n_matvec + new.n_matvec, restarts + new.restarts
+        held = max(held, k + 1 + new.basis_vectors)
         theta, v = float(new.eigenvalues[0]), new.eigenvectors[:, 0]
         if not theta > values[-1]:
             break  # nothing missed above the k-th value
@@ -151,7 +145,7 @@ def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int
         residuals.insert(i, float(w.sub_(v, alpha=theta).norm()))
         converged.insert(i, bool(new.converged[0]))
         del w, new
-        for j in range(k - 1, i, -1):
+        for j in range(k - 1, i, -1):  # shift the rows below i down; the k-th falls out
             q[j].copy_(q[j - 1])
         q[i].copy_(v)
         del values[k:], residuals[k:], converged[k:]
@@ -159,3 +153,15 @@ def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int
                        torch.tensor(residuals, dtype=torch.float64),
                        torch.tensor(converged, dtype=torch.bool), n_matvec, n_matvec,
                        basis_vectors=held, restarts=restarts)
+
+
+def _deflated_top(op, q: torch.Tensor, budget: MemoryBudget, *, tol: float, max_iter: int,
+                  seed: int) -> EigenResult:
+    """The top pair of (I − QQᵀ)A(I − QQᵀ), Q the rows of q, by restarted single-vector
+    Lanczos within `budget`, from a Gaussian start (seeded as the unbudgeted restarts are)
+    kept orthogonal to Q."""
+    deflated = _DeflatedInPlace(op, q.T)
+    capacity, storage = plan(deflated, 1, 1, budget, max_iter)
+    proc = ThickRestartLanczos(deflated, None, k=1, b=1, capacity=capacity, storage=storage,
+                               gen=make_generator(seed, op.device), lock=q.to(storage))
+    return solve(proc, 1, tol=tol, max_iter=max_iter, criterion="residual")

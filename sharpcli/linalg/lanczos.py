@@ -125,7 +125,7 @@ class WindowedLanczosProcess(LanczosProcess):
 
     def __init__(self, op, v0: torch.Tensor, max_steps: int, window: int):
         self.op, self.max_steps = op, max_steps
-        self.basis = torch.empty(max(2, min(window, max_steps)), op.size, dtype=op.dtype,
+        self.basis = torch.empty(min(max(2, window), max_steps), op.size, dtype=op.dtype,
                                  device=op.device)
         self.basis[0] = v0
         self.alphas, self.betas = [], []
@@ -135,6 +135,10 @@ class WindowedLanczosProcess(LanczosProcess):
 
     def _row(self, j: int) -> torch.Tensor:
         return self.basis[j % len(self.basis)]
+
+    def restart(self, gen: torch.Generator) -> None:
+        # a fresh direction orthogonal to the basis needs all of it; SLQ stops the run instead
+        raise NotImplementedError("a windowed Lanczos process cannot restart")
 
     @property
     def next_vector(self) -> torch.Tensor:

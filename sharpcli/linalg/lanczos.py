@@ -212,11 +212,8 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     (clusters) are found, at the cost of more iterations.
 
     Memory: the basis holds up to min(max_iter, size) vectors of the operator's size.
-    `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound) bounds what the solver
-    keeps beyond the operator and one product: a budget that holds all of the above
-    (`unbudgeted_vectors`) changes nothing, the same numbers; a smaller one runs
-    thick-restart Lanczos in a basis that fits (restart.restarted_lanczos: more products,
-    the same certificate and criteria; `max_iter` then bounds products, not the basis).
+    `max_memory` (bytes, "1.5GB", a MemoryBudget) bounds it: a budget that holds it changes
+    nothing; a smaller one runs restart.restarted_lanczos (more products, same certificate).
     """
     check_k(op, k)
     check_count(max_iter, "max_iter")
@@ -229,9 +226,9 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     steps = min(max_iter, op.size)
     budget = MemoryBudget.of(max_memory)
     if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_vectors(steps, k):
-        one = None if v0 is None else torch.as_tensor(v0).reshape(-1)  # v0 is one vector here
-        return restarted_lanczos(op, k, max_memory=budget, tol=tol, max_iter=max_iter, v0=one,
-                                 seed=seed, criterion=criterion)
+        return restarted_lanczos(op, k, max_memory=budget, tol=tol, max_iter=max_iter, seed=seed,
+                                 v0=None if v0 is None else torch.as_tensor(v0).reshape(-1),
+                                 criterion=criterion)
     gen = make_generator(seed, op.device)
     proc = LanczosProcess(op, start_vector(op, v0, gen), steps)
     previous = None  # the top-k Ritz values one step earlier

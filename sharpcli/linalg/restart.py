@@ -180,6 +180,11 @@ def restarted_lanczos(op, k: int = 1, *, max_memory, block_size: int = 1, tol: f
     certificate and criteria (`tol`, `criterion`) are those of `lanczos`, and `converged`
     says which pairs met them.
 
+    Where: the basis lives on the operator's device, or on the host (pinned memory) when a
+    CUDA device's free memory is short or `MemoryBudget(..., where="host")` asks
+    (MemoryBudget.place). Each product then travels to the host and the next block back,
+    and the reorthogonalisation runs on the host's CPU, between products (not overlapped).
+
     `block_size` b (default 1, single-vector): as in block_lanczos, blocks of b find an
     eigenvalue of multiplicity ≤ b that many times; v0 (size,) or (size, c) warm-starts, and
     a v0 with c > b columns widens the block to c. `iterations` counts blocks,

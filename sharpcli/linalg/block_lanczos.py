@@ -30,10 +30,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sharpcli.linalg.budget import MemoryBudget
 from sharpcli.linalg.projection import project_out
+from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply_block, check_count,
                                      check_criterion, check_k, eigenvalues_settled,
-                                     make_generator, random_vector, tolerance_scale)
+                                     make_generator, random_vector, start_block, start_columns,
+                                     tolerance_scale)
 
 # A singular value below this many ε·‖A‖ means the block's direction is (numerically) in
 # the span of the basis: the space it would add is exhausted.
@@ -133,9 +136,16 @@ class BlockLanczosProcess:
         return theta, s[:, :k], residuals
 
 
+def unbudgeted_vectors(steps: int, k: int, b: int) -> int:
+    """Vectors `block_lanczos` holds at its peak without a budget, the product included: a
+    basis of (steps + 1)·b rows, the SVD of each block's residual, the k Ritz vectors and
+    their normalised copies (measured in tests/linalg/test_restart.py)."""
+    return (steps + 1) * b + max(2 * k + 2 * b + 2, 5 * b + 1) + 1
+
+
 def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float = 1e-3,
                   max_iter: int = 100, v0: torch.Tensor | None = None, seed: int = 0,
-                  criterion: str = "residual") -> EigenResult:
+                  criterion: str = "residual", max_memory=None) -> EigenResult:
     """Top-k eigenpairs (largest algebraic first) by block Lanczos with blocks of
     `block_size` vectors (default k), each block one `matmat` of the operator.
 
@@ -153,6 +163,9 @@ def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float =
     Each returned residual is ‖B_j s_last‖, equal to ‖Av − θv‖ up to rounding of order ε‖A‖;
     `iterations` counts blocks, `n_matvec` products (b per block).
     Memory: the basis holds up to about max_iter vectors of the operator's size.
+    `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound): a budget that holds
+    all of that (`unbudgeted_vectors`) changes nothing; a smaller one runs thick-restart
+    block Lanczos in a basis that fits (restart.restarted_lanczos, blocks of the same b).
     """
     check_k(op, k)
     check_count(max_iter, "max_iter")
@@ -161,16 +174,20 @@ def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float =
     check_criterion(criterion)
     b = k if block_size is None else block_size
     check_count(b, "block_size")
-    gen = make_generator(seed, op.device)
-    start = _start_block(op, v0)
-    b = min(max(b, start.shape[1]), op.size)
-    if start.shape[1] < b:
-        fill = torch.stack([random_vector(op, gen, "gaussian") for _ in range(b - start.shape[1])], dim=1)
-        start = torch.cat([start, fill / fill.norm(dim=0)], dim=1)
+    b = min(max(b, start_columns(v0)), op.size)
     if max_iter < k:
         raise LinalgInputError(f"max_iter={max_iter} is below k={k}: block Lanczos needs at "
                                "least k products for k eigenpairs")
     steps = max(max_iter // b, -(-k // b))  # whole blocks within max_iter, enough for k
+    budget = MemoryBudget.of(max_memory)
+    if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_vectors(steps, k, b):
+        return restarted_lanczos(op, k, max_memory=budget, block_size=b, tol=tol,
+                                 max_iter=max_iter, v0=v0, seed=seed, criterion=criterion)
+    gen = make_generator(seed, op.device)
+    start = start_block(op, v0)
+    if start.shape[1] < b:
+        fill = torch.stack([random_vector(op, gen, "gaussian") for _ in range(b - start.shape[1])], dim=1)
+        start = torch.cat([start, fill / fill.norm(dim=0)], dim=1)
     proc = BlockLanczosProcess(op, start, capacity=(steps + 1) * b, gen=gen)
     previous = None  # the top-k Ritz values one block earlier
     while True:
@@ -198,15 +215,3 @@ def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float =
                        converged=torch.from_numpy(np.asarray(converged).copy()),
                        n_matvec=proc.n_matvec, iterations=proc.n_blocks)
 
-
-def _start_block(op, v0) -> torch.Tensor:
-    """The warm-start columns as (size, c) on the operator's device and dtype, or (size, 0)."""
-    if v0 is None:
-        return torch.empty(op.size, 0, dtype=op.dtype, device=op.device)
-    v = torch.as_tensor(v0).detach().to(device=op.device, dtype=op.dtype)
-    v = v.reshape(-1, 1) if v.ndim == 1 else v
-    if v.ndim != 2 or v.shape[0] != op.size:
-        raise LinalgInputError(f"v0 has shape {tuple(v.shape)}, the operator has size {op.size}")
-    if not bool(torch.isfinite(v).all()) or not bool((v.norm(dim=0) > 0).all()):
-        raise LinalgInputError("v0 must hold finite, non-zero vectors")
-    return v / v.norm(dim=0)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from sharpcli.linalg.lanczos import lanczos
-from sharpcli.linalg.projection import project_out
-from sharpcli.linalg.results import EigenResult, apply_block
+from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.lanczos import lanczos, unbudgeted_vectors
+from sharpcli.linalg.projection import project_out, project_out_
+from sharpcli.linalg.restart import ThickRestartLanczos, plan, solve
+from sharpcli.linalg.results import EigenResult, apply, apply_block, make_generator
 
 
 class _Deflated:
@@ -28,7 +30,7 @@ class _Deflated:
 
 
 def lanczos_top_k(op, k: int, *, tol: float = 1e-3, max_iter: int = 100, seed: int = 0,
-                  v0: torch.Tensor | None = None) -> EigenResult:
+                  v0: torch.Tensor | None = None, max_memory=None) -> EigenResult:
     """The top-k eigenvalues counted with multiplicity: Lanczos, then restarts on the
     deflated operator until one finds nothing above the k-th value.
 
@@ -46,7 +48,16 @@ def lanczos_top_k(op, k: int, *, tol: float = 1e-3, max_iter: int = 100, seed: i
     restart follows. `max_iter` bounds each Lanczos run; every product is counted in
     `n_matvec`. The price is one extra Lanczos run for the top pair when nothing was missed.
     `v0` warm-starts the first run (e.g. the previous v₁ along a training run).
+
+    `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound): a budget that holds
+    what the runs above hold changes nothing; a smaller one runs them as thick-restart
+    Lanczos (restart.py) within it, the deflated runs beside the k vectors kept
+    (`_top_k_within`): at least k + 5 vectors.
     """
+    budget = MemoryBudget.of(max_memory)
+    steps = max(k, min(max_iter, op.size))
+    if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_top_k_vectors(steps, k):
+        return _top_k_within(op, k, budget, tol=tol, max_iter=max_iter, seed=seed, v0=v0)
     res = lanczos(op, k, tol=tol, max_iter=max(k, min(max_iter, op.size)), seed=seed, v0=v0)
     values, residuals = res.eigenvalues.tolist(), res.residuals.tolist()
     converged, vectors = res.converged.tolist(), list(res.eigenvectors.T)
@@ -75,3 +86,82 @@ def lanczos_top_k(op, k: int, *, tol: float = 1e-3, max_iter: int = 100, seed: i
     return EigenResult(torch.tensor(values, dtype=torch.float64), torch.stack(vectors, dim=1),
                        torch.tensor(residuals, dtype=torch.float64),
                        torch.tensor(converged, dtype=torch.bool), n_matvec, n_matvec)
+
+
+def unbudgeted_top_k_vectors(steps: int, k: int) -> int:
+    """Vectors `lanczos_top_k` holds at its peak without a budget, the product included: the
+    first run's (lanczos.unbudgeted_vectors), or in a restart the k vectors kept, their
+    stack and QR factor, and the deflated run with its projections (measured in
+    tests/linalg/test_restart.py)."""
+    return max(unbudgeted_vectors(steps, k), 3 * k + unbudgeted_vectors(steps, 1) + 4)
+
+
+class _DeflatedInPlace(_Deflated):
+    """P A P as `_Deflated`, with one vector of scratch (the projected input) and the
+    product projected in place."""
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        x = project_out_(v.clone(), self.q.T)
+        w = apply(self.op, x)
+        del x
+        return project_out_(w, self.q.T)
+
+
+def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int, seed: int,
+                  v0) -> EigenResult:
+    """lanczos_top_k in a memory budget: the first run by `lanczos` within it (restarted
+    when it must be), then each deflated run as a restarted single-vector Lanczos in what
+    is left beside the k vectors kept and one projected input. The vectors are kept as rows
+    of one (k, size) tensor and updated in place; a vector found is inserted by shifting
+    the rows below it (the k-th falls out)."""
+    budget.require(k + 5, op.size, op.dtype,
+                   f"lanczos_top_k keeps {k} eigenvectors while a restarted run of 3 vectors, "
+                   "1 of scratch and 1 projected input looks for a missed one")
+    res = lanczos(op, k, tol=tol, max_iter=max(k, min(max_iter, op.size)), seed=seed, v0=v0,
+                  max_memory=budget)
+    values, residuals = res.eigenvalues.tolist(), res.residuals.tolist()
+    converged, n_matvec = res.converged.tolist(), res.n_matvec
+    held = res.basis_vectors or max(k, min(max_iter, op.size))  # rows of the first basis
+    restarts = res.restarts
+    q = res.eigenvectors.T                       # (k, size) rows, updated in place
+    del res
+    rest = budget.less(k + 1, op.size, op.dtype)
+    for restart in range(1, k + 1):  # each restart that finds something adds one pair
+        if k >= op.size:
+            break
+        new = _deflated_top(op, q, rest, tol=tol, max_iter=min(max_iter, op.size - k),
+                            seed=seed + restart)
+        n_matvec, restarts = n_matvec + new.n_matvec, restarts + new.restarts
+        held = max(held, k + 1 + new.basis_vectors)
+        theta, v = float(new.eigenvalues[0]), new.eigenvectors[:, 0]
+        if not theta > values[-1]:
+            break  # nothing missed above the k-th value
+        v = project_out_(v, q)
+        v /= v.norm()
+        w = apply(op, v)
+        n_matvec += 1
+        i = next(j for j, lam in enumerate(values) if theta > lam)
+        values.insert(i, theta)
+        residuals.insert(i, float(w.sub_(v, alpha=theta).norm()))
+        converged.insert(i, bool(new.converged[0]))
+        del w, new
+        for j in range(k - 1, i, -1):  # shift the rows below i down; the k-th falls out
+            q[j].copy_(q[j - 1])
+        q[i].copy_(v)
+        del values[k:], residuals[k:], converged[k:]
+    return EigenResult(torch.tensor(values, dtype=torch.float64), q.T,
+                       torch.tensor(residuals, dtype=torch.float64),
+                       torch.tensor(converged, dtype=torch.bool), n_matvec, n_matvec,
+                       basis_vectors=held, restarts=restarts)
+
+
+def _deflated_top(op, q: torch.Tensor, budget: MemoryBudget, *, tol: float, max_iter: int,
+                  seed: int) -> EigenResult:
+    """The top pair of (I − QQᵀ)A(I − QQᵀ), Q the rows of q, by restarted single-vector
+    Lanczos within `budget`, from a Gaussian start (seeded as the unbudgeted restarts are)
+    kept orthogonal to Q."""
+    deflated = _DeflatedInPlace(op, q.T)
+    capacity, storage = plan(deflated, 1, 1, budget, max_iter)
+    proc = ThickRestartLanczos(deflated, None, k=1, b=1, capacity=capacity, storage=storage,
+                               gen=make_generator(seed, op.device), lock=q.to(storage))
+    return solve(proc, 1, tol=tol, max_iter=max_iter, criterion="residual")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from sharpcli.linalg.lanczos import LanczosProcess, step_together
+from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.lanczos import LanczosProcess, WindowedLanczosProcess, step_together
 from sharpcli.linalg.results import (DensityResult, LinalgInputError, check_count,
                                      make_generator, random_vector)
 
@@ -34,9 +35,42 @@ def _quadrature(runs: list[LanczosProcess], n_iter: int) -> list[tuple[torch.Ten
     return out
 
 
+def unbudgeted_vectors(n_runs: int, steps: int) -> int:
+    """Vectors `slq_density` holds at its peak without a budget, the products included: every
+    run's basis, the probes and their unit copies, one block of products and the step's
+    temporaries (measured in tests/linalg/test_budgeted_density.py)."""
+    return n_runs * (steps + 4) + 4
+
+
+def _runs_within(op, gen, probe: str, n_runs: int, steps: int, budget: MemoryBudget):
+    """The runs of `slq_density` within `budget`: with full reorthogonalisation, as many side
+    by side as fit (each its `steps` rows and one column of the stacked block); if not even
+    one fits, one at a time reorthogonalised against its last budget − 1 vectors (1 for the
+    probe as it is drawn). Returns the runs' quadratures, products, and the label and note."""
+    have = budget.require(3, op.size, op.dtype,
+                          "stochastic Lanczos quadrature keeps 2 Lanczos vectors and 1 probe")
+    together = have // (steps + 1)
+    window = steps if together else have - 1
+    out, n_matvec = [], 0
+    for first in range(0, n_runs, max(together, 1)):
+        procs = []
+        for _ in range(min(max(together, 1), n_runs - first)):
+            v = random_vector(op, gen, probe)  # drawn in the unbudgeted order
+            procs.append(WindowedLanczosProcess(op, v.div_(v.norm()), steps, window))
+            del v
+        out += _quadrature(procs, steps)
+        n_matvec += sum(p.n_matvec for p in procs)
+    if together:
+        return out, n_matvec, "full", ""
+    return out, n_matvec, "partial", (
+        f"max_memory: each Lanczos run reorthogonalised against its last {window} of {steps} "
+        "vectors; ghost copies of converged extreme eigenvalues may appear among the nodes, "
+        "sharing their weight (the smoothed density moves little)")
+
+
 def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
                 sigma: float | None = None, seed: int = 0,
-                probe: str = "rademacher") -> DensityResult:
+                probe: str = "rademacher", max_memory=None) -> DensityResult:
     """Smoothed spectral density of a symmetric operator.
 
     `n_runs` probes (`probe` = "rademacher" or "gaussian", seeded by `seed`), each with
@@ -54,6 +88,16 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
 
     `nodes` and `weights` are (n_runs, m) with m the longest run; shorter runs are padded
     with zero-weight copies of their last node, so sums over a row stay exact.
+
+    `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound), what the runs keep
+    beyond the operator and one block of products: a budget that holds all runs
+    (`unbudgeted_vectors`) changes nothing. Below that, runs with full reorthogonalisation
+    go as many at a time as fit (the same probes and the same numbers up to rounding, in
+    more passes over the data); below steps + 1 vectors, one run at a time keeps only its
+    last budget − 1 vectors and reorthogonalises against those (`reorthogonalization` =
+    "partial", and `note` says so). The cost of partial: ghost eigenvalues among the nodes
+    (lanczos.WindowedLanczosProcess), so nodes are not eigenvalues; the density itself
+    stays close (tests/linalg/test_budgeted_density.py measures it). At least 3 vectors.
     """
     check_count(n_runs, "n_runs")
     check_count(n_iter, "n_iter")
@@ -63,11 +107,20 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
         sigma = DEFAULT_SIGMA
     if not sigma > 0:
         raise LinalgInputError(f"sigma must be positive, got {sigma!r}")
+    if probe not in ("rademacher", "gaussian"):
+        raise LinalgInputError(f"probe must be 'gaussian' or 'rademacher', got {probe!r}")
     gen = make_generator(seed, op.device)
     steps = min(n_iter, op.size)
-    probes = [random_vector(op, gen, probe) for _ in range(n_runs)]
-    procs = [LanczosProcess(op, v / v.norm(), steps) for v in probes]
-    runs = _quadrature(procs, steps)
+    budget = MemoryBudget.of(max_memory)
+    reorthogonalization, note = "full", ""
+    if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_vectors(n_runs, steps):
+        runs, n_matvec, reorthogonalization, note = _runs_within(op, gen, probe, n_runs, steps,
+                                                                 budget)
+    else:
+        probes = [random_vector(op, gen, probe) for _ in range(n_runs)]
+        procs = [LanczosProcess(op, v / v.norm(), steps) for v in probes]
+        runs = _quadrature(procs, steps)
+        n_matvec = sum(p.n_matvec for p in procs)
     m = max(len(theta) for theta, _ in runs)
     nodes = torch.stack([torch.cat([t, t[-1].expand(m - len(t))]) for t, _ in runs])
     weights = torch.stack([torch.cat([w, w.new_zeros(m - len(w))]) for _, w in runs])
@@ -80,4 +133,5 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
     density = gauss @ weights.reshape(-1) / n_runs
     density = density / torch.trapezoid(density, grid)
     return DensityResult(grid=grid, density=density, nodes=nodes, weights=weights,
-                         n_matvec=sum(p.n_matvec for p in procs), sigma=width)
+                         n_matvec=n_matvec, sigma=width,
+                         reorthogonalization=reorthogonalization, note=note)

@@ -17,7 +17,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from sharpcli.linalg.projection import project_out
+from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.projection import inner, project_out, project_out_
+from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
                                      check_count,
                                      check_criterion, check_k, eigenvalues_settled,
@@ -108,6 +110,60 @@ class LanczosProcess:
         return theta, s[:, :k], residuals
 
 
+class WindowedLanczosProcess(LanczosProcess):
+    """A LanczosProcess that keeps only its last `window` vectors (a ring of rows) and
+    reorthogonalises against them: full reorthogonalisation when window ≥ max_steps, partial
+    below (window 2: the three-term recurrence alone, as without any). All in place: no
+    scratch of the operator's size beyond the product, α in float64 (projection.inner).
+
+    Without full reorthogonalisation the basis loses orthogonality once Ritz values converge
+    (Paige 1976), and copies ("ghosts") of converged extreme eigenvalues appear among the Ritz
+    values; T_m is then the Lanczos matrix of a larger matrix whose eigenvalues cluster
+    around A's (Greenbaum 1989), so the Gauss quadrature it gives stays accurate: a ghost
+    cluster shares the weight of its eigenvalue (Knizhnerman 1996; Chen, Trogdon & Ubaru,
+    ICML 2021)."""
+
+    def __init__(self, op, v0: torch.Tensor, max_steps: int, window: int):
+        self.op, self.max_steps = op, max_steps
+        self.basis = torch.empty(min(max(2, window), max_steps), op.size, dtype=op.dtype,
+                                 device=op.device)
+        self.basis[0] = v0
+        self.alphas, self.betas = [], []
+        self.n_matvec, self.anorm = 0, 0.0
+        self.eps = torch.finfo(op.dtype).eps
+        self.broke_down = False
+
+    def _row(self, j: int) -> torch.Tensor:
+        return self.basis[j % len(self.basis)]
+
+    def restart(self, gen: torch.Generator) -> None:
+        # a fresh direction orthogonal to the basis needs all of it; SLQ stops the run instead
+        raise NotImplementedError("a windowed Lanczos process cannot restart")
+
+    @property
+    def next_vector(self) -> torch.Tensor:
+        return self._row(self.m)
+
+    def step(self, w: torch.Tensor | None = None) -> None:
+        j, v = self.m, self._row(self.m)
+        w = apply(self.op, v) if w is None else w
+        self.n_matvec += 1
+        alpha = float(inner(v[:, None], w))
+        self.anorm = max(self.anorm, float(w.norm()))
+        w.sub_(v, alpha=alpha)
+        if j > 0:
+            w.sub_(self._row(j - 1), alpha=self.betas[-1])
+        project_out_(w, self.basis[:min(j + 1, len(self.basis))])
+        beta = float(w.norm())
+        if not (abs(alpha) < float("inf") and beta < float("inf")):
+            raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
+        self.alphas.append(alpha)
+        self.betas.append(beta)
+        self.broke_down = beta <= _BREAKDOWN * self.eps * self.anorm
+        if not self.broke_down and j + 1 < self.max_steps:
+            self._row(j + 1).copy_(w).div_(beta)
+
+
 def step_together(processes: list[LanczosProcess]) -> None:
     """One step of each of several independent processes on the same operator, their
     products taken as one block (apply_block): SLQ's probes in one pass over the data."""
@@ -119,8 +175,15 @@ def step_together(processes: list[LanczosProcess]) -> None:
         p.step(col)
 
 
+def unbudgeted_vectors(steps: int, k: int) -> int:
+    """Vectors `lanczos` holds at its peak without a budget, the product included: the basis,
+    the k Ritz vectors and their normalised copies, and the recurrence's temporaries
+    (measured in tests/linalg/test_restart.py)."""
+    return steps + 2 * k + 4
+
+
 def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
-            seed: int = 0, criterion: str = "residual") -> EigenResult:
+            seed: int = 0, criterion: str = "residual", max_memory=None) -> EigenResult:
     """Top-k eigenpairs of a symmetric operator, by algebraic value (largest first).
 
     Runs Lanczos with full reorthogonalisation, one matvec per iteration, and stops when all
@@ -149,6 +212,8 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     (clusters) are found, at the cost of more iterations.
 
     Memory: the basis holds up to min(max_iter, size) vectors of the operator's size.
+    `max_memory` (bytes, "1.5GB", a MemoryBudget) bounds it: a budget that holds it changes
+    nothing; a smaller one runs restart.restarted_lanczos (more products, same certificate).
     """
     check_k(op, k)
     check_count(max_iter, "max_iter")
@@ -158,8 +223,13 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     if not tol >= 0:
         raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
     check_criterion(criterion)
-    gen = make_generator(seed, op.device)
     steps = min(max_iter, op.size)
+    budget = MemoryBudget.of(max_memory)
+    if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_vectors(steps, k):
+        return restarted_lanczos(op, k, max_memory=budget, tol=tol, max_iter=max_iter, seed=seed,
+                                 v0=None if v0 is None else torch.as_tensor(v0).reshape(-1),
+                                 criterion=criterion)
+    gen = make_generator(seed, op.device)
     proc = LanczosProcess(op, start_vector(op, v0, gen), steps)
     previous = None  # the top-k Ritz values one step earlier
     while True:

@@ -32,6 +32,9 @@ class EigenResult:
     converged: torch.Tensor     # (k,) bool
     n_matvec: int               # matvecs spent in total
     iterations: int
+    # memory-bounded solvers (max_memory=): the basis vectors held and the thick restarts
+    basis_vectors: int | None = None
+    restarts: int = 0
 
 
 @dataclass
@@ -43,6 +46,7 @@ class TraceResult:
     n_matvec: int   # matvecs spent in total
     n_probes: int   # Hutchinson probes averaged (for Hutch++: the residual-phase probes)
     samples: list[float] = field(default_factory=list)  # the averaged per-probe values, in order
+    note: str = ""  # what a memory budget cost (a capped Hutch++ sketch), for the user
 
 
 @dataclass
@@ -55,6 +59,8 @@ class DensityResult:
     weights: torch.Tensor  # (n_runs, m) quadrature weights, each row sums to 1
     n_matvec: int
     sigma: float           # the absolute Gaussian width used for smoothing
+    reorthogonalization: str = "full"  # "partial" under a memory budget too small for all
+    note: str = ""         # what a memory budget cost (ghost eigenvalues), for the user
 
 
 def check_count(value: int, name: str) -> None:
@@ -177,3 +183,24 @@ def apply_block(op, vs: torch.Tensor) -> torch.Tensor:
     if w.shape != vs.shape:
         raise LinalgInputError(f"matmat returned shape {tuple(w.shape)}, expected {tuple(vs.shape)}")
     return w
+
+
+def start_block(op, v0) -> torch.Tensor:
+    """The warm-start columns as (size, c) on the operator's device and dtype, or (size, 0)."""
+    if v0 is None:
+        return torch.empty(op.size, 0, dtype=op.dtype, device=op.device)
+    v = torch.as_tensor(v0).detach().to(device=op.device, dtype=op.dtype)
+    v = v.reshape(-1, 1) if v.ndim == 1 else v
+    if v.ndim != 2 or v.shape[0] != op.size:
+        raise LinalgInputError(f"v0 has shape {tuple(v.shape)}, the operator has size {op.size}")
+    if not bool(torch.isfinite(v).all()) or not bool((v.norm(dim=0) > 0).all()):
+        raise LinalgInputError("v0 must hold finite, non-zero vectors")
+    return v / v.norm(dim=0)
+
+
+def start_columns(v0) -> int:
+    """How many warm-start columns v0 has: 0 for None, 1 for a vector."""
+    if v0 is None:
+        return 0
+    v = torch.as_tensor(v0)
+    return 1 if v.ndim == 1 else int(v.shape[-1])

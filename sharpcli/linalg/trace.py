@@ -20,7 +20,9 @@ from typing import Callable
 
 import torch
 
-from sharpcli.linalg.projection import project_out
+from sharpcli.linalg.basis import orthonormalize_
+from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.projection import inner, project_out, project_out_
 from sharpcli.linalg.results import (LinalgInputError, TraceResult, apply_block, check_count,
                                      make_generator, random_vector)
 
@@ -42,25 +44,27 @@ def _stderr(values: list[float]) -> float:
 def _hutchinson_phase(op, gen, n_probes: int, tol: float | None, offset: float,
                       basis: torch.Tensor | None,
                       minus: Callable[[torch.Tensor], float] | None = None,
-                      min_probes: int = MIN_PROBES, block: int = 1) -> list[float]:
+                      min_probes: int = MIN_PROBES, block: int = 1,
+                      cap: int | None = None) -> list[float]:
     """zᵀAz (minus `minus(z)` when given) for up to n_probes Rademacher z (projected off
     `basis` when given), stopping early once stderr ≤ tol·|offset + mean|.
 
     Products are taken in blocks through the operator's matmat: the first `min_probes`
     (no stop is possible before them; all n_probes without tol) in one, then `block` at a
     time, the stop checked after each. The probes are drawn in the same order whatever the
-    blocks, so block = 1 gives the probe-by-probe estimate exactly."""
+    blocks, so block = 1 gives the probe-by-probe estimate exactly. `cap` (a memory budget)
+    bounds every block, which are then built and projected in place: the same probes and
+    stops, the same estimate up to rounding."""
     values: list[float] = []
     while len(values) < n_probes:
         first = tol is None or len(values) < min_probes
-        size = min((n_probes if tol is None else min_probes) if first else block,
-                   n_probes - len(values))
-        z = torch.stack([random_vector(op, gen, "rademacher") for _ in range(size)], dim=1)
-        if basis is not None:
-            z = project_out(z, basis.T)
+        want = (n_probes if tol is None else min_probes) - len(values) if first else block
+        size = min(want, n_probes - len(values), cap or n_probes)
+        z = _probes(op, gen, size, basis, lean=cap is not None)
         # one host sync per block: needed for the early stop, cheap next to the products
-        quad = (z * apply_block(op, z)).sum(dim=0).double().tolist()
+        quad = _quadratic_forms(z, apply_block(op, z), lean=cap is not None)
         values += [q - minus(zi) if minus is not None else q for q, zi in zip(quad, z.T)]
+        del z
         if tol is not None and len(values) >= min_probes:
             estimate = offset + sum(values) / len(values)
             if _stderr(values) <= tol * abs(estimate):
@@ -68,8 +72,61 @@ def _hutchinson_phase(op, gen, n_probes: int, tol: float | None, offset: float,
     return values
 
 
+def _probes(op, gen, n: int, basis: torch.Tensor | None, lean: bool) -> torch.Tensor:
+    """n Rademacher probes as columns (size, n), projected off `basis`'s columns; `lean`:
+    drawn into one tensor and projected in place (no copies of the block)."""
+    if not lean:
+        z = torch.stack([random_vector(op, gen, "rademacher") for _ in range(n)], dim=1)
+        return z if basis is None else project_out(z, basis.T)
+    z = torch.empty(op.size, n, dtype=op.dtype, device=op.device)
+    for i in range(n):
+        z[:, i] = random_vector(op, gen, "rademacher")
+    return z if basis is None else project_out_(z, basis.T)
+
+
+def _quadratic_forms(z: torch.Tensor, az: torch.Tensor, lean: bool) -> list[float]:
+    """zᵢᵀ(Az)ᵢ for each column; `lean`: column by column, no product of the block's size."""
+    if not lean:
+        return (z * az).sum(dim=0).double().tolist()
+    return [float(inner(z[:, i:i + 1], az[:, i])) for i in range(z.shape[1])]
+
+
+def unbudgeted_vectors(n_probes: int, tol: float | None, block: int, min_probes: int,
+                       sketch: int = 0) -> int:
+    """Vectors a trace estimate holds at its peak without a budget, the products included:
+    its largest block of probes three times over (drawn, stacked, multiplied) and for Hutch++
+    the sketch five times over (probes, AS, its QR, AQ, QᵀAQ's terms) (measured in
+    tests/linalg/test_budgeted_trace.py)."""
+    first = n_probes if tol is None else min(min_probes, n_probes)
+    return max(5 * sketch, sketch + 3 * max(first, block)) + 4
+
+
+def _cap(op, budget: MemoryBudget | None, unbudgeted: int, kept: int = 0) -> int | None:
+    """The widest block of probes a budget allows beside `kept` vectors (one vector for the
+    probe being drawn), or None when there is no budget or it holds the unbudgeted path."""
+    if budget is None or budget.vectors(op.size, op.dtype) >= unbudgeted:
+        return None
+    have = budget.require(kept + 2, op.size, op.dtype,
+                          f"a trace estimate keeps {kept} sketch vectors, 1 probe and 1 of scratch")
+    return have - kept - 1
+
+
+def _sketch_within(op, gen, s: int) -> tuple[torch.Tensor, float, int]:
+    """Hutch++'s Q = orth(AS) and tr(QᵀAQ) for s probes, in place: the product AS becomes Q
+    (basis.orthonormalize_), so the sketch keeps s vectors beside one product. Returns Q,
+    tr(QᵀAQ) and the products spent (s + rank of AS)."""
+    z = _probes(op, gen, s, None, lean=True)
+    az = apply_block(op, z)
+    del z
+    good, _ = orthonormalize_(az, [], s, None)
+    q = az[:, :good]
+    aq = apply_block(op, q)
+    low_rank = sum(float(inner(q[:, i:i + 1], aq[:, i])) for i in range(good))
+    return q, low_rank, s + good
+
+
 def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed: int = 0,
-                     method: str = "hutchinson", block: int = 1) -> TraceResult:
+                     method: str = "hutchinson", block: int = 1, max_memory=None) -> TraceResult:
     """Estimate tr(A) with at most `n_probes` matvecs.
 
     method="hutchinson": the mean of zᵀAz over Rademacher probes z; stderr is the sample
@@ -88,14 +145,26 @@ def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed:
     generator seeded with `seed`. Products go through the operator's matmat in blocks: the
     sketch, tr(QᵀAQ) and the first probes of the Hutchinson phase each in one, later probes
     `block` at a time (the stop is checked between blocks).
+
+    `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound), what the estimate
+    keeps beyond the operator and one block of products; a budget that holds the unbudgeted
+    blocks (`unbudgeted_vectors`) changes nothing. Below that, Hutchinson takes its probes
+    in blocks that fit: the same probes and stops, the same estimate up to rounding, at no
+    cost in accuracy (only more passes over the data). Hutch++ keeps its sketch Q beside
+    them: a sketch of s ≤ budget − 2 vectors, and when the budget caps s below m//3 the
+    products it frees go to the remainder's Hutchinson probes. The estimate stays unbiased,
+    its variance grows toward Hutchinson's, 2‖A − A_s‖²_F/(m − 2s) with A_s the part of A the
+    sketch captures (Meyer et al. §2), instead of the full sketch's; `note` says so.
     """
     check_count(n_probes, "n_probes")
     if tol is not None and not tol > 0:
         raise LinalgInputError(f"tol must be positive or None, got {tol!r}")
     check_count(block, "block")
+    budget = MemoryBudget.of(max_memory)
     gen = make_generator(seed, op.device)
     if method == "hutchinson":
-        values = _hutchinson_phase(op, gen, n_probes, tol, 0.0, None, block=block)
+        cap = _cap(op, budget, unbudgeted_vectors(n_probes, tol, block, MIN_PROBES))
+        values = _hutchinson_phase(op, gen, n_probes, tol, 0.0, None, block=block, cap=cap)
         return TraceResult(sum(values) / len(values), _stderr(values), len(values), len(values),
                            values)
     if method != "hutch++":
@@ -103,19 +172,32 @@ def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed:
     if n_probes < 3:
         raise LinalgInputError(f"hutch++ needs a budget of at least 3 matvecs, got {n_probes}")
     s = min(n_probes // 3, op.size)
-    probes = torch.stack([random_vector(op, gen, "rademacher") for _ in range(s)], dim=1)
-    q, _ = torch.linalg.qr(apply_block(op, probes))  # (size, s), orthonormal even if AS is rank-deficient
-    low_rank = float((q * apply_block(op, q)).sum().double())
+    cap = _cap(op, budget, unbudgeted_vectors(n_probes - 2 * s, tol, block, MIN_PROBES, s), 1)
+    note = ""
+    if cap is None:
+        probes = torch.stack([random_vector(op, gen, "rademacher") for _ in range(s)], dim=1)
+        q, _ = torch.linalg.qr(apply_block(op, probes))  # (size, s), orthonormal even if AS is rank-deficient
+        low_rank, sketch_matvec = float((q * apply_block(op, q)).sum().double()), 2 * s
+    else:
+        have = budget.vectors(op.size, op.dtype)
+        if s > have - 2:  # the sketch beside a block of one probe and one of scratch
+            note = (f"max_memory: hutch++ sketch of {have - 2} vectors instead of {s}; the "
+                    "products it frees went to Hutchinson probes (a larger stderr)")
+            s = have - 2
+        q, low_rank, sketch_matvec = _sketch_within(op, gen, s)
+        cap = have - q.shape[1] - 1
     if s == op.size:  # Q spans the whole space: tr(QᵀAQ) is the trace, nothing is left
-        return TraceResult(low_rank, 0.0, 2 * s, 0)
-    values = _hutchinson_phase(op, gen, n_probes - 2 * s, tol, low_rank, q, block=block)
+        return TraceResult(low_rank, 0.0, sketch_matvec, 0, note=note)
+    values = _hutchinson_phase(op, gen, n_probes - sketch_matvec, tol, low_rank, q, block=block,
+                               cap=cap)
     estimate = low_rank + sum(values) / len(values)
-    return TraceResult(estimate, _stderr(values), 2 * s + len(values), len(values), values)
+    return TraceResult(estimate, _stderr(values), sketch_matvec + len(values), len(values), values,
+                       note=note)
 
 
 def control_variate_trace(op, base_trace: float, base_quadratic_form: Callable[[torch.Tensor], float],
                           *, n_probes: int = 100, tol: float | None = None,
-                          seed: int = 0, block: int = 1) -> TraceResult:
+                          seed: int = 0, block: int = 1, max_memory=None) -> TraceResult:
     """Estimate tr(A) as tr(B) + mean over Rademacher z of (zᵀAz − zᵀBz), where B is a
     matrix whose trace is known (`base_trace`) and whose quadratic form is cheap
     (`base_quadratic_form(z)` = zᵀBz).
@@ -123,7 +205,9 @@ def control_variate_trace(op, base_trace: float, base_quadratic_form: Callable[[
     Unbiased for any B; the closer B is to A, the smaller the standard error (that of the
     remainder, sample std over √n). At most `n_probes` probes, one matvec of A each; with
     `tol`, stop early (after at least 5 probes) once stderr ≤ tol·|estimate|. The first 5
-    products are one block (matmat), later ones `block` at a time.
+    products are one block (matmat), later ones `block` at a time. `max_memory` bounds the
+    blocks as for Hutchinson (`hutchinson_trace`): the same estimate up to rounding.
+    base_quadratic_form's own memory is outside the budget.
     """
     check_count(n_probes, "n_probes")
     if tol is not None and not tol > 0:
@@ -132,8 +216,10 @@ def control_variate_trace(op, base_trace: float, base_quadratic_form: Callable[[
         raise LinalgInputError(f"base_trace must be finite, got {base_trace!r}")
     check_count(block, "block")
     gen = make_generator(seed, op.device)
+    cap = _cap(op, MemoryBudget.of(max_memory),
+               unbudgeted_vectors(n_probes, tol, block, MIN_PROBES_CONTROL_VARIATE))
     values = _hutchinson_phase(op, gen, n_probes, tol, base_trace, None,
                                minus=base_quadratic_form, min_probes=MIN_PROBES_CONTROL_VARIATE,
-                               block=block)
+                               block=block, cap=cap)
     estimate = base_trace + sum(values) / len(values)
     return TraceResult(estimate, _stderr(values), len(values), len(values), values)

@@ -38,6 +38,7 @@ from sharpcli.config import (ADAPTIVE_PHASES, SAM_PHASES, Measure, Optimizer, ph
                              sam_start_step)
 from sharpcli.edges import PRECONDITIONER_OF, EdgeRule, adam_edge, gd_edge, rmsprop_edge, sam_edge
 from sharpcli.errors import SharpError
+from sharpcli.formats.atomic import atomic_write
 from sharpcli.formats.runs import PHASES, read_config, read_metrics, resolve_run_dir, writable
 from sharpcli.formats.schema import EOS_COLUMNS
 DEFAULT_BAND = 0.1
@@ -306,7 +307,8 @@ def eos_run(run: str | Path, band: float = DEFAULT_BAND, threshold: float = DEFA
 def write_eos_csv(table: pd.DataFrame, path: str | Path) -> Path:
     path = writable(path)
     try:
-        table[list(EOS_COLUMNS)].to_csv(path, index=False)
+        # whole or not at all: Ctrl-C or SIGTERM may come in the middle
+        atomic_write(path, lambda f: table[list(EOS_COLUMNS)].to_csv(f, index=False), mode="w")
     except OSError as err:
         raise SharpError(f"cannot write {path}: {err.strerror}") from None
     return path

@@ -91,7 +91,9 @@ def _signal_again_after_the_import(signum: int) -> None:
         while True:
             time.sleep(_POLL_SECONDS)
             frame = sys._current_frames().get(main)
-            where = None if frame is None else _raise_here(frame)
+            if frame is None:  # the interpreter is exiting
+                return
+            where = _raise_here(frame)
             if where is not None:
                 if where:
                     _thread.interrupt_main(signum)

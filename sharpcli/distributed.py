@@ -12,6 +12,7 @@ there is one process, `SINGLE`, and every sum is the identity (no collective, no
 from __future__ import annotations
 
 import datetime
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -21,7 +22,20 @@ import torch.distributed as dist
 
 from sharpcli.config import DEFAULT_DIST_TIMEOUT
 from sharpcli.errors import SharpError
+from sharpcli.interrupt import held
 from sharpcli.launch import env_local_rank, launched_by_torchrun
+
+if dist.is_available():
+    # Imported now, before any process group exists. Its functions take group=group.WORLD as
+    # a default argument, evaluated once, at import; DistributedDataParallel's constructor
+    # imports it, so a group created first would stay referenced by those defaults for the
+    # life of the interpreter, and destroy_process_group could not free it. Its gloo worker
+    # threads then outlive the command, and at the interpreter's exit one still releasing the
+    # last collective's tensors needs the GIL while Python finalises: the thread is unwound
+    # through a destructor and std::terminate aborts the process ("terminate called without
+    # an active exception", SIGABRT after every file was written: 2 of 33 launches of a
+    # 2-process SAM run on 2 busy cores). Destroyed here, the group joins its threads.
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -113,8 +127,14 @@ def process_group(device: str, timeout: float = DEFAULT_DIST_TIMEOUT) -> Iterato
                             **({"device_id": torch.device("cuda", local_rank)} if cuda else {}))
     try:
         yield Dist.current()
+    except BaseException as err:
+        # The frames an exception passed through hold the DDP model, which holds the group:
+        # cleared, the group is freed (its threads joined) below, not at the interpreter's exit.
+        traceback.clear_frames(err.__traceback__)
+        raise
     finally:
-        dist.destroy_process_group()
+        with held():  # a signal now is exit 130 all the same, once the group is gone
+            dist.destroy_process_group()
 
 
 def process_device(device: str, d: Dist) -> str:

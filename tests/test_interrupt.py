@@ -7,21 +7,31 @@ processes, at whatever point they have reached. The two signals share one handle
 (sharpcli.interrupt.stop_on_signals), so SIGINT in training is sent by this process to itself
 from inside the loop, at a chosen step: the same handler and the same stop, without a third
 start-up of Python and torch (about 4 s of CPU). The subprocesses start together and the
-in-process runs happen meanwhile, so that their start-up is paid once in wall time."""
+in-process runs happen meanwhile, so that their start-up is paid once in wall time.
+
+Then the moments no loop polls for a signal: start-up imports (a real `python -m sharpcli`
+that signals itself as a chosen module starts to import), data loading, the last step, the
+teardown, `sharp eos` writing its CSV; and a cluster's preemption, SIGTERMs at random
+moments each followed by `--resume`."""
 
 import csv
 import os
+import random
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import sharpcli.training.loop
 from sharpcli.formats.checkpoints import checkpoint_path, list_checkpoints, read_checkpoint
 from tests.runners import (METRICS_FIELDS, SPECTRUM_FIELDS, Outcome, assert_one_line_error,
-                           csv_lines, sharp, start_sharp, train_args, without_column)
+                           csv_lines, sharp, start_sharp, subprocess_env, train_args,
+                           without_column)
 
 # Rows every 10 steps, so the signal comes at step ~10-30 of 300: the run is far from done.
 # λ₁ at 0, 100, 200, 300: the resumed run's Lanczos starts from the vector saved at the stop.
@@ -150,15 +160,141 @@ def sigterm(*args, **kwargs):
     time.sleep(5)  # the handler interrupts this at once
 
 
-@pytest.mark.parametrize("interrupt", [ctrl_c, sigterm], ids=["SIGINT", "SIGTERM"])
-def test_signal_outside_the_training_loop_exits_130_quietly(tmp_path, monkeypatch, interrupt):
-    """A signal while the data loads (before the loop's own handler is installed): exit 130,
-    no traceback, nothing half written."""
-    import sharpcli.training.setup
+def sigterm_at_the_last_step(monkeypatch):
+    """SIGTERM while the last step (4) computes its gradient: after the loop's last poll."""
+    real, calls = sharpcli.training.loop.gradient_norm, []
 
-    monkeypatch.setattr(sharpcli.training.setup, "load_dataset", interrupt)
+    def signal_at_the_last_step(params):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(params)
+
+    monkeypatch.setattr(sharpcli.training.loop, "gradient_norm", signal_at_the_last_step)
+
+
+def sigterm_after_the_loop(monkeypatch):
+    """SIGTERM once training has returned, every file written (the teardown)."""
+    import sharpcli.cli.train
+
+    real = sharpcli.cli.train._train
+
+    def then_signal(*args, **kwargs):
+        result = real(*args, **kwargs)
+        sigterm()
+        return result
+
+    monkeypatch.setattr(sharpcli.cli.train, "_train", then_signal)
+
+
+def while_loading(interrupt):
+    def patch(monkeypatch):
+        import sharpcli.training.setup
+
+        monkeypatch.setattr(sharpcli.training.setup, "load_dataset", interrupt)
+    return patch
+
+
+# when the signal comes, what the one line says, and whether the run is complete
+MOMENTS = {
+    "SIGINT-loading": (while_loading(ctrl_c), "stopped by SIGINT", False),
+    "SIGTERM-loading": (while_loading(sigterm), "stopped by SIGTERM", False),
+    "SIGTERM-last-step": (sigterm_at_the_last_step, "stopped by SIGTERM as the work ended", True),
+    "SIGTERM-after-the-loop": (sigterm_after_the_loop, "stopped by SIGTERM", True),
+}
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_signal_outside_the_loops_polls(tmp_path, monkeypatch, moment):
+    """A signal where no loop polls for it (the data loading, the last step after the last
+    poll, the teardown): exit 130 and one line, no traceback, nothing half written; a run
+    that had finished is complete, and the handlers are restored afterwards."""
+    patch, words, complete = MOMENTS[moment]
+    patch(monkeypatch)
     previous = signal.getsignal(signal.SIGTERM)
     result = sharp(*train_args(tmp_path, "r", "--steps", "4"))
-    assert result.code == 130 and "Traceback" not in result.stderr, result.stderr
-    assert not (tmp_path / "checkpoints").exists()
+    assert_one_line_error(result, 130, words)
     assert signal.getsignal(signal.SIGTERM) is previous
+    if complete:
+        assert [line.split(",")[0] for line in csv_lines(tmp_path / "reports" / "r" / "metrics.csv")
+                ] == ["step", "0", "4"]
+        assert checkpoint_path(tmp_path / "checkpoints" / "r", 4).exists()
+    else:
+        assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("module", ["typer", "numpy"])
+def test_sigterm_during_start_up_imports(tmp_path, module):
+    """SIGTERM while `python -m sharpcli train` imports the CLI (typer), or torch (numpy,
+    inside torch's import): exit 130 and one line, never an exception thrown into a half-
+    imported module (it used to end in a numpy traceback) nor death by the signal itself."""
+    helper = Path(__file__).with_name("signal_during_import.py")
+    argv = train_args(tmp_path, "r", "--steps", "4")
+    proc = subprocess.run([sys.executable, helper, module, *argv], cwd=tmp_path,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert_one_line_error(Outcome(proc.returncode, proc.stdout, proc.stderr), 130,
+                          "stopped by SIGTERM")
+    # the stop came before training or at a step: whatever exists is whole
+    metrics_csv = tmp_path / "reports" / "r" / "metrics.csv"
+    assert not metrics_csv.exists() or metrics_csv.read_text().endswith("\n")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_sigterm_while_eos_writes_keeps_the_old_file(tmp_path, monkeypatch):
+    """`sharp eos` stopped in the middle of writing eos.csv: exit 130 and one line, and the
+    eos.csv of before, whole (the new one is written beside it and renamed when complete)."""
+    import pandas as pd
+
+    assert sharp(*train_args(tmp_path, "r", "--steps", "4", "--sharpness-every", "2")).code == 0
+    run = tmp_path / "reports" / "r"
+    assert sharp("eos", run).code == 0
+    before = (run / "eos.csv").read_text()
+
+    def header_then_signal(self, f, **kwargs):
+        f.write(before.splitlines()[0] + "\n")
+        sigterm()
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", header_then_signal)
+    assert_one_line_error(sharp("eos", run), 130, "stopped by SIGTERM")
+    assert (run / "eos.csv").read_text() == before
+    assert not list(run.glob(".*.tmp"))
+
+
+PREEMPTIONS = 5
+SAM_RUN = ["--optimizer", "sam", "--rho", "0.05", "--steps", "200", "--eval-every", "10",
+           "--sharpness-every", "50", "--checkpoint-every", "50"]
+
+
+def test_random_preemptions_then_resume_equal_the_uninterrupted_run(tmp_path):
+    """A cluster's preemption: SIGTERM at random moments (start-up, a step, a measurement, the
+    teardown), each run followed by `--resume`; the final metrics.csv equals an uninterrupted
+    run's but for the seconds column. Each SIGTERM is a real signal to this process, where
+    `sharp train` runs in-process (torch is imported once)."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # one landing after a run's exit
+    try:
+        durations = []
+        for run in ("reference", "timed"):  # the second, warm, says how long a run takes
+            start = time.monotonic()
+            assert sharp(*train_args(tmp_path / run, "r", *SAM_RUN)).code == 0
+            durations.append(time.monotonic() - start)
+        duration = min(durations)
+        seed = random.randrange(10**6)
+        rng = random.Random(seed)
+        stops = []
+        for _ in range(PREEMPTIONS):
+            timer = threading.Timer(rng.uniform(0.0, 0.5 * duration), os.kill,
+                                    (os.getpid(), signal.SIGTERM))
+            timer.start()
+            result = sharp(*train_args(tmp_path / "preempted", "r", *SAM_RUN, "--resume"))
+            timer.join()
+            if result.code == 0:  # the run had ended when the signal came
+                continue
+            stops.append(assert_one_line_error(result, 130, "stopped by SIGTERM"))
+        assert sharp(*train_args(tmp_path / "preempted", "r", *SAM_RUN, "--resume")).code == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # some before or after the loop, most at a step (the loop's own stop, saved for --resume)
+    assert len(stops) >= 2 and any("at step" in line for line in stops), (seed, duration, stops)
+    resumed = csv_lines(tmp_path / "preempted" / "reports" / "r" / "metrics.csv")
+    expected = csv_lines(tmp_path / "reference" / "reports" / "r" / "metrics.csv")
+    assert without_column(resumed, "seconds") == without_column(expected, "seconds"), (seed, stops)

@@ -39,6 +39,7 @@ from sharpcli.config import (ADAPTIVE_PHASES, SAM_PHASES, Measure, Optimizer, ph
                              sam_start_step)
 from sharpcli.edges import PRECONDITIONER_OF, EdgeRule
 from sharpcli.errors import SharpError, StrictCheckFailed
+from sharpcli.formats.atomic import atomic_write
 from sharpcli.formats.runs import PHASES, read_config, read_metrics, resolve_run_dir, writable
 from sharpcli.formats.schema import EOS_COLUMNS, EOS_FILE
 
@@ -260,7 +261,8 @@ def eos_run(run: str | Path, band: float = DEFAULT_BAND, threshold: float = DEFA
 def write_eos_csv(table: pd.DataFrame, path: str | Path) -> Path:
     path = writable(path)
     try:
-        table[list(EOS_COLUMNS)].to_csv(path, index=False)
+        # whole or not at all: Ctrl-C or SIGTERM may come in the middle
+        atomic_write(path, lambda f: table[list(EOS_COLUMNS)].to_csv(f, index=False), mode="w")
     except OSError as err:
         raise SharpError(f"cannot write {path}: {err.strerror}") from None
     return path

@@ -30,6 +30,7 @@ import pandas as pd
 
 from sharpcli.config import NON_SETTING_KEYS, UNUSED_BY_OPTIMIZER
 from sharpcli.errors import SharpError
+from sharpcli.formats.atomic import atomic_write
 from sharpcli.formats.runs import (METRICS_FILE, Run, find_run_dirs, last_value, read_config,
                            read_metrics, writable)
 
@@ -193,7 +194,8 @@ def to_markdown(summary: Summary) -> str:
 def write_summary_csv(summary: Summary, path: str | Path) -> Path:
     path = writable(path)
     try:
-        summary.table.to_csv(path, index=False)
+        # whole or not at all: Ctrl-C or SIGTERM may come in the middle
+        atomic_write(path, lambda f: summary.table.to_csv(f, index=False), mode="w")
     except OSError as err:
         raise SharpError(f"cannot write {path}: {err.strerror}") from None
     return path

@@ -7,15 +7,14 @@ arrive as SharpError and leave as one line on stderr with the exit code SPEC §1
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 import traceback
 
 import typer
 
-from sharpcli.launch import env_rank, launched_by_torchrun
+from sharpcli import interrupt
 from sharpcli.errors import SharpError
+from sharpcli.launch import env_rank, launched_by_torchrun
 
 app = typer.Typer(
     name="sharp",
@@ -56,19 +55,6 @@ def _click_errors() -> tuple[type, tuple[type, ...]]:
     return ex.ClickException, (help_error,) if help_error else ()
 
 
-def _sigterm_as_ctrl_c():
-    """SIGTERM outside a loop that handles it itself (training, spectrum) ends the command as
-    Ctrl-C does: exit 130, no traceback. Returns the handler it replaced (None off the main
-    thread, where signals cannot be handled)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
 def _error(message: str) -> None:
     """The one line of an error: printed by rank 0 only, so a launch says it once."""
     if env_rank() == 0:
@@ -88,42 +74,56 @@ def _lost_peers(err: Exception) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `sharp` console script and `python -m sharpcli`.
+    """Entry point of the `sharp` console script and `python -m sharpcli` (sharpcli.__main__,
+    which installs the signal handlers before importing this module).
 
     Every way out is an exit code of SPEC §1 with at most one line on stderr: usage errors
     (bad choice, bad number, unknown option) and SharpError exit 2 (DivergedError and
-    StrictCheckFailed 1, Interrupted 130); Ctrl-C outside a training loop exits 130 quietly.
-    Under torchrun every process exits with the same code and rank 0 alone prints the
-    line; a process whose peers failed first exits 1 (the failed one says why).
-    Anything else is a bug and keeps its traceback."""
+    StrictCheckFailed 1, Interrupted 130). SIGINT or SIGTERM at any moment, from start-up
+    to teardown, exits 130 (sharpcli.interrupt). Under torchrun every process exits with
+    the same code and rank 0 alone prints the line; a process whose peers failed first exits
+    1 (the failed one says why). Anything else is a bug and keeps its traceback."""
+    with interrupt.exit_on_signals():
+        try:
+            code, message = _run(argv)
+        except BaseException:
+            if interrupt.received() is None:
+                raise
+            code, message = 130, None  # a signal broke what it interrupted: not a bug
+        name = interrupt.received()
+        if name and code == 0:  # it came as the command ended: a preemption all the same
+            code, message = 130, f"stopped by {name} as the command ended; its output is complete"
+        elif (name and code != 130) or (code == 130 and message is None):
+            code, message = 130, f"stopped by {name or 'SIGINT'}"
+        if message is not None:
+            _error(message)
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> tuple[int, str | None]:
+    """Run the command: its exit code and the one line to print (None: nothing, or what
+    click printed itself). A bug propagates."""
     click_error, help_errors = _click_errors()
-    previous_sigterm = _sigterm_as_ctrl_c()
     try:
         # standalone_mode=False: click's errors reach us instead of a multi-line Rich box.
-        code = app(args=argv, prog_name="sharp", standalone_mode=False)
+        code = interrupt.interruptible(app, args=argv, prog_name="sharp", standalone_mode=False)
     except SharpError as err:
-        _error(str(err))
-        sys.exit(err.exit_code)
+        return err.exit_code, str(err)
     except help_errors as err:  # `sharp` alone: the help text
         if env_rank() == 0:
             err.show()
-        sys.exit(err.exit_code)
+        return err.exit_code, None
     except click_error as err:
         message = " ".join(err.format_message().replace(": Value error, ", ": ").split())
         ctx = getattr(err, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        _error(f"{message}{hint}")
-        sys.exit(err.exit_code)
+        return err.exit_code, f"{message}{hint}"
+    except (interrupt.Stopped, KeyboardInterrupt, typer.Abort):
+        return 130, None
     except Exception as err:
         if not _lost_peers(err):
             raise
-        _error("the processes of this launch lost contact: another process failed or was "
-               f"stopped (see its message), or a collective waited past --dist-timeout")
-        sys.exit(1)
-    except (KeyboardInterrupt, typer.Abort):
-        sys.exit(130)
-    finally:
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
-    if isinstance(code, int) and not isinstance(code, bool):  # typer.Exit(code), --help
-        sys.exit(code)
+        return 1, ("the processes of this launch lost contact: another process failed or was "
+                   "stopped (see its message), or a collective waited past --dist-timeout")
+    # typer.Exit(code) and --help return an int; a command returns None
+    return (code, None) if isinstance(code, int) and not isinstance(code, bool) else (0, None)

@@ -39,6 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     target = None
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group
         with os.fdopen(fd, mode) as f:
             target = _RememberWriteErrors(f)
             write(target)
@@ -57,6 +58,12 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
 def atomic_write_json(path: str | Path, data: dict) -> None:
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(path: str) -> None:

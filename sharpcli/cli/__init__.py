@@ -1,7 +1,7 @@
 """The `sharp` command line: parsing and printing only; the work lives in the library.
 
 Each command is a module here with a `register(app)` function. Errors the user caused
-arrive as SharpError and leave as one line on stderr with the exit code SPEC §1 gives.
+arrive as SharpError and leave as one line on stderr with its exit code (docs/reference/formats.md#exit-codes).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `sharp` console script and `python -m sharpcli` (sharpcli.__main__,
     which installs the signal handlers before importing this module).
 
-    Every way out is an exit code of SPEC §1 with at most one line on stderr: usage errors
+    Every way out is an exit code of docs/reference/formats.md#exit-codes with at most one line on stderr: usage errors
     (bad choice, bad number, unknown option) and SharpError exit 2 (DivergedError and
     StrictCheckFailed 1, Interrupted 130). SIGINT or SIGTERM at any moment, from start-up
     to teardown, exits 130 (sharpcli.interrupt). Under torchrun every process exits with

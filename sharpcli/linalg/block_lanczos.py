@@ -8,7 +8,7 @@ tridiagonal T = VᵀAV with diagonal blocks A_i = Q_iᵀAQ_i and couplings B_i:
     A Q_i = Q_{i−1} B_{i−1}ᵀ + Q_i A_i + Q_{i+1} B_i,     A V = V T + Q_{j+1} B_j E_jᵀ.
 
 If T s = θ s, the Ritz pair (θ, Vs) has residual ‖AVs − θVs‖ = ‖B_j s_last‖, s_last the last
-b entries of s: the certificate of SPEC §3 comes from T alone, as in single-vector Lanczos
+b entries of s: the certificate of docs/reference/mathematics.md#residuals comes from T alone, as in single-vector Lanczos
 (Golub & Underwood 1977; Golub & Van Loan §10.3.6).
 
 Why blocks: an eigenvalue of multiplicity m ≤ b is found m times, because the start block

@@ -1,5 +1,5 @@
 """Block Lanczos against dense ground truth: clusters, exact repeats (the MSE output block),
-warm starts, and the residual certificate of SPEC §3."""
+warm starts, and the residual certificate (docs/reference/mathematics.md#residuals)."""
 
 import pytest
 import torch

@@ -233,7 +233,8 @@ class Tracker:
                 "elapsed": _last_seconds(self.run_dir / METRICS_FILE)}
         extra = self.dist.broadcast(extra)
         device = next(iter(self.model.parameters())).device
-        top = extra.get("top_vectors", extra.get("top_vector"))  # older files: v₁ alone
+        top = extra.get("top_vectors")
+        top = extra.get("top_vector") if top is None else top  # older files: v₁ alone
         if isinstance(top, torch.Tensor):
             self.top_vectors = top.to(device)
         if isinstance(extra.get("preconditioned_vector"), torch.Tensor):

@@ -210,6 +210,7 @@ class _CheckedNet(torch.nn.Module):
         return self.fc2(_CheckedTanh.apply(self.fc1(x)))
 
 
+@pytest.mark.filterwarnings("ignore:batched Hessian-vector products are not possible")
 @pytest.mark.parametrize("chunk_size", CHUNKINGS.values(), ids=CHUNKINGS.keys())
 def test_matmat_falls_back_to_columns_without_a_batching_rule(chunk_size):
     _, _, x, y = MLP_MSE()

@@ -42,7 +42,7 @@ if __name__ == "__main__":
     steps = 1500
     with sharpcli.Tracker(model, mse_loss, x, y, optimizer=opt, run_dir="reports/own-loop",
                           every=20, test=(data.x_test, data.y_test),
-                          checkpoint_every=500) as tracker:
+                          checkpoint_every=500, overwrite=True) as tracker:
         for step in range(steps + 1):
             opt.zero_grad()
             mse_loss(model(x), y).backward()

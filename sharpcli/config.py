@@ -296,7 +296,8 @@ RECORD_ONLY_KEYS = {"versions", "resolved_device", "created", "total_steps", "st
                     "memory_format"}
 
 # Settings that do not change what is computed: runs differing only in these are repeats.
-NON_SETTING_KEYS = {"seed", "run_name", "reports_dir", "checkpoints_dir", "resume", "quiet",
+NON_SETTING_KEYS = {"seed", "run_name", "reports_dir", "checkpoints_dir", "checkpoint_dir",
+                    "resume", "quiet",
                     "device", "data_dir", "download", "physical_batch_size", "keep_last",
                     "dist_timeout", "recipe", "compile"} | RECORD_ONLY_KEYS
 

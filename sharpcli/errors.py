@@ -23,6 +23,11 @@ class StrictCheckFailed(SharpError):
     exit_code = 1
 
 
+class SharpWarning(UserWarning):
+    """Something the caller should know that does not stop the work: a measurement that
+    did not reach its tolerance, a slower path taken, and why."""
+
+
 class Interrupted(SharpError):
     """SIGINT or SIGTERM arrived; what was done is saved. Exit 130."""
 

@@ -18,7 +18,7 @@ from sharpcli.cli import main
 # A run that takes well under a second in-process: a 490-parameter MLP on 64 examples.
 # Tests that need another size or step size pass the flag again after it (the last wins).
 TINY = ["--train-size", "64", "--test-size", "32", "--width", "8", "--quiet"]
-METRICS_FIELDS = 18
+METRICS_FIELDS = 19
 SPECTRUM_FIELDS = 10
 
 

@@ -228,8 +228,9 @@ def _loss(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | str:
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
     if single:
-        ax_loss.legend(fontsize="small")
-        ax_acc.legend(fontsize="small")
+        for ax in (ax_loss, ax_acc):
+            if ax.lines:  # a run without accuracies (a model's own loss) has an empty panel
+                ax.legend(fontsize="small")
     else:
         _style_legend(ax_acc, [("-", "train"), ("--", "test")], loc="lower right")
         ax_loss.legend(fontsize="small", title="run")

@@ -193,15 +193,20 @@ def last_value(series: pd.Series) -> float:
 
 
 def checkpoint_files(run_dir: str | os.PathLike, config: dict | None = None) -> list[Path]:
-    """The run's checkpoints `<checkpoints_dir>/<run>/step-XXXXXXXX.pt`, by step. A relative
-    checkpoints_dir is tried against the current directory, then against the folder that
+    """The run's checkpoints, by step: in config.json's `checkpoint_dir` (a Tracker's run:
+    relative to the run folder, `checkpoints` by default), else in
+    `<checkpoints_dir>/<run>/step-XXXXXXXX.pt` (`sharp train`'s layout), a relative
+    checkpoints_dir tried against the current directory, then against the folder that
     holds the reports directory (so runs can be read from elsewhere)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir) if config is None else config
-    ck_dir = Path(config.get("checkpoints_dir") or "checkpoints")
-    names = dict.fromkeys(n for n in (config.get("run_name"), run_dir.name) if n)
-    bases = [ck_dir] if ck_dir.is_absolute() else [ck_dir, run_dir.resolve().parent.parent / ck_dir]
-    candidates = [base / name for base in bases for name in names]
+    if config.get("checkpoint_dir"):
+        candidates = [run_dir / config["checkpoint_dir"]]  # an absolute one replaces run_dir
+    else:
+        ck_dir = Path(config.get("checkpoints_dir") or "checkpoints")
+        names = dict.fromkeys(n for n in (config.get("run_name"), run_dir.name) if n)
+        bases = [ck_dir] if ck_dir.is_absolute() else [ck_dir, run_dir.resolve().parent.parent / ck_dir]
+        candidates = [base / name for base in bases for name in names]
     for folder in candidates:
         files = sorted(folder.glob("step-*.pt")) if folder.is_dir() else []
         if files:

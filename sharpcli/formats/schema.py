@@ -16,7 +16,8 @@ EOS_FILE = "eos.csv"
 
 METRICS_COLUMNS = ("step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",
                    "test_acc", "grad_norm", "sharpness", "alignment", "gd_edge", "sam_edge",
-                   "preconditioned_sharpness", "adaptive_edge", "batch_sharpness", "seconds")
+                   "preconditioned_sharpness", "adaptive_edge", "batch_sharpness",
+                   "sharpness_converged", "seconds")
 # λ₁…λ_k of each measurement when --sharpness-k > 1 (metrics.csv has room for λ₁ only).
 TOP_EIGENVALUE_COLUMNS = ("step", "index", "eigenvalue", "residual")
 SPECTRUM_COLUMNS = ("checkpoint", "step", "block", "quantity", "index", "value", "residual",

@@ -17,13 +17,16 @@ or torch.func.vmap over the forward-over-reverse product; at most `max_block` ve
 time, to bound memory. Where an operation has no batching rule (a custom autograd.Function
 with data-dependent control flow in its backward, an in-place update of a buffer), the
 batched pass raises; the operator then computes that block, and every later one, column by
-column, and says why in `fallback`. Batching is a win where one product leaves the device
+column, says why in `fallback` and warns once (SharpWarning). A batched pass that runs out
+of memory is split in halves (max_block halves too), also with a warning; out of memory
+with a single vector is raised. Batching is a win where one product leaves the device
 idle (a GPU); on the CPU one product already keeps the core busy and a batched pass was no
 faster per vector (benchmarks/RESULTS.md §2), so `vectorize=None` batches on accelerators only.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -31,6 +34,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from sharpcli.distributed import SINGLE, Dist
+from sharpcli.errors import SharpWarning
 from sharpcli.hessian.objective import objective_of
 from sharpcli.hessian.params import full_precision, measurement_mode, trainable_params, unflatten
 
@@ -171,19 +175,54 @@ class HessianOperator:
         return self.dist.sum_(out).T
 
     def _block(self, rows: torch.Tensor) -> torch.Tensor:
-        """This process's share of the products with the rows of `rows` (b, size)."""
+        """This process's share of the products with the rows of `rows` (b, size). Out of
+        memory, the block is halved (and max_block with it); without a batching rule, this
+        block and every later one go column by column. Either is warned about once, with
+        its reason; out of memory one column at a time is raised."""
         if self.vectorize and len(rows) > 1:
             sizes = [p.numel() for p in self.params]
             vs = [piece.reshape(len(rows), *p.shape)
                   for piece, p in zip(torch.split(rows, sizes, dim=1), self.params)]
             try:
                 return self._local(vs, batched=True)
-            except (RuntimeError, NotImplementedError) as err:  # no batching rule somewhere
-                self.vectorize = False
-                self.fallback = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}"
+            except (RuntimeError, NotImplementedError) as err:
+                reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+                out_of_memory = _out_of_memory(err)
+            # here, outside the handler, the failed pass's tensors are freed
+            if out_of_memory:
+                half = len(rows) // 2
+                self.max_block = min(self.max_block, half)
+                _warn_once("out of memory", f"Hessian-vector products of {len(rows)} vectors in "
+                           f"one pass ran out of memory; halving the blocks until they fit "
+                           f"(max_block={half}) ({reason})")
+                return torch.cat([self._block(rows[:half]), self._block(rows[half:])])
+            self.vectorize = False  # no batching rule somewhere
+            self.fallback = reason
+            _warn_once("no batching rule", "batched Hessian-vector products are not possible "
+                       f"for this model; computing them one vector at a time, which is slower "
+                       f"({reason})")
         return torch.stack([self._local(unflatten(v, self.params), batched=False) for v in rows])
 
     def dense(self) -> torch.Tensor:
         """The full matrix, one column per basis vector: for tests on small models only."""
         eye = torch.eye(self.size, dtype=self.dtype, device=self.device)
         return torch.stack([self.matvec(e) for e in eye], dim=1)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """An allocation failure: torch's OutOfMemoryError (CUDA and others), or the CPU
+    allocator's and MPS's RuntimeError."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err)
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+_WARNED: set[str] = set()  # the kinds of fallback this process has warned about
+
+
+def _warn_once(kind: str, message: str) -> None:
+    """Each kind of fallback said once per process: measurements build many operators."""
+    if kind not in _WARNED:
+        _WARNED.add(kind)
+        warnings.warn(message, SharpWarning, stacklevel=4)

@@ -22,6 +22,11 @@ class Sharpness:
     residuals: torch.Tensor     # (k,) ‖Hv − λv‖
     top_vectors: torch.Tensor   # (size, k) v₁…v_k, unit columns, on the model's device
     n_hvp: int
+    converged: torch.Tensor     # (k,) bool: each pair met the tolerance within max_iter
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
 
     @property
     def value(self) -> float:
@@ -64,7 +69,7 @@ def measure_sharpness(model: nn.Module, loss_fn, x, y=None, *,
             result = block_lanczos(op, k, tol=tol, max_iter=max(max_iter, k), v0=v0, seed=seed,
                                    criterion=criterion)
     return Sharpness(result.eigenvalues, result.residuals, result.eigenvectors.detach(),
-                     result.n_matvec)
+                     result.n_matvec, result.converged)
 
 
 def alignment(direction: torch.Tensor, top_vector: torch.Tensor) -> float:

@@ -30,8 +30,9 @@ def measure_checkpoints(run_dir: str | Path, *, device: str = "cpu", samples: in
                         dist: Dist = SINGLE) -> pd.DataFrame:
     """λ₁ (Lanczos on the training-loss Hessian) and the full-batch ‖g‖ at every checkpoint
     of a run, as a metrics-like DataFrame (step, phase, lr, rho, train_loss, grad_norm,
-    sharpness, and preconditioned_sharpness from the saved optimizer state of adam, adamw
-    and rmsprop runs after their first update; the other metrics.csv columns empty).
+    sharpness and sharpness_converged (λ₁'s), and preconditioned_sharpness from the saved
+    optimizer state of adam, adamw and rmsprop runs after their first update; the other
+    metrics.csv columns empty).
 
     The examples are the first `samples` of the run's training subset (default: the run's
     sharpness_samples, else all of it). phase and lr are those of the last metrics.csv row at
@@ -59,7 +60,8 @@ def measure_checkpoints(run_dir: str | Path, *, device: str = "cpu", samples: in
         phase, lr = _phase_and_lr(logged, ckpt, ckpt.step)
         row = {"step": ckpt.step, "phase": phase, "lr": lr,
                "rho": float(s.rho) if phase in SAM_PHASES else math.nan,
-               "train_loss": loss, "grad_norm": float(grad.norm()), "sharpness": top.value}
+               "train_loss": loss, "grad_norm": float(grad.norm()), "sharpness": top.value,
+               "sharpness_converged": int(top.all_converged)}
         p = ckpt.preconditioner() if s.adaptive_optimizer else None
         if p is not None:
             row["preconditioned_sharpness"] = measure_sharpness(

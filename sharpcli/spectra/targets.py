@@ -64,12 +64,20 @@ def expand_targets(args: Iterable[str | os.PathLike]) -> list[Target]:
 
 
 def report_dir_for(target: Target, config: dict) -> Path:
-    """Where a checkpoint's spectrum.csv goes by default: the run's report folder
-    (<reports_dir>/<run_name> from its config, relative to the current folder or to the
-    folder holding the checkpoints folder), else the folder that holds the checkpoint."""
+    """Where a checkpoint's spectrum.csv goes by default: the run's report folder — the run
+    folder that holds it as its config's relative `checkpoint_dir` (a Tracker's run), or
+    <reports_dir>/<run_name> from its config, relative to the current folder or to the
+    folder holding the checkpoints folder — else the folder that holds the checkpoint."""
     if target.report_dir is not None:
         return target.report_dir
     ckpt = target.checkpoint
+    inside = config.get("checkpoint_dir")
+    if inside and not Path(inside).is_absolute():
+        run = ckpt.resolve().parent
+        for _ in Path(inside).parts:
+            run = run.parent
+        if is_run_dir(run):
+            return run
     reports = Path(config.get("reports_dir") or "reports")
     name = config.get("run_name") or ckpt.parent.name
     bases = [reports]

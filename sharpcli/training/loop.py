@@ -132,20 +132,20 @@ def train(config: TrainConfig, progress: ProgressFn | None = None,
 def tracker_for(run: RunSetup, resumed: Resumed | None) -> Tracker:
     """The Tracker of `sharp train`'s measurement flags, continuing a resumed run's files."""
     c, data = run.config, run.data
-    return Tracker(run.model, run.loss_fn, data.x_train, data.y_train, run_dir=run.report_dir,
-                   optimizer=run.optimizer, every=c.sharpness_every, k=c.sharpness_k,
-                   test=(data.x_test, data.y_test), eval_every=c.eval_every,
-                   samples=c.sharpness_samples, tol=c.sharpness_tol, max_iter=c.sharpness_iters,
-                   chunk_size=c.physical_batch_size, seed=c.seed,
-                   checkpoint_every=c.checkpoint_every, checkpoint_dir=run.checkpoint_dir,
-                   keep_last=c.keep_last, batch_size=c.batch_size,
-                   edges=EdgeRule(c.momentum, c.nesterov, c.rho,
-                                  PRECONDITIONER_OF.get(c.optimizer.value), c.beta1),
-                   record=run.record, resume_step=resumed.step if resumed else None,
-                   top_vector=resumed.top_vector if resumed else None,
-                   elapsed=resumed.elapsed if resumed else 0.0, dist=run.dist,
-                   batch_sharpness=c.batch_size if c.batch_sharpness else None,
-                   preconditioned_vector=resumed.preconditioned_vector if resumed else None)
+    return Tracker._for_training(
+        run.model, run.loss_fn, data.x_train, data.y_train, run_dir=run.report_dir,
+        optimizer=run.optimizer, every=c.sharpness_every, k=c.sharpness_k,
+        test=(data.x_test, data.y_test), eval_every=c.eval_every, samples=c.sharpness_samples,
+        tol=c.sharpness_tol, max_iter=c.sharpness_iters, chunk_size=c.physical_batch_size,
+        seed=c.seed, checkpoint_every=c.checkpoint_every, checkpoint_dir=run.checkpoint_dir,
+        keep_last=c.keep_last, batch_size=c.batch_size,
+        edges=EdgeRule(c.momentum, c.nesterov, c.rho, PRECONDITIONER_OF.get(c.optimizer.value),
+                       c.beta1),
+        batch_sharpness=c.batch_size if c.batch_sharpness else None,
+        record=run.record, resume_step=resumed.step if resumed else None,
+        top_vector=resumed.top_vector if resumed else None,
+        elapsed=resumed.elapsed if resumed else 0.0, dist=run.dist,
+        preconditioned_vector=resumed.preconditioned_vector if resumed else None)
 
 
 def gradient_at(run: RunSetup, sampler: BatchSampler, step: int):

@@ -22,8 +22,10 @@ same rows by construction (docs/guides/own-model.md#tracker):
 
 from __future__ import annotations
 
+import csv
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +33,14 @@ import torch
 from torch import nn
 
 from sharpcli.config import SAM_PHASES
-from sharpcli.distributed import SINGLE, Dist
+from sharpcli.distributed import Dist
 from sharpcli.edges import EdgeRule
-from sharpcli.errors import DivergedError, SharpError
+from sharpcli.errors import DivergedError, SharpError, SharpWarning
 from sharpcli.formats.atomic import atomic_write_json
-from sharpcli.formats.checkpoints import checkpoint_path, list_checkpoints, save_checkpoint
+from sharpcli.formats.checkpoints import (checkpoint_path, list_checkpoints, read_checkpoint,
+                                          save_checkpoint)
 from sharpcli.formats.csvlog import CsvLog
+from sharpcli.formats.runs import is_run_dir
 from sharpcli.formats.schema import (CONFIG_FILE, METRICS_COLUMNS, METRICS_FILE,
                                      TOP_EIGENVALUE_COLUMNS, TOP_EIGENVALUES_FILE)
 from sharpcli.hessian.batch_sharpness import batch_sharpness, random_batches
@@ -45,7 +49,7 @@ from sharpcli.hessian.objective import evaluate, gradient_norm, gradient_vector
 from sharpcli.sources.data import Data, as_data
 from sharpcli.hessian.params import trainable_params
 from sharpcli.hessian.preconditioner import preconditioner
-from sharpcli.hessian.sharpness import alignment, measure_sharpness
+from sharpcli.hessian.sharpness import Sharpness, alignment, measure_sharpness
 from sharpcli.training.observe import (current_lr, edge_rule, has_preconditioner, is_sam,
                                        loop_record, phase_of)
 
@@ -69,41 +73,86 @@ class Tracker:
     """The measurement half of a training loop; see the module docstring.
 
     `x, y` are the examples whose Hessian is measured (the first `samples` of them) and on
-    which train loss and accuracy are evaluated (the full training set for full-batch GD);
-    `test=(x, y)` adds test loss and accuracy. λ₁ (and λ₂…λ_k with `k`) every `every` steps
-    (0: never), evaluation every `eval_every` steps (default: `every`), checkpoints of the
-    model every `checkpoint_every` steps into `checkpoint_dir` (default:
-    <run_dir>/../../checkpoints/<run name>, beside reports/ as `sharp train` puts them),
+    which train loss and accuracy are evaluated (the full training set for full-batch GD):
+    in-memory tensors, or `x` any source of batches with `y` left out, as for
+    `sharpcli.spectrum` (docs/guides/own-model.md#data-sources): `batch_loss`, `forward`,
+    `output_fn`, `num_terms`, `total_terms` and `check_deterministic` are its. `test=(x, y)`
+    (or a source) adds test loss and accuracy. λ₁ (and λ₂…λ_k with `k`) every `every` steps
+    (0: never), to a relative accuracy `tol` within `max_iter` products, evaluation every
+    `eval_every` steps (default: `every`), checkpoints of the model and optimizer every
+    `checkpoint_every` steps into `checkpoint_dir` (default: `<run_dir>/checkpoints`),
     keeping the newest `keep_last`. `batch_size` is the loop's minibatch (None: full batch),
-    which names the phase (gd or sgd) and counts epochs. The edges come from the optimizer's
-    param groups unless `edges` fixes them; with Adam, AdamW or RMSProp the row also has
-    λ₁(P⁻¹H) and the adaptive edge. `batch_sharpness=B` measures the batch sharpness of
-    batches of B with λ₁. config.json holds `record`, or what the Tracker can know of the
-    loop.
+    which names the phase (gd or sgd) and counts epochs. The edges come from the optimizer
+    unless `edges` fixes them; with Adam, AdamW or RMSProp the row also has λ₁(P⁻¹H) and the
+    adaptive edge. `batch_sharpness=B` measures the batch sharpness of batches of B with λ₁.
 
-    For `sharp train`: `resume_step` continues the files of an interrupted run (rows from
-    that step on are dropped, its checkpoint kept); `top_vector` (v₁, or the top-k
-    eigenvectors as columns), `preconditioned_vector` and `elapsed` carry the warm starts
-    and the clock over. Under torchrun (`dist`) every process measures its shard of the
-    examples and takes the same decisions; rank 0 alone writes files.
+    Nothing is written outside `run_dir` (and `checkpoint_dir` when given). A `run_dir`
+    that holds a run already (config.json or metrics.csv) is an error unless `resume=True`
+    (its files continue: rows from the first step this Tracker logs on are dropped, as
+    `sharp train --resume` does; that step's checkpoint, if there is one, gives the warm
+    start and the clock) or `overwrite=True` (its files and checkpoints start afresh).
+
+    Under torchrun (a process group is initialised) every process must make the same
+    calls with the same examples: each measures its share of them, and rank 0 alone writes.
     """
 
-    def __init__(self, model: nn.Module, loss_fn, x, y=None, *, num_terms=None,
-                 run_dir: str | Path, optimizer: torch.optim.Optimizer | None = None,
-                 every: int = 20, k: int = 1, test=None,
-                 eval_every: int | None = None, samples: int | None = None, tol: float = 1e-3,
-                 max_iter: int = 100, chunk_size: int = 4096, seed: int = 0,
-                 checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None,
-                 keep_last: int | None = None, batch_size: int | None = None,
-                 edges: EdgeRule | None = None,
-                 record: dict | None = None, resume_step: int | None = None,
-                 top_vector: torch.Tensor | None = None, elapsed: float = 0.0,
-                 dist: Dist = SINGLE, batch_sharpness: int | None = None,
-                 preconditioned_vector: torch.Tensor | None = None):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model: nn.Module, loss_fn, x, y=None, *, run_dir: str | Path,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 batch_loss=None, forward=None, output_fn=None, num_terms=None,
+                 total_terms: int | None = None, check_deterministic: bool = True,
+                 every: int = 20, k: int = 1, test=None, eval_every: int | None = None,
+                 samples: int | None = None, tol: float = 1e-3, max_iter: int = 100,
+                 chunk_size: int = 4096, seed: int = 0, checkpoint_every: int | None = None,
+                 checkpoint_dir: str | Path | None = None, keep_last: int | None = None,
+                 batch_size: int | None = None, edges: EdgeRule | None = None,
+                 batch_sharpness: int | None = None, resume: bool = False,
+                 overwrite: bool = False):
+        if resume and overwrite:
+            raise SharpError("resume=True continues a run and overwrite=True replaces it: give one")
+        try:
+            call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
+        except ValueError as err:
+            raise SharpError(str(err)) from None
+        run_dir = Path(run_dir)
+        self._setup(model, call, x, y, run_dir=run_dir, optimizer=optimizer,
+                    num_terms=num_terms, total_terms=total_terms,
+                    check_deterministic=check_deterministic, every=every, k=k, test=test,
+                    eval_every=eval_every, samples=samples, tol=tol, max_iter=max_iter,
+                    chunk_size=chunk_size, seed=seed, checkpoint_every=checkpoint_every,
+                    checkpoint_dir=run_dir / "checkpoints" if checkpoint_dir is None else checkpoint_dir,
+                    keep_last=keep_last, batch_size=batch_size, edges=edges,
+                    batch_sharpness=batch_sharpness, dist=Dist.current())
+        self._claim(resume, overwrite)
+
+    @classmethod
+    def _for_training(cls, model: nn.Module, loss_fn, x, y, *, record: dict,
+                      resume_step: int | None, top_vector: torch.Tensor | None,
+                      elapsed: float, dist: Dist,
+                      preconditioned_vector: torch.Tensor | None, **settings) -> "Tracker":
+        """`sharp train`'s Tracker: `record` is its config.json; `resume_step` continues the
+        files of an interrupted run (rows from that step on are dropped, its checkpoint
+        kept), `top_vector` (v₁, or the top-k eigenvectors as columns),
+        `preconditioned_vector` and `elapsed` carry the warm starts and the clock over;
+        `dist` is the launch's processes. The caller has checked the run's folders."""
+        tracker = cls.__new__(cls)
+        tracker._setup(model, Call.of(loss_fn), x, y, record=record, dist=dist, **settings)
+        tracker.top_vectors, tracker.preconditioned_vector = top_vector, preconditioned_vector
+        tracker._clock = (elapsed, time.perf_counter())
+        tracker._start(resume_step)
+        return tracker
+
+    def _setup(self, model: nn.Module, call: Call, x, y, *, run_dir: str | Path,
+               optimizer, every: int, k: int, test, eval_every: int | None,
+               samples: int | None, tol: float, max_iter: int, chunk_size: int, seed: int,
+               checkpoint_every: int | None, checkpoint_dir: str | Path, keep_last: int | None,
+               batch_size: int | None, edges: EdgeRule | None, batch_sharpness: int | None,
+               dist: Dist, num_terms=None, total_terms: int | None = None,
+               check_deterministic: bool = True, record: dict | None = None) -> None:
+        self.model, self.optimizer, self.call = model, optimizer, call
         device = next(iter(model.parameters())).device
-        self.call = Call.of(loss_fn)
-        self.data = as_data(x, y, num_terms=num_terms, chunk_size=chunk_size, dist=dist, device=device)
+        self.data = as_data(x, y, num_terms=num_terms, total_terms=total_terms,
+                            chunk_size=chunk_size, dist=dist, device=device,
+                            check_deterministic=check_deterministic)
         self.test = None if test is None else _test_data(test, chunk_size, dist, device)
         self.data_sharp = self._sharpness_data(samples)
         if batch_sharpness is not None and not (self.data.in_memory
@@ -116,23 +165,22 @@ class Tracker:
         self.edges = edges  # None: the optimizer's rule's, read at each measurement
         self.preconditioned = has_preconditioner(optimizer)
         self.sharpness_batch = batch_sharpness
-        self.preconditioned_vector = preconditioned_vector
-        self.run_dir = Path(run_dir)
+        self.run_dir, self.checkpoint_dir = Path(run_dir), Path(checkpoint_dir)
         self.checkpoint_every, self.keep_last, self.batch_size = checkpoint_every, keep_last, batch_size
-        if checkpoint_dir is None:  # beside reports/, as sharp train puts them
-            checkpoint_dir = self.run_dir.parent.parent / "checkpoints" / self.run_dir.name
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.resume_step = resume_step
-        self.top_vectors = top_vector  # the warm start: (size, k), or v₁ from an older checkpoint
+        self.resume_step: int | None = None
+        self.top_vectors = None  # the warm start: (size, k), or v₁ from an older checkpoint
+        self.preconditioned_vector = None
         self.rows: list[dict] = []  # the rows this tracker logged
         self._saved_now: Path | None = None
-        self._clock = (elapsed, time.perf_counter())
+        self._clock = (0.0, time.perf_counter())
+        self._pending_resume = False  # resume=True on a run: its files open at the first step
+        self._warned_unconverged = False
         if record is None:
             record = loop_record(model, optimizer, self._examples(), _input_shape(self.data),
                                  self.test.total if self.test is not None else None,
                                  run_name=self.run_dir.name,
                                  reports_dir=str(self.run_dir.parent),
-                                 checkpoints_dir=str(self.checkpoint_dir.parent),
+                                 checkpoint_dir=_recorded_dir(self.checkpoint_dir, self.run_dir),
                                  batch_size=batch_size,
                                  settings={"sharpness_every": every, "sharpness_k": k,
                                            "sharpness_samples": samples, "eval_every": self.eval_every,
@@ -140,12 +188,58 @@ class Tracker:
         self.record = record
         self.log = CsvLog(self.run_dir / METRICS_FILE, METRICS_COLUMNS)
         self.top_log = CsvLog(self.run_dir / TOP_EIGENVALUES_FILE, TOP_EIGENVALUE_COLUMNS)
-        if dist.is_main:  # one writer
-            atomic_write_json(self.run_dir / CONFIG_FILE, record)
+
+    def _claim(self, resume: bool, overwrite: bool) -> None:
+        """Refuse a run_dir that holds a run, unless resuming or overwriting it (rank 0
+        looks: the others may not see its disk, or may look after it has written)."""
+        exists = self.dist.broadcast(is_run_dir(self.run_dir))
+        if exists and not (resume or overwrite):
+            raise SharpError(f"run_dir {str(self.run_dir)!r} already holds a run ({CONFIG_FILE}, "
+                             f"{METRICS_FILE}): pass resume=True to continue it or overwrite=True "
+                             "to replace it")
+        if exists and resume:
+            self._pending_resume = True
+            return
+        if exists and self.dist.is_main:
+            for path in [self.run_dir / n for n in (CONFIG_FILE, METRICS_FILE, TOP_EIGENVALUES_FILE)]:
+                path.unlink(missing_ok=True)
+            for path in list_checkpoints(self.checkpoint_dir):
+                path.unlink()
+        self._start(None)
+
+    def _start(self, resume_step: int | None) -> None:
+        """Write config.json and open the logs: afresh, or keeping the rows before
+        `resume_step`."""
+        self.resume_step = resume_step
+        if self.dist.is_main:  # one writer
+            atomic_write_json(self.run_dir / CONFIG_FILE, self.record)
             fresh = resume_step is None
             self.log.open(fresh=fresh, keep_below_step=resume_step)
-            if k > 1:
+            if self.k > 1:
                 self.top_log.open(fresh=fresh, keep_below_step=resume_step)
+
+    def _begin(self, step: int) -> None:
+        """At the first step of a resumed run: drop the rows from `step` on, and take the
+        warm starts and the clock from the checkpoint of `step` when there is one (else the
+        clock from the last row kept); every process gets rank 0's."""
+        if not self._pending_resume:
+            return
+        self._pending_resume = False
+        self._start(step)
+        path = checkpoint_path(self.checkpoint_dir, step)
+        extra = None
+        if self.dist.is_main:
+            extra = read_checkpoint(path)["extra"] if path.is_file() else {
+                "elapsed": _last_seconds(self.run_dir / METRICS_FILE)}
+        extra = self.dist.broadcast(extra)
+        device = next(iter(self.model.parameters())).device
+        top = extra.get("top_vectors")
+        top = extra.get("top_vector") if top is None else top  # older files: v₁ alone
+        if isinstance(top, torch.Tensor):
+            self.top_vectors = top.to(device)
+        if isinstance(extra.get("preconditioned_vector"), torch.Tensor):
+            self.preconditioned_vector = extra["preconditioned_vector"].to(device)
+        self._clock = (float(extra.get("elapsed") or 0.0), time.perf_counter())
 
     def _sharpness_data(self, samples: int | None) -> Data:
         """The examples λ₁ is measured on: the first `samples` of in-memory data, or all."""
@@ -192,11 +286,12 @@ class Tracker:
         """Save w_t when due (every `checkpoint_every` steps and at the `final` step) or when
         `force`d; the resumed step's checkpoint exists already. Call it before anything at
         step t touches the model, so that resuming from it repeats step t exactly."""
+        self._begin(step)
         self._saved_now = None
         due = force or (self.checkpoint_every and (step % self.checkpoint_every == 0 or final))
-        if not due or (step == self.resume_step and not force):
-            return None
         path = checkpoint_path(self.checkpoint_dir, step)
+        if not due or (step == self.resume_step and not force and path.is_file()):
+            return None
         if self.dist.is_main:  # every process holds the same weights and state
             # top_vectors: the whole warm start; top_vector (v₁ alone) as older readers know it
             state = {"elapsed": self.elapsed(), "top_vector": self.top_vector,
@@ -245,6 +340,7 @@ class Tracker:
     def measure(self, info: StepInfo, *, final: bool = False) -> dict | None:
         """Evaluate and measure at w_t when due and write the row; returns it (None when
         nothing was due). Leaves the model's mode, buffers and .grad as they were."""
+        self._begin(info.step)
         if not self.row_due(info.step, final):
             return None
         measure_sharp, evaluate_now = self.sharpness_due(info.step), self.evaluation_due(info.step, final)
@@ -266,7 +362,8 @@ class Tracker:
 
     def _sharpness(self, info: StepInfo) -> dict:
         """λ₁ (and λ₂…λ_k into top_eigenvalues.csv) warm-started from the last top-k
-        eigenvectors, and the alignment of the step's direction with the new v₁."""
+        eigenvectors, the alignment of the step's direction with the new v₁, and whether
+        every eigenvalue of the row met `tol` (warned about once)."""
         s = measure_sharpness(self.model, self.call, self.data_sharp, k=self.k,
                               tol=self.tol, max_iter=self.max_iter, v0=self.top_vectors,
                               seed=self.seed + info.step)
@@ -275,13 +372,26 @@ class Tracker:
             for i, (lam, res) in enumerate(zip(s.eigenvalues.tolist(), s.residuals.tolist())):
                 self._write(self.top_log, {"step": info.step, "index": i + 1, "eigenvalue": lam,
                                            "residual": res})
+        preconditioned = self._preconditioned(info)
+        converged = s.all_converged and (preconditioned is None or preconditioned.all_converged)
+        if not converged:
+            self._warn_unconverged(info.step)
         direction = info.direction
         return {"sharpness": s.value,
                 "alignment": alignment(direction, s.top_vector) if direction is not None else None,
-                "preconditioned_sharpness": self._preconditioned(info),
-                "batch_sharpness": self._batch_sharpness(info)}
+                "preconditioned_sharpness": preconditioned.value if preconditioned else None,
+                "batch_sharpness": self._batch_sharpness(info),
+                "sharpness_converged": int(converged)}
 
-    def _preconditioned(self, info: StepInfo) -> float | None:
+    def _warn_unconverged(self, step: int) -> None:
+        if not self._warned_unconverged:
+            self._warned_unconverged = True
+            warnings.warn(f"step {step}: λ₁ did not reach tol={self.tol:g} within max_iter="
+                          f"{self.max_iter} products; its row has sharpness_converged 0 (so will "
+                          "any later one that does not; raise max_iter to converge)",
+                          SharpWarning, stacklevel=4)
+
+    def _preconditioned(self, info: StepInfo) -> Sharpness | None:
         """λ₁(P⁻¹H), P from the optimizer's state as it is now, before update t (none
         before the first update), warm-started from its own last eigenvector."""
         if not self.preconditioned:
@@ -293,7 +403,7 @@ class Tracker:
                               max_iter=self.max_iter, v0=self.preconditioned_vector,
                               seed=self.seed + info.step, preconditioner=p)
         self.preconditioned_vector = s.top_vector
-        return s.value
+        return s
 
     def _batch_sharpness(self, info: StepInfo) -> float | None:
         """E_B[g_Bᵀ H_B g_B / ‖g_B‖²] over fresh training batches drawn for step t."""
@@ -306,12 +416,13 @@ class Tracker:
 
     # ---------------------------------------------------------------- a hand-written loop
 
-    def step(self, step: int) -> dict | None:
+    def step(self, step: int, epoch: float | None = None) -> dict | None:
         """Call after backward() and before optimizer.step(): saves a checkpoint and measures
         at w_t when due (‖g‖ and the alignment from the .grad the loop just computed, λ₁,
         the edges of the optimizer's rule, evaluation), writes the row and returns it; None
-        at other steps, where it costs an integer test or two."""
-        epoch = self._epoch(step)
+        at other steps, where it costs an integer test or two. `epoch` is the loop's own
+        count (default: from `batch_size` and the examples)."""
+        epoch = self._epoch(step) if epoch is None else epoch
         self.checkpoint(step, epoch)
         if not self.row_due(step):
             return None
@@ -362,3 +473,22 @@ def _input_shape(data: Data) -> list[int] | None:
     if data.in_memory and isinstance(data.source.inputs, torch.Tensor):
         return list(data.source.inputs.shape[1:])
     return None
+
+
+def _recorded_dir(checkpoint_dir: Path, run_dir: Path) -> str:
+    """config.json's `checkpoint_dir`: relative to the run folder when inside it (the run
+    can then be moved or copied whole), else absolute."""
+    try:
+        return str(checkpoint_dir.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(checkpoint_dir.resolve())
+
+
+def _last_seconds(path: Path) -> float:
+    """`seconds` of the last row of a metrics.csv (0 without one)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        return float(rows[-1]["seconds"]) if rows else 0.0
+    except (KeyError, TypeError, ValueError):
+        return 0.0

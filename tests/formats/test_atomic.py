@@ -195,7 +195,8 @@ def test_full_disk_through_the_cli(tmp_path, monkeypatch):
     assert csv_lines(tmp_path / "reports" / "r" / "metrics.csv") == [
         ",".join(["step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",
                   "test_acc", "grad_norm", "sharpness", "alignment", "gd_edge", "sam_edge",
-                  "preconditioned_sharpness", "adaptive_edge", "batch_sharpness", "seconds"])]
+                  "preconditioned_sharpness", "adaptive_edge", "batch_sharpness",
+                  "sharpness_converged", "seconds"])]
 
 
 # ---------------------------------------------------------------- resume after a crash

@@ -210,6 +210,7 @@ class _CheckedNet(torch.nn.Module):
         return self.fc2(_CheckedTanh.apply(self.fc1(x)))
 
 
+@pytest.mark.filterwarnings("ignore:batched Hessian-vector products are not possible")
 @pytest.mark.parametrize("chunk_size", CHUNKINGS.values(), ids=CHUNKINGS.keys())
 def test_matmat_falls_back_to_columns_without_a_batching_rule(chunk_size):
     _, _, x, y = MLP_MSE()
@@ -223,6 +224,51 @@ def test_matmat_falls_back_to_columns_without_a_batching_rule(chunk_size):
     assert not op.vectorize and "RuntimeError" in op.fallback  # said why, and stays with columns
     assert torch.allclose(op.matmat(vs[:, :2]), truth @ vs[:, :2], atol=1e-10, rtol=1e-8)
     assert op.n_matvec == BLOCK + 2
+
+
+def test_the_fallback_is_warned_about_once_with_its_reason(monkeypatch):
+    """(Old main fell back silently.)"""
+    import sharpcli.hessian.operator as operator
+
+    monkeypatch.setattr(operator, "_WARNED", set(), raising=False)
+    _, _, x, y = MLP_MSE()
+    model = _CheckedNet().double()
+    vs = torch.randn(53, BLOCK, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with pytest.warns(UserWarning, match="one vector at a time.*RuntimeError") as caught:
+        for _ in range(3):  # three operators, as three measurements build
+            HessianOperator(model, mse_loss, x, y, vectorize=True).matmat(vs)
+    assert len([w for w in caught if "one vector at a time" in str(w.message)]) == 1
+
+
+def test_out_of_memory_halves_the_block_and_says_so(monkeypatch):
+    """A batched pass of more than 4 vectors runs out of memory: the block is halved until
+    it fits (the same products), and one warning says so; out of memory one vector at a
+    time is raised. (Old main caught it as any RuntimeError and went on silently.)"""
+    import sharpcli.hessian.operator as operator
+
+    monkeypatch.setattr(operator, "_WARNED", set(), raising=False)
+    model, loss_fn, x, y = MLP_MSE()
+    truth = dense_hessian(model, loss_fn, x, y)
+    op = HessianOperator(model, loss_fn, x, y, vectorize=True, max_block=8)
+    real = op._local
+
+    def local(vs, batched):
+        if batched and len(vs[0]) > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(vs, batched)
+
+    monkeypatch.setattr(op, "_local", local)
+    vs = torch.randn(op.size, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with pytest.warns(UserWarning, match="ran out of memory; halving.*Tried to allocate"):
+        assert torch.allclose(op.matmat(vs), truth @ vs, atol=1e-10, rtol=1e-8)
+    assert op.max_block == 3 and op.vectorize and op.fallback is None  # 7 = 3 + 4
+
+    def no_memory(vs, batched):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(op, "_local", no_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        op.matmat(vs)
 
 
 def test_per_block_matmat_is_the_dense_sub_block():

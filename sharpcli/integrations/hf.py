@@ -1,0 +1,75 @@
+"""`SharpnessCallback` for the Hugging Face `Trainer` (docs/guides/callbacks.md#hf).
+
+Where it measures. A `TrainerCallback` is not given the batch, and at `on_step_end` the
+update is done and the gradients zeroed; `on_pre_optimizer_step` (transformers ≥ 4.45) comes
+after the step's accumulated gradient and its clipping (`max_grad_norm`), before
+`optimizer.step()`, with `state.global_step` = t updates done and the scheduler's η of
+update t in the param groups: the weights w_t, where a hand-written loop calls
+`Tracker.step(t)`. So that is where it measures, on the fixed measurement set given at
+construction; ‖g‖ is of the clipped gradient the update uses. The model and optimizer are
+the ones the callback events carry (the optimizer unwrapped from accelerate's). The weights
+after the last update have no gradient of their own and are not measured.
+
+The loss. By default the model's own `.loss` on a batch (a dict holding `labels`, called as
+`model(**batch)`: a Hugging Face model computes its loss); a `loss_fn(outputs, targets)`
+measures `model(inputs)` on `(inputs, targets)` batches instead. For a per-token loss give
+`num_terms` (a batch's unpadded tokens), so that every token weighs the same. Under
+torchrun every process measures its share and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from sharpcli.integrations.measurer import Measurer
+
+try:
+    from transformers import TrainerCallback
+except ImportError:
+    raise ImportError("sharpcli.integrations.hf needs transformers: "
+                      "pip install 'sharpcli[hf]'") from None
+
+
+class SharpnessCallback(TrainerCallback):
+    """Measures the sharpness of a `transformers.Trainer` training every `every` optimizer
+    steps into `run_dir` (config.json, metrics.csv: the run folder `sharp eos`, `sharp plot`
+    and `sharp summarize` read).
+
+    `data` is the fixed measurement set: any source of batches (a list of dict batches, a
+    DataLoader with shuffle=False, a callable), or an `(x, y)` pair of tensors, as `x` for
+    `sharpcli.Tracker`. `loss_fn=None` measures the model's own loss (`model(**batch).loss`);
+    a `loss_fn(outputs, targets)` measures `model(inputs)` on `(inputs, targets)` batches.
+    `options` are the Tracker's (`num_terms`, `k`, `tol`, `max_iter`, `test`, `eval_every`,
+    `samples`, `batch_size`, `checkpoint_every`, `resume`, `overwrite`, ...)."""
+
+    def __init__(self, data, loss_fn, run_dir: str | Path, every: int = 20, **options):
+        self.measurer = Measurer(data, loss_fn, run_dir, every, options)
+
+    @property
+    def rows(self) -> list[dict]:
+        """The rows logged so far (on every process)."""
+        return self.measurer.tracker.rows if self.measurer.tracker is not None else []
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        loss_fn = self.measurer.loss_fn
+        self.measurer.start(model, optimizer, loss_fn=loss_fn,
+                            batch_loss="model" if loss_fn is None else None)
+        self._steps_per_epoch = _steps_per_epoch(args, kwargs.get("train_dataloader"))
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        epoch = state.global_step / self._steps_per_epoch if self._steps_per_epoch else None
+        self.measurer.step(state.global_step, epoch)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.measurer.close()
+
+
+def _steps_per_epoch(args, loader) -> int | None:
+    """Optimizer steps per epoch: ⌈batches / gradient_accumulation_steps⌉ (None where the
+    loader has no length)."""
+    try:
+        batches = len(loader)
+    except TypeError:
+        return None
+    return math.ceil(batches / args.gradient_accumulation_steps) or None

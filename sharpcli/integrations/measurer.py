@@ -1,0 +1,80 @@
+"""What both trainer callbacks share: a Tracker made when training starts, from the
+trainer's model and optimizer, fed the trainer's optimizer-step count, closed at the end.
+
+The trainers hand over the weights at the one moment the Tracker needs them — after the
+step's (accumulated) gradient, before the update — so a row at step t describes w_t exactly
+as a hand-written loop's would (docs/reference/formats.md#metrics-csv).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sharpcli.errors import SharpError
+from sharpcli.training.tracker import Tracker
+
+# The Tracker's arguments a callback fills itself, from the trainer or its own signature.
+_SET_BY_THE_CALLBACK = {"model", "loss_fn", "x", "y", "run_dir", "optimizer", "every"}
+
+
+def tracker_options(options: dict) -> dict:
+    """The Tracker's own keyword arguments among `options`; any other name is an error
+    now, not when training starts."""
+    accepted = set(inspect.signature(Tracker).parameters) - _SET_BY_THE_CALLBACK
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise SharpError(f"SharpnessCallback got unknown option {unknown[0]!r}; the options are "
+                         f"the Tracker's: {', '.join(sorted(accepted))}")
+    return dict(options)
+
+
+def split_pair(data) -> tuple:
+    """(x, y) of an in-memory pair of tensors, or (source, None)."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return data
+    return data, None
+
+
+def unwrap(optimizer):
+    """The torch optimizer inside a trainer's wrapper (accelerate's AcceleratedOptimizer, itself
+    a torch Optimizer, holds it as `.optimizer`): its class names the update rule."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+class Measurer:
+    """A Tracker on `data` around a trainer: `start` when training starts, `step` at every
+    optimizer step, `close` at the end."""
+
+    def __init__(self, data, loss_fn, run_dir: str | Path, every: int, options: dict):
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise SharpError(f"every must be a positive whole number of optimizer steps, got {every!r}")
+        self.data, self.loss_fn, self.run_dir, self.every = data, loss_fn, Path(run_dir), every
+        self.options = tracker_options(options)
+        self.tracker: Tracker | None = None
+
+    def start(self, model: nn.Module, optimizer, *, loss_fn=None, batch_loss=None) -> None:
+        """The Tracker of this training (under torchrun: every process makes it)."""
+        self.close()
+        x, y = split_pair(self.data)
+        options = dict(self.options)
+        if batch_loss is not None and "batch_loss" not in options:
+            options["batch_loss"] = batch_loss
+        self.tracker = Tracker(model, loss_fn, x, y, run_dir=self.run_dir,
+                               optimizer=unwrap(optimizer), every=self.every, **options)
+
+    def step(self, step: int, epoch: float | None) -> dict | None:
+        """Step t: w_t, after the step's gradient and before its update."""
+        if self.tracker is None:
+            return None
+        with torch.enable_grad():  # a trainer may call back under no_grad
+            return self.tracker.step(step, epoch)
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()

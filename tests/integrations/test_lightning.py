@@ -1,0 +1,89 @@
+"""SharpnessCallback inside a real Lightning Trainer (tiny model, CPU, float64): the rows of
+a plain loop around sharpcli.Tracker under gradient accumulation, with the module's
+training_step or a loss_fn as the loss; a run folder every `sharp` command reads; and under
+Lightning's DDP strategy on 2 processes, the rows of 1 process."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sharpcli.errors import SharpError
+from sharpcli.integrations.lightning import SharpnessCallback
+from tests.integrations.lightning_fit import fit
+from tests.integrations.problem import COMPARED, assert_same_rows, examples, plain_loop
+from tests.runners import sharp
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH_TIMEOUT = 300  # seconds, the whole 2-process launch
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lightning")
+    return root, fit(root)
+
+
+def test_the_callback_logs_what_a_plain_loop_logs(one_process, tmp_path):
+    """Both callbacks (training_step as the loss; a loss_fn) log at steps 0, 5, …, 25 the
+    λ₁, ‖g‖, η, GD edge and loss of full-batch GD with momentum in a plain loop, though
+    Lightning accumulated each gradient over 2 micro-batches."""
+    root, callbacks = one_process
+    reference = plain_loop(tmp_path / "loop")
+    for callback in callbacks:
+        assert_same_rows(callback.rows, reference)
+    for name in ("steploss", "lossfn"):  # and the files hold those rows
+        frame = pd.read_csv(root / name / "metrics.csv")
+        for key in COMPARED:
+            assert frame[key].tolist() == pytest.approx([r[key] for r in reference], rel=1e-6)
+
+
+def test_every_command_reads_the_run_folder(one_process, tmp_path):
+    root, _ = one_process
+    run = root / "steploss"
+    result = sharp("eos", run)
+    assert result.code in (0, 1) and "steploss" in result.stdout, result.stderr
+    assert pd.read_csv(run / "eos.csv")["edge"].notna().all()
+    sharp("plot", run).ok()
+    assert (run / "sharpness.png").exists()
+    sharp("summarize", run, "--out", tmp_path / "summary.csv").ok()
+
+
+def test_two_ddp_processes_log_what_one_does(one_process, tmp_path):
+    """Lightning's DDP strategy, 2 CPU processes (gloo): each trains on half of each batch
+    and measures half of the measurement set; rank 0's files equal the 1-process run's."""
+    root, callbacks = one_process
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "tests.integrations.lightning_fit", str(tmp_path)]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=LAUNCH_TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shards = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert shards == [{"world_size": 2, "shard": [0, 16]}, {"world_size": 2, "shard": [16, 32]}]
+    for name, callback in zip(("steploss", "lossfn"), callbacks):
+        rows = pd.read_csv(tmp_path / name / "metrics.csv").to_dict("records")
+        assert_same_rows(rows, callback.rows)
+
+
+def test_bad_options_are_refused_when_the_callback_is_made(tmp_path):
+    with pytest.raises(SharpError, match="unknown option 'sharpness_k'.*tol"):
+        SharpnessCallback(examples(), None, tmp_path, sharpness_k=2)
+    with pytest.raises(SharpError, match="every must be a positive"):
+        SharpnessCallback(examples(), None, tmp_path, every=0)
+
+
+def test_without_lightning_the_import_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    monkeypatch.setitem(sys.modules, "pytorch_lightning", None)
+    monkeypatch.delitem(sys.modules, "sharpcli.integrations.lightning")
+    with pytest.raises(ImportError, match=r"pip install 'sharpcli\[lightning\]'"):
+        importlib.import_module("sharpcli.integrations.lightning")

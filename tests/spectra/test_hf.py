@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import sharpcli
-from sharpcli.hessian.calls import Call
 from tests import hf_case
 from tests.helpers import dense_hessian_of
 from tests.runners import sharp
@@ -59,7 +58,7 @@ def test_tracker_rows_in_a_training_loop(tmp_path):
     model = hf_case.make_model()
     batch = hf_case.sequences()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    with sharpcli.Tracker(model, Call(batch_loss="model"), hf_case.loader(3),
+    with sharpcli.Tracker(model, None, hf_case.loader(3), batch_loss="model",
                           num_terms=hf_case.shifted_tokens, optimizer=opt,
                           run_dir=tmp_path / "run", every=2, tol=1e-10) as tracker:
         for step in range(3):

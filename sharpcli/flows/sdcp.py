@@ -12,9 +12,10 @@ x = svec(X) holds X_ii and √2·X_ij for i < j, in the order (0,0), (0,1), …,
 so that ⟨X, Y⟩ = x·y; 𝒜 is an m×m PSD matrix Q on them (m = k(k+1)/2), b = svec(B).
 
 k is small (the critical directions: one to a handful), so the solver is a plain barrier
-method on m unknowns: for μ decreasing twentyfold from about max|b|, damped Newton steps on
+method on m unknowns: for μ decreasing twentyfold from max|b|², damped Newton steps on
 ½xᵀQx + bᵀx − μ log det X, whose minimiser has Y = μX⁻¹ and so ⟨X, Y⟩ = kμ; it stops at
-kμ ≤ tol (relative to the problem's scale). A tiny ridge (1e-12 of Q's mean diagonal) keeps
+kμ ≤ tol·max|b|² (Q scaled to a unit mean diagonal, so that x is on the scale of b). The Newton steps are damped by the
+decrement of the self-concordant barrier (no line search: Nesterov & Nemirovski). A tiny ridge (1e-12 of Q's mean diagonal) keeps
 the Newton systems regular when Q is singular. k = 1 is solved in closed form,
 x = max(0, −b/Q). `solve_sdcp(..., solver="cvxpy")` hands the same program to cvxpy instead
 (the optional extra sharpcli[flow]), a cross-check.
@@ -112,43 +113,45 @@ def _psd_part(X: np.ndarray) -> np.ndarray:
 
 def _barrier(Q: np.ndarray, b: np.ndarray, k: int, tol: float) -> tuple[np.ndarray, int]:
     """Minimise ½xᵀQx + bᵀx over X ⪰ 0 along the central path (module docstring); Q is
-    normalised to a unit mean diagonal, so μ and tol are on the scale of b."""
+    normalised to a unit mean diagonal, so x and μ are on the scale of b, and tol is relative
+    to it."""
+    size = float(np.abs(b).max())
+    if size == 0:  # B = 0: X = 0 is a solution
+        return np.zeros_like(b), 0
     U = svec_basis(k)
-    x = svec(np.eye(k))
-    target = tol * (1 + float(np.abs(b).max()))
-    mu, steps = 1.0 + float(np.abs(b).max()), 0
+    x = size * svec(np.eye(k))
+    # x and Y scale with b, so μ (Y = μX⁻¹) with its square: the last μ has ⟨X, Y⟩ = kμ
+    # = tol·max|b|², an error of about tol·max|b| in X where Y is not zero
+    mu, steps = size ** 2, 0
+    floor = tol * size ** 2 / k
     while True:
-        final = k * mu <= target
-        for _ in range(100):  # damped Newton on the barrier problem at this μ
+        final = mu <= floor
+        for _ in range(100):  # Newton on the barrier problem at this μ
             Z = np.linalg.inv(smat(x, k))
             grad = Q @ x + b - mu * svec(Z)
             hess = Q + mu * (U @ np.kron(Z, Z) @ U.T)
             step = -np.linalg.solve(hess, grad)
-            decrement = float(-grad @ step)  # λ², in units of μ: the distance to the path
+            # λ² = gᵀH⁻¹g/μ, the Newton decrement of the self-concordant (objective)/μ: a step
+            # of 1/(1 + λ) stays inside X ≻ 0 and decreases it, a full step once λ < 1/4
+            decrement = max(float(-grad @ step) / mu, 0.0)
             steps += 1
-            x = x + _step_length(x, step, k, Q, b, mu, grad) * step
-            if not decrement > (target ** 2 if final else 1e-2 * mu):
+            x = _feasible(x, step / (1 + math.sqrt(decrement)) if decrement >= 1 / 16 else step, k)
+            if decrement <= (1e-16 if final else 1e-2):
                 break
         if final:
             return x, steps
-        mu = max(mu / 20, target / k)
+        mu = max(mu / 20, floor)
 
 
-def _step_length(x, step, k, Q, b, mu, grad) -> float:
-    """Backtracking: X stays positive definite and the barrier objective falls enough."""
-    def phi(v):
-        try:  # a Cholesky factor exists exactly when X is positive definite
-            chol = np.linalg.cholesky(smat(v, k))
+def _feasible(x: np.ndarray, step: np.ndarray, k: int) -> np.ndarray:
+    """x + step, halving the step while X would not be positive definite (rounding only)."""
+    for _ in range(60):
+        try:
+            np.linalg.cholesky(smat(x + step, k))
+            return x + step
         except np.linalg.LinAlgError:
-            return math.inf
-        return 0.5 * v @ Q @ v + b @ v - 2 * mu * float(np.log(np.diag(chol)).sum())
-
-    t, start, slope = 1.0, phi(x), float(grad @ step)
-    while not phi(x + t * step) <= start + 0.25 * t * slope:
-        t /= 2
-        if t < 1e-12:  # no progress left at this rounding: stay
-            return 0.0
-    return t
+            step = step / 2
+    return x
 
 
 def _cvxpy(Q: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:

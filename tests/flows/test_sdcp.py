@@ -65,6 +65,16 @@ def test_singular_map_gives_the_same_image(seed):
     assert objective(Q, B, ours.X) <= objective(Q, B, theirs.X) + 1e-7 * (1 + abs(objective(Q, B, theirs.X)))
 
 
+@pytest.mark.parametrize("factor", [1e-6, 1e6])
+def test_scale_invariance(factor):
+    """B scaled by c scales X by c (the central flow's B spans many orders of magnitude);
+    and B = 0 gives X = 0."""
+    Q, B = instance(3, seed=7)
+    X = solve_sdcp(Q, B).X
+    assert np.allclose(solve_sdcp(Q, factor * B).X, factor * X, atol=1e-8 * factor * np.abs(X).max())
+    assert np.array_equal(solve_sdcp(Q, np.zeros((3, 3))).X, np.zeros((3, 3)))
+
+
 def test_one_direction_in_closed_form():
     """k = 1: x = max(0, −b/q). The eigenvalue would rise (b < 0): x = 2/4 puts it back;
     it would fall (b > 0): no oscillation, x = 0."""
@@ -80,7 +90,7 @@ def test_decoupled_directions_are_k_closed_forms():
     Q = np.diag([2.0, 3.0, 5.0, 1.0, 1.0, 4.0])  # svec order (0,0) (0,1) (0,2) (1,1) (1,2) (2,2)
     B = np.diag([-1.0, 0.5, -8.0])
     sol = solve_sdcp(Q, B)
-    assert np.allclose(sol.X, np.diag([0.5, 0.0, 2.0]), atol=1e-9)
+    assert np.allclose(sol.X, np.diag([0.5, 0.0, 2.0]), atol=1e-8)
 
 
 def test_zero_map():

@@ -17,7 +17,7 @@ import sys
 
 from common import HERE, OUT
 
-ORDER = ["spectrum", "hvp", "training", "scaling", "distributed", "tracking"]
+ORDER = ["spectrum", "hvp", "training", "scaling", "distributed", "tracking", "flow"]
 MARK = "<!-- closing note -->"
 
 HEADER = """# sharpcli benchmarks

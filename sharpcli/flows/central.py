@@ -34,9 +34,10 @@ at the step's start: as fine, relative to its curvature, as the central flow's s
 at the edge (ηλ₁·dt ≤ 2/substeps), since gradient flow's sharpness keeps rising.
 
 Eigenpairs come from block Lanczos on the HessianOperator, warm-started from the previous
-substep's vectors; at least two are tracked, and one more than the critical count, so that
-an eigenvalue reaching the threshold is seen (the block grows until its last eigenvalue is
-below the threshold, up to MAX_TRACKED).
+substep's vectors; at least two are tracked, and for the central flow one more than the
+critical count, so that an eigenvalue reaching the threshold is seen (the block grows until
+its last eigenvalue is below the threshold, up to MAX_TRACKED). The stable flow tracks two:
+it has no critical directions, and its sharpness passes 2/η in many directions at once.
 """
 
 from __future__ import annotations
@@ -138,16 +139,18 @@ class Objective:
 
 
 def top_eigenpairs(op: HessianOperator, state: FlowState, settings: FlowSettings,
-                   least: int = 2) -> EigenResult:
-    """The top eigenpairs, at least `least` and one more than those above the threshold,
-    by block Lanczos warm-started from (and leaving in) `state.vectors`."""
-    k = min(max(least, 0 if state.vectors is None else state.vectors.shape[1]), op.size)
+                   least: int = 2, critical: bool = True) -> EigenResult:
+    """The top eigenpairs by block Lanczos warm-started from (and leaving in) `state.vectors`:
+    `least` of them, and with `critical` (the central flow) one more than those above the
+    threshold, the block growing until its last eigenvalue is below it."""
+    k = min(max(least, 0 if state.vectors is None or not critical else state.vectors.shape[1]),
+            op.size)
     while True:
         with full_precision():
             result = block_lanczos(op, k, tol=settings.tol, max_iter=max(settings.max_iter, 2 * k),
                                    v0=state.vectors, seed=settings.seed, criterion="eigenvalue")
         state.vectors = result.eigenvectors
-        above = int((result.eigenvalues > settings.threshold / settings.lr).sum())
+        above = int((result.eigenvalues > settings.threshold / settings.lr).sum()) if critical else 0
         if above < k or k == op.size:
             break
         if k == MAX_TRACKED:
@@ -221,7 +224,7 @@ def stable_step(objective: Objective, state: FlowState, settings: FlowSettings,
     objective.load(state.weights)
     loss, grad = objective.gradient(settings.mode)
     op = objective.operator(settings.mode)
-    eig = top_eigenpairs(op, state, settings)
+    eig = top_eigenpairs(op, state, settings, critical=False)
     n = stable_substeps(float(eig.eigenvalues[0]), settings) if advance else 0
     w = state.weights
     for i in range(n):

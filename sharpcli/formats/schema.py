@@ -35,7 +35,8 @@ EOS_COLUMNS = ("step", "phase", "sharpness", "grad_norm", "gd_edge", "sam_edge",
 # checkpoint at that step; substeps, n_hvp and n_third are the cost of the step from that row on.
 FLOW_COLUMNS = ("step", "process", "train_loss", "predicted_loss", "sharpness", "critical",
                 "sigma_trace", "distance", "substeps", "n_hvp", "n_third", "seconds")
-# λ₁…λ_k of each flow at each step (k: at least 2, one more than the critical count).
+# λ₁…λ_k of each flow at each step (k: 2 for the stable flow; for the central flow at least 2
+# and one more than the critical count).
 FLOW_EIGENVALUE_COLUMNS = ("step", "process", "index", "eigenvalue", "residual")
 
 # Every metrics column except `phase` holds numbers (or nothing).

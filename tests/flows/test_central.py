@@ -69,6 +69,9 @@ def test_stable_flow_keeps_sharpening(trajectory):
         assert math.isclose(s.sharpness, lam, rel_tol=1e-9)
         assert s.substeps == (0 if t == STEPS else stable_substeps(lam, FlowSettings(lr=toy.LR)))
         assert torch.allclose(ws[2:], gradient_flow_y(min(t + 1, STEPS)), atol=1e-12)
+    # the stable flow tracks two eigenpairs however many pass the threshold; the central flow
+    # one more than its critical count
+    assert len(trajectory[-1][2].eigenvalues) == 2 and len(trajectory[-1][1].eigenvalues) == 3
     # step 19: λ₁ = 5.4² = 29.16 (valley 1: 1.5·4.4² = 29.04), 4·ηλ₁/2 = 5.83: 6 substeps
     assert trajectory[-2][2].substeps == 6
 

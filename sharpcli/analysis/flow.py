@@ -3,7 +3,7 @@ the three comparisons `sharp flow` prints (docs/guides/flow.md#measured), and fl
 
 Only the files: flow.csv and the run's metrics.csv and config.json (no torch here).
 GD's time-averaged loss at step t is the mean of its logged train losses at steps within
-±window/2 of t; the window is WINDOW steps, widened to WINDOW_POINTS logged points when
+±window/2 of t (a narrower, still centred window near the ends); the window is WINDOW steps, widened to WINDOW_POINTS logged points when
 metrics.csv logs the loss more sparsely (train with --eval-every 1 for the loss at every step).
 GD has reached the edge at its first measured λ₁ ≥ (1 − band)·2/η, as `sharp eos` says.
 """
@@ -28,11 +28,13 @@ EDGE_BAND = 0.1      # GD is at the edge from its first λ₁ ≥ (1 − band)·
 
 
 def windowed_average(steps: np.ndarray, values: np.ndarray, window: float) -> np.ndarray:
-    """At each of `steps` (sorted), the mean of `values` over the steps within ±window/2."""
+    """At each of `steps` (sorted), the mean of `values` over the steps within ±h of it,
+    h = window/2, or less near either end so that the window stays centred there."""
     steps, values = np.asarray(steps, float), np.asarray(values, float)
     sums = np.concatenate([[0.0], np.cumsum(values)])
-    lo = np.searchsorted(steps, steps - window / 2, side="left")
-    hi = np.searchsorted(steps, steps + window / 2, side="right")
+    half = np.minimum(window / 2, np.minimum(steps - steps[0], steps[-1] - steps))
+    lo = np.searchsorted(steps, steps - half, side="left")
+    hi = np.searchsorted(steps, steps + half, side="right")
     return (sums[hi] - sums[lo]) / (hi - lo)
 
 

@@ -61,17 +61,19 @@ class FlowSummary:
     loss_gap: float | None      # median |predicted − GD's average| / GD's average
     stable_loss_gap: float | None
     sharpness: dict             # process → median λ₁ (central, stable, gd)
-    sharpness_spread: float | None  # max |λ₁ central − 2/η| / (2/η)
+    sharpness_spread: float | None  # max |λ₁ central − 2/η| / (2/η) where Σ ≠ 0
     distance: dict              # process → (median, last) ‖w − w_GD‖ at checkpoint steps
     n_checkpoints: int
+    start: int | None = None    # compared from this step instead of edge_step
 
     def lines(self) -> list[str]:
         edge = 2 / self.lr
-        if self.edge_step is None:
+        if self.edge_step is None and self.start is None:
             return [f"GD never reached the edge (λ₁ ≥ {1 - EDGE_BAND:g}·2/η = "
                     f"{(1 - EDGE_BAND) * edge:.4g}) in metrics.csv: nothing to compare"]
+        first = self.edge_step if self.start is None else self.start
         out = [f"GD reached the edge (λ₁ ≥ {1 - EDGE_BAND:g}·2/η) at step {self.edge_step}; "
-               f"over steps {self.edge_step}–{self.last_step}:"]
+               f"over steps {first}–{self.last_step}:"]
         if self.loss_gap is not None:
             out.append(f"  loss: central flow's prediction vs GD's loss averaged over "
                        f"{self.window:g} steps, median relative gap {self.loss_gap:.2%} "
@@ -80,7 +82,8 @@ class FlowSummary:
         out.append(f"  λ₁ (median): central {_fmt(lam.get('central'))}, stable "
                    f"{_fmt(lam.get('stable'))}, GD {_fmt(lam.get('gd'))}; 2/η = {edge:.4g}"
                    + ("" if self.sharpness_spread is None else
-                      f" (central within {self.sharpness_spread:.2%} of it)"))
+                      f" (central within {self.sharpness_spread:.1e} of it, relative, where "
+                      "Σ ≠ 0)"))
         if self.n_checkpoints:
             (cm, cl), (sm, sl) = self.distance["central"], self.distance["stable"]
             out.append(f"  ‖w − w_GD‖ at {self.n_checkpoints} checkpoints: central median "
@@ -92,8 +95,10 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.4g}"
 
 
-def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None) -> FlowSummary:
-    """The comparisons of a run's flow.csv (or `flow_csv`) with its metrics.csv."""
+def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None,
+                 start: int | None = None) -> FlowSummary:
+    """The comparisons of a run's flow.csv (or `flow_csv`) with its metrics.csv, over the
+    steps from GD's arrival at the edge on (or from `start`)."""
     run = load_run(run_dir, required=("step", "train_loss", "sharpness"))
     flow = read_flow(flow_csv or run.path / FLOW_FILE)
     if flow is None:
@@ -104,10 +109,11 @@ def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None) -> Flo
     edge_step = int(reached["step"].iloc[0]) if len(reached) else None
     gd = gd_loss(run.metrics)
     summary = FlowSummary(lr, edge_step, int(flow["step"].max()), gd.attrs["window"], None, None,
-                          {}, None, {}, 0)
-    if edge_step is None:
+                          {}, None, {}, 0, start)
+    first = start if start is not None else edge_step
+    if first is None:
         return summary
-    flow = flow[flow["step"] >= edge_step]
+    flow = flow[flow["step"] >= first]
     central, stable = (flow[flow["process"] == p].set_index("step") for p in ("central", "stable"))
     gd = gd[gd["step"].isin(central.index) & gd["step"].isin(stable.index)]
     if len(gd):
@@ -117,9 +123,10 @@ def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None) -> Flo
         summary.stable_loss_gap = gap(stable.loc[gd["step"], "train_loss"])
     summary.sharpness = {"central": float(central["sharpness"].median()),
                          "stable": float(stable["sharpness"].median()),
-                         "gd": float(measured.loc[measured["step"] >= edge_step, "sharpness"].median())}
-    if len(central):
-        summary.sharpness_spread = float((central["sharpness"] - 2 / lr).abs().max() * lr / 2)
+                         "gd": float(measured.loc[measured["step"] >= first, "sharpness"].median())}
+    held = central[central["sigma_trace"] > 0]
+    if len(held):  # where Σ holds the central flow's λ₁ (Σ = 0 before it reaches 2/η)
+        summary.sharpness_spread = float((held["sharpness"] - 2 / lr).abs().max() * lr / 2)
     at = central.index[central["distance"].notna()].intersection(
         stable.index[stable["distance"].notna()])
     if len(at):

@@ -60,6 +60,7 @@ class FlowSummary:
     window: float
     loss_gap: float | None      # median |predicted − GD's average| / GD's average
     stable_loss_gap: float | None
+    own_loss_gap: float | None  # the same of the central flow's own L(w), without ½⟨H, Σ⟩
     sharpness: dict             # process → median λ₁ (central, stable, gd)
     sharpness_spread: float | None  # max |λ₁ central − 2/η| / (2/η) where Σ ≠ 0
     distance: dict              # process → (median, last) ‖w − w_GD‖ at checkpoint steps
@@ -77,7 +78,8 @@ class FlowSummary:
         if self.loss_gap is not None:
             out.append(f"  loss: central flow's prediction vs GD's loss averaged over "
                        f"{self.window:g} steps, median relative gap {self.loss_gap:.2%} "
-                       f"(stable flow's loss: {self.stable_loss_gap:.2%})")
+                       f"(the central flow's own L(w): {self.own_loss_gap:.2%}; the stable "
+                       f"flow's loss: {self.stable_loss_gap:.2%})")
         lam = self.sharpness
         out.append(f"  λ₁ (median): central {_fmt(lam.get('central'))}, stable "
                    f"{_fmt(lam.get('stable'))}, GD {_fmt(lam.get('gd'))}; 2/η = {edge:.4g}"
@@ -109,7 +111,7 @@ def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None,
     edge_step = int(reached["step"].iloc[0]) if len(reached) else None
     gd = gd_loss(run.metrics)
     summary = FlowSummary(lr, edge_step, int(flow["step"].max()), gd.attrs["window"], None, None,
-                          {}, None, {}, 0, start)
+                          None, {}, None, {}, 0, start)
     first = start if start is not None else edge_step
     if first is None:
         return summary
@@ -121,6 +123,7 @@ def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None,
         gap = lambda values: float(np.median(np.abs(values.to_numpy() - avg) / avg))  # noqa: E731
         summary.loss_gap = gap(central.loc[gd["step"], "predicted_loss"])
         summary.stable_loss_gap = gap(stable.loc[gd["step"], "train_loss"])
+        summary.own_loss_gap = gap(central.loc[gd["step"], "train_loss"])
     summary.sharpness = {"central": float(central["sharpness"].median()),
                          "stable": float(stable["sharpness"].median()),
                          "gd": float(measured.loc[measured["step"] >= first, "sharpness"].median())}

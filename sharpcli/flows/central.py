@@ -59,7 +59,7 @@ from sharpcli.hessian.params import flatten, full_precision, trainable_params, u
 from sharpcli.linalg import EigenResult, block_lanczos
 from sharpcli.sources.data import Data
 
-MAX_TRACKED = 16  # eigenpairs tracked at most: more critical directions than this is an error
+MAX_TRACKED = 32  # eigenpairs tracked at most: more critical directions than this is an error
 
 
 @dataclass

@@ -112,9 +112,19 @@ def unit_costs(run: Path, repeats: int) -> tuple[str, float]:
     times = interleaved(fns, repeats)
     hvp = times["one HVP"]
     rows = [[name, seconds * 1e3, seconds / hvp] for name, seconds in times.items()]
+    parts = {"third-derivative products": times[f"third-derivative products, c = {c} "
+                                                 f"({c * (c + 1) // 2} pairs)"],
+             "eigen solve": times[f"eigen solve, warm, k = {c + 1} (block Lanczos)"],
+             "complementarity solve": times[f"complementarity solve, c = {c}"],
+             "gradient and operator": times["full-batch gradient (loss and ∇L)"]
+             + times["HessianOperator build (graph cached)"]}
+    total = sum(parts.values())
+    share = ", ".join(f"{name} {seconds / total:.0%}" for name, seconds in parts.items())
     text = (f"At the central flow's state of step {step} (λ₁…λ_{c + 1} = "
             f"{', '.join(f'{x:.4f}' for x in eig.eigenvalues.tolist())}; c = {c} critical):\n\n")
     text += table(["operation", "ms (median)", "× one HVP"], rows)
+    text += (f"\n\nOne substep there: {total * 1e3:.0f} ms, of which {share}; one step is "
+             f"{cfg.substeps} substeps.")
     return text, flow.lr
 
 
@@ -130,7 +140,7 @@ def main():
     text += __doc__.split("\n\n", 1)[1].strip() + "\n\n"
     text += f"Flow of `{run}`, costs per step from its flow.csv:\n\n" + cost_tables(flow, lr) + "\n\n"
     text += units + "\n"
-    write_section("flow", text)
+    write_section("flow-quick" if args.quick and args.run is None else "flow", text)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ the three comparisons `sharp flow` prints (docs/guides/flow.md#measured), and fl
 
 Only the files: flow.csv and the run's metrics.csv and config.json (no torch here).
 GD's time-averaged loss at step t is the mean of its logged train losses at steps within
-±window/2 of t (a narrower, still centred window near the ends); the window is WINDOW steps, widened to WINDOW_POINTS logged points when
-metrics.csv logs the loss more sparsely (train with --eval-every 1 for the loss at every step).
+±window/2 of t (a narrower, still centred window near the ends); the window is WINDOW steps,
+widened to WINDOW_POINTS logged points when metrics.csv logs the loss more sparsely (train
+with --eval-every 1 for the loss at every step).
 GD has reached the edge at its first measured λ₁ ≥ (1 − band)·2/η, as `sharp eos` says.
 """
 

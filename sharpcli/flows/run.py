@@ -23,7 +23,7 @@ from sharpcli.formats.checkpoints import load_payload
 from sharpcli.formats.csvlog import CsvLog
 from sharpcli.formats.runs import checkpoint_files, read_config, read_metrics, resolve_run_dir
 from sharpcli.formats.schema import (FLOW_COLUMNS, FLOW_EIGENVALUE_COLUMNS, FLOW_EIGENVALUES_FILE,
-                                     FLOW_FILE, FLOW_STATE_FILE)
+                                     FLOW_FILE, FLOW_STATE_FILE, METRICS_FILE)
 from sharpcli.hessian.check import check_objective
 from sharpcli.interrupt import check_stop
 from sharpcli.spectra.config import ModelSource, SpectrumConfig
@@ -84,8 +84,9 @@ def open_run(run, cfg: FlowConfig, source: ModelSource | None = None, dist: Dist
     if 0 not in checkpoints:
         raise SharpError(f"{run_dir}: no checkpoint of step 0 (step-00000000.pt): the flows start "
                          "from the run's first weights")
-    metrics = run_dir / "metrics.csv"
-    last = int(read_metrics(run_dir, ("step",))["step"].max()) if metrics.is_file() else max(checkpoints)
+    metrics = run_dir / METRICS_FILE
+    last = (int(read_metrics(run_dir, ("step",))["step"].max()) if metrics.is_file()
+            else max(checkpoints))
     if objective is not None:
         load_weights(objective.model, read_weights(checkpoints[0]).state, str(checkpoints[0]))
         return FlowRun(run_dir, lr, last, objective, checkpoints)
@@ -130,7 +131,7 @@ def run_flow(run, cfg: FlowConfig, *, source: ModelSource | None = None,
     steps = cfg.steps if cfg.steps is not None else flow.last_step
     folder = Path(out) if out is not None else flow.run_dir
     write = write and dist.is_main
-    start, central, stable = 0, FlowState(flow.objective.weights()), FlowState(flow.objective.weights())
+    start, central, stable = 0, *(FlowState(flow.objective.weights()) for _ in range(2))
     if cfg.resume and (folder / FLOW_STATE_FILE).is_file() and (folder / FLOW_FILE).is_file():
         start, central, stable = load_state(folder / FLOW_STATE_FILE, cfg, flow.objective.weights())
         if start > steps:

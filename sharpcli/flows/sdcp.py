@@ -11,14 +11,16 @@ below, and 𝒜X is the same for every solution. Here X lives in orthonormal coo
 x = svec(X) holds X_ii and √2·X_ij for i < j, in the order (0,0), (0,1), …, (0,k−1), (1,1), …,
 so that ⟨X, Y⟩ = x·y; 𝒜 is an m×m PSD matrix Q on them (m = k(k+1)/2), b = svec(B).
 
-k is small (the critical directions: one to a handful), so the solver is a plain barrier
-method on m unknowns: for μ decreasing twentyfold from max|b|², damped Newton steps on
-½xᵀQx + bᵀx − μ log det X, whose minimiser has Y = μX⁻¹ and so ⟨X, Y⟩ = kμ; it stops at
-kμ ≤ tol·max|b|² (Q scaled to a unit mean diagonal, so that x is on the scale of b). The Newton steps are damped by the
-decrement of the self-concordant barrier (no line search: Nesterov & Nemirovski). A tiny ridge (1e-12 of Q's mean diagonal) keeps
-the Newton systems regular when Q is singular. k = 1 is solved in closed form,
-x = max(0, −b/Q). `solve_sdcp(..., solver="cvxpy")` hands the same program to cvxpy instead
-(the optional extra sharpcli[flow]), a cross-check.
+k, the number of critical directions, is small next to the model (13 at most on the default
+run), so the solver is a plain barrier method on the m unknowns: for μ decreasing twentyfold
+from max|b|², Newton steps on ½xᵀQx + bᵀx − μ log det X, whose minimiser has Y = μX⁻¹ and so
+⟨X, Y⟩ = kμ; it stops at kμ ≤ tol·max|b|² (Q scaled to a unit mean diagonal, so that x is on
+the scale of b). The steps are damped by the Newton decrement λ of the self-concordant
+barrier objective (a step of 1/(1 + λ) stays inside X ≻ 0; Nesterov & Nemirovski), so no
+line search is needed. A ridge of 1e-12 of Q's mean diagonal keeps the Newton systems
+regular when Q is singular. k = 1 is solved in closed form, x = max(0, −b/Q).
+`solve_sdcp(..., solver="cvxpy")` hands the same program to cvxpy (Clarabel) instead, as a
+cross-check (the optional extra sharpcli[flow]).
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ class FlowSummary:
     def lines(self) -> list[str]:
         edge = 2 / self.lr
         if self.edge_step is None and self.start is None:
-            return [f"GD never reached the edge (λ₁ ≥ {1 - EDGE_BAND:g}·2/η = "
-                    f"{(1 - EDGE_BAND) * edge:.4g}) in metrics.csv: nothing to compare"]
+            return [f"GD's λ₁ in metrics.csv never reached the edge (λ₁ ≥ {1 - EDGE_BAND:g}·2/η = "
+                    f"{(1 - EDGE_BAND) * edge:.4g}), or was not measured: nothing to compare"]
         first = self.edge_step if self.start is None else self.start
         out = [f"GD reached the edge (λ₁ ≥ {1 - EDGE_BAND:g}·2/η) at step {self.edge_step}; "
                f"over steps {first}–{self.last_step}:"]

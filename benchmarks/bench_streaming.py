@@ -132,7 +132,7 @@ def main():
         parts.append(cost_part(args))
     if args.part in ("all", "memory"):
         parts.append(memory_section(args))
-    write_section("streaming", f"## Streamed data against tensors in memory\n\n`{command_line()}`"
+    write_section("streaming", f"## 7. Streamed data against tensors in memory\n\n`{command_line()}`"
                                f" — {machine_line(args.threads)}\n\n" + "\n\n".join(parts))
 
 

@@ -109,6 +109,10 @@ def launched(tmp_path_factory):
     torch.save(token_cases.model().state_dict(), root / "tokens.pt")
     for source in STREAMS:
         commands.append(stream_spectrum(root, source, root / "two" / f"{source}.csv"))
+    # the central flow from weights above its edge (λ₁ 2.7 > 2/η = 2.5): X > 0 at once
+    assert sharp(*train_flags(root / "one", "hot", "--lr", "0.8", "--steps", "6",
+                              "--checkpoint-every", "3")).code == 0
+    commands.append(["flow", root / "one" / "reports" / "hot", *FLOW, "--out", root / "two" / "flow"])
     (root / "commands.json").write_text(json.dumps([[str(a) for a in c] for c in commands]))
     result = torchrun(BATCH, root / "commands.json", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -142,6 +146,22 @@ def test_streamed_token_spectra_equal_one_process(launched, source, tmp_path):
     one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(root / "two" / f"{source}.csv")
     assert list(one["quantity"]) == ["eigenvalue"] * 3 + ["trace"]
     assert ((one["value"] - two["value"]).abs() <= 1e-6 * one["value"].abs()).all()
+FLOW = ["--substeps", "2", "--quiet"]
+
+
+def test_flow_equals_one_process(launched, tmp_path):
+    """Gradients, eigenpairs and third-derivative products summed over the two shards: the
+    same flows, Σ > 0 included."""
+    root, _ = launched
+    assert sharp("flow", root / "one" / "reports" / "hot", *FLOW, "--out", tmp_path).code == 0
+    one, two = (pd.read_csv(d / "flow.csv") for d in (tmp_path, root / "two" / "flow"))
+    assert list(one["step"]) == list(two["step"]) and one["sigma_trace"].iloc[0] > 0
+    # X answers (2/η − λ)/(η dt): float32 sums in another order move λ by 1e-7, X by 1e-4
+    for col, rel in (("train_loss", 1e-5), ("predicted_loss", 1e-5), ("sharpness", 1e-5),
+                     ("distance", 1e-5), ("sigma_trace", 1e-3)):
+        a, b = one[col].to_numpy(float), two[col].to_numpy(float)
+        assert ((abs(a - b) <= rel * abs(a) + 1e-9) | (np.isnan(a) & np.isnan(b))).all(), (col, a, b)
+    assert list(one["critical"]) == list(two["critical"])
 
 
 @pytest.mark.parametrize("name", ["gd", "sgd", "sam", "eigen-sam", "adam", "sgd-augment"])

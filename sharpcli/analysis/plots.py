@@ -1,6 +1,7 @@
 """PNG figures of runs: sharpness against the edges (λ₁ and the batch sharpness against the
 GD and SAM edges; the preconditioned sharpness λ₁(P⁻¹H) of adam/adamw/rmsprop against the
-adaptive edge, with the raw λ₁ beside it), loss and accuracy, alignment, density.
+adaptive edge, with the raw λ₁ beside it), loss and accuracy, alignment, density, and the
+central flow beside GD (sharpcli.analysis.flow) where `sharp flow` wrote flow.csv.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
 state, no display needed). With several runs every figure holds all of them: colour names
@@ -26,10 +27,11 @@ from matplotlib.ticker import Formatter
 from sharpcli.config import ADAPTIVE_PHASES, SAM_PHASES
 from sharpcli.edges import gd_edge
 from sharpcli.analysis.eos import edge_columns
+from sharpcli.analysis.flow import flow_figure
 from sharpcli.errors import SharpError
 from sharpcli.formats.runs import Run, load_run, read_density
 
-FIGURES = ("sharpness", "preconditioned", "loss", "alignment", "density")
+FIGURES = ("sharpness", "preconditioned", "loss", "alignment", "density", "flow")
 PLOT_COLUMNS = ("step", "phase", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                 "sharpness", "alignment")
 
@@ -82,7 +84,7 @@ def figures(runs: Sequence[Run], *, log_scale: bool = False,
     runs = list(runs)
     labels = _labels(runs)
     draws = {"sharpness": _sharpness, "preconditioned": _preconditioned, "loss": _loss,
-             "alignment": _alignment, "density": _density}
+             "alignment": _alignment, "density": _density, "flow": flow_figure}
     return {name: draws[name](runs, labels, log_scale)
             for name in FIGURES if only is None or name in only}
 

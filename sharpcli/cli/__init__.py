@@ -29,6 +29,7 @@ app = typer.Typer(
 # One line per command module; each adds its command(s) to `app`.
 _COMMAND_MODULES: list[str] = [
     "sharpcli.cli.eos",
+    "sharpcli.cli.flow",
     "sharpcli.cli.plot",
     "sharpcli.cli.spectrum",
     "sharpcli.cli.summarize",

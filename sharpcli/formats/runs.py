@@ -21,8 +21,8 @@ import pandas as pd
 
 from sharpcli.config import Phase
 from sharpcli.errors import SharpError
-from sharpcli.formats.schema import (CONFIG_FILE, DENSITY_COLUMNS, DENSITY_FILE, METRICS_COLUMNS,
-                                     METRICS_FILE, NUMERIC_METRICS)
+from sharpcli.formats.schema import (CONFIG_FILE, DENSITY_COLUMNS, DENSITY_FILE, FLOW_COLUMNS,
+                                     METRICS_COLUMNS, METRICS_FILE, NUMERIC_METRICS)
 
 PHASES = tuple(p.value for p in Phase)
 # A phase logged by sharpcli.Tracker around another optimizer is that optimizer's name.
@@ -150,6 +150,19 @@ def read_density(run_dir: str | os.PathLike) -> pd.DataFrame | None:
     df = _read_csv(path, DENSITY_COLUMNS, DENSITY_COLUMNS)
     for col in ("step", "eigenvalue", "density"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def read_flow(path: str | os.PathLike) -> pd.DataFrame | None:
+    """flow.csv (from `sharp flow`): `process` as strings, the other columns as floats (NaN
+    where empty); None when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    df = _read_csv(path, FLOW_COLUMNS, FLOW_COLUMNS, dtype={"process": "string"})
+    for col in FLOW_COLUMNS:
+        if col != "process":
+            df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
 
 

@@ -13,6 +13,11 @@ DENSITY_FILE = "density.csv"
 PRECONDITIONED_SPECTRUM_FILE = "spectrum-preconditioned.csv"
 PRECONDITIONED_DENSITY_FILE = "density-preconditioned.csv"
 EOS_FILE = "eos.csv"
+# `sharp flow`: the central and stable flows of a run, their eigenvalues, and the state
+# --resume continues from (weights and warm starts: not a CSV).
+FLOW_FILE = "flow.csv"
+FLOW_EIGENVALUES_FILE = "flow_eigenvalues.csv"
+FLOW_STATE_FILE = "flow-state.pt"
 
 METRICS_COLUMNS = ("step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",
                    "test_acc", "grad_norm", "sharpness", "alignment", "gd_edge", "sam_edge",
@@ -27,6 +32,13 @@ DENSITY_COLUMNS = ("checkpoint", "step", "eigenvalue", "density")
 # sharpness) and `edge` its edge, so that ratio = sharpness / edge on every row.
 EOS_COLUMNS = ("step", "phase", "sharpness", "grad_norm", "gd_edge", "sam_edge", "edge",
                "ratio", "at_edge", "measure")
+# One row per step and flow (process: central or stable); distance where the run has a
+# checkpoint at that step; substeps, n_hvp and n_third are the cost of the step from that row on.
+FLOW_COLUMNS = ("step", "process", "train_loss", "predicted_loss", "sharpness", "critical",
+                "sigma_trace", "distance", "substeps", "n_hvp", "n_third", "seconds")
+# λ₁…λ_k of each flow at each step (k: 2 for the stable flow; for the central flow at least 2
+# and one more than the critical count).
+FLOW_EIGENVALUE_COLUMNS = ("step", "process", "index", "eigenvalue", "residual")
 
 # Every metrics column except `phase` holds numbers (or nothing).
 NUMERIC_METRICS = tuple(c for c in METRICS_COLUMNS if c != "phase")

@@ -22,6 +22,12 @@ of memory is split in halves (max_block halves too), also with a warning; out of
 with a single vector is raised. Batching is a win where one product leaves the device
 idle (a GPU); on the CPU one product already keeps the core busy and a batched pass was no
 faster per vector (benchmarks/RESULTS.md §2), so `vectorize=None` batches on accelerators only.
+
+`third_derivatives(U, pairs)` gives ∇_w(uᵢᵀ H(w) uⱼ) = ∇³L(w)[uᵢ, uⱼ, ·] for pairs of columns
+of U: the gradient of a Hessian entry, which the central flow needs
+(docs/guides/flow.md#what). It is one more backward pass through the graph of an HVP: per
+batch the gradient graph, then H uⱼ kept differentiable for each column j used, then one
+backward pass of uᵢ·(H uⱼ) per pair.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ class HessianOperator:
         self.device = self.params[0].device
         self.mode = mode
         self.n_matvec = 0  # products, a block of b counting b
+        self.n_third = 0   # third-derivative products ∇(uᵀHv), one per pair
         self.vectorize = self.device.type != "cpu" if vectorize is None else vectorize
         if max_block < 1:
             raise ValueError(f"max_block must be at least 1, got {max_block}")
@@ -202,6 +209,75 @@ class HessianOperator:
                        f"for this model; computing them one vector at a time, which is slower "
                        f"({reason})")
         return torch.stack([self._local(unflatten(v, self.params), batched=False) for v in rows])
+
+    def third_derivatives(self, us: torch.Tensor,
+                          pairs: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
+        """∇_w(uᵢᵀ H(w) uⱼ) for each pair (i, j) of columns of `us` (size, k), as the columns
+        of a (size, len(pairs)) matrix; by default every pair i ≤ j, in the order (0, 0),
+        (0, 1), …, (0, k−1), (1, 1), … . The vectors are held fixed: this is the third
+        derivative ∇³L(w) contracted with uᵢ and uⱼ, symmetric in i and j. One pass over the
+        data (see the module docstring); counted in `n_third`, one per pair; under torchrun
+        one all-reduce for them all."""
+        if us.ndim == 1:
+            us = us[:, None]
+        if us.ndim != 2 or us.shape[0] != self.size:
+            raise ValueError(f"vectors of shape {tuple(us.shape)} for an operator of size {self.size}")
+        k = us.shape[1]
+        pairs = [(i, j) for i in range(k) for j in range(i, k)] if pairs is None else list(pairs)
+        if any(not (0 <= i < k and 0 <= j < k) for i, j in pairs):
+            raise ValueError(f"pairs must index the {k} columns of us, got {pairs}")
+        cols = [unflatten(u, self.params) for u in us.T.to(self.dtype)]
+        out = torch.zeros(len(pairs), self.size, dtype=self.dtype, device=self.device)
+        if self.hvp == "forward-over-reverse":
+            with measurement_mode(self.model, self.mode):
+                for weight, batch in self.data:
+                    out += self._batch_third_functional(weight, batch, cols, pairs)
+        elif self._cached_grads is not None:
+            with full_precision():
+                out += self._third_through(self._cached_grads, cols, pairs)
+        else:
+            with measurement_mode(self.model, self.mode):
+                for weight, batch in self.data:
+                    out += self._third_through(self._batch_gradient(weight, batch), cols, pairs)
+        self.n_third += len(pairs)
+        return self.dist.sum_(out).T
+
+    def third_derivative(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """∇_w(uᵀ H(w) v) (size,): `third_derivatives` for one pair."""
+        return self.third_derivatives(torch.stack([u, v], dim=1), [(0, 1)])[:, 0]
+
+    def _third_through(self, grads: list[torch.Tensor], cols: list[list[torch.Tensor]],
+                       pairs: list[tuple[int, int]]) -> torch.Tensor:
+        """The rows ∇(uᵢ·H uⱼ) of one batch's share, from its gradient graph `grads`, which
+        is kept (a cached graph serves later products)."""
+        hv = {}
+        for j in sorted({j for _, j in pairs}):
+            hv[j] = torch.autograd.grad(grads, self.params, grad_outputs=cols[j],
+                                        create_graph=True, allow_unused=True)
+        rows = []
+        for i, j in pairs:
+            dot = sum((a * h).sum() for a, h in zip(cols[i], hv[j]) if h is not None)
+            if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+                rows.append(torch.zeros(self.size, dtype=self.dtype, device=self.device))
+                continue  # the Hessian does not depend on the weights along these (a quadratic)
+            d = torch.autograd.grad(dot, self.params, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                   for g, p in zip(d, self.params)]))
+        return torch.stack(rows)
+
+    def _batch_third_functional(self, weight: float, batch, cols, pairs) -> torch.Tensor:
+        """Reverse over forward over reverse by torch.func: ∇_w ⟨uᵢ, d/dt ∇L_batch(w + t uⱼ)⟩."""
+        primals = {n: p.detach() for n, p in zip(self._names, self.params)}
+
+        def batch_loss(weights: dict) -> torch.Tensor:
+            return weight * self.call.functional_loss(self.model, weights, batch)
+
+        def entry(weights: dict, i: int, j: int) -> torch.Tensor:
+            _, hv = jvp(grad(batch_loss), (weights,), (dict(zip(self._names, cols[j])),))
+            return sum((hv[n] * u).sum() for n, u in zip(self._names, cols[i]))
+
+        return torch.stack([torch.cat([g.reshape(-1) for g in grad(entry)(primals, i, j).values()])
+                            for i, j in pairs])
 
     def dense(self) -> torch.Tensor:
         """The full matrix, one column per basis vector: for tests on small models only."""

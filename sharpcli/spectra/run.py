@@ -93,7 +93,7 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                                 on_start=on_start, dist=dist):
             data = datas.get(id(subject.splits))
             if data is None:  # one per data set: a stream is counted and checked once
-                data = _data(subject, cfg, device, dist, source)
+                data = subject_data(subject, cfg, device, dist, source)
                 datas[id(subject.splits)] = data
             check_objective(subject.model, subject.call, data, CLI_NAMES)
             p = subject.preconditioner() if cfg.preconditioned else None
@@ -136,7 +136,7 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     return results
 
 
-def _data(subject, cfg: SpectrumConfig, device, dist: Dist, source: ModelSource) -> Data:
+def subject_data(subject, cfg: SpectrumConfig, device, dist: Dist, source: ModelSource) -> Data:
     """The examples a checkpoint is measured on: the first `cfg.samples` of the chosen split
     of in-memory data, or all of a --data MODULE:CALLABLE source, batched by --batch-size."""
     chunk = cfg.batch_size or subject.chunk_size

@@ -1,0 +1,249 @@
+"""The central flow of gradient descent and the stable (gradient) flow, one unit of time (one
+step of GD) at a time (Cohen, Damian, Talwalkar, Kolter & Lee, "Understanding Optimization in
+Deep Learning with Central Flows", ICLR 2025; docs/guides/flow.md#what).
+
+Time t is counted in steps of GD with step size η. The stable flow is gradient flow,
+dw/dt = −η∇L(w). At the edge of stability GD oscillates along the top Hessian eigenvectors
+with a covariance Σ, and its time-average w̄ follows the central flow
+
+    dw/dt = −η [∇L(w) + ½ ∇⟨H(w), Σ(w)⟩],
+
+where Σ is what keeps the eigenvalues of H at or below 2/η. Σ = U X Uᵀ lives on the critical
+eigenvectors U = [u₁ … u_c], those with λᵢ > threshold (1.95/η by default), and X ⪰ 0 (c×c).
+With Tᵢⱼ = ∇(uᵢᵀH(w)uⱼ) (HessianOperator.third_derivatives) and g = ∇L,
+
+    ∇⟨H, Σ⟩ = Σᵢⱼ Xᵢⱼ Tᵢⱼ = D(X),    dw/dt = −η [g + ½ D(X)],
+    d/dt (UᵀHU)ᵢⱼ = ⟨Tᵢⱼ, dw/dt⟩ = −η [⟨Tᵢⱼ, g⟩ + ½⟨Tᵢⱼ, D(X)⟩].
+
+An Euler substep of length dt must leave UᵀHU ⪯ (2/η)I, with X nonzero only where the bound
+is reached (X may not push an eigenvalue below 2/η, only stop it rising past it):
+
+    Y = 𝒜X + B ⪰ 0,   X ⪰ 0,   ⟨X, Y⟩ = 0,
+    (𝒜X)ᵢⱼ = ½⟨Tᵢⱼ, D(X)⟩,   Bᵢⱼ = ⟨Tᵢⱼ, g⟩ + δᵢⱼ (2/η − λᵢ)/(η dt),
+
+Y being (2/η)I − (UᵀHU after the substep), divided by η dt. This is the complementarity
+problem of sharpcli.flows.sdcp; 𝒜 is positive semidefinite (⟨X, 𝒜X⟩ = ½‖D(X)‖²). The
+(2/η − λᵢ) term puts an eigenvalue that is below 2/η, or has overshot it, at 2/η after the
+substep, to first order: near the edge the iteration is Newton's method on λᵢ(w) = 2/η.
+
+Predicted time-averaged loss of GD: L(w) + ½⟨H, Σ⟩ = L(w) + ½ Σᵢ λᵢ Xᵢᵢ (U are
+eigenvectors); tr Σ = tr X. A row at step t holds w(t), measured at the first substep.
+
+The stable flow takes max(substeps, ⌈substeps·ηλ₁/2⌉) Euler substeps per step, λ₁ measured
+at the step's start: as fine, relative to its curvature, as the central flow's substeps are
+at the edge (ηλ₁·dt ≤ 2/substeps), since gradient flow's sharpness keeps rising.
+
+Eigenpairs come from block Lanczos on the HessianOperator, warm-started from the previous
+substep's vectors; at least two are tracked, and for the central flow one more than the
+critical count, so that an eigenvalue reaching the threshold is seen (the block grows until
+its last eigenvalue is below the threshold, up to MAX_TRACKED). The stable flow tracks two:
+it has no critical directions, and its sharpness passes 2/η in many directions at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from sharpcli.errors import SharpError
+from sharpcli.flows.sdcp import pairs, solve_sdcp
+from sharpcli.hessian.calls import Call
+from sharpcli.hessian.objective import full_batch_gradient
+from sharpcli.hessian.operator import HessianOperator
+from sharpcli.hessian.params import flatten, full_precision, trainable_params, unflatten
+from sharpcli.linalg import EigenResult, block_lanczos
+from sharpcli.sources.data import Data
+
+MAX_TRACKED = 32  # eigenpairs tracked at most: more critical directions than this is an error
+
+
+@dataclass
+class FlowSettings:
+    """How a flow is integrated (docs/guides/flow.md#running)."""
+
+    lr: float                      # η of the run
+    substeps: int = 4              # Euler substeps per step (central flow; the stable flow's least)
+    threshold: float = 1.95        # critical eigenvalues: λ > threshold/η
+    tol: float = 1e-3              # relative accuracy of each eigenvalue (block Lanczos)
+    max_iter: int = 100            # products per eigenvalue solve, at most
+    seed: int = 0                  # of the random directions that fill a Lanczos block
+    sdcp: str = "native"           # the complementarity solver: native or cvxpy
+    mode: str = "eval"             # BatchNorm running statistics, Dropout off
+
+    @property
+    def edge(self) -> float:
+        return 2.0 / self.lr
+
+
+@dataclass
+class FlowState:
+    """One flow where it stands: its weights, its last top eigenvectors (the next solve's
+    warm start) and the seconds spent on it."""
+
+    weights: torch.Tensor                 # flat, in the model's parameter order
+    vectors: torch.Tensor | None = None   # (size, k)
+    seconds: float = 0.0
+
+
+@dataclass
+class FlowPoint:
+    """What a flow.csv row records of one flow at step t (w(t), the step's first substep),
+    and the products its whole step took."""
+
+    train_loss: float
+    predicted_loss: float
+    eigenvalues: list[float]
+    residuals: list[float]
+    critical: int
+    sigma_trace: float
+    n_hvp: int = 0
+    n_third: int = 0
+    substeps: int = 0
+
+    @property
+    def sharpness(self) -> float:
+        return self.eigenvalues[0]
+
+
+@dataclass
+class Objective:
+    """The run's training loss as a function of flat weights: the model (whose trainable
+    parameters are overwritten by `load`), its Call and its Data."""
+
+    model: nn.Module
+    call: Call
+    data: Data
+    params: list[nn.Parameter] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.params = trainable_params(self.model)
+
+    def weights(self) -> torch.Tensor:
+        return flatten([p.detach() for p in self.params]).clone()
+
+    def load(self, weights: torch.Tensor) -> None:
+        with torch.no_grad():
+            for p, piece in zip(self.params, unflatten(weights, self.params)):
+                p.copy_(piece)
+
+    def gradient(self, mode: str) -> tuple[float, torch.Tensor]:
+        return full_batch_gradient(self.model, self.call, self.data, mode=mode)
+
+    def operator(self, mode: str) -> HessianOperator:
+        return HessianOperator(self.model, self.call, self.data, mode=mode)
+
+
+def top_eigenpairs(op: HessianOperator, state: FlowState, settings: FlowSettings,
+                   least: int = 2, critical: bool = True) -> EigenResult:
+    """The top eigenpairs by block Lanczos warm-started from (and leaving in) `state.vectors`:
+    `least` of them, and with `critical` (the central flow) one more than those above the
+    threshold, the block growing until its last eigenvalue is below it."""
+    k = min(max(least, 0 if state.vectors is None or not critical else state.vectors.shape[1]),
+            op.size)
+    while True:
+        with full_precision():
+            result = block_lanczos(op, k, tol=settings.tol, max_iter=max(settings.max_iter, 2 * k),
+                                   v0=state.vectors, seed=settings.seed, criterion="eigenvalue")
+        state.vectors = result.eigenvectors
+        above = int((result.eigenvalues > settings.threshold / settings.lr).sum()) if critical else 0
+        if above < k or k == op.size:
+            break
+        if k == MAX_TRACKED:
+            raise SharpError(f"more than {MAX_TRACKED} Hessian eigenvalues are above "
+                             f"{settings.threshold}/η: the central flow tracks at most {MAX_TRACKED}")
+        k += 1
+    state.vectors = state.vectors[:, :max(least, above + 1)]
+    return result
+
+
+def oscillation(op: HessianOperator, grad: torch.Tensor, eig: EigenResult, critical: int,
+                settings: FlowSettings, dt: float) -> tuple[np.ndarray, torch.Tensor]:
+    """X (critical × critical) and ∇⟨H, Σ⟩ = D(X) for Σ = U X Uᵀ on the critical eigenvectors
+    (module docstring)."""
+    U = eig.eigenvectors[:, :critical]
+    lam = eig.eigenvalues[:critical].numpy()
+    T = op.third_derivatives(U)                       # (size, m): Tᵢⱼ for i ≤ j, svec order
+    index = pairs(critical)
+    root2 = np.array([1.0 if i == j else math.sqrt(2) for i, j in index])
+    gram = (T.T.double() @ T.double()).cpu().numpy()  # ⟨Tₚ, T_q⟩
+    Q = 0.5 * root2[:, None] * gram * root2[None, :]  # 𝒜 on svec coordinates
+    beta = (T.T.double() @ grad.double()).cpu().numpy()
+    B = np.zeros((critical, critical))
+    for p, (i, j) in enumerate(index):
+        B[i, j] = B[j, i] = beta[p]
+    B += np.diag((settings.edge - lam) / (settings.lr * dt))
+    X = solve_sdcp(Q, B, solver=settings.sdcp).X
+    # D(X) = Σ over ordered pairs: each off-diagonal pair twice
+    weights = np.array([X[i, j] * (1.0 if i == j else 2.0) for i, j in index])
+    direction = T @ torch.as_tensor(weights, dtype=T.dtype, device=T.device)
+    return X, direction
+
+
+def central_step(objective: Objective, state: FlowState, settings: FlowSettings,
+                 advance: bool = True) -> FlowPoint:
+    """Measure the central flow at w(t) and, with `advance`, integrate it to w(t + 1) in
+    `settings.substeps` Euler substeps; `state` is updated in place."""
+    start, dt = time.perf_counter(), 1.0 / settings.substeps
+    w, first = state.weights, None
+    n_hvp = n_third = 0
+    for _ in range(settings.substeps if advance else 1):
+        objective.load(w)
+        loss, grad = objective.gradient(settings.mode)
+        op = objective.operator(settings.mode)
+        eig = top_eigenpairs(op, state, settings)
+        critical = int((eig.eigenvalues > settings.threshold / settings.lr).sum())
+        X, direction = (np.zeros((0, 0)), torch.zeros_like(grad)) if critical == 0 else \
+            oscillation(op, grad, eig, critical, settings, dt)
+        n_hvp, n_third = n_hvp + op.n_matvec, n_third + op.n_third
+        if first is None:
+            lam = eig.eigenvalues[:critical].numpy()
+            first = FlowPoint(loss, loss + 0.5 * float(lam @ np.diag(X)), eig.eigenvalues.tolist(),
+                              eig.residuals.tolist(), critical, float(np.trace(X)))
+        if advance:
+            w = w - settings.lr * dt * (grad + 0.5 * direction)
+    state.weights = w
+    first.n_hvp, first.n_third, first.substeps = n_hvp, n_third, settings.substeps if advance else 0
+    state.seconds += time.perf_counter() - start
+    return first
+
+
+def stable_substeps(sharpness: float, settings: FlowSettings) -> int:
+    """max(substeps, ⌈substeps·ηλ₁/2⌉): ηλ₁·dt ≤ 2/substeps."""
+    return max(settings.substeps, math.ceil(settings.substeps * settings.lr * sharpness / 2 - 1e-9))
+
+
+def stable_step(objective: Objective, state: FlowState, settings: FlowSettings,
+                advance: bool = True) -> FlowPoint:
+    """Measure gradient flow at w(t) and, with `advance`, integrate it to w(t + 1)."""
+    start = time.perf_counter()
+    objective.load(state.weights)
+    loss, grad = objective.gradient(settings.mode)
+    op = objective.operator(settings.mode)
+    eig = top_eigenpairs(op, state, settings, critical=False)
+    n = stable_substeps(float(eig.eigenvalues[0]), settings) if advance else 0
+    w = state.weights
+    for i in range(n):
+        if i > 0:
+            objective.load(w)
+            _, grad = objective.gradient(settings.mode)
+        w = w - settings.lr / n * grad
+    state.weights = w
+    state.seconds += time.perf_counter() - start
+    return FlowPoint(loss, loss, eig.eigenvalues.tolist(), eig.residuals.tolist(), 0, 0.0,
+                     n_hvp=op.n_matvec, substeps=n)
+
+
+def integrate(objective: Objective, settings: FlowSettings, steps: int,
+              central: FlowState, stable: FlowState, start: int = 0):
+    """Both flows from step `start` (their states at w(start)) to `steps`: yields
+    (t, central point, stable point) for t = start … steps, each state then at w(t + 1)
+    (at w(steps) after the last, which is measured only)."""
+    for t in range(start, steps + 1):
+        advance = t < steps
+        yield (t, central_step(objective, central, settings, advance),
+               stable_step(objective, stable, settings, advance))

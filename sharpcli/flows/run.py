@@ -1,0 +1,221 @@
+"""`sharp flow` on disk: a full-batch GD run's step-0 weights, data and η in; both flows
+integrated over the run's steps; flow.csv and flow_eigenvalues.csv written row by row
+(docs/reference/formats.md#flow-csv), and flow-state.pt saved every few steps so that
+`--resume` continues where an interrupted flow stopped."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from sharpcli.device import resolve_device
+from sharpcli.distributed import SINGLE, Dist, process_device
+from sharpcli.errors import Interrupted, SharpError
+from sharpcli.flows.central import (FlowPoint, FlowSettings, FlowState, Objective, central_step,
+                                    stable_step)
+from sharpcli.flows.config import FlowConfig
+from sharpcli.formats.atomic import atomic_write
+from sharpcli.formats.checkpoints import load_payload
+from sharpcli.formats.csvlog import CsvLog
+from sharpcli.formats.runs import checkpoint_files, read_config, read_metrics, resolve_run_dir
+from sharpcli.formats.schema import (FLOW_COLUMNS, FLOW_EIGENVALUE_COLUMNS, FLOW_EIGENVALUES_FILE,
+                                     FLOW_FILE, FLOW_STATE_FILE, METRICS_FILE)
+from sharpcli.hessian.check import check_objective
+from sharpcli.interrupt import check_stop
+from sharpcli.spectra.config import ModelSource, SpectrumConfig
+from sharpcli.spectra.run import CLI_NAMES, subject_data
+from sharpcli.spectra.targets import Target, subjects
+from sharpcli.workload.weights import load_weights, read_weights
+
+STATE_FORMAT = "sharpcli-flow-state"
+PROCESSES = ("central", "stable")
+_STEP = re.compile(r"^step-(\d{8})\.pt$")
+
+
+@dataclass
+class FlowRun:
+    """What a flow needs of a run: η, where it ends, its first weights' model and data,
+    and GD's weights at the steps it saved them."""
+
+    run_dir: Path
+    lr: float
+    last_step: int
+    objective: Objective
+    checkpoints: dict[int, Path]
+
+
+def gd_learning_rate(config: dict, run_dir: Path) -> float:
+    """η of a full-batch, constant-step GD run; any other run is refused with one line (the
+    central flow of GD is its subject; RMSProp's, in the paper too, is not implemented)."""
+    optimizer = config.get("optimizer")
+    other = []
+    if optimizer != "gd" or config.get("batch_size") is not None:
+        other.append(f"optimizer {optimizer}" + (f" with batches of {config['batch_size']}"
+                                                 if config.get("batch_size") else ""))
+    for key, plain in (("momentum", 0), ("weight_decay", 0), ("nesterov", False)):
+        if config.get(key) not in (None, plain, float(plain)):
+            other.append(f"{key.replace('_', ' ')} {config[key]}")
+    if config.get("schedule") not in (None, "constant"):
+        other.append(f"a {config['schedule']} schedule")
+    if other:
+        raise SharpError(f"{run_dir}: sharp flow needs a run of full-batch gradient descent with "
+                         f"a constant step and no momentum or weight decay; this one has "
+                         f"{', '.join(other)}")
+    lr = config.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise SharpError(f"{run_dir}: config.json has no step size (lr), got {lr!r}")
+    return float(lr)
+
+
+def open_run(run, cfg: FlowConfig, source: ModelSource | None = None, dist: Dist = SINGLE,
+             objective: Objective | None = None) -> FlowRun:
+    """The run's GD settings, checkpoints and step-0 model and data, on `cfg.device`: the
+    model and data its checkpoint's config names, or with `source` (--model-factory) the
+    user's; or `objective`, a model (given the step-0 weights here) with its Call and Data."""
+    run_dir = resolve_run_dir(run)
+    config = read_config(run_dir)
+    lr = gd_learning_rate(config, run_dir)
+    checkpoints = {int(m.group(1)): p for p in checkpoint_files(run_dir, config)
+                   if (m := _STEP.match(p.name))}
+    if 0 not in checkpoints:
+        raise SharpError(f"{run_dir}: no checkpoint of step 0 (step-00000000.pt): the flows start "
+                         "from the run's first weights")
+    metrics = run_dir / METRICS_FILE
+    last = (int(read_metrics(run_dir, ("step",))["step"].max()) if metrics.is_file()
+            else max(checkpoints))
+    if objective is not None:
+        load_weights(objective.model, read_weights(checkpoints[0]).state, str(checkpoints[0]))
+        return FlowRun(run_dir, lr, last, objective, checkpoints)
+    source = source or ModelSource()
+    source.validate(1)
+    device = resolve_device(process_device(cfg.device, dist))
+    subject = next(subjects([Target(checkpoints[0], run_dir)], device, source, dist=dist))
+    data = subject_data(subject, SpectrumConfig(), device, dist, source)
+    check_objective(subject.model, subject.call, data, CLI_NAMES)
+    return FlowRun(run_dir, lr, last, Objective(subject.model, subject.call, data), checkpoints)
+
+
+def gd_weights(run: FlowRun, step: int) -> torch.Tensor | None:
+    """GD's flat weights at `step`, from its checkpoint (None where there is none)."""
+    path = run.checkpoints.get(step)
+    if path is None:
+        return None
+    state = read_weights(path).state
+    names = [n for n, p in run.objective.model.named_parameters() if p.requires_grad]
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise SharpError(f"{path} lacks the weights {', '.join(missing[:3])} of the model")
+    device = run.objective.params[0].device
+    return torch.cat([state[n].reshape(-1).to(device) for n in names])
+
+
+def run_flow(run, cfg: FlowConfig, *, source: ModelSource | None = None,
+             out: Path | None = None, write: bool = True,
+             should_stop: Callable[[], bool] | None = None,
+             on_step: Callable[[int, int, FlowPoint, FlowPoint], None] | None = None,
+             dist: Dist = SINGLE, objective: Objective | None = None) -> list[dict]:
+    """Integrate the central and the stable flow of `run` over its steps (to `cfg.steps`)
+    and return the rows of flow.csv; with `write` (rank 0) also write flow.csv and
+    flow_eigenvalues.csv into the run's folder (or `out`, a folder) and flow-state.pt every
+    `cfg.save_every` steps. With `cfg.resume` a saved state continues the files. A stop
+    request ends it between two steps (Interrupted), with the rows so far and the state
+    kept. `objective`: see `open_run`."""
+    cfg.validate()
+    flow = open_run(run, cfg, source, dist, objective)
+    settings = FlowSettings(flow.lr, cfg.substeps, cfg.threshold, cfg.tol, cfg.max_iter, cfg.seed,
+                            cfg.sdcp)
+    steps = cfg.steps if cfg.steps is not None else flow.last_step
+    folder = Path(out) if out is not None else flow.run_dir
+    write = write and dist.is_main
+    start, central, stable = 0, *(FlowState(flow.objective.weights()) for _ in range(2))
+    if cfg.resume and (folder / FLOW_STATE_FILE).is_file() and (folder / FLOW_FILE).is_file():
+        start, central, stable = load_state(folder / FLOW_STATE_FILE, cfg, flow.objective.weights())
+        if start > steps:
+            raise SharpError(f"{folder / FLOW_STATE_FILE} is at step {start}, past --steps {steps}")
+    logs = [CsvLog(folder / FLOW_FILE, FLOW_COLUMNS), CsvLog(folder / FLOW_EIGENVALUES_FILE,
+                                                             FLOW_EIGENVALUE_COLUMNS)]
+    if write:
+        for log in logs:
+            log.open(fresh=start == 0, keep_below_step=start)
+    rows, t = [], start
+    try:
+        for t in range(start, steps + 1):
+            check_stop(should_stop, dist)
+            if write and t > start and (t % cfg.save_every == 0 or t == steps):
+                save_state(folder / FLOW_STATE_FILE, t, cfg, central, stable)
+            gd = gd_weights(flow, t)
+            distances = [None if gd is None else float((s.weights - gd).norm())
+                         for s in (central, stable)]
+            c = central_step(flow.objective, central, settings, advance=t < steps)
+            s = stable_step(flow.objective, stable, settings, advance=t < steps)
+            new = [flow_row(t, name, p, d, state.seconds)
+                   for name, p, d, state in zip(PROCESSES, (c, s), distances, (central, stable))]
+            rows += new
+            if write:
+                logs[0].write_many(new)
+                logs[1].write_many(eigenvalue_rows(t, PROCESSES, (c, s)))
+            if on_step is not None:
+                on_step(t, steps, c, s)
+    except Interrupted:
+        if write:
+            save_state(folder / FLOW_STATE_FILE, t, cfg, central, stable)
+        raise Interrupted(f"interrupted at step {t} of {steps}; the rows before it are in "
+                          f"{folder / FLOW_FILE}: sharp flow --resume continues") from None
+    finally:
+        for log in logs:
+            log.close()
+    return rows
+
+
+def flow_row(step: int, process: str, p: FlowPoint, distance: float | None,
+             seconds: float) -> dict:
+    return {"step": step, "process": process, "train_loss": p.train_loss,
+            "predicted_loss": p.predicted_loss, "sharpness": p.sharpness, "critical": p.critical,
+            "sigma_trace": p.sigma_trace, "distance": distance, "substeps": p.substeps,
+            "n_hvp": p.n_hvp, "n_third": p.n_third, "seconds": seconds}
+
+
+def eigenvalue_rows(step: int, processes, points) -> list[dict]:
+    return [{"step": step, "process": name, "index": i + 1, "eigenvalue": lam, "residual": r}
+            for name, p in zip(processes, points)
+            for i, (lam, r) in enumerate(zip(p.eigenvalues, p.residuals))]
+
+
+def save_state(path: Path, step: int, cfg: FlowConfig, central: FlowState,
+               stable: FlowState) -> None:
+    """flow-state.pt: both flows at w(step), written atomically (tensors on the CPU)."""
+    def pack(s: FlowState) -> dict:
+        return {"weights": s.weights.detach().cpu(), "seconds": s.seconds,
+                "vectors": None if s.vectors is None else s.vectors.detach().cpu()}
+
+    payload = {"format": STATE_FORMAT, "step": step, "settings": cfg.state_settings(),
+               "central": pack(central), "stable": pack(stable)}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_state(path: Path, cfg: FlowConfig, like: torch.Tensor) -> tuple[int, FlowState, FlowState]:
+    """The step and both flows' states from flow-state.pt, on `like`'s device and dtype; a
+    file of other settings or another model is a SharpError."""
+    payload = load_payload(path)
+    if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+        raise SharpError(f"{path} is not a sharp flow state (no format={STATE_FORMAT!r})")
+    if payload.get("settings") != cfg.state_settings():
+        changed = sorted(k for k, v in cfg.state_settings().items()
+                         if payload.get("settings", {}).get(k) != v)
+        raise SharpError(f"{path} was saved with other settings ({', '.join(changed)}): resume with "
+                         "the same flags, or start afresh without --resume")
+
+    def unpack(s: dict) -> FlowState:
+        weights, vectors = s["weights"], s["vectors"]
+        if weights.shape != like.shape:
+            raise SharpError(f"{path} holds {weights.numel()} weights, the model {like.numel()}: "
+                             "a state of another model; start afresh without --resume")
+        return FlowState(weights.to(like), None if vectors is None else vectors.to(like),
+                         float(s["seconds"]))
+
+    central, stable = unpack(payload["central"]), unpack(payload["stable"])
+    return int(payload["step"]), central, stable

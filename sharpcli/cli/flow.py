@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from sharpcli.cli.options import option as _opt
+
 from sharpcli.cli.progress import progress_bar
 from sharpcli.config import DEFAULT_DIST_TIMEOUT, Dataset
 from sharpcli.flows.config import FlowConfig
@@ -32,9 +34,6 @@ HELP = (
     "refused. sharp plot then draws flow.png."
 )
 
-
-def _opt(help: str, panel: str, *names: str, **kw):
-    return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
 
 def flow_command(

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from sharpcli.cli.options import option as _opt
+
 from sharpcli.cli.progress import progress_bar
 from sharpcli.config import (DEFAULT_DIST_TIMEOUT, Backend, Dataset, HessianMode, Method, Split,
                              TraceMethod)
@@ -40,9 +42,6 @@ HELP = (
     "chunking); Dropout stays off. The model is left exactly as found."
 )
 
-
-def _opt(help: str, panel: str, *names: str, **kw):
-    return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
 
 def spectrum_command(

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from sharpcli.config import (Augment, Dataset, HessianMode, Loss, Model, Optimizer, Precision,
                              SamSync, Schedule, TrainConfig)
+from sharpcli.cli.options import option as _opt
 from sharpcli.cli.progress import progress_bar
 
 D = TrainConfig()  # defaults shown in --help come from the dataclass, the one source of truth
@@ -17,9 +18,6 @@ DATA, MODEL, OPT, SAM, MEAS, RUN = "Data", "Model", "Optimizer", "SAM / Eigen-SA
 DIST = "Many processes (torchrun)"
 WORK = "Recipes and CIFAR workloads"
 
-
-def _opt(help: str, panel: str, *names: str):
-    return typer.Option(*names, help=help, rich_help_panel=panel)
 
 
 def _list_recipes(value: bool) -> None:

@@ -1,7 +1,8 @@
 """The CLI parses and prints; the rules live in the library (docs/development.md#layout).
 Each command's outcome is checked against the one library function it calls: `sharp train`
 → `sharpcli.recipes.train_config` then `train`, `sharp eos` → `edge_calculator` or `eos_runs`,
-`sharp summarize` → `summarize`, `sharp plot` → `plot_runs`."""
+`sharp summarize` → `summarize`, `sharp plot` → `plot_runs`, `sharp spectrum` → `run_spectrum`,
+`sharp flow` → `run_flow`."""
 
 import pandas as pd
 import pytest
@@ -101,3 +102,34 @@ def test_plot_writes_what_the_library_draws(tmp_path):
     drawn = plot_runs([run], tmp_path / "lib", only=["sharpness"]).written
     assert printed.split() == ["wrote", str(tmp_path / "cli" / "sharpness.png")]
     assert [p.name for p in drawn] == ["sharpness.png"]
+
+
+@pytest.fixture(scope="module")
+def gd_run(tmp_path_factory):
+    """A tiny sharp train run with checkpoints at steps 0, 3 and 6."""
+    from tests.runners import train_args
+
+    root = tmp_path_factory.mktemp("thin")
+    sharp(*train_args(root, "gd", "--steps", "6", "--checkpoint-every", "3", "--lr", "0.5")).ok()
+    return root / "reports" / "gd"
+
+
+def test_spectrum_writes_what_the_library_computes(gd_run, tmp_path):
+    from sharpcli.spectra.config import SpectrumConfig
+    from sharpcli.spectra.run import run_spectrum
+
+    sharp("spectrum", gd_run, "--top-k", "2", "--trace", "--quiet", "--out", tmp_path / "cli.csv").ok()
+    run_spectrum([gd_run], SpectrumConfig(top_k=2, trace=True), out=tmp_path / "lib.csv")
+    cli, lib = (pd.read_csv(tmp_path / f"{n}.csv").drop(columns="seconds") for n in ("cli", "lib"))
+    pd.testing.assert_frame_equal(cli, lib)
+
+
+def test_flow_writes_what_the_library_computes(gd_run, tmp_path):
+    from sharpcli.flows.config import FlowConfig
+    from sharpcli.flows.run import run_flow
+
+    sharp("flow", gd_run, "--substeps", "2", "--quiet", "--out", tmp_path / "cli").ok()
+    rows = run_flow(gd_run, FlowConfig(substeps=2), out=tmp_path / "lib")
+    cli = pd.read_csv(tmp_path / "cli" / "flow.csv").drop(columns="seconds")
+    lib = pd.DataFrame(rows).drop(columns="seconds")
+    pd.testing.assert_frame_equal(cli, lib[list(cli.columns)], check_dtype=False)

@@ -15,8 +15,10 @@ HELP = (
     "SAM edges (sharpness.png), the preconditioned sharpness λ₁(P⁻¹H) of adam/adamw/rmsprop "
     "runs against the adaptive edge with the raw λ₁ beside it (preconditioned.png), train "
     "and test loss and accuracy (loss.png), alignment of the update with the top eigenvector "
-    "(alignment.png), and the Hessian spectral density when reports/<run>/density.csv exists "
-    "(density.png). A figure with nothing to draw is skipped.\n\n"
+    "(alignment.png), the Hessian spectral density when reports/<run>/density.csv exists "
+    "(density.png), and the densities of parameter blocks side by side, one panel each, "
+    "when it holds those of sharp spectrum --blocks (blocks.png). A figure with nothing to "
+    "draw is skipped.\n\n"
     "One RUN: the figures go to its report folder. Several: every figure holds all runs "
     "(colour = run, line style = quantity) and they go to --out, or else to the first run's "
     "folder as compare-sharpness.png etc. Prints the paths written."
@@ -29,6 +31,7 @@ class Figure(str, Enum):
     loss = "loss"
     alignment = "alignment"
     density = "density"
+    blocks = "blocks"
 
 
 def plot(

@@ -313,8 +313,8 @@ def _blocks(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | str
     if not found:
         return "no block densities in density.csv (write them with sharp spectrum --blocks … --density)"
     names = list(dict.fromkeys(b for _, d in found for b in d["block"]))
-    ncols = min(len(names), BLOCK_COLUMNS)
-    nrows = -(-len(names) // ncols)
+    nrows = -(-len(names) // BLOCK_COLUMNS)
+    ncols = -(-len(names) // nrows)  # rows as full as each other
     fig = Figure(figsize=(3.2 * ncols, 2.6 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     single = len(found) == 1

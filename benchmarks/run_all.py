@@ -17,7 +17,7 @@ import sys
 
 from common import HERE, OUT
 
-ORDER = ["spectrum", "hvp", "training", "scaling", "distributed", "tracking", "streaming"]
+ORDER = ["spectrum", "hvp", "training", "scaling", "distributed", "tracking", "streaming", "large"]
 MARK = "<!-- closing note -->"
 
 HEADER = """# sharpcli benchmarks

@@ -2,8 +2,9 @@
 of the mean loss (docs/reference/mathematics.md#mean-loss), as `Solve` results.
 
 The solvers live in sharpcli.linalg and see only an operator with a matvec; this module
-builds that operator from a problem (the whole network, or one parameter group for
-`per_layer`), times each computation and counts its Hessian-vector products.
+builds that operator from a problem (the whole network, or one block of parameters:
+spectra.blocks), hands every solver the memory budget, times each computation and counts
+its Hessian-vector products.
 `--backend pyhessian` hands the same questions to the `pyhessian` package instead
 (sharpcli.spectra.pyhessian).
 """
@@ -37,7 +38,8 @@ from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve, Stoppable
 
 # Products per Lanczos run by default when --max-memory cannot hold the default run's basis:
-# a restarted run needs more products than one that keeps every vector (docs/guides/large-models.md#memory-budget).
+# a restarted run needs more products than one that keeps every vector
+# (docs/guides/large-models.md#memory-budget).
 BUDGETED_MAX_ITER = 1000
 
 
@@ -53,9 +55,8 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
     the eigenvectors of the last solve (the previous checkpoint of the same run): each
     eigenvalue solve starts from them, and with `keep_warm` leaves its own there for the
     next (on the host under --max-memory, outside the device's budget); without, it takes
-    them out. With --max-memory every solver keeps
-    at most that much; a budget below what the whole network's solvers need at least is an
-    error before anything is computed.
+    them out. With --max-memory every solver keeps at most that much; a budget below what
+    the whole network's solvers need at least is an error before anything is computed.
     """
     n = num_params(trainable_params(problem.model))
     if cfg.top_k > n:

@@ -13,6 +13,15 @@ OUT/recipe-epoch.csv. A CPU smoke run of the script (numbers meaningless):
     python benchmarks/gpu_check.py --device cpu --only-epoch --epoch-train-size 512 \
         --epoch-test-size 128 --epoch-width 2 --out /tmp/gpu-check
 
+With --only-gpt instead (one process): the 26M GPT of benchmarks/gpt.py (bench_large.py
+measures it on the CPU) on random tokens, its top-5 by `sharp spectrum`'s solver at tol 1e-4
+without a budget and within budgets of 100, 20, 14 (1.5 GB) and 10 vectors: products, time
+per product, peak GPU memory, the largest eigenvalue difference from the unbudgeted run; a
+table, and OUT/gpt-budgets.csv. A CPU smoke run at a toy size:
+
+    python benchmarks/gpu_check.py --device cpu --only-gpt --gpt-width 64 --gpt-layers 2 \
+        --gpt-vocab 512 --gpt-length 16 --out /tmp/gpu-check
+
 CIFAR-10 and CIFAR-100 are read from --data-dir when their files are there; otherwise random
 uint8 images of CIFAR's shape are written in CIFAR's own file format under --out and read
 from there (the timings do not depend on the pixels)."""
@@ -103,13 +112,81 @@ def recipe_epoch(args, out: Path) -> list[dict]:
     return rows
 
 
-def print_epoch(rows: list[dict], args, out: Path) -> None:
+def gpt_budgets(args) -> list[dict]:
+    """The GPT's top-5 without a budget, then within each of args.gpt_budgets (vectors of the
+    model's size): what each run took, the peak memory of the device (each run's own: the
+    counter is reset before it), and its eigenvalues' largest relative difference from the
+    unbudgeted run's."""
+    from gpt import make_gpt, next_token_loss, token_batch
+    from sharpcli.hessian import HessianOperator
+    from sharpcli.hessian.params import full_precision
+    from sharpcli.linalg import lanczos_top_k
+    from sharpcli.spectra.compute import BUDGETED_MAX_ITER
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sizes = {k: v for k, v in dict(width=args.gpt_width, layers=args.gpt_layers,
+                                   vocab=args.gpt_vocab).items() if v is not None}
+    if "width" in sizes:
+        sizes["heads"] = max(1, sizes["width"] // 64)
+    model = make_gpt(**sizes).to(device)
+    x, y = (t.to(device) for t in token_batch(model.transformer.wte.num_embeddings,
+                                              args.gpt_sequences, args.gpt_length))
+    rows, reference = [], None
+    for budget in ["none", *args.gpt_budgets]:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with full_precision():
+            op = HessianOperator(model, next_token_loss, x, y)
+            memory = None if budget == "none" else int(budget) * op.size * 4
+            t0 = time.perf_counter()
+            res = lanczos_top_k(op, 5, tol=1e-4, max_memory=memory,
+                                max_iter=100 if memory is None else BUDGETED_MAX_ITER)
+            if cuda:
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+        values = res.eigenvalues
+        reference = values if reference is None else reference
+        rows.append({"budget_vectors": budget, "budget_gb": 0.0 if memory is None else memory / 1e9,
+                     "params": op.size, "products": res.n_matvec, "restarts": res.restarts,
+                     "seconds": seconds, "ms_per_product": seconds / res.n_matvec * 1e3,
+                     "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+                     "lambda1": float(values[0]),
+                     "max_rel_diff": float(((values - reference).abs() / reference.abs()).max()),
+                     "converged": bool(res.converged.all())})
+        del op, res
+    return rows
+
+
+def print_gpt(rows: list[dict], args, out: Path) -> None:
+    write_csv(rows, out / "gpt-budgets.csv")
+    device = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "cpu"
+    print(f"top-5 of a {rows[0]['params']:,}-parameter GPT on {args.gpt_sequences}×"
+          f"{args.gpt_length} tokens, tol 1e-4, on {device}:")
+    print(f"  {'budget':<18} {'products':>8} {'restarts':>8} {'s':>7} {'ms/product':>10} "
+          f"{'peak GiB':>9} {'λ₁':>10} {'max rel Δλ':>10}")
+    for r in rows:
+        budget = "none" if r["budget_vectors"] == "none" else \
+            f"{r['budget_vectors']} ({r['budget_gb']:.2g} GB)"
+        print(f"  {budget:<18} {r['products']:>8} {r['restarts']:>8} {r['seconds']:>7.1f} "
+              f"{r['ms_per_product']:>10.1f} {r['peak_gib']:>9.2f} {r['lambda1']:>10.5g} "
+              f"{r['max_rel_diff']:>10.1e}")
+    print(f"  written to {out / 'gpt-budgets.csv'}")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
     import csv
 
-    with open(out / "recipe-epoch.csv", "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def print_epoch(rows: list[dict], args, out: Path) -> None:
+    write_csv(rows, out / "recipe-epoch.csv")
     device = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "cpu"
     print(f"one epoch of eigensam-cifar100-resnet18 ({args.epoch_train_size} images, ResNet-18 "
           f"width {args.epoch_width}, batch 256) on {device}:")
@@ -136,11 +213,23 @@ def main() -> None:
     p.add_argument("--epoch-train-size", type=int, default=50000, help="CIFAR-100 training images")
     p.add_argument("--epoch-test-size", type=int, default=10000, help="CIFAR-100 test images")
     p.add_argument("--epoch-width", type=int, default=64, help="ResNet-18's base channels")
+    p.add_argument("--only-gpt", action="store_true",
+                   help="instead: the 26M GPT's top-5 within memory budgets")
+    p.add_argument("--gpt-budgets", nargs="+", default=["100", "20", "14", "10"],
+                   help="budgets in vectors of the model's size (14: 1.5 GB at 26M)")
+    p.add_argument("--gpt-sequences", type=int, default=8, help="token sequences")
+    p.add_argument("--gpt-length", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--gpt-width", type=int, help="a toy size: width (heads: width/64)")
+    p.add_argument("--gpt-layers", type=int, help="a toy size: layers")
+    p.add_argument("--gpt-vocab", type=int, help="a toy size: vocabulary")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.only_epoch:
         print_epoch(recipe_epoch(args, out), args, out)
+        return
+    if args.only_gpt:
+        print_gpt(gpt_budgets(args), args, out)
         return
     data_dir = Path(args.data_dir)
     with process_group(args.device, 600) as dist:

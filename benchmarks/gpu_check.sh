@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU check (about 10 minutes on one CUDA GPU): ResNet-18 on CIFAR-shaped data, 50 SAM
+# The GPU check (about 12 minutes on one CUDA GPU): ResNet-18 on CIFAR-shaped data, 50 SAM
 # steps with λ₁ tracked, a top-5 spectrum of the checkpoint; step time, HVP time and peak
 # memory, in one process and under torchrun --nproc-per-node 1 with nccl. Then one epoch of
 # the recipe eigensam-cifar100-resnet18 for sgd, sam and eigen-sam in fp32 and bf16:
-# images per second, epoch time, peak memory ($GPU_CHECK_OUT/epoch/recipe-epoch.csv).
+# images per second, epoch time, peak memory ($GPU_CHECK_OUT/epoch/recipe-epoch.csv). Then
+# the 26M GPT of benchmarks/gpt.py: its top-5 without a budget and within 100, 20, 14 and 10
+# vectors, products, time per product and peak memory ($GPU_CHECK_OUT/gpt/gpt-budgets.csv).
 #   benchmarks/gpu_check.sh [--data-dir DIR] [other flags of benchmarks/gpu_check.py]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +19,5 @@ timeout 300 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
     benchmarks/gpu_check.py --out "$OUT/torchrun" "$@"
 echo "== one epoch of eigensam-cifar100-resnet18: sgd, sam, eigen-sam in fp32 and bf16"
 timeout 420 "$PY" benchmarks/gpu_check.py --only-epoch --out "$OUT/epoch" "$@"
+echo "== the 26M GPT's top-5 within memory budgets of 100, 20, 14 (1.5 GB) and 10 vectors"
+timeout 300 "$PY" benchmarks/gpu_check.py --only-gpt --out "$OUT/gpt" "$@"

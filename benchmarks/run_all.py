@@ -17,7 +17,8 @@ import sys
 
 from common import HERE, OUT
 
-ORDER = ["spectrum", "hvp", "training", "scaling", "distributed", "tracking", "streaming", "flow"]
+ORDER = ["spectrum", "hvp", "training", "scaling", "distributed", "tracking", "streaming", "flow",
+         "large"]
 MARK = "<!-- closing note -->"
 
 HEADER = """# sharpcli benchmarks

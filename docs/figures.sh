@@ -2,7 +2,7 @@
 # Regenerate the figures of the docs from the examples: each docs/figures/NAME.png is drawn
 # by one script of examples/, run in a fresh folder under $WORK, then copied here.
 #
-#   docs/figures.sh                      every figure (about 30 minutes on 2 CPU cores)
+#   docs/figures.sh                      every figure (about 45 minutes on 2 CPU cores)
 #   docs/figures.sh adaptive-edge-adam   one of them (the quickest: 1–2 minutes)
 #   docs/figures.sh --list               the figures, their scripts and the files they copy
 #
@@ -18,6 +18,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 FIGURES="
 adaptive-edge-adam   | adaptive_edge.sh      | adam/preconditioned.png
 central-flow-gd      | central_flow.sh       | reports/gd-lr0.3/flow.png
+blocks-gpt2          | gpt2_blocks.sh        | reports/gpt2-blocks/blocks.png
 sharpness-gd-sweep   | gd_step_size_sweep.sh | sharpness.png
 sharpness-late-phase | late_phase_sam.sh     | sharpness.png
 "

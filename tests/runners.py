@@ -19,7 +19,7 @@ from sharpcli.cli import main
 # Tests that need another size or step size pass the flag again after it (the last wins).
 TINY = ["--train-size", "64", "--test-size", "32", "--width", "8", "--quiet"]
 METRICS_FIELDS = 19
-SPECTRUM_FIELDS = 10
+SPECTRUM_FIELDS = 11
 
 
 @dataclass

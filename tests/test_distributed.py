@@ -104,6 +104,7 @@ def launched(tmp_path_factory):
     ckpt = root / "two" / "checkpoints" / "gd" / "step-00000060.pt"
     commands.append(["spectrum", ckpt, *SPECTRUM, "--out", root / "two" / "spectrum.csv"])
     commands.append(["spectrum", ckpt, *SPECTRUM_BLOCKS, "--out", root / "two" / "blocks.csv"])
+    commands.append(["spectrum", ckpt, *SPECTRUM_BUDGET, "--out", root / "two" / "budget.csv"])
     commands.append(["eos", root / "two" / "reports" / "gd", "--from-checkpoints",
                      "--out", root / "two" / "eos.csv", "--tol", "1e-6"])
     torch.save(token_cases.model().state_dict(), root / "tokens.pt")
@@ -124,6 +125,11 @@ SPECTRUM = ["--top-k", "3", "--tol", "1e-7", "--trace", "--trace-tol", "0", "--t
 # products in blocks (block Lanczos, SLQ's runs together): one all-reduce per block
 SPECTRUM_BLOCKS = ["--top-k", "3", "--method", "block", "--tol", "1e-7", "--density",
                    "--density-runs", "3", "--density-iters", "12", "--quiet"]
+# within a budget of 10 vectors (1098 parameters), per process: restarted Lanczos, SLQ with
+# partial reorthogonalisation and probes in blocks, for the whole network and each weight
+SPECTRUM_BUDGET = ["--top-k", "3", "--tol", "1e-7", "--max-memory", "44kB", "--blocks", "weight",
+                   "--trace", "--trace-tol", "0", "--trace-probes", "8", "--density",
+                   "--density-runs", "2", "--density-iters", "12", "--quiet"]
 
 
 # a token model on padded dict batches, weighted by unpadded tokens: a list of uneven batches
@@ -247,6 +253,13 @@ def test_spectrum_and_eos_equal_one_process(launched, tmp_path):
     assert sharp("spectrum", ckpt, *SPECTRUM_BLOCKS, "--out", tmp_path / "blocks.csv").code == 0
     one, two = pd.read_csv(tmp_path / "blocks.csv"), pd.read_csv(root / "two" / "blocks.csv")
     assert list(one["quantity"]) == ["eigenvalue"] * 3 + ["density"]
+    assert ((one["value"] - two["value"]).abs() <= 1e-6 * one["value"].abs()).all()
+    assert sharp("spectrum", ckpt, *SPECTRUM_BUDGET, "--out", tmp_path / "budget.csv").code == 0
+    one, two = pd.read_csv(tmp_path / "budget.csv"), pd.read_csv(root / "two" / "budget.csv")
+    assert list(one["block"]) == list(two["block"])
+    assert list(one["note"].fillna("")) == list(two["note"].fillna(""))
+    restarted = (one["block"] == "all") & (one["quantity"] == "eigenvalue")
+    assert one.loc[restarted, "note"].str.contains("thick-restart").all()
     assert ((one["value"] - two["value"]).abs() <= 1e-6 * one["value"].abs()).all()
     assert sharp("eos", root / "two" / "reports" / "gd", "--from-checkpoints", "--tol", "1e-6",
                  "--out", tmp_path / "eos.csv").code == 0

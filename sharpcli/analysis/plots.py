@@ -1,7 +1,8 @@
 """PNG figures of runs: sharpness against the edges (λ₁ and the batch sharpness against the
 GD and SAM edges; the preconditioned sharpness λ₁(P⁻¹H) of adam/adamw/rmsprop against the
 adaptive edge, with the raw λ₁ beside it), loss and accuracy, alignment, density, and the
-central flow beside GD (sharpcli.analysis.flow) where `sharp flow` wrote flow.csv.
+central flow beside GD (sharpcli.analysis.flow) where `sharp flow` wrote flow.csv, and the
+densities of parameter blocks side by side.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
 state, no display needed). With several runs every figure holds all of them: colour names
@@ -31,7 +32,8 @@ from sharpcli.analysis.flow import flow_figure
 from sharpcli.errors import SharpError
 from sharpcli.formats.runs import Run, load_run, read_density
 
-FIGURES = ("sharpness", "preconditioned", "loss", "alignment", "density", "flow")
+FIGURES = ("sharpness", "preconditioned", "loss", "alignment", "density", "flow", "blocks")
+BLOCK_COLUMNS = 6  # panels per row of the blocks figure
 PLOT_COLUMNS = ("step", "phase", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                 "sharpness", "alignment")
 
@@ -84,7 +86,8 @@ def figures(runs: Sequence[Run], *, log_scale: bool = False,
     runs = list(runs)
     labels = _labels(runs)
     draws = {"sharpness": _sharpness, "preconditioned": _preconditioned, "loss": _loss,
-             "alignment": _alignment, "density": _density, "flow": flow_figure}
+             "alignment": _alignment, "density": _density, "flow": flow_figure,
+             "blocks": _blocks}
     return {name: draws[name](runs, labels, log_scale)
             for name in FIGURES if only is None or name in only}
 
@@ -261,8 +264,8 @@ def _alignment(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | 
 
 
 def _density(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | str:
-    densities = [(run, label, read_density(run.path)) for run, label in zip(runs, labels)]
-    densities = [(r, lab, d) for r, lab, d in densities if d is not None and len(d)]
+    densities = [(run, label, _block_rows(run, "all")) for run, label in zip(runs, labels)]
+    densities = [(r, lab, d) for r, lab, d in densities if len(d)]
     if not densities:
         return "no density.csv (write one with sharp spectrum --density)"
     n = len(densities)
@@ -293,6 +296,56 @@ def _density(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | st
         ax.legend(fontsize="small", ncols=2 if len(groups) > 6 else 1)
     for ax in axes[n:]:
         ax.set_visible(False)
+    return fig
+
+
+def _block_rows(run: Run, block: str | None) -> pd.DataFrame:
+    """density.csv rows of one block (None: of every block but the whole network's)."""
+    d = read_density(run.path)
+    if d is None:
+        return pd.DataFrame(columns=["checkpoint", "step", "eigenvalue", "density", "block"])
+    return d[d["block"] == block] if block is not None else d[d["block"] != "all"]
+
+
+def _blocks(runs: list[Run], labels: list[str], log_scale: bool) -> Figure | str:
+    """One panel per parameter block (`sharp spectrum --blocks ... --density`), side by
+    side: one run's densities at every checkpoint coloured by step, or each run's last
+    checkpoint coloured by run. Shapes, not heights, compare across panels: each density
+    integrates to 1 over its own block's range."""
+    found = [(label, _block_rows(run, None)) for run, label in zip(runs, labels)]
+    found = [(label, d) for label, d in found if len(d)]
+    if not found:
+        return "no block densities in density.csv (write them with sharp spectrum --blocks … --density)"
+    names = list(dict.fromkeys(b for _, d in found for b in d["block"]))
+    nrows = -(-len(names) // BLOCK_COLUMNS)
+    ncols = -(-len(names) // nrows)  # rows as full as each other
+    fig = Figure(figsize=(3.2 * ncols, 2.6 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    single = len(found) == 1
+    for ax, name in zip(axes, names):
+        top = max(float(d.loc[d["block"] == name, "density"].max()) for _, d in found
+                  if (d["block"] == name).any())
+        for (label, d), colour in zip(found, _colours(len(found))):
+            d = d[d["block"] == name]
+            steps = sorted(d["step"].unique())
+            if not single:
+                steps = steps[-1:]
+            for i, step in enumerate(steps):
+                g = d[d["step"] == step].sort_values("eigenvalue")
+                colour_i = _viridis()(i / max(len(steps) - 1, 1)) if single else colour
+                ax.plot(g["eigenvalue"], g["density"].clip(lower=top * 1e-10), color=colour_i,
+                        linewidth=1.1, label=f"step {int(step)}" if single else label)
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=top * 1e-8)
+        ax.set_title(name, fontsize="small")
+        ax.tick_params(labelsize="x-small")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize="x-small")
+    fig.supxlabel("eigenvalue")
+    fig.supylabel("density")
+    fig.suptitle("Hessian spectral density by block" + (f": {labels[0]}" if len(runs) == 1 else ""))
     return fig
 
 

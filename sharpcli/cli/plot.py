@@ -16,9 +16,11 @@ HELP = (
     "runs against the adaptive edge with the raw λ₁ beside it (preconditioned.png), train "
     "and test loss and accuracy (loss.png), alignment of the update with the top eigenvector "
     "(alignment.png), the Hessian spectral density when reports/<run>/density.csv exists "
-    "(density.png), and when sharp flow wrote reports/<run>/flow.csv the central and stable "
-    "flows beside GD (flow.png: loss, GD's windowed average and the predicted loss; λ₁ and "
-    "2/η). A figure with nothing to draw is skipped.\n\n"
+    "(density.png), the densities of parameter blocks side by side, one panel each, when it "
+    "holds those of sharp spectrum --blocks (blocks.png), and when sharp flow wrote "
+    "reports/<run>/flow.csv the central and stable flows beside GD (flow.png: loss, GD's "
+    "windowed average and the predicted loss; λ₁ and 2/η). A figure with nothing to draw "
+    "is skipped.\n\n"
     "One RUN: the figures go to its report folder. Several: every figure holds all runs "
     "(colour = run, line style = quantity) and they go to --out, or else to the first run's "
     "folder as compare-sharpness.png etc. Prints the paths written."
@@ -32,6 +34,7 @@ class Figure(str, Enum):
     alignment = "alignment"
     density = "density"
     flow = "flow"
+    blocks = "blocks"
 
 
 def plot(

@@ -29,13 +29,15 @@ HELP = (
     "examples of --split (default: the run's whole training subset), every example weighted "
     "equally however the products are chunked.\n\n"
     "Writes spectrum.csv (checkpoint,step,block,quantity,index,value,residual,converged,"
-    "n_hvp,seconds) into the run's report folder, or beside the checkpoint when it has "
-    "none, or to --out; with --density also density.csv (checkpoint,step,eigenvalue,density) "
-    "beside it. index is the eigenvalue's rank (1 = largest) and 0 for trace and density; "
-    "residual is ‖Hv − λv‖ for eigenvalues and the standard error for trace and density; "
-    "n_hvp and seconds are those of the computation that produced the row (the whole top-k "
-    "solve for eigenvalues). The density row's value is the trace the density implies "
-    "(n times its mean). Each file is rewritten by the command.\n\n"
+    "n_hvp,note,seconds) into the run's report folder, or beside the checkpoint when it has "
+    "none, or to --out; with --density also density.csv (checkpoint,step,eigenvalue,density,"
+    "block) beside it. index is the eigenvalue's rank (1 = largest) and 0 for trace and "
+    "density; residual is ‖Hv − λv‖ for eigenvalues and the standard error for trace and "
+    "density; n_hvp and seconds are those of the computation that produced the row (the "
+    "whole top-k solve for eigenvalues); note says what it cost or fell back to (a memory "
+    "budget, a trace method), printed under the table too. The density row's value is the "
+    "trace the density implies (n times its mean). Each file is rewritten by the command."
+    "\n\n"
     "Models are measured in eval mode: BatchNorm uses its running statistics, Dropout is "
     "off. --hessian-mode train normalises each chunk of --batch-size examples by its own "
     "batch statistics instead, the function SGD differentiated (which then depends on the "
@@ -78,6 +80,20 @@ def spectrum_command(
     per_layer: Annotated[bool, _opt(
         "Also the top eigenvalues (and with --trace the trace) of each layer's diagonal Hessian "
         "block, block = the module owning the parameters.", EIG)] = D.per_layer,
+    blocks: Annotated[Optional[str], _opt(
+        "Also each group of parameters these comma-separated items name, with its top "
+        "eigenvalues, trace and density: PATTERN (a substring of parameter names, or "
+        "re:REGEX) groups the matches per module, e.g. attn.c_attn gives one group per layer; "
+        "NAME=PATTERN pools them all into NAME; PATTERN:qkv splits fused query-key-value "
+        "projections into .query, .key and .value; gpt2 is the preset for GPT-2-style models "
+        "(embedding, and per layer query, key, value, attn.c_proj, mlp.c_fc, mlp.c_proj). "
+        "docs/guides/large-models.md#blocks.", EIG, show_default=False)] = D.blocks,
+    max_memory: Annotated[Optional[str], _opt(
+        "Memory budget of each solver beyond the model and one product, e.g. 800MB, 1.5GB, "
+        "512MiB: Lanczos restarts within it (more products, the same residual certificate), "
+        "the density and trace keep what fits (the notes under the table say what that "
+        "cost). Below the least a solver needs: an error naming that minimum. "
+        "docs/guides/large-models.md#memory-budget.", RUN, show_default=False)] = None,
     trace: Annotated[bool, _opt("Estimate the trace (Rademacher probes) with its standard error.",
                                 TRACE)] = D.trace,
     trace_probes: Annotated[int, _opt("Most probes, one HVP each (hutch++: the whole HVP budget).",
@@ -188,7 +204,8 @@ def spectrum_command(
         trace=trace, trace_probes=trace_probes, trace_method=trace_method, trace_tol=trace_tol,
         density=density, density_runs=density_runs, density_iters=density_iters,
         density_grid=density_grid, density_sigma=density_sigma, per_layer=per_layer,
-        samples=samples, split=split, batch_size=batch_size, backend=backend,
+        blocks=blocks, max_memory=max_memory, samples=samples, split=split,
+        batch_size=batch_size, backend=backend,
         hessian_mode=hessian_mode, preconditioned=preconditioned, device=device, seed=seed,
         compile=compile)
     source = ModelSource(model_factory, model_kwargs, weights, data, dataset, data_dir,
@@ -259,6 +276,10 @@ def print_table(results, cfg: SpectrumConfig) -> None:
             table.add_row(*_cells(result.step, block, [s for s in result.solves if s.block == block],
                                   k, cfg.trace))
     console.print(table)
+    notes = dict.fromkeys((s.block, s.quantity, s.note) for r in results for s in r.solves
+                          if s.note)
+    for block, quantity, note in notes:
+        console.print(f"note ({block}, {quantity}): {note}", markup=False)
     for path in dict.fromkeys(p for r in results for p in (r.spectrum_csv, r.density_csv) if p):
         console.print(f"wrote {path}")
 

@@ -143,13 +143,18 @@ def read_metrics(run_dir: str | os.PathLike,
 
 
 def read_density(run_dir: str | os.PathLike) -> pd.DataFrame | None:
-    """density.csv of a run (from `sharp spectrum --density`), or None when there is none."""
+    """density.csv of a run (from `sharp spectrum --density`), or None when there is none.
+    A file written before the `block` column holds the whole network's density: its rows
+    read as block "all"."""
     path = Path(run_dir) / DENSITY_FILE
     if not path.is_file():
         return None
-    df = _read_csv(path, DENSITY_COLUMNS, DENSITY_COLUMNS)
+    required = [c for c in DENSITY_COLUMNS if c != "block"]
+    df = _read_csv(path, required, DENSITY_COLUMNS, dtype={"block": "string"})
     for col in ("step", "eigenvalue", "density"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["block"] = (df["block"].astype(object).where(df["block"].notna(), "all")
+                   if "block" in df.columns else "all")
     return df
 
 

@@ -26,8 +26,9 @@ METRICS_COLUMNS = ("step", "epoch", "phase", "lr", "rho", "train_loss", "train_a
 # λ₁…λ_k of each measurement when --sharpness-k > 1 (metrics.csv has room for λ₁ only).
 TOP_EIGENVALUE_COLUMNS = ("step", "index", "eigenvalue", "residual")
 SPECTRUM_COLUMNS = ("checkpoint", "step", "block", "quantity", "index", "value", "residual",
-                    "converged", "n_hvp", "seconds")
-DENSITY_COLUMNS = ("checkpoint", "step", "eigenvalue", "density")
+                    "converged", "n_hvp", "note", "seconds")
+# `block` last: files written before it (the whole network's density) keep their meaning
+DENSITY_COLUMNS = ("checkpoint", "step", "eigenvalue", "density", "block")
 # `sharpness` holds the value of the quantity `measure` names (λ₁, λ₁(P⁻¹H) or the batch
 # sharpness) and `edge` its edge, so that ratio = sharpness / edge on every row.
 EOS_COLUMNS = ("step", "phase", "sharpness", "grad_norm", "gd_edge", "sam_edge", "edge",

@@ -43,7 +43,7 @@ def measure_sharpness(model: nn.Module, loss_fn, x, y=None, *,
                       v0: torch.Tensor | None = None, seed: int = 0, chunk_size: int = 4096,
                       mode: str = "eval", dist: Dist = SINGLE,
                       preconditioner: torch.Tensor | None = None,
-                      criterion: str = "eigenvalue") -> Sharpness:
+                      criterion: str = "eigenvalue", max_memory=None) -> Sharpness:
     """λ₁..λ_k of the Hessian of the mean loss over (x, y), each to a relative accuracy `tol`
     (criterion "eigenvalue": the estimated error min(r, r²/gap) ≤ tol·λ and λ settled; see
     sharpcli.linalg.results.eigenvalues_settled), or with criterion "residual" to
@@ -56,7 +56,10 @@ def measure_sharpness(model: nn.Module, loss_fn, x, y=None, *,
     summed products. With the flat diagonal of a `preconditioner` P: the eigenvalues of
     P^{-1/2} H P^{-1/2}, i.e. of P⁻¹H (docs/reference/mathematics.md#preconditioned-sharpness), and that operator's eigenvectors.
     Products and solver in fp32 with TF32 off, whatever autocast or TF32 setting encloses
-    the call."""
+    the call. `max_memory` (bytes, "1.5GB"; None: no bound) bounds what the solver keeps
+    beyond the model and one product: a budget too small for max_iter basis vectors runs
+    thick-restart Lanczos, where max_iter bounds the products
+    (docs/guides/large-models.md#memory-budget)."""
     with full_precision():
         op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode, dist=dist)
         if preconditioner is not None:
@@ -64,10 +67,10 @@ def measure_sharpness(model: nn.Module, loss_fn, x, y=None, *,
         if k == 1:
             start = v0[:, 0] if v0 is not None and v0.ndim == 2 else v0
             result = lanczos(op, k=1, tol=tol, max_iter=min(max_iter, op.size), v0=start,
-                             seed=seed, criterion=criterion)
+                             seed=seed, criterion=criterion, max_memory=max_memory)
         else:
             result = block_lanczos(op, k, tol=tol, max_iter=max(max_iter, k), v0=v0, seed=seed,
-                                   criterion=criterion)
+                                   criterion=criterion, max_memory=max_memory)
     return Sharpness(result.eigenvalues, result.residuals, result.eigenvectors.detach(),
                      result.n_matvec, result.converged)
 

@@ -88,6 +88,12 @@ def lanczos_top_k(op, k: int, *, tol: float = 1e-3, max_iter: int = 100, seed: i
                        torch.tensor(converged, dtype=torch.bool), n_matvec, n_matvec)
 
 
+def minimum_vectors(k: int) -> int:
+    """The smallest budget of `lanczos_top_k`, in vectors: the k eigenvectors kept while a
+    restarted run of 3 vectors, 1 of scratch and 1 projected input looks for a missed one."""
+    return k + 5
+
+
 def unbudgeted_top_k_vectors(steps: int, k: int) -> int:
     """Vectors `lanczos_top_k` holds at its peak without a budget, the product included: the
     first run's (lanczos.unbudgeted_vectors), or in a restart the k vectors kept, their
@@ -114,7 +120,7 @@ def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int
     is left beside the k vectors kept and one projected input. The vectors are kept as rows
     of one (k, size) tensor and updated in place; a vector found is inserted by shifting
     the rows below it (the k-th falls out)."""
-    budget.require(k + 5, op.size, op.dtype,
+    budget.require(minimum_vectors(k), op.size, op.dtype,
                    f"lanczos_top_k keeps {k} eigenvectors while a restarted run of 3 vectors, "
                    "1 of scratch and 1 projected input looks for a missed one")
     res = lanczos(op, k, tol=tol, max_iter=max(k, min(max_iter, op.size)), seed=seed, v0=v0,

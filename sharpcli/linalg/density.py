@@ -16,6 +16,7 @@ from sharpcli.linalg.lanczos import LanczosProcess, WindowedLanczosProcess, step
 from sharpcli.linalg.results import (DensityResult, LinalgInputError, check_count,
                                      make_generator, random_vector)
 
+MINIMUM_VECTORS = 3   # within a budget: 2 Lanczos vectors and the probe being drawn
 DEFAULT_SIGMA = 1e-2  # Gaussian width as a fraction of the spectrum's range (max − min node)
 PAD_SIGMAS = 5.0      # the grid extends this many widths beyond the extreme nodes
 
@@ -47,7 +48,7 @@ def _runs_within(op, gen, probe: str, n_runs: int, steps: int, budget: MemoryBud
     by side as fit (each its `steps` rows and one column of the stacked block); if not even
     one fits, one at a time reorthogonalised against its last budget − 1 vectors (1 for the
     probe as it is drawn). Returns the runs' quadratures, products, and the label and note."""
-    have = budget.require(3, op.size, op.dtype,
+    have = budget.require(MINIMUM_VECTORS, op.size, op.dtype,
                           "stochastic Lanczos quadrature keeps 2 Lanczos vectors and 1 probe")
     together = have // (steps + 1)
     window = steps if together else have - 1

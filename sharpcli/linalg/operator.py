@@ -72,6 +72,36 @@ class DiagonalScaled:
         return self.d[:, None] * apply_block(self.op, self.d[:, None] * vs)
 
 
+class Restricted:
+    """R A Rᵀ for a symmetric operator A and R the rows of the identity at `coords` (sorted,
+    distinct indices into A's vectors): the principal submatrix of A on those coordinates,
+    symmetric again, one product of A per product. A Hessian block of part of a parameter —
+    the query columns of a fused query-key-value weight — is this, around the Hessian block
+    of the whole parameter. One vector of A's size is scratch (the embedded input); A's
+    product is the product's own."""
+
+    def __init__(self, op: LinearOperator, coords: torch.Tensor):
+        coords = torch.as_tensor(coords, dtype=torch.long, device=op.device)
+        if coords.ndim != 1 or len(coords) == 0:
+            raise ValueError("coords must be a non-empty 1-D tensor of indices")
+        if bool((coords[1:] <= coords[:-1]).any()) or int(coords[0]) < 0 or int(coords[-1]) >= op.size:
+            raise ValueError(f"coords must be sorted, distinct and within [0, {op.size})")
+        self.op, self.coords = op, coords
+        self.size, self.dtype, self.device = len(coords), op.dtype, op.device
+
+    def embed(self, vs: torch.Tensor) -> torch.Tensor:
+        """Rᵀ v: v's entries at `coords`, zeros elsewhere (a vector or a block of columns)."""
+        out = vs.new_zeros((self.op.size,) + tuple(vs.shape[1:]))
+        out[self.coords] = vs
+        return out
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.op.matvec(self.embed(v))[self.coords]
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        return apply_block(self.op, self.embed(vs))[self.coords]
+
+
 def matrix_with_spectrum(eigenvalues, *, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     """Q diag(eigenvalues) Qᵀ with a random orthogonal Q: a test matrix whose spectrum we chose."""
     lam = torch.as_tensor(eigenvalues, dtype=dtype)

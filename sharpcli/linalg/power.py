@@ -11,14 +11,21 @@ import math
 
 import torch
 
-from sharpcli.linalg.projection import project_out
+from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.projection import inner, project_out, project_out_
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, check_k,
                                      check_count, make_generator, random_vector,
                                      start_vector)
 
 
+def minimum_vectors(k: int) -> int:
+    """What power iteration keeps within a budget: the k pairs, the iterate, its product's
+    copy and one vector of scratch (the residual)."""
+    return k + 3
+
+
 def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
-                    seed: int = 0, residuals: bool = True) -> EigenResult:
+                    seed: int = 0, residuals: bool = True, max_memory=None) -> EigenResult:
     """k eigenpairs by power iteration, each orthogonalised against those already found.
 
     Power iteration converges to the eigenvalue of LARGEST MAGNITUDE, so on an indefinite
@@ -36,11 +43,24 @@ def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v
     residual is nan — exactly `max_iter` matvecs, as Eigen-SAM's refresh wants.
 
     `v0` warm-starts the first pair; the rest start from Gaussian vectors drawn from `seed`.
+
+    `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound): the method's memory
+    does not grow with the iterations, so a budget only decides how it is held: the pairs
+    as rows of one tensor, projections in place and inner products in float64
+    (`_power_within`: the same iteration, equal up to rounding), in k + 3 vectors; a
+    smaller budget is an error naming that minimum.
     """
     check_k(op, k)
     check_count(max_iter, "max_iter")
     if not tol >= 0:
         raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
+    budget = MemoryBudget.of(max_memory)
+    if budget is not None:
+        budget.require(minimum_vectors(k), op.size, op.dtype,
+                       f"power iteration for k={k} keeps {k} pairs, the iterate, its product "
+                       "and 1 vector of scratch")
+        return _power_within(op, k, tol=tol, max_iter=max_iter, v0=v0, seed=seed,
+                             residuals=residuals)
     gen = make_generator(seed, op.device)
     tiny = torch.finfo(torch.float64).tiny
     found: list[torch.Tensor] = []
@@ -93,3 +113,77 @@ def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v
         n_matvec=n_matvec,
         iterations=iterations,
     )
+
+
+def _power_within(op, k: int, *, tol: float, max_iter: int, v0, seed: int,
+                  residuals: bool) -> EigenResult:
+    """power_iteration in k + 3 vectors: the pairs found are rows of one (k, size) tensor,
+    the iterate is normalised and projected in place, θ = vᵀAv in float64."""
+    gen = make_generator(seed, op.device)
+    tiny = torch.finfo(torch.float64).tiny
+    found = torch.empty(k, op.size, dtype=op.dtype, device=op.device)
+    values, res, conv = [], [], []
+    n_matvec = iterations = 0
+
+    def pair(v):  # Av, θ and ‖Av − θv‖: one product and one vector of scratch
+        w = apply(op, v)
+        theta = float(inner(v[:, None], w))
+        return w, theta, float(torch.linalg.vector_norm(w - theta * v))
+
+    for i in range(k):
+        v = start_vector(op, v0, gen) if i == 0 else random_vector(op, gen, "gaussian")
+        v = project_out_(v, found[:i])
+        v.div_(v.norm())
+        theta_prev, converged = None, False
+        for _ in range(max_iter):
+            w, theta, residual = pair(v)
+            n_matvec += 1
+            iterations += 1
+            if theta_prev is not None and abs(theta - theta_prev) <= tol * max(abs(theta_prev), tiny):
+                converged = True
+                break
+            theta_prev = theta
+            project_out_(w, found[:i])  # deflation
+            norm = w.norm()
+            if norm == 0:
+                converged = True
+                break
+            v, w = w.div_(norm), None
+        else:
+            w = None
+            if residuals:
+                _, theta, residual = pair(v)
+                n_matvec += 1
+            else:
+                residual = float("nan")
+        if not math.isfinite(theta):
+            raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
+        found[i] = v
+        values.append(theta)
+        res.append(residual)
+        conv.append(converged)
+        v = w = None
+    order = torch.tensor(values, dtype=torch.float64).argsort(descending=True)
+    _permute_rows_(found, order.tolist())
+    return EigenResult(eigenvalues=torch.tensor(values, dtype=torch.float64)[order],
+                       eigenvectors=found.T,
+                       residuals=torch.tensor(res, dtype=torch.float64)[order],
+                       converged=torch.tensor(conv, dtype=torch.bool)[order],
+                       n_matvec=n_matvec, iterations=iterations, basis_vectors=k)
+
+
+def _permute_rows_(rows: torch.Tensor, order: list[int]) -> None:
+    """rows ← rows[order] in place, following each cycle of the permutation with one row
+    of scratch."""
+    done = [False] * len(order)
+    for start in range(len(order)):
+        if done[start] or order[start] == start:
+            continue
+        first, j = rows[start].clone(), start
+        while True:
+            done[j] = True
+            if order[j] == start:
+                rows[j] = first
+                break
+            rows[j] = rows[order[j]]
+            j = order[j]

@@ -149,12 +149,17 @@ def kept(k: int, room: int) -> int:
     return max(k, k + (room - k) // 2)
 
 
+def minimum_vectors(k: int, b: int, size: int) -> int:
+    """The smallest budget of a restarted run, in vectors: k Ritz vectors and two blocks
+    (the one multiplied and the next), or the whole space if smaller, and b of scratch."""
+    return min(k + 2 * b, size) + b
+
+
 def plan(op, k: int, b: int, budget: MemoryBudget, max_iter: int) -> tuple[int, torch.device]:
     """Basis rows and their device for the top k with blocks of b under `budget`: at least
-    k Ritz vectors and two blocks (the one multiplied and the next), plus b vectors of
-    scratch; at most what max_iter products can fill, or the whole space."""
+    `minimum_vectors`; at most what max_iter products can fill, or the whole space."""
     minimum = min(k + 2 * b, op.size)
-    have = budget.require(minimum + b, op.size, op.dtype,
+    have = budget.require(minimum_vectors(k, b, op.size), op.size, op.dtype,
                           f"restarted Lanczos for k={k} with blocks of {b} keeps {k} Ritz "
                           f"vectors, 2×{b} Lanczos vectors and {b} of scratch")
     capacity = max(minimum, min(have - b, op.size, max_iter + b))

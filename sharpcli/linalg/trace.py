@@ -101,6 +101,12 @@ def unbudgeted_vectors(n_probes: int, tol: float | None, block: int, min_probes:
     return max(5 * sketch, sketch + 3 * max(first, block)) + 4
 
 
+def minimum_vectors(method: str) -> int:
+    """The smallest budget of a trace estimate, in vectors: one probe and one of scratch,
+    and for Hutch++ one sketch vector beside them (`_cap`)."""
+    return 3 if method == "hutch++" else 2
+
+
 def _cap(op, budget: MemoryBudget | None, unbudgeted: int, kept: int = 0) -> int | None:
     """The widest block of probes a budget allows beside `kept` vectors (one vector for the
     probe being drawn), or None when there is no budget or it holds the unbudgeted path."""

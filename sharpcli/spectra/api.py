@@ -46,7 +46,8 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
              check_missed: bool = True, trace: bool = False, trace_method: str = "auto",
              trace_probes: int = 100, trace_tol: float | None = None, density: bool = False,
              density_runs: int = 5, density_iters: int = 80, density_grid: int = 1000,
-             density_sigma: float = 0.01, per_layer: bool = False, hessian_mode: str = "eval",
+             density_sigma: float = 0.01, per_layer: bool = False, blocks: str | None = None,
+             max_memory: int | str | None = None, hessian_mode: str = "eval",
              preconditioned: bool = False, optimizer: torch.optim.Optimizer | None = None,
              backend: str = "native", compile: bool = False, seed: int = 0) -> list[dict]:
     """The rows spectrum.csv would hold (checkpoint "" and step None), as dicts: the top-k
@@ -65,7 +66,12 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
     two passes is refused unless `check_deterministic=False`.
 
     `preconditioned=True` measures P^{-1/2} H P^{-1/2} with P from `optimizer`'s state
-    (Adam, AdamW, RMSprop after their first step). The remaining arguments are those of
+    (Adam, AdamW, RMSprop after their first step). `blocks` names groups of parameters, by
+    patterns of their names or the preset "gpt2" (fused query, key and value split apart),
+    each with its own top-k, trace and density (docs/guides/large-models.md#blocks).
+    `max_memory` (bytes, or a size such as "1.5GB") bounds what every solver keeps beyond
+    the model and one product (docs/guides/large-models.md#memory-budget); a row's `note`
+    says what that cost, if anything. The remaining arguments are those of
     `sharp spectrum` (method: lanczos, block or power; trace_method: auto, hutchinson,
     hutch++ or gauss-newton; hessian_mode: eval or train; backend: native or pyhessian).
     The model's mode, buffers, gradients and the random number generators are left as found.
@@ -82,6 +88,7 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
                                        density=density, density_runs=density_runs,
                                        density_iters=density_iters, density_grid=density_grid,
                                        density_sigma=density_sigma, per_layer=per_layer,
+                                       blocks=blocks, max_memory=max_memory,
                                        hessian_mode=hessian_mode, backend=backend,
                                        compile=compile, seed=seed))
     except SharpError as err:
@@ -104,8 +111,11 @@ def _spectrum(model, loss_fn, data, y, *, num_terms, total_terms, batch_loss, fo
     check_objective(model, call, source)
     problem = Problem(model, call, source, preconditioner=_preconditioner(model, optimizer,
                                                                           preconditioned))
-    return [row.as_dict() for solve in compute_spectrum(problem, cfg)
+    rows = [row.as_dict() for solve in compute_spectrum(problem, cfg)
             for row in solve.rows(problem.checkpoint, problem.step)]
+    for row in rows:  # the notes name the command's flags: here, the arguments
+        row["note"] = api_message(row["note"])
+    return rows
 
 
 def _preconditioner(model: nn.Module, optimizer, preconditioned: bool) -> torch.Tensor | None:

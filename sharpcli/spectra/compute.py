@@ -2,8 +2,9 @@
 of the mean loss (docs/reference/mathematics.md#mean-loss), as `Solve` results.
 
 The solvers live in sharpcli.linalg and see only an operator with a matvec; this module
-builds that operator from a problem (the whole network, or one parameter group for
-`per_layer`), times each computation and counts its Hessian-vector products.
+builds that operator from a problem (the whole network, or one block of parameters:
+spectra.blocks), hands every solver the memory budget, times each computation and counts
+its Hessian-vector products.
 `--backend pyhessian` hands the same questions to the `pyhessian` package instead
 (sharpcli.spectra.pyhessian).
 """
@@ -20,22 +21,42 @@ from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable, gauss_newton_unavailable
 from sharpcli.hessian.params import full_precision, num_params, trainable_params
-from sharpcli.linalg import (block_lanczos, control_variate_trace, hutchinson_trace, lanczos,
-                            lanczos_top_k, power_iteration, slq_density)
+from sharpcli.linalg import (MemoryBudget, Restricted, block_lanczos, control_variate_trace,
+                            human_bytes, hutchinson_trace, lanczos, lanczos_top_k,
+                            power_iteration, slq_density)
+from sharpcli.linalg.block_lanczos import unbudgeted_vectors as block_unbudgeted
+from sharpcli.linalg.budget import vector_bytes
+from sharpcli.linalg.deflation import minimum_vectors as top_k_minimum
+from sharpcli.linalg.deflation import unbudgeted_top_k_vectors
+from sharpcli.linalg.density import MINIMUM_VECTORS as DENSITY_MINIMUM
+from sharpcli.linalg.lanczos import unbudgeted_vectors as lanczos_unbudgeted
+from sharpcli.linalg.power import minimum_vectors as power_minimum
+from sharpcli.linalg.restart import minimum_vectors as restarted_minimum
+from sharpcli.linalg.trace import minimum_vectors as trace_minimum
+from sharpcli.spectra.blocks import Block, parameter_blocks
 from sharpcli.spectra.config import SpectrumConfig
-from sharpcli.spectra.problem import Problem, Solve, Stoppable, parameter_blocks
+from sharpcli.spectra.problem import Problem, Solve, Stoppable
+
+# Products per Lanczos run by default when --max-memory cannot hold the default run's basis:
+# a restarted run needs more products than one that keeps every vector
+# (docs/guides/large-models.md#memory-budget).
+BUDGETED_MAX_ITER = 1000
 
 
 def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
-                     warm: dict[str, torch.Tensor] | None = None) -> Iterator[Solve]:
+                     warm: dict[str, torch.Tensor] | None = None,
+                     keep_warm: bool = True) -> Iterator[Solve]:
     """The requested quantities one at a time, so a caller can write each as soon as it is
-    done: eigenvalues of the whole network first, then its trace and density, then per-layer
-    eigenvalues (and traces) block by block.
+    done: eigenvalues of the whole network first, then its trace and density, then each
+    block's eigenvalues (and traces, and with --blocks densities) block by block.
 
-    A top-k larger than the whole network's parameter count is an error; a per-layer block
-    smaller than k gives all of its eigenvalues instead. `warm`, when given, maps a block's
-    name to the eigenvectors of the last solve (the previous checkpoint of the same run):
-    each eigenvalue solve starts from them, and leaves its own there for the next.
+    A top-k larger than the whole network's parameter count is an error; a block smaller
+    than k gives all of its eigenvalues instead. `warm`, when given, maps a block's name to
+    the eigenvectors of the last solve (the previous checkpoint of the same run): each
+    eigenvalue solve starts from them, and with `keep_warm` leaves its own there for the
+    next (on the host under --max-memory, outside the device's budget); without, it takes
+    them out. With --max-memory every solver keeps at most that much; a budget below what
+    the whole network's solvers need at least is an error before anything is computed.
     """
     n = num_params(trainable_params(problem.model))
     if cfg.top_k > n:
@@ -48,63 +69,144 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
 
         yield from pyhessian_solves(problem, cfg)
         return
-    if cfg.trace and trace_method(problem, cfg) is TraceMethod.gauss_newton:
-        if not gauss_newton_separable(problem.model, cfg.hessian_mode):
-            raise SharpError("--trace-method gauss-newton needs each example's output to depend "
-                             "on that example alone, and BatchNorm in --hessian-mode train "
-                             "normalises by the batch; use --hessian-mode eval or --trace-method "
-                             "hutchinson")
-        why = gauss_newton_unavailable(problem.call, problem.data)
-        if why is not None:
-            raise SharpError(f"--trace-method gauss-newton needs per-example outputs, but {why}; "
-                             "use --trace-method hutchinson")
-    for block, params in parameter_blocks(problem.model, cfg.per_layer).items():
-        def eigenvalues(op, block=block):
-            result = _eigenvalues(op, cfg, None if warm is None else _warm_start(warm.get(block), op))
-            if warm is not None:
-                warm[block] = result.eigenvectors
-            return result
+    blocks = parameter_blocks(problem.model, cfg.per_layer, cfg.blocks)
+    budget = memory_budget(cfg, blocks["all"])
+    if cfg.trace:
+        _check_trace_method(problem, cfg, blocks)
+    for name, block in blocks.items():
+        def eigenvalues(op, name=name):
+            start = None if warm is None else _warm_start(warm.pop(name, None), op)
+            result, note = _eigenvalues(op, cfg, start, budget)
+            if warm is not None and keep_warm:
+                vectors = result.eigenvectors
+                warm[name] = vectors.cpu() if budget is not None else vectors
+            return result, note
 
-        yield _timed(block, "eigenvalue", eigenvalues, problem, cfg, params)
+        yield _timed(name, "eigenvalue", eigenvalues, problem, cfg, block)
         if cfg.trace:
-            solve = _timed(block, "trace", lambda op: _trace(op, problem, cfg, params),
-                           problem, cfg, params)
-            solve.note = trace_note(problem, cfg)
-            yield solve
-        if cfg.density and block == "all":
-            yield _timed(block, "density", lambda op: _density(op, cfg), problem, cfg, params)
+            yield _timed(name, "trace", lambda op, b=block: _trace(op, problem, cfg, b, budget),
+                         problem, cfg, block)
+        if cfg.density and (name == "all" or cfg.blocks is not None):
+            yield _timed(name, "density", lambda op: (_density(op, cfg, budget), None),
+                         problem, cfg, block)
 
 
-def _timed(block: str, quantity: str, solve, problem: Problem, cfg: SpectrumConfig,
-           params) -> Solve:
-    """Run `solve(operator)` on the block's Hessian; its wall time includes building the
-    operator (the gradient graph is part of the cost)."""
+def _timed(name: str, quantity: str, solve, problem: Problem, cfg: SpectrumConfig,
+           block: Block) -> Solve:
+    """Run `solve(operator)` → (result, note) on the block's Hessian; its wall time includes
+    building the operator (the gradient graph is part of the cost). The note gathers what
+    the caller should be told: the solve's own, and what a memory budget cost the result."""
     start = time.perf_counter()
     with full_precision():  # the solver's own arithmetic too: fp32, TF32 off
-        hessian = HessianOperator(problem.model, problem.call, problem.data, params=params,
+        hessian = HessianOperator(problem.model, problem.call, problem.data, params=block.params,
                                   mode=cfg.hessian_mode,
                                   hvp="forward-over-reverse" if cfg.compile else "double-backward",
                                   compile=cfg.compile)
-        op = Stoppable(problem.scaled(hessian, params), problem.should_stop, problem.dist)
-        result = solve(op)
-    return Solve(block, quantity, result, result.n_matvec, time.perf_counter() - start, op.size)
+        op = problem.scaled(hessian, block.params)
+        if block.coords is not None:  # part of a parameter: R H_p Rᵀ
+            op = Restricted(op, block.coords)
+        op = Stoppable(op, problem.should_stop, problem.dist)
+        result, note = solve(op)
+    notes = [note, getattr(result, "note", "").replace("max_memory:", "--max-memory:", 1)]
+    return Solve(name, quantity, result, result.n_matvec, time.perf_counter() - start, op.size,
+                 note="; ".join(filter(None, notes)) or None)
 
 
-def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None = None):
+def memory_budget(cfg: SpectrumConfig, whole: Block) -> MemoryBudget | None:
+    """--max-memory as a MemoryBudget, or None; a SharpError naming the minimum when it
+    cannot hold the least that the requested solvers keep of the whole network (the largest
+    block: every other one needs less)."""
+    nbytes = cfg.memory_bytes
+    if nbytes is None:
+        return None
+    budget = MemoryBudget(nbytes)
+    size, dtype = whole.size, whole.params[0].dtype
+    need, why = max(_minimum_vectors(cfg, min(cfg.top_k, size), size))
+    have = budget.vectors(size, dtype)
+    if have < need:
+        one = vector_bytes(size, dtype)
+        raise SharpError(f"--max-memory {human_bytes(nbytes)} holds {have} vectors of the "
+                         f"model's {size} parameters ({human_bytes(one)} each), below the "
+                         f"minimum of {need} ({human_bytes(need * one)}): {why}")
+    return budget
+
+
+def _minimum_vectors(cfg: SpectrumConfig, k: int, size: int) -> list[tuple[int, str]]:
+    """(vectors, what they are) of the least each requested solver keeps within a budget."""
+    method, b = cfg.eigen_method, cfg.block_size or k
+    if method is Method.block:
+        eigen = (restarted_minimum(k, b, size),
+                 f"block Lanczos keeps {k} Ritz vectors, 2 blocks of {b} and {b} of scratch")
+    elif method is Method.power:
+        eigen = (power_minimum(k), f"power iteration keeps {k} pairs and 3 vectors")
+    elif cfg.check_missed:
+        eigen = (top_k_minimum(k),
+                 f"Lanczos keeps the top {k} while it looks for missed ones in 5 more "
+                 f"(--no-check-missed: {restarted_minimum(k, 1, size)})")
+    else:
+        eigen = (restarted_minimum(k, 1, size),
+                 f"Lanczos keeps {k} Ritz vectors, 2 Lanczos vectors and 1 of scratch")
+    needs = [eigen]
+    if cfg.trace:
+        needs.append((trace_minimum(cfg.trace_method.value),
+                      "the trace keeps a probe and 1 vector of scratch (hutch++: and a sketch)"))
+    if cfg.density:
+        needs.append((DENSITY_MINIMUM, "the density keeps 2 Lanczos vectors and a probe"))
+    return needs
+
+
+def _restarted(op, cfg: SpectrumConfig, k: int, budget: MemoryBudget | None) -> bool:
+    """Whether the eigensolver runs restarted within the budget: the budget cannot hold
+    what the unbudgeted solver keeps at --max-iter's default (or given) products."""
+    if budget is None or cfg.eigen_method is Method.power:
+        return False
+    steps = min(cfg.iterations, op.size)
+    if cfg.eigen_method is Method.block:
+        b = cfg.block_size or k
+        held = block_unbudgeted(max(cfg.iterations // b, -(-k // b)), k, b)
+    elif cfg.check_missed:
+        held = unbudgeted_top_k_vectors(max(k, steps), k)
+    else:
+        held = lanczos_unbudgeted(steps, k)
+    return budget.vectors(op.size, op.dtype) < held
+
+
+def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: MemoryBudget | None):
     """The top k by the chosen method, started from the columns of v0 when given: block
     Lanczos takes them all as its start block; single-vector Lanczos and power iteration
-    start from their sum, a vector with a share in every one of them."""
+    start from their sum, a vector with a share in every one of them. Under a budget that
+    forces restarts, --max-iter bounds each run's products, by default BUDGETED_MAX_ITER.
+    Returns the result and a note on what the budget cost."""
     k = min(cfg.top_k, op.size)
     one = None if v0 is None else v0.sum(dim=1)
+    restarted = _restarted(op, cfg, k, budget)
+    iters = cfg.iterations
+    if restarted and cfg.max_iter is None:
+        iters = max(BUDGETED_MAX_ITER, iters)
     if cfg.eigen_method is Method.block:
-        return block_lanczos(op, k, block_size=cfg.block_size, tol=cfg.tol,
-                             max_iter=cfg.iterations, seed=cfg.seed, v0=v0)
-    if cfg.eigen_method is Method.lanczos and cfg.check_missed:
-        return lanczos_top_k(op, k, tol=cfg.tol, max_iter=cfg.iterations, seed=cfg.seed, v0=one)
-    if cfg.eigen_method is Method.lanczos:
-        return lanczos(op, k, tol=cfg.tol, max_iter=min(cfg.iterations, op.size), seed=cfg.seed,
-                       v0=one)
-    return power_iteration(op, k, tol=cfg.tol, max_iter=cfg.iterations, seed=cfg.seed, v0=one)
+        result = block_lanczos(op, k, block_size=cfg.block_size, tol=cfg.tol, max_iter=iters,
+                               seed=cfg.seed, v0=v0, max_memory=budget)
+    elif cfg.eigen_method is Method.lanczos and cfg.check_missed:
+        result = lanczos_top_k(op, k, tol=cfg.tol, max_iter=iters, seed=cfg.seed, v0=one,
+                               max_memory=budget)
+    elif cfg.eigen_method is Method.lanczos:
+        result = lanczos(op, k, tol=cfg.tol, max_iter=iters if restarted else min(iters, op.size),
+                         seed=cfg.seed, v0=one, max_memory=budget)
+    else:
+        result = power_iteration(op, k, tol=cfg.tol, max_iter=iters, seed=cfg.seed, v0=one,
+                                 max_memory=budget)
+    return result, _eigen_note(result, k, iters) if restarted else None
+
+
+def _eigen_note(result, k: int, max_iter: int) -> str:
+    """What a restarted solve did, and what to do when it did not converge."""
+    note = (f"--max-memory: thick-restart Lanczos in {result.basis_vectors} vectors, "
+            f"{result.restarts} restarts (the same residual certificate, more products)")
+    missed = k - int(result.converged.sum())
+    if missed:
+        note += (f"; {missed} of {k} not converged within --max-iter {max_iter} products per "
+                 "run: raise --max-iter")
+    return note
 
 
 def _warm_start(vectors: torch.Tensor | None, op) -> torch.Tensor | None:
@@ -116,42 +218,67 @@ def _warm_start(vectors: torch.Tensor | None, op) -> torch.Tensor | None:
     return vectors if float(vectors.sum(dim=1).norm()) > 0 else None
 
 
-def trace_method(problem: Problem, cfg: SpectrumConfig) -> TraceMethod:
+def trace_method(problem: Problem, cfg: SpectrumConfig, block: Block | None = None) -> TraceMethod:
     """--trace-method with `auto` resolved: the Gauss–Newton control variate wherever it
-    applies (each example's output its own and available, and the operator H itself),
-    Hutchinson where it does not."""
+    applies (each example's output its own and available, the operator H itself, and the
+    block whole parameters), Hutchinson where it does not."""
     if cfg.trace_method is not TraceMethod.auto:
         return cfg.trace_method
     applies = (gauss_newton_separable(problem.model, cfg.hessian_mode) and not cfg.preconditioned
-               and gauss_newton_unavailable(problem.call, problem.data) is None)
+               and gauss_newton_unavailable(problem.call, problem.data) is None
+               and (block is None or block.coords is None))
     return TraceMethod.gauss_newton if applies else TraceMethod.hutchinson
 
 
-def trace_note(problem: Problem, cfg: SpectrumConfig) -> str | None:
+def trace_note(problem: Problem, cfg: SpectrumConfig, block: Block | None = None) -> str | None:
     """Why an `auto` trace fell back to Hutchinson where the Gauss–Newton control variate
-    would be the default: the per-example outputs it needs are not available."""
+    would be the default: the per-example outputs it needs are not available, or the block
+    is part of a parameter (the control variate's exact trace covers whole parameters)."""
     if cfg.trace_method is not TraceMethod.auto or cfg.preconditioned:
         return None
     why = gauss_newton_unavailable(problem.call, problem.data)
+    if why is None and block is not None and block.coords is not None:
+        why = "the block is part of a parameter"
     return None if why is None else f"trace by Hutchinson (no Gauss–Newton control variate: {why})"
 
 
-def _trace(op, problem: Problem, cfg: SpectrumConfig, params):
-    method = trace_method(problem, cfg)
+def _check_trace_method(problem: Problem, cfg: SpectrumConfig, blocks: dict[str, Block]) -> None:
+    """The refusals of --trace-method gauss-newton, before anything is computed."""
+    if trace_method(problem, cfg) is not TraceMethod.gauss_newton:
+        return
+    if not gauss_newton_separable(problem.model, cfg.hessian_mode):
+        raise SharpError("--trace-method gauss-newton needs each example's output to depend "
+                         "on that example alone, and BatchNorm in --hessian-mode train "
+                         "normalises by the batch; use --hessian-mode eval or --trace-method "
+                         "hutchinson")
+    why = gauss_newton_unavailable(problem.call, problem.data)
+    if why is not None:
+        raise SharpError(f"--trace-method gauss-newton needs per-example outputs, but {why}; "
+                         "use --trace-method hutchinson")
+    split = next((name for name, block in blocks.items() if block.coords is not None), None)
+    if split is not None and cfg.trace_method is TraceMethod.gauss_newton:
+        raise SharpError(f"--trace-method gauss-newton takes whole parameters, and the block "
+                         f"{split!r} is part of one; use --trace-method auto or hutchinson")
+
+
+def _trace(op, problem: Problem, cfg: SpectrumConfig, block: Block, budget):
+    method = trace_method(problem, cfg, block)
+    note = trace_note(problem, cfg, block)
     if method is TraceMethod.gauss_newton:
         # tr H = tr G (exact) + E[zᵀHz − zᵀGz]: only the small remainder is left to chance
-        part = GaussNewtonPart(problem.model, problem.call, problem.data, params=params,
+        part = GaussNewtonPart(problem.model, problem.call, problem.data, params=block.params,
                                mode=cfg.hessian_mode,
                                # a stop within the Jacobian pass would leave the other
                                # processes in its sum: they stop at the next product together
                                should_stop=None if problem.dist.enabled else problem.should_stop)
         return control_variate_trace(op, part.trace(), part.quadratic_form,
                                      n_probes=cfg.trace_probes, tol=cfg.native_trace_tol,
-                                     seed=cfg.seed)
+                                     seed=cfg.seed, max_memory=budget), note
     return hutchinson_trace(op, n_probes=cfg.trace_probes, tol=cfg.native_trace_tol,
-                            seed=cfg.seed, method=method.value)
+                            seed=cfg.seed, method=method.value, max_memory=budget), note
 
 
-def _density(op, cfg: SpectrumConfig):
+def _density(op, cfg: SpectrumConfig, budget):
     return slq_density(op, n_runs=cfg.density_runs, n_iter=cfg.density_iters,
-                       grid_size=cfg.density_grid, sigma=cfg.density_sigma, seed=cfg.seed)
+                       grid_size=cfg.density_grid, sigma=cfg.density_sigma, seed=cfg.seed,
+                       max_memory=budget)

@@ -10,6 +10,8 @@ from sharpcli.checks import check_positive
 from sharpcli.config import (Backend, Dataset, HessianMode, Method, Split, TraceMethod,
                              coerce_choices)
 from sharpcli.errors import SharpError
+from sharpcli.sizes import parse_size
+from sharpcli.spectra.block_spec import parse_blocks
 
 # sharpcli's trace stops once stderr ≤ this·|trace|: ±3 standard errors within ±1%
 NATIVE_TRACE_TOL = 3e-3
@@ -37,6 +39,8 @@ class SpectrumConfig:
     density_grid: int = 1000
     density_sigma: float = 0.01    # Gaussian width relative to the spectrum's range
     per_layer: bool = False
+    blocks: str | None = None      # groups of parameters by name patterns, or a preset (gpt2)
+    max_memory: int | str | None = None  # what each solver keeps beyond the model and a product
     samples: int | None = None     # None: the whole split
     split: Split = Split.train
     batch_size: int | None = None  # HVP chunk; None: the run's physical_batch_size
@@ -56,6 +60,11 @@ class SpectrumConfig:
         if self.trace_tol is None:
             return NATIVE_TRACE_TOL
         return self.trace_tol or None
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """--max-memory in bytes (None: no budget)."""
+        return None if self.max_memory is None else parse_size(self.max_memory, "--max-memory")
 
     @property
     def eigen_method(self) -> Method:
@@ -90,6 +99,11 @@ class SpectrumConfig:
         if self.trace_method is TraceMethod.hutchpp and self.trace_probes < 3:
             raise SharpError(f"--trace-method hutch++ needs --trace-probes ≥ 3, got "
                              f"{self.trace_probes}")
+        self.memory_bytes  # a SharpError for a size that is not one
+        if self.blocks is not None:
+            parse_blocks(self.blocks)
+            if self.per_layer:
+                raise SharpError("--blocks and --per-layer both choose the blocks: give one")
         if self.preconditioned and self.trace and self.trace_method is TraceMethod.gauss_newton:
             raise SharpError("--trace-method gauss-newton estimates the trace of H itself; with "
                              "--preconditioned use hutchinson or hutch++")
@@ -100,8 +114,11 @@ class SpectrumConfig:
 def check_pyhessian_supported(cfg: SpectrumConfig) -> None:
     """One SharpError listing every requested thing pyhessian cannot compute."""
     lacks = []
-    if cfg.per_layer:
-        lacks.append("--per-layer (it has no per-block Hessians)")
+    if cfg.per_layer or cfg.blocks is not None:
+        lacks.append(f"{'--per-layer' if cfg.per_layer else '--blocks'} (it has no per-block "
+                     "Hessians)")
+    if cfg.max_memory is not None:
+        lacks.append("--max-memory (its solvers keep what they keep)")
     if cfg.density:
         lacks.append("--density (pyhessian 0.1's density() calls torch.eig, which current torch "
                      "has removed)")
@@ -132,6 +149,7 @@ class SpectrumRow:
     residual: float        # ‖Hv − λv‖ for eigenpairs; standard error for trace and density
     converged: bool | None
     n_hvp: int
+    note: str              # what the computation cost or fell back to (max_memory, a method); "" if nothing
     seconds: float
 
     def as_dict(self) -> dict:

@@ -16,7 +16,7 @@ from torch import nn
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.objective import objective_of
-from sharpcli.hessian.params import named_param_groups, trainable_params
+from sharpcli.hessian.params import trainable_params
 from sharpcli.interrupt import check_stop
 from sharpcli.linalg import DensityResult, DiagonalScaled, EigenResult, TraceResult
 from sharpcli.linalg.results import apply_block
@@ -58,15 +58,6 @@ class Problem:
         return DiagonalScaled(op, torch.cat([pieces[id(p)] for p in params]).rsqrt())
 
 
-def parameter_blocks(model: nn.Module, per_layer: bool) -> dict[str, list[nn.Parameter]]:
-    """{"all": every trainable parameter}, then with `per_layer` one block per module that
-    owns parameters (named as in the model, e.g. "fc1", "layer1.0.conv1")."""
-    blocks = {"all": trainable_params(model)}
-    if per_layer:
-        blocks.update(named_param_groups(model))
-    return blocks
-
-
 class Stoppable:
     """An operator that raises Interrupted before a product (or a block of products) once a
     stop was requested: Ctrl-C ends a long solve within one HVP or one block, and the rows
@@ -105,7 +96,8 @@ class Solve:
         trace the density implies, with its standard error)."""
         def row(index, value, residual, converged=None) -> SpectrumRow:
             return SpectrumRow(checkpoint, step, self.block, self.quantity, index, float(value),
-                               float(residual), converged, int(self.n_hvp), self.seconds)
+                               float(residual), converged, int(self.n_hvp), self.note or "",
+                               self.seconds)
 
         r = self.result
         if self.quantity == "eigenvalue":
@@ -120,7 +112,8 @@ class Solve:
         """density.csv rows: the smoothed density on its grid (density solves only)."""
         if self.quantity != "density":
             return []
-        return [{"checkpoint": checkpoint, "step": step, "eigenvalue": float(t), "density": float(d)}
+        return [{"checkpoint": checkpoint, "step": step, "eigenvalue": float(t),
+                 "density": float(d), "block": self.block}
                 for t, d in zip(self.result.grid.tolist(), self.result.density.tolist())]
 
 

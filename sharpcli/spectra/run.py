@@ -3,6 +3,7 @@ writes spectrum.csv / density.csv row by row as each computation finishes."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -87,10 +88,14 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     names = ((PRECONDITIONED_SPECTRUM_FILE, PRECONDITIONED_DENSITY_FILE) if cfg.preconditioned
              else (SPECTRUM_FILE, DENSITY_FILE))
     warm: dict[tuple, dict] = {}  # per run and example set: each block's last eigenvectors
+    # a run's checkpoints still to come: the last one's eigenvectors are not kept for nothing
+    later = Counter(str(t.checkpoint.parent) for t in targets)
     datas: dict[int, Data] = {}
     try:
         for subject in subjects(targets, device, source, should_stop=should_stop,
                                 on_start=on_start, dist=dist):
+            run = str(subject.target.checkpoint.parent)
+            later[run] -= 1
             data = datas.get(id(subject.splits))
             if data is None:  # one per data set: a stream is counted and checked once
                 data = subject_data(subject, cfg, device, dist, source)
@@ -110,13 +115,14 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                               should_stop=should_stop, dist=dist, preconditioner=p)
             solves = []
             # checkpoints of one run, in step order: each starts from the one before
-            key = (str(subject.target.checkpoint.parent), id(subject.splits))
+            key = (run, id(subject.splits))
             previous = warm.setdefault(key, {}) if cfg.warm_start else None
-            for solve in compute_spectrum(problem, cfg, previous):
+            for solve in compute_spectrum(problem, cfg, previous, keep_warm=later[run] > 0):
                 log(csv_path, SPECTRUM_COLUMNS,
                     [r.as_dict() for r in solve.rows(problem.checkpoint, problem.step)])
                 if solve.quantity == "density":
                     log(dens_path, DENSITY_COLUMNS, solve.curve(problem.checkpoint, problem.step))
+                _drop_vectors(solve)
                 solves.append(solve)
             results.append(CheckpointSpectrum(subject.target.checkpoint, subject.step, solves,
                                               csv_path, dens_path, data.total,
@@ -134,6 +140,14 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
         raise SharpError(f"--preconditioned: {', '.join(map(str, skipped))} hold no optimizer "
                          "state yet (saved before the first update): P exists from step 1 on")
     return results
+
+
+def _drop_vectors(solve: Solve) -> None:
+    """Free a written solve's eigenvectors (k vectors of its block's size, on the device):
+    the table needs its numbers only, and the warm start keeps its own reference."""
+    if solve.quantity == "eigenvalue":
+        vectors = solve.result.eigenvectors
+        solve.result.eigenvectors = vectors.new_empty((vectors.shape[0], 0))
 
 
 def subject_data(subject, cfg: SpectrumConfig, device, dist: Dist, source: ModelSource) -> Data:

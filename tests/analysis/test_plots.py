@@ -133,3 +133,44 @@ def test_library_returns_paths(tmp_path):
     assert set(result.skipped) == {"density"}
     with pytest.raises(SharpError, match="unknown figure"):
         plot_runs([run], only=["nope"])
+
+
+def write_block_densities(path: Path, steps=(0, 200)):
+    """density.csv with the whole network's density and three blocks', as `sharp spectrum
+    --blocks … --density` writes it."""
+    grid = np.linspace(-1, 6, 50)
+    frames = [pd.DataFrame({"checkpoint": f"step-{s:08d}.pt", "step": s, "eigenvalue": grid,
+                            "density": np.exp(-(grid - i) ** 2) + 1e-3, "block": block})
+              for s in steps for i, block in enumerate(["all", "h.0.attn.query",
+                                                        "h.0.attn.key", "h.0.mlp.c_fc"])]
+    pd.concat(frames).to_csv(path / "density.csv", index=False)
+
+
+def test_blocks_figure_sets_the_block_densities_side_by_side(tmp_path):
+    run = make_run(tmp_path / "gpt")
+    write_block_densities(run)
+    fig = figures([load_run(run)], only=["blocks"])["blocks"]
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["h.0.attn.query", "h.0.attn.key", "h.0.mlp.c_fc"]
+    assert all(len(ax.get_lines()) == 2 and ax.get_yscale() == "log" for ax in panels)
+    assert {t.get_text() for t in panels[0].get_legend().get_texts()} == {"step 0", "step 200"}
+    # the density figure keeps to the whole network's rows
+    density_ax = figures([load_run(run)], only=["density"])["density"].axes[0]
+    assert [line.get_label() for line in density_ax.get_lines()] == ["step 0", "step 200",
+                                                                     "GD edge 2/η"]
+    out = sharp("plot", run, "--only", "blocks", "--dpi", "30").ok().stdout
+    assert out == f"wrote {run / 'blocks.png'}\n"
+    assert_png(run / "blocks.png", min_size=(200, 60))
+    # several runs: each run's last checkpoint, one colour per run
+    other = make_run(tmp_path / "other")
+    write_block_densities(other, steps=(0, 100, 300))
+    fig = figures([load_run(run), load_run(other)], only=["blocks"])["blocks"]
+    assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == {"gpt", "other"}
+
+
+def test_blocks_figure_is_skipped_without_block_densities(tmp_path):
+    """A density.csv written before the block column is the whole network's."""
+    run = make_run(tmp_path / "old", density=True)
+    assert "block" not in pd.read_csv(run / "density.csv").columns
+    out = sharp("plot", run, "--only", "blocks", "--only", "density", "--dpi", "20").ok().stdout
+    assert "skipped blocks: no block densities" in out and "wrote" in out

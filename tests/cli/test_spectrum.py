@@ -92,8 +92,8 @@ def test_trace_and_density_of_the_test_split(run, tmp_path):
     assert trace["index"] == 0 and trace["n_hvp"] == 40
     assert abs(trace["value"] - torch.trace(h).item()) <= 3 * trace["residual"]
     density = pd.read_csv(tmp_path / "density.csv")
-    assert list(density.columns) == ["checkpoint", "step", "eigenvalue", "density"]
-    assert len(density) == 1000 and set(density["step"]) == {2}
+    assert list(density.columns) == ["checkpoint", "step", "eigenvalue", "density", "block"]
+    assert len(density) == 1000 and set(density["step"]) == {2} and set(density["block"]) == {"all"}
     assert (density["density"] >= 0).all()
     area = torch.trapezoid(torch.tensor(density["density"].values),
                            torch.tensor(density["eigenvalue"].values))

@@ -166,7 +166,7 @@ def test_the_python_api_gives_the_rows_of_the_csv(user_dir):
     x, y = torch.randn(25, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (25,), generator=gen)
     rows = sharpcli.spectrum(model, "ce", x, y, top_k=3, tol=1e-10, per_layer=True)
     assert set(rows[0]) == {"checkpoint", "step", "block", "quantity", "index", "value",
-                            "residual", "converged", "n_hvp", "seconds"}
+                            "residual", "converged", "n_hvp", "note", "seconds"}
     values = torch.tensor([r["value"] for r in rows if r["block"] == "all"], dtype=torch.float64)
     torch.testing.assert_close(values, top_eigenvalues(model, torch.nn.functional.cross_entropy,
                                                        x, y, 3), rtol=1e-6, atol=1e-9)

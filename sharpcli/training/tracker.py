@@ -50,6 +50,9 @@ from sharpcli.sources.data import Data, as_data
 from sharpcli.hessian.params import trainable_params
 from sharpcli.hessian.preconditioner import preconditioner
 from sharpcli.hessian.sharpness import Sharpness, alignment, measure_sharpness
+from sharpcli.linalg.budget import MemoryBudget, human_bytes, vector_bytes
+from sharpcli.linalg.restart import minimum_vectors
+from sharpcli.linalg.results import LinalgInputError
 from sharpcli.training.observe import (current_lr, edge_rule, has_preconditioner, is_sam,
                                        loop_record, phase_of)
 
@@ -85,6 +88,8 @@ class Tracker:
     which names the phase (gd or sgd) and counts epochs. The edges come from the optimizer
     unless `edges` fixes them; with Adam, AdamW or RMSProp the row also has λ₁(P⁻¹H) and the
     adaptive edge. `batch_sharpness=B` measures the batch sharpness of batches of B with λ₁.
+    `max_memory` (bytes, or a size such as "1.5GB") bounds what the eigensolver keeps beyond
+    the model and one product, as in `sharpcli.spectrum` (docs/guides/large-models.md).
 
     Nothing is written outside `run_dir` (and `checkpoint_dir` when given). A `run_dir`
     that holds a run already (config.json or metrics.csv) is an error unless `resume=True`
@@ -105,8 +110,8 @@ class Tracker:
                  chunk_size: int = 4096, seed: int = 0, checkpoint_every: int | None = None,
                  checkpoint_dir: str | Path | None = None, keep_last: int | None = None,
                  batch_size: int | None = None, edges: EdgeRule | None = None,
-                 batch_sharpness: int | None = None, resume: bool = False,
-                 overwrite: bool = False):
+                 batch_sharpness: int | None = None, max_memory: int | str | None = None,
+                 resume: bool = False, overwrite: bool = False):
         if resume and overwrite:
             raise SharpError("resume=True continues a run and overwrite=True replaces it: give one")
         try:
@@ -121,7 +126,8 @@ class Tracker:
                     chunk_size=chunk_size, seed=seed, checkpoint_every=checkpoint_every,
                     checkpoint_dir=run_dir / "checkpoints" if checkpoint_dir is None else checkpoint_dir,
                     keep_last=keep_last, batch_size=batch_size, edges=edges,
-                    batch_sharpness=batch_sharpness, dist=Dist.current())
+                    batch_sharpness=batch_sharpness, max_memory=max_memory,
+                    dist=Dist.current())
         self._claim(resume, overwrite)
 
     @classmethod
@@ -147,8 +153,10 @@ class Tracker:
                checkpoint_every: int | None, checkpoint_dir: str | Path, keep_last: int | None,
                batch_size: int | None, edges: EdgeRule | None, batch_sharpness: int | None,
                dist: Dist, num_terms=None, total_terms: int | None = None,
-               check_deterministic: bool = True, record: dict | None = None) -> None:
+               check_deterministic: bool = True, record: dict | None = None,
+               max_memory: int | str | None = None) -> None:
         self.model, self.optimizer, self.call = model, optimizer, call
+        self.max_memory = _budget(max_memory, model, k)
         device = next(iter(model.parameters())).device
         self.data = as_data(x, y, num_terms=num_terms, total_terms=total_terms,
                             chunk_size=chunk_size, dist=dist, device=device,
@@ -366,7 +374,7 @@ class Tracker:
         every eigenvalue of the row met `tol` (warned about once)."""
         s = measure_sharpness(self.model, self.call, self.data_sharp, k=self.k,
                               tol=self.tol, max_iter=self.max_iter, v0=self.top_vectors,
-                              seed=self.seed + info.step)
+                              seed=self.seed + info.step, max_memory=self.max_memory)
         self.top_vectors = s.top_vectors
         if self.k > 1:
             for i, (lam, res) in enumerate(zip(s.eigenvalues.tolist(), s.residuals.tolist())):
@@ -401,7 +409,8 @@ class Tracker:
             return None
         s = measure_sharpness(self.model, self.call, self.data_sharp, tol=self.tol,
                               max_iter=self.max_iter, v0=self.preconditioned_vector,
-                              seed=self.seed + info.step, preconditioner=p)
+                              seed=self.seed + info.step, preconditioner=p,
+                              max_memory=self.max_memory)
         self.preconditioned_vector = s.top_vector
         return s
 
@@ -460,6 +469,26 @@ class Tracker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:
+    """`max_memory` as a budget, refused now (not at the first measurement) when it cannot
+    hold the least a restarted solver for λ₁..λ_k keeps: block Lanczos with blocks of k."""
+    try:
+        budget = MemoryBudget.of(max_memory)
+    except LinalgInputError as err:
+        raise SharpError(str(err)) from None
+    if budget is None:
+        return None
+    params = trainable_params(model)
+    size = sum(p.numel() for p in params)
+    need, dtype = minimum_vectors(k, k, size), params[0].dtype
+    have = budget.vectors(size, dtype)
+    if have < need:
+        raise SharpError(f"max_memory={max_memory!r} holds {have} vectors of the model's {size} "
+                         f"parameters ({human_bytes(vector_bytes(size, dtype))} each); "
+                         f"λ₁..λ_k with k={k} keeps at least {need}")
+    return budget
 
 
 def _test_data(test, chunk_size: int, dist: Dist, device) -> Data:

@@ -313,3 +313,29 @@ def test_an_unconverged_measurement_is_flagged_and_warned_about_once(tmp_path):
     frame = pd.read_csv(tmp_path / "r" / "metrics.csv")
     assert frame["sharpness_converged"].tolist() == [0, 0, 0]
     assert frame.columns[-2:].tolist() == ["sharpness_converged", "seconds"]
+
+
+def test_max_memory_bounds_the_solver_and_keeps_the_sharpness(tmp_path):
+    """A budget of 4 vectors of the MLP's 490 parameters (the least λ₁ runs in) makes every
+    measurement a thick-restart Lanczos; λ₁ agrees with the unbudgeted run's to its tol."""
+    default_run_by_hand(tmp_path / "free", every=10)
+    default_run_by_hand(tmp_path / "tight", every=10, max_memory=4 * 490 * 4, tol=1e-3)
+    free = pd.read_csv(tmp_path / "free" / "metrics.csv").dropna(subset=["sharpness"])
+    tight = pd.read_csv(tmp_path / "tight" / "metrics.csv").dropna(subset=["sharpness"])
+    assert len(free) == len(tight) == STEPS // 10 + 1
+    assert (tight["sharpness_converged"] == 1).all()
+    assert np.allclose(tight["sharpness"], free["sharpness"], rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("value, k, words", [
+    ("lots", 1, ["max_memory", "lots"]),
+    (7 * 490 * 4, 2, ["max_memory=", "7 vectors", "k=2", "at least 8"]),
+])
+def test_a_budget_too_small_or_unreadable_is_refused_at_once(tmp_path, value, k, words):
+    model = nn.Linear(48, 10)  # 490 parameters
+    x, y = torch.randn(8, 48), torch.randn(8, 10)
+    with pytest.raises(SharpError) as err:
+        sharpcli.Tracker(model, nn.functional.mse_loss, x, y, run_dir=tmp_path / "r", k=k,
+                         max_memory=value)
+    assert all(w in str(err.value) for w in words), str(err.value)
+    assert not (tmp_path / "r").exists()

@@ -31,3 +31,10 @@ def test_readme_links_resolve():
     links = re.findall(r"\]\(([^)\s]+)\)", (ROOT / "README.md").read_text())
     local = [link.split("#")[0] for link in links if "://" not in link and link.split("#")[0]]
     assert local and not [link for link in local if not (ROOT / link).exists()]
+
+
+def test_readme_is_a_landing_page():
+    """At most 150 lines, with no placeholder left for a section still to be written."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    assert not re.search(r"\b(TODO|TBD|FIXME|[A-Z]{4,}_[A-Z_]{4,})\b", text)

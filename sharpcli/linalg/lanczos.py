@@ -70,14 +70,18 @@ class LanczosProcess:
             w = w - self.betas[-1] * self.basis[j - 1]
         w = project_out(w, self.basis[:j + 1], self.wide)
         beta = float(inner(w[:, None], w)[0]) ** 0.5 if self.wide else float(w.norm())
-        alpha = float(alpha)
+        if self._record(float(alpha), beta):
+            self.basis[j + 1] = w / beta
+
+    def _record(self, alpha: float, beta: float) -> bool:
+        """Append α, β to T; whether the next Lanczos vector w/β is to be stored (not after a
+        breakdown or the last step)."""
         if not (abs(alpha) < float("inf") and beta < float("inf")):
             raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
         self.alphas.append(alpha)
         self.betas.append(beta)
         self.broke_down = beta <= _BREAKDOWN * self.eps * self.anorm
-        if not self.broke_down and j + 1 < self.max_steps:
-            self.basis[j + 1] = w / beta
+        return not self.broke_down and len(self.alphas) < self.max_steps
 
     @property
     def next_vector(self) -> torch.Tensor:
@@ -156,12 +160,7 @@ class WindowedLanczosProcess(LanczosProcess):
             w.sub_(self._row(j - 1), alpha=self.betas[-1])
         project_out_(w, self.basis[:min(j + 1, len(self.basis))])
         beta = float(w.norm())
-        if not (abs(alpha) < float("inf") and beta < float("inf")):
-            raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
-        self.alphas.append(alpha)
-        self.betas.append(beta)
-        self.broke_down = beta <= _BREAKDOWN * self.eps * self.anorm
-        if not self.broke_down and j + 1 < self.max_steps:
+        if self._record(alpha, beta):
             self._row(j + 1).copy_(w).div_(beta)
 
 

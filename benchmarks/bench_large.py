@@ -130,9 +130,9 @@ def section(runs: list[dict], args) -> str:
              "| solver's extra GiB | max rel. Δλ vs unbudgeted | max certified residual "
              "| max true residual |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    lam = torch.tensor(ref["eigenvalues"])
+    lam = torch.tensor(ref["eigenvalues"], dtype=torch.float64)
     for r in runs:
-        dl = float(((torch.tensor(r["eigenvalues"]) - lam).abs() / lam.abs()).max())
+        dl = float(((torch.tensor(r["eigenvalues"], dtype=torch.float64) - lam).abs() / lam.abs()).max())
         budget = "none" if r["budget"] == "none" else \
             f"{r['budget']} vectors ({int(r['budget']) * vb / 1e9:.2g} GB)"
         held = r["basis_vectors"] if r["basis_vectors"] is not None else "all (up to 100 + 2k + 4)"

@@ -43,6 +43,7 @@ from sharpcli.distributed import SINGLE, Dist
 from sharpcli.errors import SharpWarning
 from sharpcli.hessian.objective import objective_of
 from sharpcli.hessian.params import full_precision, measurement_mode, trainable_params, unflatten
+from sharpcli.linalg.shard import Shards
 
 
 class HessianOperator:
@@ -58,7 +59,8 @@ class HessianOperator:
     (closures, forward conventions). `hvp` picks how a product is computed (HVP_MODES; see
     the module docstring). Under torchrun (`dist`) each process takes its share of the data
     and computes its share of Hv (its terms over the whole T); one all-reduce sums the
-    shares (one for a whole block in `matmat`). `vectorize` (None: on accelerators only) and
+    shares (one for a whole block in `matmat`), and `shards` tells a budgeted solver to
+    split its basis over the processes (linalg/shard.py). `vectorize` (None: on accelerators only) and
     `max_block` set how `matmat` computes a block (module docstring). `compile` runs the
     forward-over-reverse product through torch.compile (double backward cannot be compiled:
     aot_autograd has no double backward); it pays a compilation of tens of seconds on first use.
@@ -85,6 +87,9 @@ class HessianOperator:
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         self.mode = mode
+        # the processes whose summed products this is: a budgeted solver shards its basis
+        self.shards = (Shards(self.dist.rank, self.dist.world_size, self.dist.sum_)
+                       if self.dist.enabled else None)
         self.n_matvec = 0  # products, a block of b counting b
         self.n_third = 0   # third-derivative products ∇(uᵀHv), one per pair
         self.vectorize = self.device.type != "cpu" if vectorize is None else vectorize

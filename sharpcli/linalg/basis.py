@@ -66,11 +66,6 @@ class Basis:
         for i in range(n):
             self.row(dst + i).copy_(self.row(src + i))
 
-    def project_out_(self, w: torch.Tensor, hi: int, extra=()) -> torch.Tensor:
-        """w (size,) or (size, b) minus its components along rows [0, hi) and the rows of
-        `extra` (vectors the basis must stay orthogonal to), in place."""
-        return project_out_(w, list(extra) + self.pieces(0, hi))
-
     def mix_(self, s: torch.Tensor) -> None:
         """Rows [0, n_out) ← sᵀ rows [0, n_src) for s (n_src, n_out), n_out ≤ n_src: Ritz
         vectors from their coordinates, in place. Done in column chunks so that the scratch
@@ -105,7 +100,7 @@ def right_multiply_(w: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def orthonormalize_(w: torch.Tensor, against: list[torch.Tensor], width: int,
-                    threshold: float | None) -> tuple[int, np.ndarray]:
+                    threshold: float | None, space=None) -> tuple[int, np.ndarray]:
     """In place: w (size, c) ← [U | rest], U (size, good) orthonormal and orthogonal to the
     rows of `against` (a list of (m, size) pieces), spanning w's range after projection but
     for directions with singular value ≤ `threshold` (None: ε·s₁·c); good ≤ width. Returns
@@ -115,10 +110,12 @@ def orthonormalize_(w: torch.Tensor, against: list[torch.Tensor], width: int,
     U = W V diag(1/s), B = diag(s) Vᵀ (Cholesky–QR by eigendecomposition). Its rounding is
     ε·s₁/s_min, so when W is nearly rank-deficient (s_min < √ε s₁) U is projected and
     orthonormalised once more (CholQR2: Fukaya et al. 2014), which also removes the
-    components along `against` that rounding amplified in the small directions."""
-    project_out_(w, against)
+    components along `against` that rounding amplified in the small directions. `space`:
+    where sums over coordinates happen (projection.project_out_)."""
+    dot = inner if space is None else space.inner
+    project_out_(w, against, space)
     eps = torch.finfo(w.dtype).eps
-    lam, v = np.linalg.eigh(inner(w, w).cpu().numpy())
+    lam, v = np.linalg.eigh(dot(w, w).cpu().numpy())
     lam, v = lam[::-1], v[:, ::-1]
     s = np.sqrt(np.clip(lam, 0.0, None))
     limit = eps * s[0] * w.shape[1] if threshold is None else threshold
@@ -127,8 +124,8 @@ def orthonormalize_(w: torch.Tensor, against: list[torch.Tensor], width: int,
     coupling[:good] = s[:good, None] * v[:, :good].T
     u = right_multiply_(w, _like(w, v[:, :good] / s[:good]))
     if good and s[good - 1] < eps ** 0.5 * s[0]:
-        project_out_(u, against)
-        lam2, v2 = np.linalg.eigh(inner(u, u).cpu().numpy())
+        project_out_(u, against, space)
+        lam2, v2 = np.linalg.eigh(dot(u, u).cpu().numpy())
         inv_sqrt = (v2 / np.sqrt(lam2)) @ v2.T
         right_multiply_(u, _like(w, inv_sqrt))
         coupling[:good] = inv_sqrt.T @ coupling[:good]

@@ -9,6 +9,7 @@ from sharpcli.linalg.lanczos import lanczos, unbudgeted_vectors
 from sharpcli.linalg.projection import project_out, project_out_
 from sharpcli.linalg.restart import ThickRestartLanczos, plan, solve
 from sharpcli.linalg.results import EigenResult, apply, apply_block, make_generator
+from sharpcli.linalg.shard import Sharded, sharded
 
 
 class _Deflated:
@@ -18,6 +19,7 @@ class _Deflated:
     def __init__(self, op, q: torch.Tensor):
         self.op, self.q = op, q
         self.size, self.dtype, self.device = op.size, op.dtype, op.device
+        self.shards = getattr(op, "shards", None)
 
     def project(self, v: torch.Tensor) -> torch.Tensor:
         return project_out(v, self.q.T)
@@ -165,9 +167,11 @@ def _deflated_top(op, q: torch.Tensor, budget: MemoryBudget, *, tol: float, max_
                   seed: int) -> EigenResult:
     """The top pair of (I − QQᵀ)A(I − QQᵀ), Q the rows of q, by restarted single-vector
     Lanczos within `budget`, from a Gaussian start (seeded as the unbudgeted restarts are)
-    kept orthogonal to Q."""
-    deflated = _DeflatedInPlace(op, q.T)
+    kept orthogonal to Q. On several processes the run's basis is sharded (shard.py), Q
+    is not: the products gather whole vectors."""
+    deflated = sharded(_DeflatedInPlace(op, q.T))
+    lock = deflated.local(q) if isinstance(deflated, Sharded) else q
     capacity, storage = plan(deflated, 1, 1, budget, max_iter)
     proc = ThickRestartLanczos(deflated, None, k=1, b=1, capacity=capacity, storage=storage,
-                               gen=make_generator(seed, op.device), lock=q.to(storage))
+                               gen=make_generator(seed, op.device), lock=lock.to(storage))
     return solve(proc, 1, tol=tol, max_iter=max_iter, criterion="residual")

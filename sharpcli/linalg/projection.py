@@ -48,24 +48,28 @@ def project_out(w: torch.Tensor, rows: torch.Tensor | None, wide_sums: bool = Fa
 _DGKS = 2 ** -0.5
 
 
-def project_out_(w: torch.Tensor, rows) -> torch.Tensor:
+def project_out_(w: torch.Tensor, rows, space=None) -> torch.Tensor:
     """`project_out` in place, for the memory-bounded solvers: w (size,) or (size, b) loses
     its components along the orthonormal rows of `rows`, one (m, size) tensor or a list of
     them (a basis held in pieces), with no temporary of w's size (the coefficients, m × b,
     are all the scratch). The same classical Gram–Schmidt, repeated under the same DGKS
-    criterion; the coefficients of all pieces are taken before any is subtracted."""
+    criterion; the coefficients of all pieces are taken before any is subtracted. `space`
+    (shard.Space): where the sums over coordinates happen, for vectors split across
+    processes (None: this process holds them whole)."""
     pieces = [r for r in ([rows] if isinstance(rows, torch.Tensor) else rows or []) if len(r)]
     if not pieces:
         return w
-    before = torch.linalg.vector_norm(w, dim=0)
-    _subtract_projection(w, pieces)
-    if bool((torch.linalg.vector_norm(w, dim=0) < _DGKS * before).any()):  # one host sync
-        _subtract_projection(w, pieces)
+    dot = inner if space is None else space.inner
+    norms = (lambda x: torch.linalg.vector_norm(x, dim=0)) if space is None else space.norms
+    before = norms(w)
+    _subtract_projection(w, pieces, dot)
+    if bool((norms(w) < _DGKS * before).any()):  # one host sync
+        _subtract_projection(w, pieces, dot)
     return w
 
 
-def _subtract_projection(w: torch.Tensor, pieces: list[torch.Tensor]) -> None:
-    coefficients = [inner(r.T, w).to(w.dtype) for r in pieces]
+def _subtract_projection(w: torch.Tensor, pieces: list[torch.Tensor], dot) -> None:
+    coefficients = [dot(r.T, w).to(w.dtype) for r in pieces]
     for r, h in zip(pieces, coefficients):
         if w.ndim == 1:
             w.addmv_(r.T, h, alpha=-1)

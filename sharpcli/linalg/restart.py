@@ -34,11 +34,11 @@ import torch
 
 from sharpcli.linalg.basis import Basis, orthonormalize_
 from sharpcli.linalg.budget import MemoryBudget, vector_bytes
-from sharpcli.linalg.projection import inner, project_out_
+from sharpcli.linalg.projection import project_out_
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
                                      check_count, check_criterion, check_k, eigenvalues_settled,
-                                     make_generator, random_vector, start_block, start_columns,
-                                     tolerance_scale)
+                                     make_generator, start_columns, tolerance_scale)
+from sharpcli.linalg.shard import Sharded, dimension, draw, sharded, space_of, start
 
 # β (a singular value of W) below this many ε·‖A‖ means the Krylov space is invariant.
 _BREAKDOWN = 100.0
@@ -52,6 +52,7 @@ class ThickRestartLanczos:
     def __init__(self, op, v0, *, k: int, b: int, capacity: int, storage: torch.device,
                  gen: torch.Generator, lock: torch.Tensor | None = None):
         self.op, self.gen, self.b, self.capacity = op, gen, b, capacity
+        self.space = space_of(op)  # sums over coordinates: across processes when sharded
         pin = storage.type == "cpu" and torch.device(op.device).type == "cuda"
         self.basis = Basis(op.size, op.dtype, capacity, k, storage, pin)
         self.lock = [] if lock is None else [lock]
@@ -65,12 +66,12 @@ class ThickRestartLanczos:
     def _start(self, v0) -> torch.Tensor:
         """The start block (size, b): v0's columns, then unit Gaussian ones (as block_lanczos
         draws them; for b = 1 without v0, lanczos's start vector)."""
-        cols = start_block(self.op, v0)
+        cols = start(self.op, v0)
         w = torch.empty(self.op.size, self.b, dtype=self.op.dtype, device=self.basis.device)
         w[:, :cols.shape[1]] = cols
         for i in range(cols.shape[1], self.b):
-            r = random_vector(self.op, self.gen, "gaussian")
-            w[:, i] = r.div_(r.norm())
+            r = draw(self.op, self.gen)
+            w[:, i] = r.div_(self.space.norms(r))
         return w
 
     def _small(self, x: np.ndarray) -> torch.Tensor:
@@ -85,11 +86,11 @@ class ThickRestartLanczos:
         w = w.to(self.basis.device)
         self.n_matvec += self.p
         self.n_blocks += 1
-        a = torch.cat([inner(q.T, w) for q in self.basis.pieces(lo, hi)]).cpu().numpy()
+        a = torch.cat([self.space.inner(q.T, w) for q in self.basis.pieces(lo, hi)]).cpu().numpy()
         if not np.all(np.isfinite(a)):
             raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
         a = (a + a.T) / 2
-        gram = inner(w, w).cpu().numpy()
+        gram = self.space.inner(w, w).cpu().numpy()
         self.anorm = max(self.anorm, float(np.sqrt(max(np.linalg.eigvalsh(gram)[-1], 0.0))))
         # W − V Eᵀ − Q A_Q: the recurrence (the arrow and β_{j−1} are in Eᵀ)
         i, coef = 0, self._small(np.vstack([self.E.T, a]))
@@ -112,11 +113,11 @@ class ThickRestartLanczos:
         rows]ᵀ B. Directions with a singular value at or below `threshold` are exhausted (an
         invariant subspace): fresh random ones, coupled by zero."""
         against = self.lock + self.basis.pieces(0, hi)
-        good, coupling = orthonormalize_(w, against, width, threshold)
+        good, coupling = orthonormalize_(w, against, width, threshold, self.space)
         for i in range(good, width):
-            r = random_vector(self.op, self.gen, "gaussian").to(self.basis.device)
-            project_out_(r, against + [w[:, :i].T])
-            w[:, i] = r.div_(r.norm())
+            r = draw(self.op, self.gen).to(self.basis.device)
+            project_out_(r, against + [w[:, :i].T], self.space)
+            w[:, i] = r.div_(self.space.norms(r))
         self.basis.write(hi, w[:, :width].T)
         return coupling
 
@@ -138,7 +139,7 @@ class ThickRestartLanczos:
         """The top-k Ritz vectors as the head (k, size), unit rows; the rest is freed."""
         self.basis.mix_(self._small(s[:, :k]))
         head = self.basis.release()
-        return head.div_(head.norm(dim=1, keepdim=True))
+        return head.div_(self.space.norms(head.T)[:, None])
 
 
 def kept(k: int, room: int) -> int:
@@ -157,12 +158,14 @@ def minimum_vectors(k: int, b: int, size: int) -> int:
 
 def plan(op, k: int, b: int, budget: MemoryBudget, max_iter: int) -> tuple[int, torch.device]:
     """Basis rows and their device for the top k with blocks of b under `budget`: at least
-    `minimum_vectors`; at most what max_iter products can fill, or the whole space."""
-    minimum = min(k + 2 * b, op.size)
-    have = budget.require(minimum_vectors(k, b, op.size), op.size, op.dtype,
+    `minimum_vectors`; at most what max_iter products can fill, or the whole space. A
+    sharded operator's vectors are its slice: the budget holds more of them."""
+    dim = dimension(op)
+    minimum = min(k + 2 * b, dim)
+    have = budget.require(minimum_vectors(k, b, dim), op.size, op.dtype,
                           f"restarted Lanczos for k={k} with blocks of {b} keeps {k} Ritz "
                           f"vectors, 2×{b} Lanczos vectors and {b} of scratch")
-    capacity = max(minimum, min(have - b, op.size, max_iter + b))
+    capacity = max(minimum, min(have - b, dim, max_iter + b))
     return capacity, budget.place(op.device, (capacity + b) * vector_bytes(op.size, op.dtype))
 
 
@@ -194,6 +197,10 @@ def restarted_lanczos(op, k: int = 1, *, max_memory, block_size: int = 1, tol: f
     eigenvalue of multiplicity ≤ b that many times; v0 (size,) or (size, c) warm-starts, and
     a v0 with c > b columns widens the block to c. `iterations` counts blocks,
     `basis_vectors` the rows C held, `restarts` the thick restarts.
+
+    An operator that lives on several processes (`op.shards`, a torchrun Hessian) gets a
+    sharded basis (shard.py): each process keeps 1/W of every vector's coordinates, so the
+    budget, per process, holds W times the vectors; the eigenvectors returned are whole.
     """
     check_k(op, k)
     check_count(max_iter, "max_iter")
@@ -206,6 +213,7 @@ def restarted_lanczos(op, k: int = 1, *, max_memory, block_size: int = 1, tol: f
                                "k products for k eigenpairs")
     budget = MemoryBudget.of(max_memory)
     b = min(max(block_size, start_columns(v0)), op.size)
+    op = sharded(op)
     capacity, storage = plan(op, k, b, budget, max_iter)
     gen = make_generator(seed, op.device)
     proc = ThickRestartLanczos(op, v0, k=k, b=b, capacity=capacity, storage=storage, gen=gen)
@@ -232,11 +240,11 @@ def solve(proc: ThickRestartLanczos, k: int, *, tol: float, max_iter: int,
                 break
         elif done:
             raise LinalgInputError(f"restarted Lanczos ran out of products before k={k} Ritz pairs")
-        if proc.m + proc.p + proc.b > proc.capacity and proc.capacity < op.size:
+        if proc.m + proc.p + proc.b > proc.capacity and proc.capacity < dimension(op):
             proc.restart(theta, s, kept(k, proc.capacity - proc.p - proc.b))
-    head = proc.vectors(s, k)
+    head = proc.vectors(s, k).T.to(op.device)
     return EigenResult(eigenvalues=torch.from_numpy(theta[:k].copy()),
-                       eigenvectors=head.T.to(op.device),
+                       eigenvectors=op.gather(head) if isinstance(op, Sharded) else head,
                        residuals=torch.from_numpy(res[:k].copy()),
                        converged=torch.from_numpy(np.asarray(converged).copy()),
                        n_matvec=proc.n_matvec, iterations=proc.n_blocks,

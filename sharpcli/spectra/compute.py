@@ -195,12 +195,14 @@ def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: Memor
     else:
         result = power_iteration(op, k, tol=cfg.tol, max_iter=iters, seed=cfg.seed, v0=one,
                                  max_memory=budget)
-    return result, _eigen_note(result, k, iters) if restarted else None
+    return result, _eigen_note(result, k, iters, op) if restarted else None
 
 
-def _eigen_note(result, k: int, max_iter: int) -> str:
+def _eigen_note(result, k: int, max_iter: int, op) -> str:
     """What a restarted solve did, and what to do when it did not converge."""
-    note = (f"--max-memory: thick-restart Lanczos in {result.basis_vectors} vectors, "
+    shards = getattr(op, "shards", None)
+    split = f" split over {shards.world} processes" if shards and shards.world > 1 else ""
+    note = (f"--max-memory: thick-restart Lanczos in {result.basis_vectors} vectors{split}, "
             f"{result.restarts} restarts (the same residual certificate, more products)")
     missed = k - int(result.converged.sum())
     if missed:

@@ -1,0 +1,132 @@
+"""Vectors split by coordinates across processes: the basis of a restarted solver, sharded.
+
+Under torchrun every process applies the same operator (each to its share of the data, the
+products summed), so a replicated solver keeps W copies of the same basis. Sharded, process
+r keeps coordinates [lo_r, hi_r) of every basis vector: the basis, the scratch and the
+reorthogonalisation's work are divided by W, and a budget holds W times the vectors
+(docs/guides/large-models.md#many-processes).
+
+What changes is where sums happen. A solver reaches every reduction over coordinates through
+a `Space`: `inner` (xᵀy in float64) and `norms` (column norms). The local space sums this
+process's coordinates, the sharded one adds an all-reduce of the small result. A product
+gathers the vector (its slice placed in a zero vector, summed over the processes), applies
+the operator, whose own products are already summed, and keeps this process's slice. Random
+vectors are drawn whole from the generator that every process seeds alike, and sliced, so the
+start vectors and the numbers are those of one process up to the order of summation.
+
+Linear algebra stays free of torch.distributed: an operator that lives on several processes
+says so with `shards` (a `Shards`: its rank, the number of processes and the in-place sum of
+a tensor over them), and `sharded` wraps it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from sharpcli.linalg.projection import inner
+from sharpcli.linalg.results import apply_block, random_vector, start_block
+
+
+@dataclass(frozen=True)
+class Shards:
+    """Where an operator's vectors may be split: `rank` of `world` processes, and `sum_`, the
+    in-place sum of a tensor over them (every process gets the same result)."""
+
+    rank: int
+    world: int
+    sum_: Callable[[torch.Tensor], torch.Tensor]
+
+
+class Space:
+    """Reductions over all coordinates of vectors held whole by this process."""
+
+    def inner(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return inner(x, y)
+
+    def norms(self, w: torch.Tensor) -> torch.Tensor:
+        """‖w‖ for a vector, the column norms for a block (size, b)."""
+        return torch.linalg.vector_norm(w, dim=0)
+
+
+LOCAL = Space()
+
+
+class ShardedSpace(Space):
+    """Reductions over coordinates split across processes: each local sum, then summed."""
+
+    def __init__(self, sum_: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
+        self._sum_, self.device = sum_, device
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """Summed on the operator's device (nccl's collectives take no host tensors), returned
+        where `t` was (a basis in host memory)."""
+        return self._sum_(t.to(self.device)).to(t.device)
+
+    def inner(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.sum_(inner(x, y))
+
+    def norms(self, w: torch.Tensor) -> torch.Tensor:
+        squares = torch.linalg.vector_norm(w, dim=0).double() ** 2
+        return self.sum_(squares).sqrt().to(w.dtype)
+
+
+def space_of(op) -> Space:
+    return getattr(op, "space", LOCAL)
+
+
+class Sharded:
+    """`op` on this process's coordinates [lo, hi) of its vectors; `dim` is op's size."""
+
+    def __init__(self, op, shards: Shards):
+        self.op, self.shards = op, shards
+        n, r, w = op.size, shards.rank, shards.world
+        self.lo, self.hi = r * n // w, (r + 1) * n // w
+        self.size, self.dim = self.hi - self.lo, n
+        self.dtype, self.device = op.dtype, op.device
+        self.space = ShardedSpace(shards.sum_, op.device)
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """The whole vector (or block of columns) from every process's slice."""
+        whole = local.new_zeros((self.dim,) + tuple(local.shape[1:]))
+        whole[self.lo:self.hi] = local
+        return self.shards.sum_(whole)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.op.matvec(self.gather(v))[self.lo:self.hi]
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        return apply_block(self.op, self.gather(vs))[self.lo:self.hi]
+
+    def random(self, gen: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
+        return random_vector(self.op, gen, kind)[self.lo:self.hi]
+
+    def start(self, v0) -> torch.Tensor:
+        """The warm-start columns, normalised whole, as this process's slice."""
+        return start_block(self.op, v0)[self.lo:self.hi]
+
+    def local(self, rows: torch.Tensor) -> torch.Tensor:
+        """This process's columns of whole vectors given as rows (n, dim)."""
+        return rows[:, self.lo:self.hi]
+
+
+def sharded(op):
+    """`op` sharded across the processes it lives on, or `op` itself on one process."""
+    shards = getattr(op, "shards", None)
+    return Sharded(op, shards) if shards is not None and shards.world > 1 else op
+
+
+def draw(op, gen: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
+    """A random vector of op's (local) size: sliced from the whole one when sharded."""
+    return op.random(gen, kind) if isinstance(op, Sharded) else random_vector(op, gen, kind)
+
+
+def start(op, v0) -> torch.Tensor:
+    return op.start(v0) if isinstance(op, Sharded) else start_block(op, v0)
+
+
+def dimension(op) -> int:
+    """The dimension of the space op acts on (not the length of a local slice)."""
+    return getattr(op, "dim", op.size)

@@ -75,15 +75,7 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     if source.weights is not None:
         targets += expand_targets([source.weights])
     device = resolve_device(process_device(cfg.device, dist))
-    logs: dict[Path, CsvLog] = {}
-
-    def log(path: Path, columns, rows) -> None:
-        if not dist.is_main:
-            return
-        if path not in logs:
-            logs[path] = CsvLog(path, columns).open(fresh=True)
-        logs[path].write_many(rows)
-
+    logs = _Logs(dist)
     results, skipped = [], []
     names = ((PRECONDITIONED_SPECTRUM_FILE, PRECONDITIONED_DENSITY_FILE) if cfg.preconditioned
              else (SPECTRUM_FILE, DENSITY_FILE))
@@ -96,10 +88,9 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                                 on_start=on_start, dist=dist):
             run = str(subject.target.checkpoint.parent)
             later[run] -= 1
-            data = datas.get(id(subject.splits))
-            if data is None:  # one per data set: a stream is counted and checked once
-                data = subject_data(subject, cfg, device, dist, source)
-                datas[id(subject.splits)] = data
+            if id(subject.splits) not in datas:  # a stream is counted and checked once
+                datas[id(subject.splits)] = subject_data(subject, cfg, device, dist, source)
+            data = datas[id(subject.splits)]
             check_objective(subject.model, subject.call, data, CLI_NAMES)
             p = subject.preconditioner() if cfg.preconditioned else None
             if cfg.preconditioned and p is None:
@@ -113,33 +104,60 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
             problem = Problem(subject.model, subject.call, data,
                               checkpoint=str(subject.target.checkpoint), step=subject.step,
                               should_stop=should_stop, dist=dist, preconditioner=p)
-            solves = []
             # checkpoints of one run, in step order: each starts from the one before
-            key = (run, id(subject.splits))
-            previous = warm.setdefault(key, {}) if cfg.warm_start else None
-            for solve in compute_spectrum(problem, cfg, previous, keep_warm=later[run] > 0):
-                log(csv_path, SPECTRUM_COLUMNS,
-                    [r.as_dict() for r in solve.rows(problem.checkpoint, problem.step)])
-                if solve.quantity == "density":
-                    log(dens_path, DENSITY_COLUMNS, solve.curve(problem.checkpoint, problem.step))
-                _drop_vectors(solve)
-                solves.append(solve)
+            previous = warm.setdefault((run, id(subject.splits)), {}) if cfg.warm_start else None
+            solves = _measure(problem, cfg, previous, later[run] > 0, logs, csv_path, dens_path)
             results.append(CheckpointSpectrum(subject.target.checkpoint, subject.step, solves,
                                               csv_path, dens_path, data.total,
                                               num_params(trainable_params(subject.model))))
             if on_done is not None:
                 on_done(len(results) - 1, len(targets), results[-1])
     except Interrupted:
-        written = ", ".join(str(p) for p in logs) or "nothing written"
         raise Interrupted(f"interrupted after {len(results)} of {len(targets)} checkpoints; "
-                          f"rows done so far: {written}") from None
+                          f"rows done so far: {logs.written()}") from None
     finally:
-        for csv_log in logs.values():
-            csv_log.close()
+        logs.close()
     if skipped and not results:
         raise SharpError(f"--preconditioned: {', '.join(map(str, skipped))} hold no optimizer "
                          "state yet (saved before the first update): P exists from step 1 on")
     return results
+
+
+class _Logs:
+    """The CSV files of one `run_spectrum` call, written by rank 0 alone; each file is
+    rewritten by its first write."""
+
+    def __init__(self, dist: Dist):
+        self.dist, self.files = dist, {}
+
+    def write(self, path: Path, columns, rows) -> None:
+        if not self.dist.is_main:
+            return
+        if path not in self.files:
+            self.files[path] = CsvLog(path, columns).open(fresh=True)
+        self.files[path].write_many(rows)
+
+    def written(self) -> str:
+        return ", ".join(str(p) for p in self.files) or "nothing written"
+
+    def close(self) -> None:
+        for csv_log in self.files.values():
+            csv_log.close()
+
+
+def _measure(problem: Problem, cfg: SpectrumConfig, previous: dict | None, keep_warm: bool,
+             logs: _Logs, csv_path: Path, dens_path: Path | None) -> list[Solve]:
+    """One checkpoint's solves, each written as it finishes; the eigenvectors are dropped
+    once written (`previous` keeps the warm start's)."""
+    solves = []
+    for solve in compute_spectrum(problem, cfg, previous, keep_warm=keep_warm):
+        logs.write(csv_path, SPECTRUM_COLUMNS,
+                   [r.as_dict() for r in solve.rows(problem.checkpoint, problem.step)])
+        if solve.quantity == "density":
+            logs.write(dens_path, DENSITY_COLUMNS, solve.curve(problem.checkpoint, problem.step))
+        _drop_vectors(solve)
+        solves.append(solve)
+    return solves
 
 
 def _drop_vectors(solve: Solve) -> None:

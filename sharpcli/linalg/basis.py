@@ -82,8 +82,8 @@ class Basis:
                 i += len(p)
 
     def release(self) -> torch.Tensor:
-        """The head (k, size); the tail is freed."""
-        self.tail = self.tail[:0]
+        """The head (k, size); the tail is freed (a view of it would keep its storage)."""
+        self.tail = self.tail.new_empty((0, self.size))
         return self.head
 
 

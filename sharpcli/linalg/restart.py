@@ -142,6 +142,18 @@ class ThickRestartLanczos:
         return head.div_(self.space.norms(head.T)[:, None])
 
 
+def _whole(op, head: torch.Tensor) -> torch.Tensor:
+    """The eigenvectors (size, k) on the operator's device from the head rows (k, size): as
+    they are on one process; on several, gathered one at a time after the basis's tail is
+    freed, so that the k whole vectors fit where the basis was."""
+    if not isinstance(op, Sharded):
+        return head.T.to(op.device)
+    out = torch.empty(op.dim, len(head), dtype=op.dtype, device=op.device)
+    for i in range(len(head)):
+        out[:, i] = op.gather(head[i].to(op.device))
+    return out
+
+
 def kept(k: int, room: int) -> int:
     """Ritz vectors kept at a restart: k plus half of the rows beyond them that may be kept
     and still leave room for a step. Keeping more carries more of what was found (the next
@@ -159,13 +171,16 @@ def minimum_vectors(k: int, b: int, size: int) -> int:
 def plan(op, k: int, b: int, budget: MemoryBudget, max_iter: int) -> tuple[int, torch.device]:
     """Basis rows and their device for the top k with blocks of b under `budget`: at least
     `minimum_vectors`; at most what max_iter products can fill, or the whole space. A
-    sharded operator's vectors are its slice: the budget holds more of them."""
+    sharded operator's vectors are its slice: the budget holds more of them, less the whole
+    input block that each product gathers (b whole vectors: b·W slices)."""
     dim = dimension(op)
+    gathered = b * op.shards.world if isinstance(op, Sharded) else 0
     minimum = min(k + 2 * b, dim)
-    have = budget.require(minimum_vectors(k, b, dim), op.size, op.dtype,
+    have = budget.require(minimum_vectors(k, b, dim) + gathered, op.size, op.dtype,
                           f"restarted Lanczos for k={k} with blocks of {b} keeps {k} Ritz "
-                          f"vectors, 2×{b} Lanczos vectors and {b} of scratch")
-    capacity = max(minimum, min(have - b, dim, max_iter + b))
+                          f"vectors, 2×{b} Lanczos vectors and {b} of scratch"
+                          + (f", and gathers {b} whole vectors for each product" if gathered else ""))
+    capacity = max(minimum, min(have - b - gathered, dim, max_iter + b))
     return capacity, budget.place(op.device, (capacity + b) * vector_bytes(op.size, op.dtype))
 
 
@@ -242,9 +257,9 @@ def solve(proc: ThickRestartLanczos, k: int, *, tol: float, max_iter: int,
             raise LinalgInputError(f"restarted Lanczos ran out of products before k={k} Ritz pairs")
         if proc.m + proc.p + proc.b > proc.capacity and proc.capacity < dimension(op):
             proc.restart(theta, s, kept(k, proc.capacity - proc.p - proc.b))
-    head = proc.vectors(s, k).T.to(op.device)
+    head = proc.vectors(s, k)
     return EigenResult(eigenvalues=torch.from_numpy(theta[:k].copy()),
-                       eigenvectors=op.gather(head) if isinstance(op, Sharded) else head,
+                       eigenvectors=_whole(op, head),
                        residuals=torch.from_numpy(res[:k].copy()),
                        converged=torch.from_numpy(np.asarray(converged).copy()),
                        n_matvec=proc.n_matvec, iterations=proc.n_blocks,

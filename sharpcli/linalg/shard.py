@@ -94,11 +94,13 @@ class Sharded:
         whole[self.lo:self.hi] = local
         return self.shards.sum_(whole)
 
+    # The slice is copied out so that the whole product is freed at once: between products a
+    # process holds its slices only, as it holds its slice of the basis.
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return self.op.matvec(self.gather(v))[self.lo:self.hi]
+        return self.op.matvec(self.gather(v))[self.lo:self.hi].clone()
 
     def matmat(self, vs: torch.Tensor) -> torch.Tensor:
-        return apply_block(self.op, self.gather(vs))[self.lo:self.hi]
+        return apply_block(self.op, self.gather(vs))[self.lo:self.hi].clone()
 
     def random(self, gen: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
         return random_vector(self.op, gen, kind)[self.lo:self.hi]

@@ -114,3 +114,14 @@ def test_the_shards_cover_the_vector_once():
     assert sum(op.size for op in ops) == 10 and {op.dim for op in ops} == {10}
     single = Summand(torch.eye(4, dtype=torch.float64), Shards(0, 1, lambda t: t))
     assert sharded(single) is single
+
+
+def test_the_released_tail_frees_its_memory():
+    """The result keeps the head alone: the tail's storage goes, not just its rows (a sharded
+    solve gathers the whole eigenvectors where the tail was)."""
+    from sharpcli.linalg.basis import Basis
+
+    basis = Basis(1000, torch.float32, capacity=8, head_rows=3, device=torch.device("cpu"))
+    head = basis.release()
+    assert head.shape == (3, 1000)
+    assert basis.tail.untyped_storage().nbytes() == 0

@@ -4,6 +4,8 @@ sharpcli.Tracker (the reference), by Lightning and by the Hugging Face Trainer."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -11,6 +13,8 @@ import sharpcli
 from sharpcli.hessian.losses import mse_loss
 
 N, STEPS, EVERY, LR, MOMENTUM = 32, 30, 5, 0.2, 0.9
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH_TIMEOUT = 300  # seconds, a whole 2-process launch of a trainer
 TOL = 1e-10  # λ₁ converged far below the 1e-6 of the comparisons
 COMPARED = ("step", "lr", "grad_norm", "sharpness", "gd_edge", "train_loss")
 

@@ -1,60 +1,29 @@
 """SharpnessCallback inside a real Hugging Face Trainer (tiny model, CPU, float64): the rows
 of a plain loop around sharpcli.Tracker, with the model's own loss on dict batches or a
 named loss on (inputs, targets) pairs, under gradient accumulation; a run folder every
-`sharp` command reads."""
+`sharp` command reads; and under the Trainer's DDP on 2 processes, the rows of 1 process."""
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
 import sys
 
 import pandas as pd
 import pytest
-import torch
-from torch import nn
-from transformers import Trainer, TrainingArguments
 
-from sharpcli.hessian.losses import mse_loss
-from sharpcli.integrations.hf import SharpnessCallback
-from tests.integrations.problem import (COMPARED, EVERY, LR, MOMENTUM, STEPS, TOL,
-                                        assert_same_rows, examples, mlp, plain_loop)
+from tests.integrations.hf_fit import train
+from tests.integrations.problem import (COMPARED, LAUNCH_TIMEOUT, ROOT, assert_same_rows,
+                                        plain_loop)
 from tests.runners import sharp
-
-
-class Model(nn.Module):
-    """The problem's MLP as a Hugging Face model is called: keyword inputs, and its own
-    loss when given `labels`."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = mlp()
-
-    def forward(self, x, labels=None):
-        logits = self.net(x)
-        return {"logits": logits} if labels is None else {"loss": mse_loss(logits, labels),
-                                                          "logits": logits}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """STEPS updates of SGD with momentum, each accumulated over 2 shuffled half-batches
-    (so the full-batch gradient), no clipping, a constant η."""
     root = tmp_path_factory.mktemp("hf")
-    x, y = examples()
-    halves = [{"x": x[:16], "labels": y[:16]}, {"x": x[16:], "labels": y[16:]}]
-    callbacks = [SharpnessCallback(halves, None, root / "ownloss", every=EVERY, tol=TOL),
-                 SharpnessCallback((x, y), "mse", root / "named", every=EVERY, tol=TOL)]
-    model = Model()
-    args = TrainingArguments(output_dir=str(root / "hf"), max_steps=STEPS,
-                             per_device_train_batch_size=16, gradient_accumulation_steps=2,
-                             max_grad_norm=0.0, lr_scheduler_type="constant", learning_rate=LR,
-                             use_cpu=True, report_to="none", save_strategy="no",
-                             logging_strategy="no", disable_tqdm=True)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    dataset = [{"x": xi, "labels": yi} for xi, yi in zip(x, y)]
-    Trainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks,
-            optimizers=(opt, None)).train()
-    return root, callbacks
+    return root, train(root)
 
 
 def test_the_callback_logs_what_a_plain_loop_logs(trained, tmp_path):
@@ -85,3 +54,22 @@ def test_without_transformers_the_import_says_what_to_install(monkeypatch):
     monkeypatch.delitem(sys.modules, "sharpcli.integrations.hf")
     with pytest.raises(ImportError, match=r"pip install 'sharpcli\[hf\]'"):
         importlib.import_module("sharpcli.integrations.hf")
+
+
+def test_two_ddp_processes_log_what_one_does(trained, tmp_path):
+    """The Trainer under torchrun, 2 CPU processes (gloo): each trains on half of each step's
+    examples and measures half of each measurement set; rank 0's files equal the 1-process
+    run's."""
+    _, callbacks = trained
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "tests.integrations.hf_fit", str(tmp_path)]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=LAUNCH_TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shards = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert shards == [{"world_size": 2, "shard": [0, 16]}, {"world_size": 2, "shard": [16, 32]}]
+    for name, callback in zip(("ownloss", "named"), callbacks):
+        rows = pd.read_csv(tmp_path / name / "metrics.csv").to_dict("records")
+        assert_same_rows(rows, callback.rows)

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,11 +17,10 @@ import pytest
 from sharpcli.errors import SharpError
 from sharpcli.integrations.lightning import SharpnessCallback
 from tests.integrations.lightning_fit import fit
-from tests.integrations.problem import COMPARED, assert_same_rows, examples, plain_loop
+from tests.integrations.problem import (COMPARED, LAUNCH_TIMEOUT, ROOT, assert_same_rows,
+                                        examples, plain_loop)
 from tests.runners import sharp
 
-ROOT = Path(__file__).resolve().parents[2]
-LAUNCH_TIMEOUT = 300  # seconds, the whole 2-process launch
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ callback's measurement set is split between the processes by the data layer)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -67,3 +68,9 @@ if __name__ == "__main__":
     shard = tracker.data.dist.shard(len(tracker.data.source))  # the examples this one measured
     (root / f"rank{tracker.dist.rank}.json").write_text(
         json.dumps({"world_size": tracker.dist.world_size, "shard": [shard.start, shard.stop]}))
+    # The Trainer leaves the process group it made to the interpreter's exit, where gloo's
+    # threads may still run ("terminate called without an active exception", SIGABRT after
+    # every file is written: seen once in CI). Freed here, with the DDP model that holds it.
+    del tracker, callbacks
+    gc.collect()
+    torch.distributed.destroy_process_group()

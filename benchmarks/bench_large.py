@@ -114,7 +114,7 @@ def section(runs: list[dict], args) -> str:
     ref = next(r for r in runs if r["budget"] == "none")
     fixed, per_param = model_of_memory(runs)
     p, vb = ref["params"], ref["vector_bytes"]
-    lines = [f"## 9. Large models: a 26M GPT within a memory budget\n",
+    lines = ["## 9. Large models: a 26M GPT within a memory budget\n",
              f"`OMP_NUM_THREADS={args.threads} python benchmarks/bench_large.py --threads "
              f"{args.threads} --budgets {' '.join(args.budgets)}` — {ref['machine']}\n",
              f"benchmarks/gpt.py's GPT25M ({p:,} parameters, GPT-2's layout: vocabulary 8192, "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sharpcli.linalg.projection import inner, project_out_
+from sharpcli.linalg.projection import LOCAL, Space, project_out_
 
 
 class Basis:
@@ -100,7 +100,7 @@ def right_multiply_(w: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def orthonormalize_(w: torch.Tensor, against: list[torch.Tensor], width: int,
-                    threshold: float | None, space=None) -> tuple[int, np.ndarray]:
+                    threshold: float | None, space: Space = LOCAL) -> tuple[int, np.ndarray]:
     """In place: w (size, c) ← [U | rest], U (size, good) orthonormal and orthogonal to the
     rows of `against` (a list of (m, size) pieces), spanning w's range after projection but
     for directions with singular value ≤ `threshold` (None: ε·s₁·c); good ≤ width. Returns
@@ -112,10 +112,9 @@ def orthonormalize_(w: torch.Tensor, against: list[torch.Tensor], width: int,
     orthonormalised once more (CholQR2: Fukaya et al. 2014), which also removes the
     components along `against` that rounding amplified in the small directions. `space`:
     where sums over coordinates happen (projection.project_out_)."""
-    dot = inner if space is None else space.inner
     project_out_(w, against, space)
     eps = torch.finfo(w.dtype).eps
-    lam, v = np.linalg.eigh(dot(w, w).cpu().numpy())
+    lam, v = np.linalg.eigh(space.inner(w, w).cpu().numpy())
     lam, v = lam[::-1], v[:, ::-1]
     s = np.sqrt(np.clip(lam, 0.0, None))
     limit = eps * s[0] * w.shape[1] if threshold is None else threshold
@@ -125,7 +124,7 @@ def orthonormalize_(w: torch.Tensor, against: list[torch.Tensor], width: int,
     u = right_multiply_(w, _like(w, v[:, :good] / s[:good]))
     if good and s[good - 1] < eps ** 0.5 * s[0]:
         project_out_(u, against, space)
-        lam2, v2 = np.linalg.eigh(dot(u, u).cpu().numpy())
+        lam2, v2 = np.linalg.eigh(space.inner(u, u).cpu().numpy())
         inv_sqrt = (v2 / np.sqrt(lam2)) @ v2.T
         right_multiply_(u, _like(w, inv_sqrt))
         coupling[:good] = inv_sqrt.T @ coupling[:good]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from sharpcli.linalg.budget import MemoryBudget
-from sharpcli.linalg.projection import inner, project_out, wide
+from sharpcli.linalg.projection import float64_sums, project_out
 from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply_block, check_count,
                                      check_criterion, check_k, eigenvalues_settled,
@@ -55,7 +55,7 @@ class BlockLanczosProcess:
         self.capacity = min(capacity, op.size)
         self.basis = torch.empty(self.capacity, op.size, dtype=op.dtype, device=op.device)
         self.eps = torch.finfo(op.dtype).eps
-        self.wide = wide(op.size, op.dtype)  # float64 sums for long float32 vectors
+        self.space = float64_sums(op.size, op.dtype)  # float64 sums for long float32 vectors
         self.anorm = 0.0      # running lower bound on ‖A‖: the largest ‖A Q_i‖₂
         self.T = np.zeros((self.capacity, self.capacity))
         width = min(start.shape[1], self.capacity)
@@ -70,7 +70,8 @@ class BlockLanczosProcess:
 
     def _inner(self, x: torch.Tensor, w: torch.Tensor) -> np.ndarray:
         """xᵀw (float64, on the host), with float64 sums for long vectors."""
-        return (inner(x, w) if self.wide else (x.T @ w).double()).cpu().numpy()
+        xw = self.space.inner(x, w) if self.space is not None else (x.T @ w).double()
+        return xw.cpu().numpy()
 
     def _fill(self, q: torch.Tensor, good: torch.Tensor, filled: int) -> torch.Tensor:
         """q with its columns where `good` is false replaced by random unit vectors
@@ -80,8 +81,8 @@ class BlockLanczosProcess:
         q, good = q.clone(), good.clone()
         for i in torch.nonzero(~good).flatten().tolist():
             r = project_out(random_vector(self.op, self.gen, "gaussian"), self.basis[:filled],
-                            self.wide)
-            r = project_out(r, q[:, good].T, self.wide)
+                            self.space)
+            r = project_out(r, q[:, good].T, self.space)
             q[:, i] = r / r.norm()
             good[i] = True
         return q
@@ -109,7 +110,7 @@ class BlockLanczosProcess:
             plo = self._previous_start
             b_prev = torch.as_tensor(self.T[lo:hi, plo:lo], dtype=w.dtype, device=w.device)
             w = w - self.basis[plo:lo].T @ b_prev.T
-        w = project_out(w, self.basis[:hi], self.wide)
+        w = project_out(w, self.basis[:hi], self.space)
         self.order, self._previous_start = hi, lo
         width = min(hi - lo, self.capacity - hi)
         if width == 0:
@@ -123,9 +124,9 @@ class BlockLanczosProcess:
         if bool(good.any()) and float(s[:width][good].min()) < self.eps ** 0.5 * float(s[0]):
             # W nearly rank-deficient: its small directions carry W's rounding-level
             # components along the basis, amplified; project them off again
-            nxt = torch.linalg.qr(project_out(nxt, self.basis[:hi], self.wide))[0]
+            nxt = torch.linalg.qr(project_out(nxt, self.basis[:hi], self.space))[0]
         nxt = self._fill(nxt, good, filled=hi)
-        if self.wide:  # float32 SVD/QR leave √n·ε of non-orthogonality: once more in float64
+        if self.space is not None:  # float32 SVD/QR leave √n·ε of non-orthogonality: once more in float64
             lam, v = np.linalg.eigh(self._inner(nxt, nxt))
             nxt = nxt @ torch.as_tensor((v / np.sqrt(lam)) @ v.T, dtype=nxt.dtype, device=nxt.device)
         coupling = self._inner(nxt, w)

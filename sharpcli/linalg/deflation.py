@@ -19,7 +19,6 @@ class _Deflated:
     def __init__(self, op, q: torch.Tensor):
         self.op, self.q = op, q
         self.size, self.dtype, self.device = op.size, op.dtype, op.device
-        self.shards = getattr(op, "shards", None)
 
     def project(self, v: torch.Tensor) -> torch.Tensor:
         return project_out(v, self.q.T)

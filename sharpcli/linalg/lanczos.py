@@ -18,7 +18,7 @@ import scipy.linalg
 import torch
 
 from sharpcli.linalg.budget import MemoryBudget
-from sharpcli.linalg.projection import inner, project_out, project_out_, wide
+from sharpcli.linalg.projection import float64_sums, inner, project_out, project_out_
 from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
                                      check_count,
@@ -49,7 +49,7 @@ class LanczosProcess:
         self.anorm = 0.0               # running lower bound on ‖A‖: max ‖A v_j‖
         self.eps = torch.finfo(op.dtype).eps
         self.broke_down = False        # the last step found an invariant subspace
-        self.wide = wide(op.size, op.dtype)  # float64 sums for long float32 vectors
+        self.space = float64_sums(op.size, op.dtype)  # float64 sums for long float32 vectors
 
     @property
     def m(self) -> int:
@@ -63,13 +63,14 @@ class LanczosProcess:
         w = apply(self.op, v) if w is None else w
         self.n_matvec += 1
         # one host sync per step for α, ‖Av‖ and β: negligible next to a Hessian-vector product
-        alpha = inner(v[:, None], w)[0] if self.wide else torch.dot(v, w)
+        wide = self.space is not None
+        alpha = self.space.inner(v[:, None], w)[0] if wide else torch.dot(v, w)
         self.anorm = max(self.anorm, float(w.norm()))
         w = w - alpha.to(w.dtype) * v
         if j > 0:
             w = w - self.betas[-1] * self.basis[j - 1]
-        w = project_out(w, self.basis[:j + 1], self.wide)
-        beta = float(inner(w[:, None], w)[0]) ** 0.5 if self.wide else float(w.norm())
+        w = project_out(w, self.basis[:j + 1], self.space)
+        beta = float(self.space.inner(w[:, None], w)[0]) ** 0.5 if wide else float(w.norm())
         if self._record(float(alpha), beta):
             self.basis[j + 1] = w / beta
 
@@ -92,7 +93,7 @@ class LanczosProcess:
         """Continue after an invariant subspace with a random vector orthogonal to the basis;
         the coupling β is set to zero, so T becomes block diagonal (as ARPACK does)."""
         j = self.m
-        w = project_out(random_vector(self.op, gen, "gaussian"), self.basis[:j], self.wide)
+        w = project_out(random_vector(self.op, gen, "gaussian"), self.basis[:j], self.space)
         self.basis[j] = w / w.norm()
         self.betas[-1] = 0.0
         self.broke_down = False

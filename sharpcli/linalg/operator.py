@@ -63,7 +63,6 @@ class DiagonalScaled:
         self.op = op
         self.d = d.to(dtype=op.dtype, device=op.device)
         self.size, self.dtype, self.device = op.size, op.dtype, op.device
-        self.shards = getattr(op, "shards", None)  # the processes A's products span
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.d * self.op.matvec(self.d * v)
@@ -89,7 +88,6 @@ class Restricted:
             raise ValueError(f"coords must be sorted, distinct and within [0, {op.size})")
         self.op, self.coords = op, coords
         self.size, self.dtype, self.device = len(coords), op.dtype, op.device
-        self.shards = getattr(op, "shards", None)
 
     def embed(self, vs: torch.Tensor) -> torch.Tensor:
         """Rᵀ v: v's entries at `coords`, zeros elsewhere (a vector or a block of columns)."""

@@ -20,7 +20,32 @@ def wide(size: int, dtype: torch.dtype) -> bool:
     return size > WIDE and torch.finfo(dtype).bits < 64
 
 
-def project_out(w: torch.Tensor, rows: torch.Tensor | None, wide_sums: bool = False) -> torch.Tensor:
+class Space:
+    """Where the sums over a vector's coordinates happen: here, for vectors this process
+    holds whole, in float64 (`inner`). shard.ShardedSpace sums them over processes too."""
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum over every holder of the coordinates: here, `t` itself."""
+        return t
+
+    def inner(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.sum_(inner(x, y))
+
+    def norms(self, w: torch.Tensor) -> torch.Tensor:
+        """‖w‖ for a vector, the column norms for a block (size, b)."""
+        return torch.linalg.vector_norm(w, dim=0)
+
+
+LOCAL = Space()
+
+
+def float64_sums(size: int, dtype: torch.dtype) -> Space | None:
+    """The space an unbudgeted solver sums in: LOCAL (float64) for vectors longer than
+    WIDE, None (float32 matrix products, as always below it) otherwise."""
+    return LOCAL if wide(size, dtype) else None
+
+
+def project_out(w: torch.Tensor, rows: torch.Tensor | None, space: Space | None = None) -> torch.Tensor:
     """w − QᵀQw for the orthonormal rows Q (m, size) of `rows`; None or no rows leaves w.
     `w` is one vector (size,) or a block of them as columns (size, b).
 
@@ -30,13 +55,13 @@ def project_out(w: torch.Tensor, rows: torch.Tensor | None, wide_sums: bool = Fa
     and the second brings them to ε ("twice is enough", Giraud et al. 2005). Without that
     cancellation one pass already leaves only O(ε), and the second, which reads the whole
     basis twice more, is skipped. Each pass is two products with Q (matrix-matrix for a
-    block), cheap next to a Hessian-vector product. `wide_sums`: the coefficients in float64
-    (`inner`), for vectors longer than WIDE."""
+    block), cheap next to a Hessian-vector product. `space`: the coefficients summed there
+    (float64), for vectors longer than WIDE; None: float32 products."""
     if rows is None or len(rows) == 0:
         return w
 
     def coefficients(w):
-        return inner(rows.T, w).to(w.dtype) if wide_sums else rows @ w
+        return space.inner(rows.T, w).to(w.dtype) if space is not None else rows @ w
 
     before = torch.linalg.vector_norm(w, dim=0)
     w = w - rows.T @ coefficients(w)
@@ -48,28 +73,28 @@ def project_out(w: torch.Tensor, rows: torch.Tensor | None, wide_sums: bool = Fa
 _DGKS = 2 ** -0.5
 
 
-def project_out_(w: torch.Tensor, rows, space=None) -> torch.Tensor:
+def project_out_(w: torch.Tensor, rows, space: Space = LOCAL) -> torch.Tensor:
     """`project_out` in place, for the memory-bounded solvers: w (size,) or (size, b) loses
     its components along the orthonormal rows of `rows`, one (m, size) tensor or a list of
     them (a basis held in pieces), with no temporary of w's size (the coefficients, m × b,
     are all the scratch). The same classical Gram–Schmidt, repeated under the same DGKS
-    criterion; the coefficients of all pieces are taken before any is subtracted. `space`
-    (shard.Space): where the sums over coordinates happen, for vectors split across
-    processes (None: this process holds them whole)."""
+    criterion; the coefficients of all pieces are taken before any is subtracted. `space`:
+    where the sums over coordinates happen (shard.ShardedSpace for vectors split across
+    processes)."""
     pieces = [r for r in ([rows] if isinstance(rows, torch.Tensor) else rows or []) if len(r)]
     if not pieces:
         return w
-    dot = inner if space is None else space.inner
-    norms = (lambda x: torch.linalg.vector_norm(x, dim=0)) if space is None else space.norms
-    before = norms(w)
-    _subtract_projection(w, pieces, dot)
-    if bool((norms(w) < _DGKS * before).any()):  # one host sync
-        _subtract_projection(w, pieces, dot)
+    before = space.norms(w)
+    _subtract_projection(w, pieces, space)
+    if bool((space.norms(w) < _DGKS * before).any()):  # one host sync
+        _subtract_projection(w, pieces, space)
     return w
 
 
-def _subtract_projection(w: torch.Tensor, pieces: list[torch.Tensor], dot) -> None:
-    coefficients = [dot(r.T, w).to(w.dtype) for r in pieces]
+def _subtract_projection(w: torch.Tensor, pieces: list[torch.Tensor], space: Space) -> None:
+    # every piece's coefficients in one sum over the processes
+    local = torch.cat([inner(r.T, w) for r in pieces])
+    coefficients = space.sum_(local).to(w.dtype).split([len(r) for r in pieces])
     for r, h in zip(pieces, coefficients):
         if w.ndim == 1:
             w.addmv_(r.T, h, alpha=-1)

@@ -34,7 +34,7 @@ import torch
 
 from sharpcli.linalg.basis import Basis, orthonormalize_
 from sharpcli.linalg.budget import MemoryBudget, vector_bytes
-from sharpcli.linalg.projection import project_out_
+from sharpcli.linalg.projection import inner, project_out_
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
                                      check_count, check_criterion, check_k, eigenvalues_settled,
                                      make_generator, start_columns, tolerance_scale)
@@ -86,7 +86,8 @@ class ThickRestartLanczos:
         w = w.to(self.basis.device)
         self.n_matvec += self.p
         self.n_blocks += 1
-        a = torch.cat([self.space.inner(q.T, w) for q in self.basis.pieces(lo, hi)]).cpu().numpy()
+        a = self.space.sum_(torch.cat([inner(q.T, w) for q in self.basis.pieces(lo, hi)]))
+        a = a.cpu().numpy()
         if not np.all(np.isfinite(a)):
             raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
         a = (a + a.T) / 2

@@ -7,8 +7,9 @@ reorthogonalisation's work are divided by W, and a budget holds W times the vect
 (docs/guides/large-models.md#many-processes).
 
 What changes is where sums happen. A solver reaches every reduction over coordinates through
-a `Space`: `inner` (xᵀy in float64) and `norms` (column norms). The local space sums this
-process's coordinates, the sharded one adds an all-reduce of the small result. A product
+a `Space` (projection.py): `inner` (xᵀy in float64), `norms` (column norms) and `sum_`. The
+local space sums this process's coordinates, the sharded one adds an all-reduce of the small
+result (one for all the pieces of a basis). A product
 gathers the vector (its slice placed in a zero vector, summed over the processes), applies
 the operator, whose own products are already summed, and keeps this process's slice. Random
 vectors are drawn whole from the generator that every process seeds alike, and sliced, so the
@@ -16,7 +17,8 @@ start vectors and the numbers are those of one process up to the order of summat
 
 Linear algebra stays free of torch.distributed: an operator that lives on several processes
 says so with `shards` (a `Shards`: its rank, the number of processes and the in-place sum of
-a tensor over them), and `sharded` wraps it.
+a tensor over them); a wrapper around it (`.op`) spans the same processes (`shards_of`), and
+`sharded` wraps either.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from sharpcli.linalg.projection import inner
+from sharpcli.linalg.projection import LOCAL, Space
 from sharpcli.linalg.results import apply_block, random_vector, start_block
 
 
@@ -40,20 +42,6 @@ class Shards:
     sum_: Callable[[torch.Tensor], torch.Tensor]
 
 
-class Space:
-    """Reductions over all coordinates of vectors held whole by this process."""
-
-    def inner(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return inner(x, y)
-
-    def norms(self, w: torch.Tensor) -> torch.Tensor:
-        """‖w‖ for a vector, the column norms for a block (size, b)."""
-        return torch.linalg.vector_norm(w, dim=0)
-
-
-LOCAL = Space()
-
-
 class ShardedSpace(Space):
     """Reductions over coordinates split across processes: each local sum, then summed."""
 
@@ -64,9 +52,6 @@ class ShardedSpace(Space):
         """Summed on the operator's device (nccl's collectives take no host tensors), returned
         where `t` was (a basis in host memory)."""
         return self._sum_(t.to(self.device)).to(t.device)
-
-    def inner(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.sum_(inner(x, y))
 
     def norms(self, w: torch.Tensor) -> torch.Tensor:
         squares = torch.linalg.vector_norm(w, dim=0).double() ** 2
@@ -114,9 +99,19 @@ class Sharded:
         return rows[:, self.lo:self.hi]
 
 
+def shards_of(op) -> Shards | None:
+    """The processes op's products span: its own `shards`, or those of the operator it wraps
+    (`.op`: a diagonal scaling, a restriction, a deflation, a stop check), or None."""
+    while op is not None:
+        if getattr(op, "shards", None) is not None:
+            return op.shards
+        op = getattr(op, "op", None)
+    return None
+
+
 def sharded(op):
     """`op` sharded across the processes it lives on, or `op` itself on one process."""
-    shards = getattr(op, "shards", None)
+    shards = shards_of(op)
     return Sharded(op, shards) if shards is not None and shards.world > 1 else op
 
 

@@ -33,6 +33,7 @@ from sharpcli.linalg.lanczos import unbudgeted_vectors as lanczos_unbudgeted
 from sharpcli.linalg.power import minimum_vectors as power_minimum
 from sharpcli.linalg.restart import minimum_vectors as restarted_minimum
 from sharpcli.linalg.trace import minimum_vectors as trace_minimum
+from sharpcli.linalg.shard import shards_of
 from sharpcli.spectra.blocks import Block, parameter_blocks
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve, Stoppable
@@ -200,7 +201,7 @@ def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: Memor
 
 def _eigen_note(result, k: int, max_iter: int, op) -> str:
     """What a restarted solve did, and what to do when it did not converge."""
-    shards = getattr(op, "shards", None)
+    shards = shards_of(op)
     split = f" split over {shards.world} processes" if shards and shards.world > 1 else ""
     note = (f"--max-memory: thick-restart Lanczos in {result.basis_vectors} vectors{split}, "
             f"{result.restarts} restarts (the same residual certificate, more products)")

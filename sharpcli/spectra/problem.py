@@ -67,7 +67,6 @@ class Stoppable:
     def __init__(self, op, should_stop: Callable[[], bool] | None, dist: Dist = SINGLE):
         self.op, self.should_stop, self.dist = op, should_stop, dist
         self.size, self.dtype, self.device = op.size, op.dtype, op.device
-        self.shards = getattr(op, "shards", None)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         check_stop(self.should_stop, self.dist)

@@ -9,7 +9,6 @@ callback's measurement set is split between the processes by the data layer)."""
 from __future__ import annotations
 
 import gc
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from transformers import Trainer, TrainingArguments
 
 from sharpcli.hessian.losses import mse_loss
 from sharpcli.integrations.hf import SharpnessCallback
-from tests.integrations.problem import EVERY, LR, MOMENTUM, STEPS, TOL, examples, mlp
+from tests.integrations.problem import (EVERY, LR, MOMENTUM, STEPS, TOL, examples, mlp,
+                                        write_shard)
 
 
 class Model(nn.Module):
@@ -65,9 +65,7 @@ if __name__ == "__main__":
     root = Path(sys.argv[1])
     callbacks = train(root, processes=2)
     tracker = callbacks[1].measurer.tracker
-    shard = tracker.data.dist.shard(len(tracker.data.source))  # the examples this one measured
-    (root / f"rank{tracker.dist.rank}.json").write_text(
-        json.dumps({"world_size": tracker.dist.world_size, "shard": [shard.start, shard.stop]}))
+    write_shard(root, tracker)
     # The Trainer leaves the process group it made to the interpreter's exit, where gloo's
     # threads may still run ("terminate called without an active exception", SIGABRT after
     # every file is written: seen once in CI). Freed here, with the DDP model that holds it.

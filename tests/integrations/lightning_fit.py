@@ -8,7 +8,6 @@ SharpnessCallback: in the test's process, or under torchrun as Lightning's DDP s
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sharpcli.hessian.losses import mse_loss
 from sharpcli.integrations.lightning import SharpnessCallback
-from tests.integrations.problem import EVERY, LR, MOMENTUM, STEPS, TOL, examples, mlp
+from tests.integrations.problem import (EVERY, LR, MOMENTUM, STEPS, TOL, examples, mlp,
+                                        write_shard)
 
 
 class Module(L.LightningModule):
@@ -62,6 +62,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     root = Path(sys.argv[1])
     tracker = fit(root, processes=2)[0].measurer.tracker
-    shard = tracker.data.dist.shard(len(tracker.data.source))  # the examples this one measured
-    (root / f"rank{tracker.dist.rank}.json").write_text(
-        json.dumps({"world_size": tracker.dist.world_size, "shard": [shard.start, shard.stop]}))
+    write_shard(root, tracker)

@@ -4,7 +4,13 @@ sharpcli.Tracker (the reference), by Lightning and by the Hugging Face Trainer."
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pandas as pd
 
 import torch
 from torch import nn
@@ -54,3 +60,28 @@ def assert_same_rows(rows: list[dict], reference: list[dict], rel: float = 1e-6)
         for key in COMPARED:
             assert abs(row[key] - ref[key]) <= rel * abs(ref[key]), (key, row, ref)
         assert row["phase"] == ref["phase"] == "gd" and row["sharpness_converged"] == 1
+
+
+def write_shard(root: Path, tracker) -> None:
+    """Under torchrun: which examples this process measured, for the test to check."""
+    shard = tracker.data.dist.shard(len(tracker.data.source))
+    (root / f"rank{tracker.dist.rank}.json").write_text(
+        json.dumps({"world_size": tracker.dist.world_size, "shard": [shard.start, shard.stop]}))
+
+
+def assert_two_processes_log_the_same(module: str, root: Path, runs: dict) -> None:
+    """`module` launched by torchrun on 2 CPU processes (gloo) into `root`: each measured its
+    half of the 32 examples, and rank 0's metrics.csv in each of `runs` (folder name → the
+    1-process callback) holds the 1-process rows."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", module, str(root)]
+    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
+                            timeout=LAUNCH_TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shards = [json.loads((root / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert shards == [{"world_size": 2, "shard": [0, 16]}, {"world_size": 2, "shard": [16, 32]}]
+    for name, callback in runs.items():
+        rows = pd.read_csv(root / name / "metrics.csv").to_dict("records")
+        assert_same_rows(rows, callback.rows)

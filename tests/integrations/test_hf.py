@@ -6,16 +6,13 @@ named loss on (inputs, targets) pairs, under gradient accumulation; a run folder
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
 from tests.integrations.hf_fit import train
-from tests.integrations.problem import (COMPARED, LAUNCH_TIMEOUT, ROOT, assert_same_rows,
+from tests.integrations.problem import (COMPARED, assert_same_rows, assert_two_processes_log_the_same,
                                         plain_loop)
 from tests.runners import sharp
 
@@ -61,15 +58,5 @@ def test_two_ddp_processes_log_what_one_does(trained, tmp_path):
     examples and measures half of each measurement set; rank 0's files equal the 1-process
     run's."""
     _, callbacks = trained
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "tests.integrations.hf_fit", str(tmp_path)]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=LAUNCH_TIMEOUT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    shards = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert shards == [{"world_size": 2, "shard": [0, 16]}, {"world_size": 2, "shard": [16, 32]}]
-    for name, callback in zip(("ownloss", "named"), callbacks):
-        rows = pd.read_csv(tmp_path / name / "metrics.csv").to_dict("records")
-        assert_same_rows(rows, callback.rows)
+    assert_two_processes_log_the_same("tests.integrations.hf_fit", tmp_path,
+                                      dict(zip(('ownloss', 'named'), callbacks)))

@@ -6,9 +6,6 @@ Lightning's DDP strategy on 2 processes, the rows of 1 process."""
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import subprocess
 import sys
 
 import pandas as pd
@@ -17,7 +14,7 @@ import pytest
 from sharpcli.errors import SharpError
 from sharpcli.integrations.lightning import SharpnessCallback
 from tests.integrations.lightning_fit import fit
-from tests.integrations.problem import (COMPARED, LAUNCH_TIMEOUT, ROOT, assert_same_rows,
+from tests.integrations.problem import (COMPARED, assert_same_rows, assert_two_processes_log_the_same,
                                         examples, plain_loop)
 from tests.runners import sharp
 
@@ -58,18 +55,8 @@ def test_two_ddp_processes_log_what_one_does(one_process, tmp_path):
     """Lightning's DDP strategy, 2 CPU processes (gloo): each trains on half of each batch
     and measures half of the measurement set; rank 0's files equal the 1-process run's."""
     root, callbacks = one_process
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "tests.integrations.lightning_fit", str(tmp_path)]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=LAUNCH_TIMEOUT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    shards = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert shards == [{"world_size": 2, "shard": [0, 16]}, {"world_size": 2, "shard": [16, 32]}]
-    for name, callback in zip(("steploss", "lossfn"), callbacks):
-        rows = pd.read_csv(tmp_path / name / "metrics.csv").to_dict("records")
-        assert_same_rows(rows, callback.rows)
+    assert_two_processes_log_the_same("tests.integrations.lightning_fit", tmp_path,
+                                      dict(zip(('steploss', 'lossfn'), callbacks)))
 
 
 def test_bad_options_are_refused_when_the_callback_is_made(tmp_path):

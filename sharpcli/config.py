@@ -126,10 +126,13 @@ class Augment(Choice):
 
 
 class Precision(Choice):
-    """The arithmetic of the training passes; measurements are always fp32."""
+    """The arithmetic of the training passes; measurements are fp32, or fp64 in an fp64 run."""
 
     fp32 = "fp32"
     bf16 = "bf16"  # autocast to bfloat16 for the forward and backward passes of training
+    # weights, data and every pass (measurements included) in float64: for comparisons that
+    # float32 rounding would blur, as at the edge of stability, which amplifies it
+    fp64 = "fp64"
 
 
 class Method(Choice):

@@ -27,8 +27,15 @@ from tests import token_cases
 from tests.runners import sharp
 
 N = "1001"
+# float64: at the edge of stability an instability amplifies rounding a thousandfold or more.
+# In float32 the 2-process SAM run below leaves one process by 7e-8 at step 28, by 1e-4 from
+# step 33 on, once λ₁ crosses its edge (1 and 2 threads of one process: 2e-6), whichever torch
+# summed in whichever order; in float64 by 1e-13 (1e-11 at the crossing). So the claim
+# "2 processes give the numbers of one" is tested in float64, to RTOL.
 COMMON = ["--train-size", N, "--test-size", "200", "--width", "16", "--steps", "60",
-          "--sharpness-every", "20", "--eval-every", "20", "--checkpoint-every", "30", "--quiet"]
+          "--sharpness-every", "20", "--eval-every", "20", "--checkpoint-every", "30",
+          "--precision", "fp64", "--quiet"]
+RTOL = 1e-9
 SETTINGS = {
     "gd": ["--lr", "0.3"],
     "sgd": ["--optimizer", "sgd", "--batch-size", "100", "--momentum", "0.9", "--lr", "0.05"],
@@ -80,14 +87,14 @@ def metrics(root: Path, run: str) -> pd.DataFrame:
     return pd.read_csv(root / "reports" / run / "metrics.csv")
 
 
-def assert_same_rows(one: pd.DataFrame, two: pd.DataFrame, rel: float = 1e-5) -> None:
+def assert_same_rows(one: pd.DataFrame, two: pd.DataFrame, rel: float = RTOL) -> None:
     assert list(one["step"]) == list(two["step"])
     for col in COLUMNS:
         a, b = one[col].to_numpy(float), two[col].to_numpy(float)
         both_empty = np.isnan(a) & np.isnan(b)  # a quantity the setting does not measure
         assert ((abs(a - b) <= rel * abs(a) + 1e-12) | both_empty).all(), (col, a, b)
     # |cos(ε, v₁)| near 0 has no relative accuracy to speak of: compare it absolutely
-    assert ((one["alignment"] - two["alignment"]).abs() <= 1e-5).all()
+    assert ((one["alignment"] - two["alignment"]).abs() <= rel).all()
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +132,9 @@ SPECTRUM = ["--top-k", "3", "--tol", "1e-7", "--trace", "--trace-tol", "0", "--t
 # products in blocks (block Lanczos, SLQ's runs together): one all-reduce per block
 SPECTRUM_BLOCKS = ["--top-k", "3", "--method", "block", "--tol", "1e-7", "--density",
                    "--density-runs", "3", "--density-iters", "12", "--quiet"]
-# within a budget of 10 vectors (1098 parameters), per process: restarted Lanczos, SLQ with
+# within a budget of 10 vectors (1098 float64 parameters), per process: restarted Lanczos, SLQ with
 # partial reorthogonalisation and probes in blocks, for the whole network and each weight
-SPECTRUM_BUDGET = ["--top-k", "3", "--tol", "1e-7", "--max-memory", "44kB", "--blocks", "weight",
+SPECTRUM_BUDGET = ["--top-k", "3", "--tol", "1e-7", "--max-memory", "88kB", "--blocks", "weight",
                    "--trace", "--trace-tol", "0", "--trace-probes", "8", "--density",
                    "--density-runs", "2", "--density-iters", "12", "--quiet"]
 
@@ -195,7 +202,8 @@ def test_sam_local_perturbs_each_half_with_its_own_gradient(launched):
 
     root, _ = launched
     run = prepare(TrainConfig(train_size=1001, test_size=200, width=16, optimizer="sam",
-                              rho=0.05, lr=0.3, run_name="hand", reports_dir=str(root / "hand")))
+                              rho=0.05, lr=0.3, precision="fp64", run_name="hand",
+                              reports_dir=str(root / "hand")))
     x, y, model, params = run.data.x_train, run.data.y_train, run.model, run.params
     halves = [slice(0, 500), slice(500, 1001)]
     expected = {}
@@ -220,7 +228,7 @@ def test_sam_local_perturbs_each_half_with_its_own_gradient(launched):
                 p.sub_(0.3 * u)
     logged = metrics(root / "two", "sam-local").set_index("step")["train_loss"]
     for step, loss in expected.items():
-        assert logged[step] == pytest.approx(loss, rel=1e-5), step
+        assert logged[step] == pytest.approx(loss, rel=RTOL), step
     # and it is not what global SAM does
     assert metrics(root / "two", "sam").set_index("step")["train_loss"][60] != pytest.approx(
         logged[60], rel=1e-4)

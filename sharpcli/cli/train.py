@@ -71,7 +71,7 @@ def train_command(
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="Print the recipes with their flags and sources, and exit.", rich_help_panel=WORK, is_eager=True, callback=_list_recipes)] = False,
     augment: Annotated[Augment, _opt("Augmentation of minibatches, on the device: auto = flip-crop for CIFAR, crop for SVHN (no flip for digits), none otherwise and for full-batch runs. Measurements always use the un-augmented examples.", WORK)] = D.augment,
     label_smoothing: Annotated[float, _opt("Label smoothing ε of --loss ce (also in the measured Hessian: it is the training loss).", WORK)] = D.label_smoothing,
-    precision: Annotated[Precision, _opt("Arithmetic of the training passes: bf16 autocasts them; λ₁, spectra, HVPs and evaluation stay fp32 with TF32 off.", WORK)] = D.precision,
+    precision: Annotated[Precision, _opt("Arithmetic: bf16 autocasts the training passes (λ₁, spectra, HVPs and evaluation stay fp32 with TF32 off); fp64 holds weights, data and every pass, measurements included, in float64.", WORK)] = D.precision,
     eig_mode: Annotated[HessianMode, _opt("Eigen-SAM's power iteration: eval uses BatchNorm's running statistics (the official code), train the batch's own. Same numbers without BatchNorm.", WORK)] = D.eig_mode,
     sharpness_every: Annotated[int, _opt("Measure λ₁ every N steps (0 = off).", MEAS)] = D.sharpness_every,
     batch_sharpness: Annotated[bool, _opt("With --batch-size: also the batch sharpness, the mean of g_Bᵀ H_B g_B / ‖g_B‖² over fresh batches B (to a 1% standard error or 200 batches; one HVP each) whenever λ₁ is measured.", MEAS)] = D.batch_sharpness,

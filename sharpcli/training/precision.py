@@ -5,7 +5,12 @@
   (matmuls and convolutions in bf16, reductions and losses in fp32); the weights, their
   gradients, the optimizer's state and the SAM perturbation stay fp32. bfloat16 has fp32's
   exponent range, so no loss scaling is needed.
-- Measurements never see either: λ₁, spectra, every Hessian-vector product (Eigen-SAM's
+- fp64: the weights, the data set's inputs and every pass, training and measurement, in
+  float64 (`sharpcli.workload.rebuild.run_dtype`); checkpoints hold float64 weights and are
+  rebuilt in float64. For comparisons float32 rounding would blur: at the edge of stability
+  an instability amplifies a 1e-7 rounding difference a thousandfold
+  (docs/reference/processes.md#invariance).
+- Measurements never see bf16: λ₁, spectra, every Hessian-vector product (Eigen-SAM's
   power iteration included) and evaluation run in fp32 with TF32 off
   (sharpcli.hessian.params.full_precision, entered by every measurement). The GD and SAM
   edges are float64 formulas of η and of ‖g‖, the norm (summed in fp32) of the gradient
@@ -29,7 +34,10 @@ from sharpcli.errors import SharpError
 
 def check_precision(precision, device: torch.device) -> None:
     """bf16 needs a device whose autocast supports it."""
-    if Precision.parse(precision, "--precision") is not Precision.bf16:
+    precision = Precision.parse(precision, "--precision")
+    if precision is Precision.fp64 and device.type == "mps":
+        raise SharpError("--precision fp64: MPS has no float64; use --precision fp32")
+    if precision is not Precision.bf16:
         return
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise SharpError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16; "
@@ -40,7 +48,7 @@ def check_precision(precision, device: torch.device) -> None:
 
 def training_autocast(precision, device: torch.device) -> ContextManager:
     """The context of a training pass: autocast to bf16, or nothing for fp32."""
-    if Precision.parse(precision, "--precision") is Precision.fp32:
+    if Precision.parse(precision, "--precision") is not Precision.bf16:
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 

@@ -27,7 +27,7 @@ from sharpcli.training.parallel import data_parallel
 from sharpcli.training.precision import check_precision, training_autocast, uses_channels_last
 from sharpcli.workload.augment import augment, check_kind
 from sharpcli.workload.data import DataSplits, load_dataset
-from sharpcli.workload.models import build_model
+from sharpcli.workload.rebuild import build_run_model, run_dtype
 
 DEFAULT_STEPS = 1000
 
@@ -221,11 +221,11 @@ def prepare(config: TrainConfig, dist: Dist = SINGLE) -> RunSetup:
                                                                  config.batch_size))
     torch.manual_seed(config.seed)
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
-                        train_size=config.train_size, test_size=config.test_size, device=device)
+                        train_size=config.train_size, test_size=config.test_size,
+                        device=device).to_dtype(run_dtype(config.precision))
     check_kind(config.augment, data.input_shape)
     plan = plan_steps(config, len(data.x_train), dist.world_size)
-    model = build_model(config.model, data.input_shape, data.num_classes, width=config.width,
-                        depth=config.depth, activation=config.activation).to(device)
+    model = build_run_model(config, data.input_shape, data.num_classes).to(device)
     channels_last = uses_channels_last(model, device)
     if channels_last:  # the same values in NHWC layout: cuDNN's fast path
         model = model.to(memory_format=torch.channels_last)

@@ -47,6 +47,11 @@ class DataSplits:
     num_classes: int
     name: str
 
+    def to_dtype(self, dtype: torch.dtype) -> "DataSplits":
+        """The inputs in `dtype` (float64 for an fp64 run); labels stay int64."""
+        self.x_train, self.x_test = self.x_train.to(dtype), self.x_test.to(dtype)
+        return self
+
 
 def load_dataset(name: str, *, data_dir: str | Path = "data", download: bool = False,
                  train_size: int | None = None, test_size: int | None = None,

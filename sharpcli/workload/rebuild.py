@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sharpcli.config import TrainConfig
+from sharpcli.config import Precision, TrainConfig
 from sharpcli.errors import SharpError
 from sharpcli.formats.checkpoints import read_checkpoint
 from sharpcli.hessian.losses import LossFn, get_loss
@@ -55,16 +55,24 @@ class Checkpoint:
         return preconditioner_from_state(self.payload["optimizer"], trainable_params(self.model))
 
 
+def run_dtype(precision) -> torch.dtype:
+    """The dtype of a run's weights and inputs: float64 for --precision fp64, else float32
+    (bf16 autocasts the training passes only; its weights stay float32)."""
+    fp64 = Precision.parse(precision, "precision") is Precision.fp64
+    return torch.float64 if fp64 else torch.float32
+
+
 def load_run_data(settings: TrainConfig, device) -> DataSplits:
     """The data set of a run, after its --train-size and --test-size, never downloaded."""
     return load_dataset(settings.dataset, data_dir=settings.data_dir, download=False,
                         train_size=settings.train_size, test_size=settings.test_size,
-                        device=device)
+                        device=device).to_dtype(run_dtype(settings.precision))
 
 
 def build_run_model(settings: TrainConfig, input_shape, num_classes: int) -> nn.Module:
-    return build_model(settings.model, tuple(input_shape), num_classes, width=settings.width,
-                       depth=settings.depth, activation=settings.activation)
+    model = build_model(settings.model, tuple(input_shape), num_classes, width=settings.width,
+                        depth=settings.depth, activation=settings.activation)
+    return model.to(run_dtype(settings.precision))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> Checkpoint:

@@ -152,3 +152,23 @@ def test_compile_trains_the_same_run(tmp_path, monkeypatch):
     a, b = (metrics(tmp_path, r).drop(columns="seconds") for r in ("plain", "compiled"))
     pd.testing.assert_frame_equal(a, b, rtol=1e-6)
 
+
+
+def test_fp64_run_is_float64_throughout(tmp_path):
+    """--precision fp64: the weights, the inputs and the measurements in float64, the
+    checkpoint rebuilt in float64, and the logged λ₁ the dense float64 top eigenvalue to the
+    solver's tolerance (far below float32's rounding, which --sharpness-tol 1e-10 would not reach)."""
+    sharp(*train_args(tmp_path, "f64", "--steps", "4", "--checkpoint-every", "4",
+                      "--sharpness-every", "4", "--eval-every", "4", "--sharpness-tol", "1e-10",
+                      "--precision", "fp64")).ok()
+    ckpt = sharpcli.load_checkpoint(tmp_path / "checkpoints" / "f64" / "step-00000004.pt")
+    assert {p.dtype for p in ckpt.model.parameters()} == {torch.float64}
+    x, y, xt, _ = ckpt.data()
+    assert x.dtype == xt.dtype == torch.float64 and y.dtype == torch.int64
+    lam = torch.linalg.eigvalsh(dense_hessian(ckpt.model, ckpt.loss_fn, x, y))[-1].item()
+    assert metrics(tmp_path, "f64").set_index("step").loc[4, "sharpness"] == pytest.approx(lam, rel=1e-9)
+    # and the same run in float32 differs from it by float32's rounding, not by 1e-9
+    sharp(*train_args(tmp_path, "f32", "--steps", "4", "--eval-every", "4",
+                      "--sharpness-every", "0")).ok()
+    a, b = (metrics(tmp_path, r).set_index("step").loc[4, "train_loss"] for r in ("f64", "f32"))
+    assert 1e-12 < abs(a - b) / a < 1e-5

@@ -96,6 +96,9 @@ class SpectrumConfig:
         if self.eigen_method is not Method.power and self.iterations < self.top_k:
             raise SharpError(f"--max-iter {self.max_iter} is below --top-k {self.top_k}: Lanczos "
                              "needs at least k iterations for k eigenvalues")
+        if self.block_size is not None and self.eigen_method is not Method.block:
+            raise SharpError(f"--block-size applies to --method block, not --method "
+                             f"{self.eigen_method}")
         if self.trace_method is TraceMethod.hutchpp and self.trace_probes < 3:
             raise SharpError(f"--trace-method hutch++ needs --trace-probes ≥ 3, got "
                              f"{self.trace_probes}")
@@ -125,6 +128,8 @@ def check_pyhessian_supported(cfg: SpectrumConfig) -> None:
     if cfg.method in (Method.lanczos, Method.block):
         lacks.append(f"--method {cfg.method} (it computes eigenvalues by power iteration only: "
                      "use --method power or leave --method out)")
+    if cfg.compile:
+        lacks.append("--compile (it takes its own products)")
     if cfg.trace_method in (TraceMethod.hutchpp, TraceMethod.gauss_newton):
         lacks.append(f"--trace-method {cfg.trace_method} (it has Hutchinson only)")
     if cfg.hessian_mode is HessianMode.train:

@@ -22,9 +22,9 @@ from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable, gauss_newton_unavailable
 from sharpcli.hessian.params import full_precision, num_params, trainable_params
-from sharpcli.linalg import MemoryBudget, Restricted, control_variate_trace, human_bytes
+from sharpcli.linalg import MemoryBudget, Restricted, control_variate_trace
 from sharpcli.linalg.api import BUDGETED_MAX_ITER, density, eigs, trace  # noqa: F401 (re-exported)
-from sharpcli.linalg.budget import vector_bytes
+from sharpcli.linalg.budget import require_minimum
 from sharpcli.linalg.deflation import minimum_vectors as top_k_minimum
 from sharpcli.linalg.density import MINIMUM_VECTORS as DENSITY_MINIMUM
 from sharpcli.linalg.power import minimum_vectors as power_minimum
@@ -112,14 +112,9 @@ def memory_budget(cfg: SpectrumConfig, whole: Block) -> MemoryBudget | None:
     if nbytes is None:
         return None
     budget = MemoryBudget(nbytes)
-    size, dtype = whole.size, whole.params[0].dtype
-    need, why = max(_minimum_vectors(cfg, min(cfg.top_k, size), size))
-    have = budget.vectors(size, dtype)
-    if have < need:
-        one = vector_bytes(size, dtype)
-        raise SharpError(f"--max-memory {human_bytes(nbytes)} holds {have} vectors of the "
-                         f"model's {size} parameters ({human_bytes(one)} each), below the "
-                         f"minimum of {need} ({human_bytes(need * one)}): {why}")
+    size = whole.size
+    require_minimum(budget, size, whole.params[0].dtype,
+                    _minimum_vectors(cfg, min(cfg.top_k, size), size), "--max-memory")
     return budget
 
 

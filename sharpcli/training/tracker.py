@@ -50,7 +50,7 @@ from sharpcli.sources.data import Data, as_data
 from sharpcli.hessian.params import trainable_params
 from sharpcli.hessian.preconditioner import preconditioner
 from sharpcli.hessian.sharpness import Sharpness, alignment, measure_sharpness
-from sharpcli.linalg.budget import MemoryBudget, human_bytes, vector_bytes
+from sharpcli.linalg.budget import MemoryBudget, require_minimum
 from sharpcli.linalg.restart import minimum_vectors
 from sharpcli.linalg.results import LinalgInputError
 from sharpcli.training.observe import (current_lr, edge_rule, has_preconditioner, is_sam,
@@ -482,12 +482,9 @@ def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:
         return None
     params = trainable_params(model)
     size = sum(p.numel() for p in params)
-    need, dtype = minimum_vectors(k, k, size), params[0].dtype
-    have = budget.vectors(size, dtype)
-    if have < need:
-        raise SharpError(f"max_memory={max_memory!r} holds {have} vectors of the model's {size} "
-                         f"parameters ({human_bytes(vector_bytes(size, dtype))} each); "
-                         f"λ₁..λ_k with k={k} keeps at least {need}")
+    require_minimum(budget, size, params[0].dtype, [(  # a LinalgInputError is a SharpError
+        minimum_vectors(k, k, size), f"λ₁..λ_k with k={k} by block Lanczos keeps {k} Ritz "
+        f"vectors, 2 blocks of {k} and {k} of scratch")])
     return budget
 
 

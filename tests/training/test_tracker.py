@@ -329,7 +329,7 @@ def test_max_memory_bounds_the_solver_and_keeps_the_sharpness(tmp_path):
 
 @pytest.mark.parametrize("value, k, words", [
     ("lots", 1, ["max_memory", "lots"]),
-    (7 * 490 * 4, 2, ["max_memory=", "7 vectors", "k=2", "at least 8"]),
+    (7 * 490 * 4, 2, ["max_memory", "7 vectors", "k=2", "minimum of 8"]),
 ])
 def test_a_budget_too_small_or_unreadable_is_refused_at_once(tmp_path, value, k, words):
     model = nn.Linear(48, 10)  # 490 parameters

@@ -34,9 +34,8 @@ from sharpcli.linalg.budget import MemoryBudget
 from sharpcli.linalg.projection import float64_sums, project_out
 from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply_block, check_count,
-                                     check_criterion, check_k, eigenvalues_settled,
-                                     make_generator, random_vector, start_block, start_columns,
-                                     tolerance_scale)
+                                     check_criterion, check_k, converged_pairs, make_generator,
+                                     random_vector, start_block, start_columns)
 
 # A singular value below this many ε·‖A‖ means the block's direction is (numerically) in
 # the span of the basis: the space it would add is exhausted.
@@ -205,12 +204,9 @@ def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float =
         done = proc.exhausted or proc.n_matvec + b > steps * b
         if proc.order >= k:
             theta, s, res = proc.ritz(k)
-            if criterion == "residual":
-                scale = tolerance_scale(float(theta[0]), float(np.abs(theta).max()), proc.eps)
-                converged = res[:k] <= tol * scale
-            else:
-                converged = eigenvalues_settled(theta, res, k, previous, tol)
-                previous = theta[:k]
+            converged, previous = converged_pairs(theta, res, k, criterion=criterion, tol=tol,
+                                                  tmax=float(np.abs(theta).max()), eps=proc.eps,
+                                                  previous=previous)
             res = res[:k]
             if converged.all() or done:
                 break

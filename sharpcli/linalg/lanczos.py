@@ -21,10 +21,8 @@ from sharpcli.linalg.budget import MemoryBudget
 from sharpcli.linalg.projection import float64_sums, inner, project_out, project_out_
 from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
-                                     check_count,
-                                     check_criterion, check_k, eigenvalues_settled,
-                                     make_generator, random_vector, start_vector,
-                                     tolerance_scale)
+                                     check_count, check_criterion, check_k, converged_pairs,
+                                     make_generator, random_vector, start_vector)
 
 # β below this many ε·‖A‖ means the Krylov space is (numerically) invariant.
 _BREAKDOWN = 100.0
@@ -238,14 +236,10 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
         done = proc.m == steps
         if proc.m >= k:
             theta, s, res = proc.ritz(k)
-            if criterion == "residual":
-                scale = tolerance_scale(float(theta[0]), max(map(abs, proc.alphas)) + max(proc.betas),
-                                        proc.eps)
-                converged = res[:k] <= tol * scale
-            else:
-                converged = torch.from_numpy(eigenvalues_settled(theta.numpy(), res.numpy(), k,
-                                                                 previous, tol))
-                previous = theta[:k].numpy()
+            converged, previous = converged_pairs(
+                theta.numpy(), res.numpy(), k, criterion=criterion, tol=tol, previous=previous,
+                tmax=max(map(abs, proc.alphas)) + max(proc.betas), eps=proc.eps)
+            converged = torch.from_numpy(converged)
             theta, res = theta[:k], res[:k]
             if bool(converged.all()) or done:
                 break

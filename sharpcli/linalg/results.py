@@ -198,6 +198,20 @@ def eigenvalues_settled(theta: np.ndarray, residuals: np.ndarray, k: int,
     return ok & (np.abs(theta[:k] - previous[:k]) <= scale)
 
 
+def converged_pairs(theta: np.ndarray, residuals: np.ndarray, k: int, *, criterion: str,
+                    tol: float, tmax: float, eps: float,
+                    previous: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The one convergence test of the Lanczos solvers (single-vector, block, restarted),
+    for the top k of the Ritz values `theta` (descending) with their `residuals`:
+    "residual": ‖Av − θv‖ ≤ tol·max(|θ₁|, √ε·tmax) (`tolerance_scale`, tmax an estimate of
+    ‖T‖); "eigenvalue": `eigenvalues_settled` against `previous`, the top k one step
+    earlier. Returns (converged (k,) bool, what to pass as `previous` next time)."""
+    if criterion == "residual":
+        scale = tolerance_scale(float(theta[0]), tmax, eps)
+        return np.asarray(residuals[:k] <= tol * scale), previous
+    return eigenvalues_settled(theta, residuals, k, previous, tol), theta[:k].copy()
+
+
 def start_vector(op, v0, gen: torch.Generator) -> torch.Tensor:
     """The unit start vector: v0 when given (any dtype/device, flattened), else Gaussian."""
     if v0 is None:

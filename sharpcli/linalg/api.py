@@ -18,12 +18,14 @@ from sharpcli.linalg.deflation import lanczos_top_k, unbudgeted_top_k_vectors
 from sharpcli.linalg.density import slq_density
 from sharpcli.linalg.lanczos import lanczos
 from sharpcli.linalg.lanczos import unbudgeted_vectors as lanczos_unbudgeted
+from sharpcli.linalg.operator import LinearOperator
 from sharpcli.linalg.power import power_iteration
 from sharpcli.linalg.results import (DensityResult, EigenResult, LinalgInputError, TraceResult,
                                      check_k)
 from sharpcli.linalg.shard import shards_of
 from sharpcli.linalg.trace import hutchinson_trace
 
+Memory = int | str | MemoryBudget | None  # a budget: bytes, a size such as "1.5GB", or None
 EIGEN_METHODS = ("lanczos", "block", "power")
 TRACE_METHODS = ("hutchinson", "hutch++")
 # Products per Lanczos run by default when max_memory cannot hold the default run's basis:
@@ -37,9 +39,9 @@ def default_max_iter(method: str, k: int) -> int:
     return 100 if method == "power" else max(100, 2 * k)
 
 
-def eigs(op, k: int = 5, *, tol: float = 1e-3, max_iter: int | None = None,
+def eigs(op: LinearOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int | None = None,
          method: str = "lanczos", check_missed: bool | None = None,
-         block_size: int | None = None, max_memory=None, seed: int = 0,
+         block_size: int | None = None, max_memory: Memory = None, seed: int = 0,
          v0: torch.Tensor | None = None) -> EigenResult:
     """The k largest (algebraic) eigenvalues of a symmetric operator and their eigenvectors.
 
@@ -135,8 +137,8 @@ def _restart_note(result: EigenResult, k: int, max_iter: int, op) -> str:
     return note
 
 
-def trace(op, *, method: str = "hutchinson", probes: int = 100, tol: float | None = None,
-          seed: int = 0, max_memory=None) -> TraceResult:
+def trace(op: LinearOperator, *, method: str = "hutchinson", probes: int = 100,
+          tol: float | None = None, seed: int = 0, max_memory: Memory = None) -> TraceResult:
     """A stochastic estimate of tr(A) with its standard error.
 
     Args:
@@ -161,8 +163,8 @@ def trace(op, *, method: str = "hutchinson", probes: int = 100, tol: float | Non
                             max_memory=max_memory)
 
 
-def density(op, *, runs: int = 5, iters: int = 80, grid: int = 1000, sigma: float = 0.01,
-            seed: int = 0, max_memory=None) -> DensityResult:
+def density(op: LinearOperator, *, runs: int = 5, iters: int = 80, grid: int = 1000,
+            sigma: float = 0.01, seed: int = 0, max_memory: Memory = None) -> DensityResult:
     """The smoothed spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     Args:

@@ -48,6 +48,7 @@ def test_a_stream_of_dict_batches_weighted_by_tokens(weights):
     ("stream", ["--loss", "tests.token_cases:per_token_loss"], ["--loss must return a scalar"]),
     ("stream", ["--num-terms", "tests.token_cases:nothing"], ["--num-terms counts no loss terms"]),
     ("stream", ["--samples", "3"], ["--samples and --split apply to in-memory examples"]),
+    ("stream", ["--block-size", "2"], ["--block-size applies to --method block, not --method lanczos"]),
 ])
 def test_bad_sources_are_one_line(weights, data, more, words):
     assert_one_line_error(sharp(*flags(weights, data, *more)), 2, *words)

@@ -339,3 +339,13 @@ def test_a_budget_too_small_or_unreadable_is_refused_at_once(tmp_path, value, k,
                          max_memory=value)
     assert all(w in str(err.value) for w in words), str(err.value)
     assert not (tmp_path / "r").exists()
+
+
+def test_chunk_size_with_a_source_of_batches_is_refused(tmp_path):
+    """A source comes in its own batches: a chunk size would be ignored."""
+    model = nn.Linear(48, 10)
+    x, y = torch.randn(8, 48), torch.randn(8, 10)
+    with pytest.raises(SharpError, match="^chunk_size batches in-memory examples"):
+        sharpcli.Tracker(model, nn.functional.mse_loss, [(x, y)], run_dir=tmp_path / "r",
+                         chunk_size=4)
+    assert not (tmp_path / "r").exists()

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from sharpcli.linalg.block_lanczos import block_lanczos
-from sharpcli.linalg.block_lanczos import unbudgeted_vectors as block_unbudgeted
+from sharpcli.linalg.block_lanczos import block_lanczos, block_width
+from sharpcli.linalg.block_lanczos import restarts as block_restarts
 from sharpcli.linalg.budget import MemoryBudget
-from sharpcli.linalg.deflation import lanczos_top_k, unbudgeted_top_k_vectors
+from sharpcli.linalg.deflation import lanczos_top_k
+from sharpcli.linalg.deflation import restarts as top_k_restarts
 from sharpcli.linalg.density import slq_density
 from sharpcli.linalg.lanczos import lanczos
-from sharpcli.linalg.lanczos import unbudgeted_vectors as lanczos_unbudgeted
+from sharpcli.linalg.lanczos import restarts as lanczos_restarts
 from sharpcli.linalg.operator import LinearOperator
 from sharpcli.linalg.power import power_iteration
 from sharpcli.linalg.results import (DensityResult, EigenResult, LinalgInputError, TraceResult,
@@ -83,7 +84,7 @@ def eigs(op: LinearOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int | N
     budget = MemoryBudget.of(max_memory)
     check_missed = True if check_missed is None else check_missed
     restarted = restarts(op, k, method=method, check_missed=check_missed, block_size=block_size,
-                         max_iter=max_iter, budget=budget)
+                         max_iter=max_iter, budget=budget, v0=v0)
     iters = max_iter if max_iter is not None else default_max_iter(method, k)
     if restarted and max_iter is None:
         iters = max(BUDGETED_MAX_ITER, iters)
@@ -107,21 +108,15 @@ def eigs(op: LinearOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int | N
 
 
 def restarts(op, k: int, *, method: str, check_missed: bool, block_size: int | None,
-             max_iter: int | None, budget: MemoryBudget | None) -> bool:
-    """Whether the eigensolver runs restarted within the budget: the budget cannot hold
-    what the unbudgeted solver keeps at max_iter's default (or given) products."""
+             max_iter: int | None, budget: MemoryBudget | None, v0=None) -> bool:
+    """Whether the eigensolver runs restarted within the budget, asked of the solver itself
+    at max_iter's default (or given) products."""
     if budget is None or method == "power":
         return False
     iters = max_iter if max_iter is not None else default_max_iter(method, k)
-    steps = min(iters, op.size)
     if method == "block":
-        b = block_size or k
-        held = block_unbudgeted(max(iters // b, -(-k // b)), k, b)
-    elif check_missed:
-        held = unbudgeted_top_k_vectors(max(k, steps), k)
-    else:
-        held = lanczos_unbudgeted(steps, k)
-    return budget.vectors(op.size, op.dtype) < held
+        return block_restarts(op, k, block_width(op, k, block_size, v0), iters, budget)
+    return (top_k_restarts if check_missed else lanczos_restarts)(op, k, iters, budget)
 
 
 def _restart_note(result: EigenResult, k: int, max_iter: int, op) -> str:

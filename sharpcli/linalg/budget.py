@@ -89,6 +89,13 @@ class MemoryBudget:
         return torch.device("cpu")
 
 
+def cannot_hold(budget: MemoryBudget | None, op, vectors: int) -> bool:
+    """Whether a budget is too small for `vectors` vectors of the operator's size: the one
+    test by which every solver decides to run within it (restarted, capped, partial) rather
+    than as without one."""
+    return budget is not None and budget.vectors(op.size, op.dtype) < vectors
+
+
 def require_minimum(budget: MemoryBudget, size: int, dtype: torch.dtype,
                     needs: list[tuple[int, str]], name: str = "max_memory") -> None:
     """The one check of a budget against the least the requested solvers keep, before

@@ -115,3 +115,24 @@ def test_the_model_is_left_as_found():
     op @ torch.ones(op.size, dtype=torch.float64)
     assert model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("hvp, product", [("exact", "double-backward"), ("auto", "double-backward"),
+                                          ("finite-difference", "finite-difference")])
+def test_the_product_kind_is_passed_down_as_hvp(monkeypatch, hvp, product):
+    """The contract with the finite-difference products (FSDP2): the internal operator is
+    asked for them by hvp=, once it lists them among its HVP_MODES."""
+    from sharpcli.hessian.operator import HessianOperator
+
+    seen, original = {}, HessianOperator.__init__
+
+    def spy(self, *args, hvp, **kwargs):
+        seen["hvp"] = hvp
+        original(self, *args, hvp="double-backward", **kwargs)
+
+    modes = tuple(dict.fromkeys(HessianOperator.HVP_MODES + ("finite-difference",)))
+    monkeypatch.setattr(HessianOperator, "HVP_MODES", modes)
+    monkeypatch.setattr(HessianOperator, "__init__", spy)
+    model, loss_fn, x, y = MLP_CE()
+    sharpcli.hessian(model, loss_fn, x, y, hvp=hvp)
+    assert seen["hvp"] == product

@@ -87,7 +87,7 @@ def unit_costs(run: Path, repeats: int) -> tuple[str, float]:
     obj = flow.objective
     step, central, _ = load_state(run / "flow-state.pt", cfg, obj.weights())
     obj.load(central.weights)
-    settings = FlowSettings(flow.lr)
+    settings = FlowSettings(lr=flow.lr)
     op = obj.operator("eval")
     eig = top_eigenpairs(op, FlowState(central.weights, central.vectors.clone()), settings)
     c = int((eig.eigenvalues > settings.threshold / settings.lr).sum())

@@ -51,7 +51,7 @@ from common import (WORK, base_parser, command_line, interleaved, machine_line, 
 import sharpcli
 from sharpcli.hessian.ggn import GaussNewtonPart
 from sharpcli.hessian import HessianOperator
-from sharpcli.linalg import (block_lanczos, control_variate_trace, hutchinson_trace, lanczos,
+from sharpcli.linalg import (control_variate_trace, hutchinson_trace, lanczos,
                              lanczos_top_k, slq_density)
 from sharpcli.linalg.lanczos import LanczosProcess
 from sharpcli.linalg.projection import project_out
@@ -131,15 +131,15 @@ def native(model, x, y, what: str, seed: int):
     """What `sharp spectrum` runs (sharpcli.spectra.compute), on the same operator."""
     op = HessianOperator(model, mse_loss, x, y)
     k = 1 if what.startswith("lambda1") else 5
-    if what in ("lambda1", "top5"):
-        r = lanczos_top_k(op, k, tol=DEFAULTS.tol, max_iter=DEFAULTS.iterations, seed=seed)
-        return r.eigenvalues.tolist(), r.n_matvec
+    if what in ("lambda1", "top5"):  # sharpcli.eigs as sharp spectrum calls it
+        r = sharpcli.eigs(op, k, tol=DEFAULTS.tol, seed=seed)
+        return r.values.tolist(), r.products
     if what.endswith("(one Lanczos run)"):  # sharp spectrum --no-check-missed
-        r = lanczos(op, k, tol=DEFAULTS.tol, max_iter=DEFAULTS.iterations, seed=seed)
-        return r.eigenvalues.tolist(), r.n_matvec
+        r = sharpcli.eigs(op, k, tol=DEFAULTS.tol, check_missed=False, seed=seed)
+        return r.values.tolist(), r.products
     if what.endswith("(block Lanczos)"):  # sharp spectrum --method block
-        r = block_lanczos(op, k, tol=DEFAULTS.tol, max_iter=DEFAULTS.iterations, seed=seed)
-        return r.eigenvalues.tolist(), r.n_matvec
+        r = sharpcli.eigs(op, k, tol=DEFAULTS.tol, method="block", seed=seed)
+        return r.values.tolist(), r.products
     if what == "density":  # the runs stepped together; their products, one block per step
         r = slq_density(op, n_runs=DEFAULTS.density_runs, n_iter=DEFAULTS.density_iters, seed=seed)
         return [float("nan")], r.n_matvec

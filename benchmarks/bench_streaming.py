@@ -44,7 +44,7 @@ def ways(x, y, chunk: int) -> dict:
             f"DataLoader, batch {chunk}": dict(data=DataLoader(TensorDataset(x, y), batch_size=chunk))}
 
 
-def top5(model, loss_fn, data, y=None, chunk_size=4096) -> tuple[list[float], int]:
+def top5(model, loss_fn, data, y=None, chunk_size=None) -> tuple[list[float], int]:
     rows = sharpcli.spectrum(model, loss_fn, data, y, top_k=5, chunk_size=chunk_size, seed=0)
     return [r["value"] for r in rows], rows[0]["n_hvp"]
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from sharpcli.edges import gd_edge
 from sharpcli.errors import SharpError
 from sharpcli.formats.runs import Run, load_run, read_flow
 from sharpcli.formats.schema import FLOW_FILE
@@ -69,7 +70,7 @@ class FlowSummary:
     start: int | None = None    # compared from this step instead of edge_step
 
     def lines(self) -> list[str]:
-        edge = 2 / self.lr
+        edge = gd_edge(self.lr)
         if self.edge_step is None and self.start is None:
             return [f"GD's λ₁ in metrics.csv never reached the edge (λ₁ ≥ {1 - EDGE_BAND:g}·2/η = "
                     f"{(1 - EDGE_BAND) * edge:.4g}), or was not measured: nothing to compare"]
@@ -108,7 +109,7 @@ def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None,
         raise SharpError(f"{flow_csv or run.path / FLOW_FILE} is missing: run sharp flow first")
     lr = float(run.config["lr"])
     measured = run.metrics[run.metrics["sharpness"].notna()]
-    reached = measured[measured["sharpness"] >= (1 - EDGE_BAND) * 2 / lr]
+    reached = measured[measured["sharpness"] >= (1 - EDGE_BAND) * gd_edge(lr)]
     edge_step = int(reached["step"].iloc[0]) if len(reached) else None
     gd = gd_loss(run.metrics)
     summary = FlowSummary(lr, edge_step, int(flow["step"].max()), gd.attrs["window"], None, None,
@@ -130,7 +131,8 @@ def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None,
                          "gd": float(measured.loc[measured["step"] >= first, "sharpness"].median())}
     held = central[central["sigma_trace"] > 0]
     if len(held):  # where Σ holds the central flow's λ₁ (Σ = 0 before it reaches 2/η)
-        summary.sharpness_spread = float((held["sharpness"] - 2 / lr).abs().max() * lr / 2)
+        edge = gd_edge(lr)
+        summary.sharpness_spread = float((held["sharpness"] - edge).abs().max() / edge)
     at = central.index[central["distance"].notna()].intersection(
         stable.index[stable["distance"].notna()])
     if len(at):
@@ -171,7 +173,7 @@ def flow_figure(runs: list[Run], labels: list[str], log_scale: bool) -> Figure |
     ax_lam.plot(central["step"], central["sharpness"], color="C3", linewidth=1.6, label="central flow")
     ax_lam.plot(stable["step"], stable["sharpness"], color="C0", linewidth=1.4, linestyle="--",
                 label="stable flow")
-    ax_lam.axhline(2 / lr, color="k", linestyle=":", linewidth=1.0, label="2/η")
+    ax_lam.axhline(gd_edge(lr), color="k", linestyle=":", linewidth=1.0, label="2/η")
     if log_scale:
         ax_loss.set_yscale("log")
     ax_loss.set_title("Loss")

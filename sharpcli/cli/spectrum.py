@@ -60,7 +60,7 @@ def spectrum_command(
         "only.", EIG,
         show_default=False)] = None,
     block_size: Annotated[Optional[int], _opt(
-        "--method block: vectors per block (default --top-k).", EIG,
+        "--method block: vectors per block (default --top-k); refused with another method.", EIG,
         show_default=False)] = D.block_size,
     warm_start: Annotated[bool, _opt(
         "Over a run's checkpoints, start each eigenvalue solve from the previous "

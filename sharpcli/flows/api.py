@@ -15,7 +15,7 @@ from sharpcli.flows.central import Objective
 from sharpcli.flows.config import FlowConfig
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.check import check_objective
-from sharpcli.sources.data import as_data
+from sharpcli.sources.data import DEFAULT_CHUNK, as_data, check_chunk_size
 from sharpcli.spectra.api import api_message
 
 
@@ -23,10 +23,11 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
          data: Any = None, y: torch.Tensor | None = None,
          num_terms: Callable[[Any], int] | None = None,
          batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
-         chunk_size: int = 4096, substeps: int = 4, threshold: float = 1.95,
-         steps: int | None = None, tol: float = 1e-3, max_iter: int = 100, seed: int = 0,
-         sdcp: str = "native", device: str = "cpu", out: str | Path | None = None,
-         resume: bool = False, save_every: int = 10) -> list[dict]:
+         chunk_size: int | None = None, substeps: int | None = None,
+         threshold: float | None = None, steps: int | None = None, tol: float | None = None,
+         max_iter: int | None = None, seed: int | None = None, sdcp: str | None = None,
+         device: str | None = None, out: str | Path | None = None, resume: bool = False,
+         save_every: int | None = None) -> list[dict]:
     """The rows flow.csv holds (docs/reference/formats.md#flow-csv) for the central and the
     stable flow of `run` (a run folder or name of full-batch GD), as dicts.
 
@@ -35,18 +36,25 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
     given the step-0 weights, the model itself is left alone) and the examples it trained
     on: in-memory `data, y`, or `data` a source of batches, with `loss_fn` or `batch_loss`
     and `num_terms` as in `sharpcli.spectrum`. The other arguments are those of
-    `sharp flow` (docs/guides/flow.md#flags). With `out`, a folder, flow.csv,
+    `sharp flow` (docs/guides/flow.md#flags); left out (None), they take its defaults
+    (FlowConfig's). With `out`, a folder, flow.csv,
     flow_eigenvalues.csv and flow-state.pt are written there too (and `resume` continues
     them); otherwise nothing is written."""
-    cfg = FlowConfig(substeps=substeps, threshold=threshold, steps=steps, tol=tol,
-                     max_iter=max_iter, seed=seed, sdcp=sdcp, save_every=save_every,
-                     device=device, resume=resume)
+    given = dict(substeps=substeps, threshold=threshold, steps=steps, tol=tol, max_iter=max_iter,
+                 seed=seed, sdcp=sdcp, save_every=save_every, device=device, resume=resume)
+    cfg = FlowConfig(**{name: value for name, value in given.items() if value is not None})
+    device = cfg.device
     try:
+        if model is None:
+            unread = [name for name, value in (("data", data), ("y", y), ("num_terms", num_terms),
+                                               ("batch_loss", batch_loss),
+                                               ("chunk_size", chunk_size)) if value is not None]
+            if unread:
+                raise SharpError(f"{unread[0]} is read with model=, for a sharpcli.Tracker run; a "
+                                 "sharp train run's checkpoint names its own data")
+        check_chunk_size(data, y, chunk_size)
         objective = None if model is None else _objective(model, loss_fn, data, y, num_terms,
                                                           batch_loss, chunk_size, device)
-        if model is None and data is not None:
-            raise SharpError("data is read with model=, for a sharpcli.Tracker run; a sharp train "
-                             "run's checkpoint names its own data")
         from sharpcli.flows.run import run_flow
         return run_flow(run, cfg, out=None if out is None else Path(out), write=out is not None,
                         objective=objective)
@@ -64,6 +72,7 @@ def _objective(model, loss_fn, data, y, num_terms, batch_loss, chunk_size, devic
     except ValueError as err:
         raise SharpError(str(err)) from None
     model = copy.deepcopy(model).to(device)
-    source = as_data(data, y, num_terms=num_terms, chunk_size=chunk_size, device=device)
+    source = as_data(data, y, num_terms=num_terms, chunk_size=chunk_size or DEFAULT_CHUNK,
+                     device=device)
     check_objective(model, call, source)
     return Objective(model, call, source)

@@ -50,7 +50,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sharpcli.edges import gd_edge
 from sharpcli.errors import SharpError
+from sharpcli.flows.config import FlowConfig
 from sharpcli.flows.sdcp import pairs, solve_sdcp
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.objective import full_batch_gradient
@@ -62,22 +64,17 @@ from sharpcli.sources.data import Data
 MAX_TRACKED = 32  # eigenpairs tracked at most: more critical directions than this is an error
 
 
-@dataclass
-class FlowSettings:
-    """How a flow is integrated (docs/guides/flow.md#running)."""
+@dataclass(kw_only=True)
+class FlowSettings(FlowConfig):
+    """How a flow is integrated: `sharp flow`'s settings (FlowConfig, one place for their
+    defaults: docs/guides/flow.md#running) at the run's step size."""
 
     lr: float                      # η of the run
-    substeps: int = 4              # Euler substeps per step (central flow; the stable flow's least)
-    threshold: float = 1.95        # critical eigenvalues: λ > threshold/η
-    tol: float = 1e-3              # relative accuracy of each eigenvalue (block Lanczos)
-    max_iter: int = 100            # products per eigenvalue solve, at most
-    seed: int = 0                  # of the random directions that fill a Lanczos block
-    sdcp: str = "native"           # the complementarity solver: native or cvxpy
     mode: str = "eval"             # BatchNorm running statistics, Dropout off
 
     @property
     def edge(self) -> float:
-        return 2.0 / self.lr
+        return gd_edge(self.lr)  # plain GD: no momentum in a flow
 
 
 @dataclass

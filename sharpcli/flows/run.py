@@ -6,7 +6,7 @@ integrated over the run's steps; flow.csv and flow_eigenvalues.csv written row b
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -126,8 +126,7 @@ def run_flow(run, cfg: FlowConfig, *, source: ModelSource | None = None,
     kept. `objective`: see `open_run`."""
     cfg.validate()
     flow = open_run(run, cfg, source, dist, objective)
-    settings = FlowSettings(flow.lr, cfg.substeps, cfg.threshold, cfg.tol, cfg.max_iter, cfg.seed,
-                            cfg.sdcp)
+    settings = FlowSettings(lr=flow.lr, **asdict(cfg))
     steps = cfg.steps if cfg.steps is not None else flow.last_step
     folder = Path(out) if out is not None else flow.run_dir
     write = write and dist.is_main

@@ -43,6 +43,7 @@ from sharpcli.distributed import SINGLE, Dist
 from sharpcli.errors import SharpWarning
 from sharpcli.hessian.objective import objective_of
 from sharpcli.hessian.params import full_precision, measurement_mode, trainable_params, unflatten
+from sharpcli.linalg.operator import matmul, to_scipy
 from sharpcli.linalg.shard import Shards
 
 
@@ -55,8 +56,9 @@ class HessianOperator:
     single backward pass through it (half the work of recomputing the forward).
     The model's train/eval mode and buffers are left exactly as found, and every product
     is taken in fp32 with TF32 off (`full_precision`), whatever the training passes use.
-    `loss_fn` is a loss (outputs, targets) → mean, a name, or a sharpcli.hessian.calls.Call
-    (closures, forward conventions). `hvp` picks how a product is computed (HVP_MODES; see
+    `call` is a sharpcli.hessian.calls.Call (closures, forward conventions), or a loss
+    (outputs, targets) → mean or its name; `data` is a sharpcli.sources Data, or what
+    `as_data` takes (in-memory inputs with targets `y`, or a source of batches). `hvp` picks how a product is computed (HVP_MODES; see
     the module docstring). Under torchrun (`dist`) each process takes its share of the data
     and computes its share of Hv (its terms over the whole T); one all-reduce sums the
     shares (one for a whole block in `matmat`), and `shards` tells a budgeted solver to
@@ -68,16 +70,16 @@ class HessianOperator:
 
     HVP_MODES = ("double-backward", "forward-over-reverse")
 
-    def __init__(self, model: nn.Module, loss_fn, x, y=None, *,
+    def __init__(self, model: nn.Module, call, data, y=None, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
                  mode: str = "eval", cache_graph: bool = True, hvp: str = "double-backward",
                  dist: Dist = SINGLE, vectorize: bool | None = None, max_block: int = 16,
                  compile: bool = False):
         if hvp not in self.HVP_MODES:
             raise ValueError(f"hvp must be one of {self.HVP_MODES}, got {hvp!r}")
-        if isinstance(x, torch.Tensor) and len(x) == 0:
+        if isinstance(data, torch.Tensor) and len(data) == 0:
             raise ValueError("the Hessian needs at least one example")
-        self.call, self.data = objective_of(model, loss_fn, x, y, chunk_size=chunk_size, dist=dist)
+        self.call, self.data = objective_of(model, call, data, y, chunk_size=chunk_size, dist=dist)
         self.dist = self.data.dist
         self.total = self.data.total  # every term weighs 1/total, in whichever process it is
         self.hvp = hvp
@@ -163,6 +165,19 @@ class HessianOperator:
                     out += self._grad_dot(self._batch_gradient(weight, batch), vs, retain=False,
                                           batched=batched)
         return out
+
+    @property
+    def n_products(self) -> int:
+        """Hessian-vector products so far, a block of m counting m."""
+        return self.n_matvec
+
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
+        """`op @ v` (size,) or `op @ V` (size, m): matvec or matmat."""
+        return matmul(self, v)
+
+    def to_scipy(self):
+        """A scipy.sparse.linalg.LinearOperator on float64 numpy vectors (linalg.to_scipy)."""
+        return to_scipy(self)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         if v.shape != (self.size,):

@@ -30,13 +30,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.budget import MemoryBudget, cannot_hold
 from sharpcli.linalg.projection import float64_sums, project_out
 from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply_block, check_count,
-                                     check_criterion, check_k, eigenvalues_settled,
-                                     make_generator, random_vector, start_block, start_columns,
-                                     tolerance_scale)
+                                     check_criterion, check_k, converged_pairs, make_generator,
+                                     random_vector, start_block, start_columns)
 
 # A singular value below this many ε·‖A‖ means the block's direction is (numerically) in
 # the span of the basis: the space it would add is exhausted.
@@ -153,6 +152,25 @@ def unbudgeted_vectors(steps: int, k: int, b: int) -> int:
     return (steps + 1) * b + max(2 * k + 2 * b + 2, 5 * b + 1) + 1
 
 
+def block_width(op, k: int, block_size: int | None, v0) -> int:
+    """The block size `block_lanczos` runs with: block_size (default k), widened to hold
+    every warm-start column, at most the operator's size."""
+    b = k if block_size is None else block_size
+    check_count(b, "block_size")
+    return min(max(b, start_columns(v0)), op.size)
+
+
+def _blocks(k: int, b: int, max_iter: int) -> int:
+    """Whole blocks within max_iter products, enough for k pairs."""
+    return max(max_iter // b, -(-k // b))
+
+
+def restarts(op, k: int, b: int, max_iter: int, budget: MemoryBudget | None) -> bool:
+    """Whether `block_lanczos` with blocks of b runs restarted: the budget cannot hold its
+    basis of the whole blocks within max_iter."""
+    return cannot_hold(budget, op, unbudgeted_vectors(_blocks(k, b, max_iter), k, b))
+
+
 def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float = 1e-3,
                   max_iter: int = 100, v0: torch.Tensor | None = None, seed: int = 0,
                   criterion: str = "residual", max_memory=None) -> EigenResult:
@@ -182,15 +200,13 @@ def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float =
     if not tol >= 0:
         raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
     check_criterion(criterion)
-    b = k if block_size is None else block_size
-    check_count(b, "block_size")
-    b = min(max(b, start_columns(v0)), op.size)
+    b = block_width(op, k, block_size, v0)
     if max_iter < k:
         raise LinalgInputError(f"max_iter={max_iter} is below k={k}: block Lanczos needs at "
                                "least k products for k eigenpairs")
-    steps = max(max_iter // b, -(-k // b))  # whole blocks within max_iter, enough for k
+    steps = _blocks(k, b, max_iter)
     budget = MemoryBudget.of(max_memory)
-    if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_vectors(steps, k, b):
+    if restarts(op, k, b, max_iter, budget):
         return restarted_lanczos(op, k, max_memory=budget, block_size=b, tol=tol,
                                  max_iter=max_iter, v0=v0, seed=seed, criterion=criterion)
     gen = make_generator(seed, op.device)
@@ -205,12 +221,9 @@ def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float =
         done = proc.exhausted or proc.n_matvec + b > steps * b
         if proc.order >= k:
             theta, s, res = proc.ritz(k)
-            if criterion == "residual":
-                scale = tolerance_scale(float(theta[0]), float(np.abs(theta).max()), proc.eps)
-                converged = res[:k] <= tol * scale
-            else:
-                converged = eigenvalues_settled(theta, res, k, previous, tol)
-                previous = theta[:k]
+            converged, previous = converged_pairs(theta, res, k, criterion=criterion, tol=tol,
+                                                  tmax=float(np.abs(theta).max()), eps=proc.eps,
+                                                  previous=previous)
             res = res[:k]
             if converged.all() or done:
                 break

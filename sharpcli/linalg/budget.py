@@ -89,6 +89,28 @@ class MemoryBudget:
         return torch.device("cpu")
 
 
+def cannot_hold(budget: MemoryBudget | None, op, vectors: int) -> bool:
+    """Whether a budget is too small for `vectors` vectors of the operator's size: the one
+    test by which every solver decides to run within it (restarted, capped, partial) rather
+    than as without one."""
+    return budget is not None and budget.vectors(op.size, op.dtype) < vectors
+
+
+def require_minimum(budget: MemoryBudget, size: int, dtype: torch.dtype,
+                    needs: list[tuple[int, str]], name: str = "max_memory") -> None:
+    """The one check of a budget against the least the requested solvers keep, before
+    anything is computed: `needs` holds (vectors, what they are) for each solver, and the
+    largest must fit. LinalgInputError (a SharpError) naming the budget as `name`, its
+    vectors and the minimum."""
+    need, why = max(needs)
+    have = budget.vectors(size, dtype)
+    if have < need:
+        one = vector_bytes(size, dtype)
+        raise LinalgInputError(f"{name} {human_bytes(budget.bytes)} holds {have} vectors of the "
+                               f"model's {size} parameters ({human_bytes(one)} each), below the "
+                               f"minimum of {need} ({human_bytes(need * one)}): {why}")
+
+
 def host_available() -> float:
     """Bytes of host memory available to a new allocation (Linux MemAvailable); infinity
     where /proc/meminfo cannot be read."""

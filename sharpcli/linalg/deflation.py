@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.budget import MemoryBudget, cannot_hold
 from sharpcli.linalg.lanczos import lanczos, unbudgeted_vectors
 from sharpcli.linalg.projection import project_out, project_out_
 from sharpcli.linalg.restart import ThickRestartLanczos, plan, solve
@@ -56,8 +56,7 @@ def lanczos_top_k(op, k: int, *, tol: float = 1e-3, max_iter: int = 100, seed: i
     (`_top_k_within`): at least k + 5 vectors.
     """
     budget = MemoryBudget.of(max_memory)
-    steps = max(k, min(max_iter, op.size))
-    if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_top_k_vectors(steps, k):
+    if restarts(op, k, max_iter, budget):
         return _top_k_within(op, k, budget, tol=tol, max_iter=max_iter, seed=seed, v0=v0)
     res = lanczos(op, k, tol=tol, max_iter=max(k, min(max_iter, op.size)), seed=seed, v0=v0)
     values, residuals = res.eigenvalues.tolist(), res.residuals.tolist()
@@ -87,6 +86,12 @@ def lanczos_top_k(op, k: int, *, tol: float = 1e-3, max_iter: int = 100, seed: i
     return EigenResult(torch.tensor(values, dtype=torch.float64), torch.stack(vectors, dim=1),
                        torch.tensor(residuals, dtype=torch.float64),
                        torch.tensor(converged, dtype=torch.bool), n_matvec, n_matvec)
+
+
+def restarts(op, k: int, max_iter: int, budget: MemoryBudget | None) -> bool:
+    """Whether `lanczos_top_k` runs its Lanczos runs restarted: the budget cannot hold what
+    they hold at max(k, min(max_iter, size)) steps."""
+    return cannot_hold(budget, op, unbudgeted_top_k_vectors(max(k, min(max_iter, op.size)), k))
 
 
 def minimum_vectors(k: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.budget import MemoryBudget, cannot_hold
 from sharpcli.linalg.lanczos import LanczosProcess, WindowedLanczosProcess, step_together
 from sharpcli.linalg.results import (DensityResult, LinalgInputError, check_count,
                                      make_generator, random_vector)
@@ -114,7 +114,7 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
     steps = min(n_iter, op.size)
     budget = MemoryBudget.of(max_memory)
     reorthogonalization, note = "full", ""
-    if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_vectors(n_runs, steps):
+    if cannot_hold(budget, op, unbudgeted_vectors(n_runs, steps)):
         runs, n_matvec, reorthogonalization, note = _runs_within(op, gen, probe, n_runs, steps,
                                                                  budget)
     else:

@@ -17,14 +17,12 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.budget import MemoryBudget, cannot_hold
 from sharpcli.linalg.projection import float64_sums, inner, project_out, project_out_
 from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
-                                     check_count,
-                                     check_criterion, check_k, eigenvalues_settled,
-                                     make_generator, random_vector, start_vector,
-                                     tolerance_scale)
+                                     check_count, check_criterion, check_k, converged_pairs,
+                                     make_generator, random_vector, start_vector)
 
 # β below this many ε·‖A‖ means the Krylov space is (numerically) invariant.
 _BREAKDOWN = 100.0
@@ -183,6 +181,12 @@ def unbudgeted_vectors(steps: int, k: int) -> int:
     return steps + 2 * k + 4
 
 
+def restarts(op, k: int, max_iter: int, budget: MemoryBudget | None) -> bool:
+    """Whether `lanczos` runs restarted: the budget cannot hold its basis of
+    min(max_iter, size) steps."""
+    return cannot_hold(budget, op, unbudgeted_vectors(min(max_iter, op.size), k))
+
+
 def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
             seed: int = 0, criterion: str = "residual", max_memory=None) -> EigenResult:
     """Top-k eigenpairs of a symmetric operator, by algebraic value (largest first).
@@ -226,7 +230,7 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     check_criterion(criterion)
     steps = min(max_iter, op.size)
     budget = MemoryBudget.of(max_memory)
-    if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_vectors(steps, k):
+    if restarts(op, k, max_iter, budget):
         return restarted_lanczos(op, k, max_memory=budget, tol=tol, max_iter=max_iter, seed=seed,
                                  v0=None if v0 is None else torch.as_tensor(v0).reshape(-1),
                                  criterion=criterion)
@@ -238,14 +242,10 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
         done = proc.m == steps
         if proc.m >= k:
             theta, s, res = proc.ritz(k)
-            if criterion == "residual":
-                scale = tolerance_scale(float(theta[0]), max(map(abs, proc.alphas)) + max(proc.betas),
-                                        proc.eps)
-                converged = res[:k] <= tol * scale
-            else:
-                converged = torch.from_numpy(eigenvalues_settled(theta.numpy(), res.numpy(), k,
-                                                                 previous, tol))
-                previous = theta[:k].numpy()
+            converged, previous = converged_pairs(
+                theta.numpy(), res.numpy(), k, criterion=criterion, tol=tol, previous=previous,
+                tmax=max(map(abs, proc.alphas)) + max(proc.betas), eps=proc.eps)
+            converged = torch.from_numpy(converged)
             theta, res = theta[:k], res[:k]
             if bool(converged.all()) or done:
                 break

@@ -108,3 +108,35 @@ def matrix_with_spectrum(eigenvalues, *, seed: int = 0, dtype=torch.float64) -> 
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), generator=gen, dtype=dtype))
     return (q * lam) @ q.T
+
+
+def to_scipy(op):
+    """`op` as a scipy.sparse.linalg.LinearOperator on float64 numpy arrays, for users who
+    bring their own solver (eigsh, cg, ...): each product moves its vector to the operator's
+    device and dtype and the result back to the host as float64. Symmetric, so the adjoint
+    product is the product itself."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator as ScipyOperator
+
+    def matvec(x):
+        v = torch.as_tensor(np.asarray(x).reshape(-1)).to(device=op.device, dtype=op.dtype)
+        return op.matvec(v).detach().to("cpu", torch.float64).numpy()
+
+    def matmat(x):
+        vs = torch.as_tensor(np.asarray(x)).to(device=op.device, dtype=op.dtype)
+        return apply_block(op, vs).detach().to("cpu", torch.float64).numpy()
+
+    return ScipyOperator((op.size, op.size), matvec=matvec, rmatvec=matvec, matmat=matmat,
+                         rmatmat=matmat, dtype=np.float64)
+
+
+def matmul(op, v: torch.Tensor) -> torch.Tensor:
+    """`op @ v`: the product with a vector (size,), or with each column of a block (size, m)."""
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"an operator multiplies a torch.Tensor, got {type(v).__name__}")
+    if v.ndim == 1:
+        return op.matvec(v)
+    if v.ndim == 2:
+        return apply_block(op, v)
+    raise ValueError(f"an operator multiplies a vector (size,) or a block (size, m), got shape "
+                     f"{tuple(v.shape)}")

@@ -12,7 +12,7 @@ import math
 import torch
 
 from sharpcli.linalg.budget import MemoryBudget
-from sharpcli.linalg.projection import inner, project_out, project_out_
+from sharpcli.linalg.projection import inner, project_out_
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, check_k,
                                      check_count, make_generator, random_vector,
                                      start_vector)
@@ -44,11 +44,10 @@ def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v
 
     `v0` warm-starts the first pair; the rest start from Gaussian vectors drawn from `seed`.
 
-    `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound): the method's memory
-    does not grow with the iterations, so a budget only decides how it is held: the pairs
-    as rows of one tensor, projections in place and inner products in float64
-    (`_power_within`: the same iteration, equal up to rounding), in k + 3 vectors; a
-    smaller budget is an error naming that minimum.
+    Memory: the method's does not grow with the iterations: the pairs as rows of one
+    tensor, projections in place and inner products in float64, k + 3 vectors in all.
+    `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound) only checks that
+    minimum: a smaller budget is an error naming it.
     """
     check_k(op, k)
     check_count(max_iter, "max_iter")
@@ -59,66 +58,16 @@ def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v
         budget.require(minimum_vectors(k), op.size, op.dtype,
                        f"power iteration for k={k} keeps {k} pairs, the iterate, its product "
                        "and 1 vector of scratch")
-        return _power_within(op, k, tol=tol, max_iter=max_iter, v0=v0, seed=seed,
-                             residuals=residuals)
-    gen = make_generator(seed, op.device)
-    tiny = torch.finfo(torch.float64).tiny
-    found: list[torch.Tensor] = []
-    values, res, conv = [], [], []
-    n_matvec = iterations = 0
-    for i in range(k):
-        v = start_vector(op, v0, gen) if i == 0 else random_vector(op, gen, "gaussian")
-        done = torch.stack(found) if found else None  # rows: the pairs found so far
-        v = project_out(v, done)
-        v = v / v.norm()
-        theta_prev = None
-        converged = False
-        for _ in range(max_iter):
-            w = apply(op, v)
-            n_matvec += 1
-            iterations += 1
-            theta = float(torch.dot(v, w))
-            residual = float((w - theta * v).norm())
-            if theta_prev is not None and abs(theta - theta_prev) <= tol * max(abs(theta_prev), tiny):
-                converged = True
-                break
-            theta_prev = theta
-            w = project_out(w, done)  # deflation
-            norm = w.norm()
-            if norm == 0:  # A v lies in the span of the pairs found: θ is exact, stop here
-                converged = True
-                break
-            v = w / norm
-        else:
-            if residuals:
-                w = apply(op, v)
-                n_matvec += 1
-                theta = float(torch.dot(v, w))
-                residual = float((w - theta * v).norm())
-            else:
-                residual = float("nan")
-        if not math.isfinite(theta):
-            raise LinalgInputError("the operator returned non-finite values (NaN or inf)")
-        found.append(v)
-        values.append(theta)
-        res.append(residual)
-        conv.append(converged)
-    order = torch.tensor(values, dtype=torch.float64).argsort(descending=True)
-    vectors = torch.stack(found, dim=1)[:, order.to(op.device)]
-    return EigenResult(
-        eigenvalues=torch.tensor(values, dtype=torch.float64)[order],
-        eigenvectors=vectors,
-        residuals=torch.tensor(res, dtype=torch.float64)[order],
-        converged=torch.tensor(conv, dtype=torch.bool)[order],
-        n_matvec=n_matvec,
-        iterations=iterations,
-    )
+    result = _power(op, k, tol=tol, max_iter=max_iter, v0=v0, seed=seed, residuals=residuals)
+    result.basis_vectors = k if budget is not None else None
+    return result
 
 
-def _power_within(op, k: int, *, tol: float, max_iter: int, v0, seed: int,
-                  residuals: bool) -> EigenResult:
-    """power_iteration in k + 3 vectors: the pairs found are rows of one (k, size) tensor,
-    the iterate is normalised and projected in place, θ = vᵀAv in float64."""
+def _power(op, k: int, *, tol: float, max_iter: int, v0, seed: int,
+           residuals: bool) -> EigenResult:
+    """power_iteration in k + 3 vectors, with or without a budget: the pairs found are rows
+    of one (k, size) tensor, the iterate is normalised and projected in place, θ = vᵀAv in
+    float64."""
     gen = make_generator(seed, op.device)
     tiny = torch.finfo(torch.float64).tiny
     found = torch.empty(k, op.size, dtype=op.dtype, device=op.device)

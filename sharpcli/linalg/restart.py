@@ -36,8 +36,8 @@ from sharpcli.linalg.basis import Basis, orthonormalize_
 from sharpcli.linalg.budget import MemoryBudget, vector_bytes
 from sharpcli.linalg.projection import inner, project_out_
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
-                                     check_count, check_criterion, check_k, eigenvalues_settled,
-                                     make_generator, start_columns, tolerance_scale)
+                                     check_count, check_criterion, check_k, converged_pairs,
+                                     make_generator, start_columns)
 from sharpcli.linalg.shard import Sharded, dimension, draw, sharded, space_of, start
 
 # β (a singular value of W) below this many ε·‖A‖ means the Krylov space is invariant.
@@ -246,12 +246,9 @@ def solve(proc: ThickRestartLanczos, k: int, *, tol: float, max_iter: int,
         done = proc.p == 0 or proc.n_matvec + proc.p > max_iter
         if proc.m >= k:
             theta, s, res = proc.ritz()
-            if criterion == "residual":
-                scale = tolerance_scale(float(theta[0]), float(np.abs(theta).max()), proc.eps)
-                converged = res[:k] <= tol * scale
-            else:
-                converged = eigenvalues_settled(theta, res, k, previous, tol)
-                previous = theta[:k]
+            converged, previous = converged_pairs(theta, res, k, criterion=criterion, tol=tol,
+                                                  tmax=float(np.abs(theta).max()), eps=proc.eps,
+                                                  previous=previous)
             if converged.all() or done:
                 break
         elif done:

@@ -35,6 +35,28 @@ class EigenResult:
     # memory-bounded solvers (max_memory=): the basis vectors held and the thick restarts
     basis_vectors: int | None = None
     restarts: int = 0
+    note: str = ""  # what a memory budget cost (restarts), for the user
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.eigenvalues
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        return self.eigenvectors
+
+    @property
+    def products(self) -> int:
+        return self.n_matvec
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per eigenpair: index, value, residual, converged."""
+        import pandas as pd
+
+        return pd.DataFrame({"index": range(1, len(self.eigenvalues) + 1),
+                             "value": self.eigenvalues.tolist(),
+                             "residual": self.residuals.tolist(),
+                             "converged": self.converged.tolist()})
 
 
 @dataclass
@@ -47,6 +69,25 @@ class TraceResult:
     n_probes: int   # Hutchinson probes averaged (for Hutch++: the residual-phase probes)
     samples: list[float] = field(default_factory=list)  # the averaged per-probe values, in order
     note: str = ""  # what a memory budget cost (a capped Hutch++ sketch), for the user
+
+    @property
+    def value(self) -> float:
+        return self.estimate
+
+    @property
+    def probes(self) -> int:
+        return self.n_probes
+
+    @property
+    def products(self) -> int:
+        return self.n_matvec
+
+    def to_frame(self):
+        """A pandas DataFrame of one row: value, stderr, probes, products."""
+        import pandas as pd
+
+        return pd.DataFrame({"value": [self.estimate], "stderr": [self.stderr],
+                             "probes": [self.n_probes], "products": [self.n_matvec]})
 
 
 @dataclass
@@ -61,6 +102,16 @@ class DensityResult:
     sigma: float           # the absolute Gaussian width used for smoothing
     reorthogonalization: str = "full"  # "partial" under a memory budget too small for all
     note: str = ""         # what a memory budget cost (ghost eigenvalues), for the user
+
+    @property
+    def products(self) -> int:
+        return self.n_matvec
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per grid point: eigenvalue, density."""
+        import pandas as pd
+
+        return pd.DataFrame({"eigenvalue": self.grid.tolist(), "density": self.density.tolist()})
 
 
 def check_count(value: int, name: str) -> None:
@@ -145,6 +196,20 @@ def eigenvalues_settled(theta: np.ndarray, residuals: np.ndarray, k: int,
     if previous is None or len(previous) < k:
         return ok & (residuals[:k] == 0)
     return ok & (np.abs(theta[:k] - previous[:k]) <= scale)
+
+
+def converged_pairs(theta: np.ndarray, residuals: np.ndarray, k: int, *, criterion: str,
+                    tol: float, tmax: float, eps: float,
+                    previous: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The one convergence test of the Lanczos solvers (single-vector, block, restarted),
+    for the top k of the Ritz values `theta` (descending) with their `residuals`:
+    "residual": ‖Av − θv‖ ≤ tol·max(|θ₁|, √ε·tmax) (`tolerance_scale`, tmax an estimate of
+    ‖T‖); "eigenvalue": `eigenvalues_settled` against `previous`, the top k one step
+    earlier. Returns (converged (k,) bool, what to pass as `previous` next time)."""
+    if criterion == "residual":
+        scale = tolerance_scale(float(theta[0]), tmax, eps)
+        return np.asarray(residuals[:k] <= tol * scale), previous
+    return eigenvalues_settled(theta, residuals, k, previous, tol), theta[:k].copy()
 
 
 def start_vector(op, v0, gen: torch.Generator) -> torch.Tensor:

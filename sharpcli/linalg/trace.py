@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from sharpcli.linalg.basis import orthonormalize_
-from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.budget import MemoryBudget, cannot_hold
 from sharpcli.linalg.projection import inner, project_out, project_out_
 from sharpcli.linalg.results import (LinalgInputError, TraceResult, apply_block, check_count,
                                      make_generator, random_vector)
@@ -110,7 +110,7 @@ def minimum_vectors(method: str) -> int:
 def _cap(op, budget: MemoryBudget | None, unbudgeted: int, kept: int = 0) -> int | None:
     """The widest block of probes a budget allows beside `kept` vectors (one vector for the
     probe being drawn), or None when there is no budget or it holds the unbudgeted path."""
-    if budget is None or budget.vectors(op.size, op.dtype) >= unbudgeted:
+    if not cannot_hold(budget, op, unbudgeted):
         return None
     have = budget.require(kept + 2, op.size, op.dtype,
                           f"a trace estimate keeps {kept} sketch vectors, 1 probe and 1 of scratch")

@@ -43,6 +43,7 @@ from sharpcli.sources.structure import (describe, first_tensor, fingerprint, pla
                                         tensors, to_device)
 
 NumTerms = Callable[[Any], int]
+DEFAULT_CHUNK = 4096  # examples per batch of in-memory data when the caller gives none
 API_NAMES = {"data": "data", "y": "y", "num_terms": "num_terms", "total_terms": "total_terms",
              "chunk_size": "chunk_size", "check_deterministic": "check_deterministic=False"}
 
@@ -193,6 +194,10 @@ class Data:
             raise SharpError(f"{self.names['data']} is a DataLoader with shuffle=True: each pass would "
                              "see other batches; use shuffle=False (or pass "
                              f"{self.names['check_deterministic']} to measure anyway)")
+        if total_terms is not None and num_terms is None and isinstance(source, TensorSource):
+            # in-memory examples are counted as examples: a total would be overwritten
+            raise SharpError(f"{self.names['total_terms']} applies with {self.names['num_terms']} "
+                             "or a stream of batches; in-memory examples are counted as they are")
         self._total = total_terms
         self._counts: list[int] | None = None  # this process's batches' terms, once counted
         if self.default_terms:
@@ -293,6 +298,17 @@ def _one_ahead(items: Iterator) -> Iterator:
         following = next(items, _END)
         yield current
         current = following
+
+
+def check_chunk_size(data, y, chunk_size: int | None, name: str = "chunk_size") -> None:
+    """A chunk size given for a stream, which comes in its own batches, is refused: it is
+    read for in-memory examples (`data, y`) and map-style Datasets only."""
+    if chunk_size is None or y is not None or isinstance(data, torch.Tensor):
+        return  # a tensor without y is refused by as_data, with its own message
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        return
+    raise SharpError(f"{name} batches in-memory examples (data, y) and map-style Datasets; "
+                     f"data is a {type(data).__name__}, which comes in its own batches")
 
 
 def as_data(data, y=None, *, num_terms: NumTerms | None = None, total_terms: int | None = None,

@@ -17,7 +17,7 @@ from sharpcli.hessian.calls import Call
 from sharpcli.hessian.check import check_objective
 from sharpcli.hessian.params import trainable_params
 from sharpcli.hessian.preconditioner import preconditioner
-from sharpcli.sources.data import as_data
+from sharpcli.sources.data import DEFAULT_CHUNK, as_data, check_chunk_size
 from sharpcli.spectra.compute import compute_spectrum
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem
@@ -40,30 +40,32 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
              batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
              forward: Callable[[nn.Module, Any], Any] | None = None,
              output_fn: Callable[[Any], torch.Tensor] | None = None,
-             check_deterministic: bool = True, chunk_size: int = 4096,
-             top_k: int = 5, method: str | None = None, tol: float = 1e-3,
+             check_deterministic: bool = True, chunk_size: int | None = None,
+             top_k: int | None = None, method: str | None = None, tol: float | None = None,
              max_iter: int | None = None, block_size: int | None = None,
-             check_missed: bool = True, trace: bool = False, trace_method: str = "auto",
-             trace_probes: int = 100, trace_tol: float | None = None, density: bool = False,
-             density_runs: int = 5, density_iters: int = 80, density_grid: int = 1000,
-             density_sigma: float = 0.01, per_layer: bool = False, blocks: str | None = None,
-             max_memory: int | str | None = None, hessian_mode: str = "eval",
+             check_missed: bool | None = None, trace: bool = False,
+             trace_method: str | None = None, trace_probes: int | None = None,
+             trace_tol: float | None = None, density: bool = False,
+             density_runs: int | None = None, density_iters: int | None = None,
+             density_grid: int | None = None, density_sigma: float | None = None,
+             per_layer: bool = False, blocks: str | None = None,
+             max_memory: int | str | None = None, hessian_mode: str | None = None,
              preconditioned: bool = False, optimizer: torch.optim.Optimizer | None = None,
-             backend: str = "native", compile: bool = False, seed: int = 0) -> list[dict]:
+             backend: str | None = None, compile: bool = False,
+             seed: int | None = None) -> list[dict]:
     """The rows spectrum.csv would hold (checkpoint "" and step None), as dicts: the top-k
     eigenvalues of the Hessian of the mean loss over `data` (and with `trace`, `density`,
     `per_layer` its trace, spectral density and per-module blocks).
 
-    The data: in-memory `data, y` (tensors, chunked by `chunk_size`), or `data` any source of
-    `(inputs, targets)` batches — a DataLoader, a list, a callable returning an iterator —
-    each batch's inputs passed as model(x), model(*x) or model(**x) (or through
-    `forward(model, batch)`). The loss is `loss_fn(outputs, targets)` ("mse" and "ce" on the
-    predictions), the mean over the batch's loss terms; or `batch_loss(model, batch)` with
-    `loss_fn=None` for models that compute their own. The Hessian is of the mean over all
-    loss terms: `num_terms(batch)` counts a batch's (default: its examples), `total_terms`
-    the whole set's when known (else one pass counts them). `output_fn(outputs)` gives the
-    predictions (default: the outputs, or their `.logits`). A stream that differs between
-    two passes is refused unless `check_deterministic=False`.
+    A wrapper over `sharpcli.hessian` and the solvers `sharpcli.eigs`, `sharpcli.trace` and
+    `sharpcli.density`, adding blocks of parameters, preconditioning, warm starts, the
+    memory budget's minimum and the rows. The data and loss arguments are `sharpcli.hessian`'s
+    (`chunk_size` for in-memory examples only). An argument left out (None) takes
+    `sharp spectrum`'s default (docs/reference/cli.md); one given that would be ignored is
+    refused: `block_size` without method="block", `check_missed` without Lanczos,
+    `trace_*` without `trace`, `density_*` without `density`, `compile` with
+    backend="pyhessian", `chunk_size` with a stream, `total_terms` with in-memory examples
+    counted as examples, `optimizer` without `preconditioned`.
 
     `preconditioned=True` measures P^{-1/2} H P^{-1/2} with P from `optimizer`'s state
     (Adam, AdamW, RMSprop after their first step). `blocks` names groups of parameters, by
@@ -76,23 +78,37 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
     hutch++ or gauss-newton; hessian_mode: eval or train; backend: native or pyhessian).
     The model's mode, buffers, gradients and the random number generators are left as found.
     """
+    settings = dict(top_k=top_k, method=method, tol=tol, max_iter=max_iter,
+                    block_size=block_size, check_missed=check_missed, trace=trace,
+                    trace_method=trace_method, trace_probes=trace_probes, trace_tol=trace_tol,
+                    density=density, density_runs=density_runs, density_iters=density_iters,
+                    density_grid=density_grid, density_sigma=density_sigma,
+                    per_layer=per_layer, blocks=blocks, max_memory=max_memory,
+                    hessian_mode=hessian_mode, backend=backend, compile=compile, seed=seed)
+    given = {name: value for name, value in settings.items() if value is not None}
     try:
+        refuse_ignored(given)
+        check_chunk_size(data, y, chunk_size)
         return _spectrum(model, loss_fn, data, y, num_terms=num_terms, total_terms=total_terms,
                          batch_loss=batch_loss, forward=forward, output_fn=output_fn,
-                         check_deterministic=check_deterministic, chunk_size=chunk_size,
-                         preconditioned=preconditioned, optimizer=optimizer,
-                         settings=dict(top_k=top_k, method=method, tol=tol, max_iter=max_iter,
-                                       block_size=block_size, check_missed=check_missed,
-                                       trace=trace, trace_method=trace_method,
-                                       trace_probes=trace_probes, trace_tol=trace_tol,
-                                       density=density, density_runs=density_runs,
-                                       density_iters=density_iters, density_grid=density_grid,
-                                       density_sigma=density_sigma, per_layer=per_layer,
-                                       blocks=blocks, max_memory=max_memory,
-                                       hessian_mode=hessian_mode, backend=backend,
-                                       compile=compile, seed=seed))
+                         check_deterministic=check_deterministic,
+                         chunk_size=chunk_size or DEFAULT_CHUNK, preconditioned=preconditioned,
+                         optimizer=optimizer, settings=given)
     except SharpError as err:
         raise type(err)(api_message(str(err))) from None
+
+
+def refuse_ignored(given: dict[str, Any]) -> None:
+    """A SharpError naming the first argument in `given` (the settings the caller gave) that
+    the computation it asked for would not read, where SpectrumConfig cannot tell (its
+    fields have defaults; it refuses block_size and compile itself)."""
+    method = given.get("method") or ("power" if given.get("backend") == "pyhessian" else "lanczos")
+    if "check_missed" in given and method != "lanczos":
+        raise SharpError(f"check_missed applies to method='lanczos', not method={method!r}")
+    for part in ("trace", "density"):
+        unread = [name for name in given if name.startswith(part + "_")]
+        if unread and not given.get(part):
+            raise SharpError(f"{unread[0]} applies with {part}=True")
 
 
 def _spectrum(model, loss_fn, data, y, *, num_terms, total_terms, batch_loss, forward, output_fn,

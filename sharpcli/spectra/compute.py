@@ -11,6 +11,7 @@ its Hessian-vector products.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Iterator
 
@@ -21,27 +22,17 @@ from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable, gauss_newton_unavailable
 from sharpcli.hessian.params import full_precision, num_params, trainable_params
-from sharpcli.linalg import (MemoryBudget, Restricted, block_lanczos, control_variate_trace,
-                            human_bytes, hutchinson_trace, lanczos, lanczos_top_k,
-                            power_iteration, slq_density)
-from sharpcli.linalg.block_lanczos import unbudgeted_vectors as block_unbudgeted
-from sharpcli.linalg.budget import vector_bytes
+from sharpcli.linalg import MemoryBudget, Restricted, control_variate_trace
+from sharpcli.linalg.api import BUDGETED_MAX_ITER, density, eigs, trace  # noqa: F401 (re-exported)
+from sharpcli.linalg.budget import require_minimum
 from sharpcli.linalg.deflation import minimum_vectors as top_k_minimum
-from sharpcli.linalg.deflation import unbudgeted_top_k_vectors
 from sharpcli.linalg.density import MINIMUM_VECTORS as DENSITY_MINIMUM
-from sharpcli.linalg.lanczos import unbudgeted_vectors as lanczos_unbudgeted
 from sharpcli.linalg.power import minimum_vectors as power_minimum
 from sharpcli.linalg.restart import minimum_vectors as restarted_minimum
 from sharpcli.linalg.trace import minimum_vectors as trace_minimum
-from sharpcli.linalg.shard import shards_of
 from sharpcli.spectra.blocks import Block, parameter_blocks
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve, Stoppable
-
-# Products per Lanczos run by default when --max-memory cannot hold the default run's basis:
-# a restarted run needs more products than one that keeps every vector
-# (docs/guides/large-models.md#memory-budget).
-BUDGETED_MAX_ITER = 1000
 
 
 def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
@@ -108,7 +99,7 @@ def _timed(name: str, quantity: str, solve, problem: Problem, cfg: SpectrumConfi
             op = Restricted(op, block.coords)
         op = Stoppable(op, problem.should_stop, problem.dist)
         result, note = solve(op)
-    notes = [note, getattr(result, "note", "").replace("max_memory:", "--max-memory:", 1)]
+    notes = [note, _flags(getattr(result, "note", ""))]
     return Solve(name, quantity, result, result.n_matvec, time.perf_counter() - start, op.size,
                  note="; ".join(filter(None, notes)) or None)
 
@@ -121,14 +112,9 @@ def memory_budget(cfg: SpectrumConfig, whole: Block) -> MemoryBudget | None:
     if nbytes is None:
         return None
     budget = MemoryBudget(nbytes)
-    size, dtype = whole.size, whole.params[0].dtype
-    need, why = max(_minimum_vectors(cfg, min(cfg.top_k, size), size))
-    have = budget.vectors(size, dtype)
-    if have < need:
-        one = vector_bytes(size, dtype)
-        raise SharpError(f"--max-memory {human_bytes(nbytes)} holds {have} vectors of the "
-                         f"model's {size} parameters ({human_bytes(one)} each), below the "
-                         f"minimum of {need} ({human_bytes(need * one)}): {why}")
+    size = whole.size
+    require_minimum(budget, size, whole.params[0].dtype,
+                    _minimum_vectors(cfg, min(cfg.top_k, size), size), "--max-memory")
     return budget
 
 
@@ -156,60 +142,21 @@ def _minimum_vectors(cfg: SpectrumConfig, k: int, size: int) -> list[tuple[int, 
     return needs
 
 
-def _restarted(op, cfg: SpectrumConfig, k: int, budget: MemoryBudget | None) -> bool:
-    """Whether the eigensolver runs restarted within the budget: the budget cannot hold
-    what the unbudgeted solver keeps at --max-iter's default (or given) products."""
-    if budget is None or cfg.eigen_method is Method.power:
-        return False
-    steps = min(cfg.iterations, op.size)
-    if cfg.eigen_method is Method.block:
-        b = cfg.block_size or k
-        held = block_unbudgeted(max(cfg.iterations // b, -(-k // b)), k, b)
-    elif cfg.check_missed:
-        held = unbudgeted_top_k_vectors(max(k, steps), k)
-    else:
-        held = lanczos_unbudgeted(steps, k)
-    return budget.vectors(op.size, op.dtype) < held
-
-
 def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: MemoryBudget | None):
-    """The top k by the chosen method, started from the columns of v0 when given: block
-    Lanczos takes them all as its start block; single-vector Lanczos and power iteration
-    start from their sum, a vector with a share in every one of them. Under a budget that
-    forces restarts, --max-iter bounds each run's products, by default BUDGETED_MAX_ITER.
-    Returns the result and a note on what the budget cost."""
-    k = min(cfg.top_k, op.size)
-    one = None if v0 is None else v0.sum(dim=1)
-    restarted = _restarted(op, cfg, k, budget)
-    iters = cfg.iterations
-    if restarted and cfg.max_iter is None:
-        iters = max(BUDGETED_MAX_ITER, iters)
-    if cfg.eigen_method is Method.block:
-        result = block_lanczos(op, k, block_size=cfg.block_size, tol=cfg.tol, max_iter=iters,
-                               seed=cfg.seed, v0=v0, max_memory=budget)
-    elif cfg.eigen_method is Method.lanczos and cfg.check_missed:
-        result = lanczos_top_k(op, k, tol=cfg.tol, max_iter=iters, seed=cfg.seed, v0=one,
-                               max_memory=budget)
-    elif cfg.eigen_method is Method.lanczos:
-        result = lanczos(op, k, tol=cfg.tol, max_iter=iters if restarted else min(iters, op.size),
-                         seed=cfg.seed, v0=one, max_memory=budget)
-    else:
-        result = power_iteration(op, k, tol=cfg.tol, max_iter=iters, seed=cfg.seed, v0=one,
-                                 max_memory=budget)
-    return result, _eigen_note(result, k, iters, op) if restarted else None
+    """The top k by the chosen method (sharpcli.eigs), started from the columns of v0 when
+    given. Returns the result and no note of its own: `_timed` reads the result's (what the
+    budget cost)."""
+    result = eigs(op, min(cfg.top_k, op.size), tol=cfg.tol, max_iter=cfg.max_iter,
+                  method=cfg.eigen_method.value,
+                  check_missed=cfg.check_missed if cfg.eigen_method is Method.lanczos else None,
+                  block_size=cfg.block_size, max_memory=budget, seed=cfg.seed, v0=v0)
+    return result, None
 
 
-def _eigen_note(result, k: int, max_iter: int, op) -> str:
-    """What a restarted solve did, and what to do when it did not converge."""
-    shards = shards_of(op)
-    split = f" split over {shards.world} processes" if shards and shards.world > 1 else ""
-    note = (f"--max-memory: thick-restart Lanczos in {result.basis_vectors} vectors{split}, "
-            f"{result.restarts} restarts (the same residual certificate, more products)")
-    missed = k - int(result.converged.sum())
-    if missed:
-        note += (f"; {missed} of {k} not converged within --max-iter {max_iter} products per "
-                 "run: raise --max-iter")
-    return note
+def _flags(note: str) -> str:
+    """A solver's note in the command's words: its arguments become their flags."""
+    return re.sub(r"\b(max_memory|max_iter)\b", lambda m: "--" + m.group(1).replace("_", "-"),
+                  note)
 
 
 def _warm_start(vectors: torch.Tensor | None, op) -> torch.Tensor | None:
@@ -277,11 +224,10 @@ def _trace(op, problem: Problem, cfg: SpectrumConfig, block: Block, budget):
         return control_variate_trace(op, part.trace(), part.quadratic_form,
                                      n_probes=cfg.trace_probes, tol=cfg.native_trace_tol,
                                      seed=cfg.seed, max_memory=budget), note
-    return hutchinson_trace(op, n_probes=cfg.trace_probes, tol=cfg.native_trace_tol,
-                            seed=cfg.seed, method=method.value, max_memory=budget), note
+    return trace(op, probes=cfg.trace_probes, tol=cfg.native_trace_tol, seed=cfg.seed,
+                 method=method.value, max_memory=budget), note
 
 
 def _density(op, cfg: SpectrumConfig, budget):
-    return slq_density(op, n_runs=cfg.density_runs, n_iter=cfg.density_iters,
-                       grid_size=cfg.density_grid, sigma=cfg.density_sigma, seed=cfg.seed,
-                       max_memory=budget)
+    return density(op, runs=cfg.density_runs, iters=cfg.density_iters, grid=cfg.density_grid,
+                   sigma=cfg.density_sigma, seed=cfg.seed, max_memory=budget)

@@ -72,12 +72,6 @@ class SpectrumConfig:
             return self.method
         return Method.power if self.backend is Backend.pyhessian else Method.lanczos
 
-    @property
-    def iterations(self) -> int:
-        """--max-iter as given, else 100 (PyHessian's default), and for Lanczos at least 2k."""
-        if self.max_iter is not None:
-            return self.max_iter
-        return max(100, 2 * self.top_k) if self.eigen_method is not Method.power else 100
 
     def validate(self) -> None:
         """A SharpError naming the flag for any value out of range or combination we refuse."""
@@ -93,9 +87,14 @@ class SpectrumConfig:
         for flag, value in [("--tol", self.tol), ("--trace-tol", self.trace_tol)]:
             check_positive(value, flag, allow_zero=True, optional=True)
         check_positive(self.density_sigma, "--density-sigma")
-        if self.eigen_method is not Method.power and self.iterations < self.top_k:
+        # --max-iter's default is the solver's (sharpcli.eigs: at least 2k for Lanczos)
+        if (self.eigen_method is not Method.power and self.max_iter is not None
+                and self.max_iter < self.top_k):
             raise SharpError(f"--max-iter {self.max_iter} is below --top-k {self.top_k}: Lanczos "
                              "needs at least k iterations for k eigenvalues")
+        if self.block_size is not None and self.eigen_method is not Method.block:
+            raise SharpError(f"--block-size applies to --method block, not --method "
+                             f"{self.eigen_method}")
         if self.trace_method is TraceMethod.hutchpp and self.trace_probes < 3:
             raise SharpError(f"--trace-method hutch++ needs --trace-probes ≥ 3, got "
                              f"{self.trace_probes}")
@@ -125,6 +124,8 @@ def check_pyhessian_supported(cfg: SpectrumConfig) -> None:
     if cfg.method in (Method.lanczos, Method.block):
         lacks.append(f"--method {cfg.method} (it computes eigenvalues by power iteration only: "
                      "use --method power or leave --method out)")
+    if cfg.compile:
+        lacks.append("--compile (it takes its own products)")
     if cfg.trace_method in (TraceMethod.hutchpp, TraceMethod.gauss_newton):
         lacks.append(f"--trace-method {cfg.trace_method} (it has Hutchinson only)")
     if cfg.hessian_mode is HessianMode.train:

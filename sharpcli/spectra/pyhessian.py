@@ -228,8 +228,8 @@ def pyhessian_solves(problem: Problem, cfg: SpectrumConfig):
     check_pyhessian_supported(cfg)
     size = sum(p.numel() for p in problem.model.parameters() if p.requires_grad)
     start = time.perf_counter()
-    res = pyhessian_eigenvalues(problem, cfg.top_k, tol=cfg.tol, max_iter=cfg.iterations,
-                                seed=cfg.seed)
+    given = {} if cfg.max_iter is None else {"max_iter": cfg.max_iter}  # else PyHessian's own
+    res = pyhessian_eigenvalues(problem, cfg.top_k, tol=cfg.tol, seed=cfg.seed, **given)
     yield Solve("all", "eigenvalue", res, res.n_matvec, time.perf_counter() - start, size)
     if cfg.trace:
         start = time.perf_counter()

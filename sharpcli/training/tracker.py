@@ -46,11 +46,11 @@ from sharpcli.formats.schema import (CONFIG_FILE, METRICS_COLUMNS, METRICS_FILE,
 from sharpcli.hessian.batch_sharpness import batch_sharpness, random_batches
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.objective import evaluate, gradient_norm, gradient_vector
-from sharpcli.sources.data import Data, as_data
+from sharpcli.sources.data import DEFAULT_CHUNK, Data, as_data, check_chunk_size
 from sharpcli.hessian.params import trainable_params
 from sharpcli.hessian.preconditioner import preconditioner
 from sharpcli.hessian.sharpness import Sharpness, alignment, measure_sharpness
-from sharpcli.linalg.budget import MemoryBudget, human_bytes, vector_bytes
+from sharpcli.linalg.budget import MemoryBudget, require_minimum
 from sharpcli.linalg.restart import minimum_vectors
 from sharpcli.linalg.results import LinalgInputError
 from sharpcli.training.observe import (current_lr, edge_rule, has_preconditioner, is_sam,
@@ -79,7 +79,8 @@ class Tracker:
     which train loss and accuracy are evaluated (the full training set for full-batch GD):
     in-memory tensors, or `x` any source of batches with `y` left out, as for
     `sharpcli.spectrum` (docs/guides/own-model.md#data-sources): `batch_loss`, `forward`,
-    `output_fn`, `num_terms`, `total_terms` and `check_deterministic` are its. `test=(x, y)`
+    `output_fn`, `num_terms`, `total_terms`, `check_deterministic` and `chunk_size` (examples
+    per batch of in-memory tensors, default 4096; refused with a source) are its. `test=(x, y)`
     (or a source) adds test loss and accuracy. λ₁ (and λ₂…λ_k with `k`) every `every` steps
     (0: never), to a relative accuracy `tol` within `max_iter` products, evaluation every
     `eval_every` steps (default: `every`), checkpoints of the model and optimizer every
@@ -107,8 +108,8 @@ class Tracker:
                  total_terms: int | None = None, check_deterministic: bool = True,
                  every: int = 20, k: int = 1, test=None, eval_every: int | None = None,
                  samples: int | None = None, tol: float = 1e-3, max_iter: int = 100,
-                 chunk_size: int = 4096, seed: int = 0, checkpoint_every: int | None = None,
-                 checkpoint_dir: str | Path | None = None, keep_last: int | None = None,
+                 chunk_size: int | None = None, seed: int = 0,
+                 checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None, keep_last: int | None = None,
                  batch_size: int | None = None, edges: EdgeRule | None = None,
                  batch_sharpness: int | None = None, max_memory: int | str | None = None,
                  resume: bool = False, overwrite: bool = False):
@@ -118,13 +119,14 @@ class Tracker:
             call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
         except ValueError as err:
             raise SharpError(str(err)) from None
+        check_chunk_size(x, y, chunk_size)  # a stream comes in its own batches
         run_dir = Path(run_dir)
         self._setup(model, call, x, y, run_dir=run_dir, optimizer=optimizer,
                     num_terms=num_terms, total_terms=total_terms,
                     check_deterministic=check_deterministic, every=every, k=k, test=test,
                     eval_every=eval_every, samples=samples, tol=tol, max_iter=max_iter,
-                    chunk_size=chunk_size, seed=seed, checkpoint_every=checkpoint_every,
-                    checkpoint_dir=run_dir / "checkpoints" if checkpoint_dir is None else checkpoint_dir,
+                    chunk_size=chunk_size or DEFAULT_CHUNK, seed=seed,
+                    checkpoint_every=checkpoint_every, checkpoint_dir=run_dir / "checkpoints" if checkpoint_dir is None else checkpoint_dir,
                     keep_last=keep_last, batch_size=batch_size, edges=edges,
                     batch_sharpness=batch_sharpness, max_memory=max_memory,
                     dist=Dist.current())
@@ -482,12 +484,9 @@ def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:
         return None
     params = trainable_params(model)
     size = sum(p.numel() for p in params)
-    need, dtype = minimum_vectors(k, k, size), params[0].dtype
-    have = budget.vectors(size, dtype)
-    if have < need:
-        raise SharpError(f"max_memory={max_memory!r} holds {have} vectors of the model's {size} "
-                         f"parameters ({human_bytes(vector_bytes(size, dtype))} each); "
-                         f"λ₁..λ_k with k={k} keeps at least {need}")
+    require_minimum(budget, size, params[0].dtype, [(  # a LinalgInputError is a SharpError
+        minimum_vectors(k, k, size), f"λ₁..λ_k with k={k} by block Lanczos keeps {k} Ritz "
+        f"vectors, 2 blocks of {k} and {k} of scratch")])
     return budget
 
 

@@ -4,6 +4,7 @@ exit 2."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -47,13 +48,21 @@ def test_a_stream_of_dict_batches_weighted_by_tokens(weights):
     ("stream", ["--loss", "tests.token_cases:per_token_loss"], ["--loss must return a scalar"]),
     ("stream", ["--num-terms", "tests.token_cases:nothing"], ["--num-terms counts no loss terms"]),
     ("stream", ["--samples", "3"], ["--samples and --split apply to in-memory examples"]),
+    ("stream", ["--block-size", "2"], ["--block-size applies to --method block, not --method lanczos"]),
 ])
 def test_bad_sources_are_one_line(weights, data, more, words):
     assert_one_line_error(sharp(*flags(weights, data, *more)), 2, *words)
 
 
 def test_the_determinism_check_can_be_turned_off(weights):
+    """The same source that is refused above is measured: a row of spectrum.csv with a
+    finite eigenvalue that took products (a refusal, or a crash after the check, writes none)."""
+    out = weights.parent / "s.csv"
+    out.unlink(missing_ok=True)
     sharp(*flags(weights, "noisy", "--no-check-deterministic", "--top-k", "1")).ok()
+    rows = pd.read_csv(out)
+    assert rows[["block", "quantity", "index"]].values.tolist() == [["all", "eigenvalue", 1]]
+    assert np.isfinite(rows.loc[0, "value"]) and rows.loc[0, "n_hvp"] > 0
 
 
 def test_source_flags_need_a_model_factory(weights):

@@ -329,7 +329,7 @@ def test_max_memory_bounds_the_solver_and_keeps_the_sharpness(tmp_path):
 
 @pytest.mark.parametrize("value, k, words", [
     ("lots", 1, ["max_memory", "lots"]),
-    (7 * 490 * 4, 2, ["max_memory=", "7 vectors", "k=2", "at least 8"]),
+    (7 * 490 * 4, 2, ["max_memory", "7 vectors", "k=2", "minimum of 8"]),
 ])
 def test_a_budget_too_small_or_unreadable_is_refused_at_once(tmp_path, value, k, words):
     model = nn.Linear(48, 10)  # 490 parameters
@@ -338,4 +338,14 @@ def test_a_budget_too_small_or_unreadable_is_refused_at_once(tmp_path, value, k,
         sharpcli.Tracker(model, nn.functional.mse_loss, x, y, run_dir=tmp_path / "r", k=k,
                          max_memory=value)
     assert all(w in str(err.value) for w in words), str(err.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_chunk_size_with_a_source_of_batches_is_refused(tmp_path):
+    """A source comes in its own batches: a chunk size would be ignored."""
+    model = nn.Linear(48, 10)
+    x, y = torch.randn(8, 48), torch.randn(8, 10)
+    with pytest.raises(SharpError, match="^chunk_size batches in-memory examples"):
+        sharpcli.Tracker(model, nn.functional.mse_loss, [(x, y)], run_dir=tmp_path / "r",
+                         chunk_size=4)
     assert not (tmp_path / "r").exists()

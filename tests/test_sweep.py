@@ -6,6 +6,7 @@ and bad modes are one line, exit 2."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -171,3 +172,19 @@ def test_bad_modes_are_one_line(tmp_path, monkeypatch, args, words):
 
 def test_a_missing_grid_file_is_one_line(tmp_path):
     assert_one_line_error(sharp("sweep", tmp_path / "nope.toml", "--count"), 2, "does not exist")
+
+
+def test_a_task_trains_the_config_sharp_train_resolves_from_its_flags(tmp_path, monkeypatch):
+    """`sharp sweep GRID --task-id I` is `sharp train` with task I's flags (as --list prints
+    them, a recipe's included) and its run name, folders and --resume."""
+    extra = '\nrecipe = "cohen-cifar5k-fc-tanh"\nnesterov = true\n'
+    grid = write_grid(tmp_path, extra=extra)
+    seen = []
+    monkeypatch.setattr("sharpcli.training.loop.train",
+                        lambda config, progress=None, dist=None: seen.append(config))
+    sharp("sweep", grid, "--task-id", "3", "--quiet")
+    _, name, flags = sharp("sweep", grid, "--list").ok().stdout.splitlines()[3].split("\t")
+    sharp("train", *flags.split(), "--run-name", name, "--reports-dir", tmp_path / "reports",
+          "--checkpoints-dir", tmp_path / "checkpoints", "--resume", "--quiet")
+    assert len(seen) == 2 and seen[0] == dataclasses.replace(seen[1], quiet=False)
+    assert (seen[0].recipe, seen[0].nesterov, seen[0].lr, seen[0].seed) == ("cohen-cifar5k-fc-tanh", True, 0.2, 1)

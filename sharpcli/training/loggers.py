@@ -19,6 +19,7 @@ from pathlib import Path
 from sharpcli.config import SAM_PHASES
 from sharpcli.errors import SharpError
 from sharpcli.formats.csvlog import format_cell
+from sharpcli.formats.schema import TENSORBOARD_DIR
 
 PREFIX = "sharpness/"
 # metrics.csv column → tag (after PREFIX); the order of the documented table
@@ -28,8 +29,6 @@ TAGS = {"sharpness": "lambda1", "gd_edge": "gd_edge", "sam_edge": "sam_edge",
         "train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss",
         "test_acc": "test_acc", "lr": "lr", "rho": "rho"}
 NAMES = ("tensorboard", "wandb")
-TENSORBOARD_DIR = "tensorboard"  # inside the run folder
-WANDB_DIR = "wandb"              # wandb makes it inside the run folder itself
 
 
 def scalars(row: dict) -> dict[str, float]:

@@ -88,7 +88,7 @@ def open_loggers(items: list, run_dir: Path, *, resume_step: int | None, config:
 
 def _open(name: str, run_dir: Path, resume_step: int | None, config: dict):
     if name == "tensorboard":
-        return TensorBoardWriter(run_dir / TENSORBOARD_DIR, purge_step=resume_step)
+        return TensorBoardWriter(run_dir / TENSORBOARD_DIR, start_step=resume_step or 0)
     return WandbOffline(run_dir, config, resuming=resume_step is not None)
 
 
@@ -101,14 +101,16 @@ def close_loggers(opened: list, items: list) -> None:
 
 class TensorBoardWriter:
     """Event files in `log_dir`. Scalars are stored in double precision (the default float32
-    would round metrics.csv's values). A resumed run writes a new event file that starts with
-    a purge at the resumed step, so TensorBoard drops the earlier file's points from that
-    step on, as metrics.csv drops its rows."""
+    would round metrics.csv's values). Each event file starts with a session start at
+    `start_step`: TensorBoard takes the first one for the run's start and each later one for
+    a restart, dropping the earlier files' points from its step on. So a resumed run's new
+    file hides what the interrupted one wrote from the resumed step, as metrics.csv drops
+    those rows."""
 
-    def __init__(self, log_dir: Path, purge_step: int | None = None):
+    def __init__(self, log_dir: Path, start_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_step)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for tag, value in metrics.items():

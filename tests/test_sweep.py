@@ -151,6 +151,9 @@ def test_all_runs_every_task_in_processes(tmp_path):
     ("[sweep]\nfolder = 'x'\n", ["[sweep]", "'folder'", "reports-dir"]),
     ("[train]\nlr = 0.1\n[grid]\nlr = [0.2]\n", ["'lr'", "both [train] and [grid]"]),
     ("[train]\nlr = [0.1\n", ["not valid TOML"]),
+    ("[train]\nsteps = 1.5\n", ["[train] steps = 1.5", "--steps takes a whole number"]),
+    ("[grid]\nnesterov = [1, 0]\n", ["[grid] nesterov = 1", "--nesterov takes true or false"]),
+    ("[grid]\nlr = ['big']\n", ["[grid] lr = 'big'", "--lr takes a number"]),
 ])
 def test_bad_grids_are_one_line(tmp_path, body, words):
     grid = tmp_path / "grid.toml"
@@ -188,3 +191,14 @@ def test_a_task_trains_the_config_sharp_train_resolves_from_its_flags(tmp_path, 
           "--checkpoints-dir", tmp_path / "checkpoints", "--resume", "--quiet")
     assert len(seen) == 2 and seen[0] == dataclasses.replace(seen[1], quiet=False)
     assert (seen[0].recipe, seen[0].nesterov, seen[0].lr, seen[0].seed) == ("cohen-cifar5k-fc-tanh", True, 0.2, 1)
+
+
+def test_run_names_are_short_exact_and_folder_safe(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text('[grid]\nlr = [1, 0.1234567, 1e-5]\nnesterov = [true, false]\n'
+                    'activation = ["a b/c"]\n')
+    lines = sharp("sweep", grid, "--list").ok().stdout.splitlines()
+    assert [line.split("\t")[1] for line in lines] == [
+        f"g-{lr}-{n}-activation-a_b_c" for lr in ("lr1", "lr0.1234567", "lr1e-05")
+        for n in ("nesterov", "no-nesterov")]
+    assert lines[0].split("\t")[2] == "--lr 1.0 --nesterov --activation 'a b/c'"

@@ -18,7 +18,7 @@ _POLL_SECONDS = 0.2  # how often --all --jobs J looks at its tasks
 
 
 def sweep_command(
-    grid: Annotated[Path, typer.Argument(help="The grid: a TOML file with [train] (fixed sharp train flags, without --), [grid] (lists whose product is the tasks) and an optional [sweep] (name, reports-dir, checkpoints-dir).", show_default=False)],
+    grid: Annotated[Path, typer.Argument(help="The grid: a TOML file with \\[train] (fixed sharp train flags, without --), \\[grid] (lists whose product is the tasks) and an optional \\[sweep] (name, reports-dir, checkpoints-dir).", show_default=False)],
     count: Annotated[bool, typer.Option("--count", help="Print the number of tasks (for #SBATCH --array=0-<count − 1>) and exit.")] = False,
     list_tasks: Annotated[bool, typer.Option("--list", help="Print each task's id, run name and sharp train flags, tab-separated, and exit.")] = False,
     task_id: Annotated[Optional[int], typer.Option("--task-id", help="Run task I (0-based); default $SLURM_ARRAY_TASK_ID. A task whose run exists resumes it; one whose run ended does nothing.", show_default=False)] = None,

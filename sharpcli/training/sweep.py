@@ -29,7 +29,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import shlex
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +62,7 @@ class Task:
     flags: dict
 
     def command_line(self) -> str:
-        """The flags as `sharp train` takes them."""
+        """The flags as `sharp train` takes them on a shell's command line."""
         return " ".join(_flag(key, value) for key, value in self.flags.items())
 
 
@@ -114,14 +116,7 @@ class Sweep:
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a GRID file; every problem is one SharpError naming the key."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SharpError(f"grid file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SharpError(f"cannot read grid file {str(path)!r}: {err}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise SharpError(f"{path}: not valid TOML: {err}") from None
+    doc = _read(path)
     _only(doc, SECTIONS, f"{path}: unknown section", "the sections are")
     sweep, fixed, grid = (doc.get(s, {}) for s in SECTIONS)
     for section, table in zip(SECTIONS, (sweep, fixed, grid)):
@@ -131,22 +126,36 @@ def load_sweep(path: str | Path) -> Sweep:
     for section, table in (("train", fixed), ("grid", grid)):
         for key in table:
             _check_flag(path, section, key)
-    for key, value in fixed.items():
-        _check_value(path, f"[train] {key}", value)
+    fixed = {key: _check_value(path, f"[train] {key}", key, value) for key, value in fixed.items()}
     for key, values in grid.items():
         if key in fixed:
             raise SharpError(f"{path}: {key!r} is in both [train] and [grid]: give it in one")
         if not isinstance(values, list) or not values:
             raise SharpError(f"{path}: [grid] {key} must be a non-empty list, got {values!r}")
-        for value in values:
-            _check_value(path, f"[grid] {key}", value)
+        grid[key] = [_check_value(path, f"[grid] {key}", key, value) for value in values]
+    return Sweep(*_names(path, sweep), dict(fixed), dict(grid))
+
+
+def _read(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SharpError(f"grid file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SharpError(f"cannot read grid file {str(path)!r}: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise SharpError(f"{path}: not valid TOML: {err}") from None
+
+
+def _names(path: Path, sweep: dict) -> tuple[str, str, str]:
+    """[sweep]'s name (default: the file's), reports and checkpoints folders."""
     name = sweep.get("name", path.stem)
     if not isinstance(name, str) or not _safe(name):
         raise SharpError(f"{path}: [sweep] name {name!r} must be letters, digits, '.', '_' or '-'")
     dirs = [sweep.get(k, d) for k, d in (("reports-dir", "reports"), ("checkpoints-dir", "checkpoints"))]
     if not all(isinstance(d, str) and d for d in dirs):
         raise SharpError(f"{path}: [sweep] reports-dir and checkpoints-dir must be folder names")
-    return Sweep(name, dirs[0], dirs[1], dict(fixed), dict(grid))
+    return name, dirs[0], dirs[1]
 
 
 def _only(table: dict, allowed, what: str, listing: str) -> None:
@@ -169,10 +178,24 @@ def _check_flag(path: Path, section: str, key: str) -> None:
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def _check_value(path: Path, where: str, value) -> None:
-    if not isinstance(value, (bool, int, float, str)):
-        raise SharpError(f"{path}: {where} = {value!r}: a flag's value is a number, a string "
-                         "or true/false")
+def _check_value(path: Path, where: str, key: str, value):
+    """A value of the flag's kind: true/false for a switch, a whole number for a count, a
+    number for a real (returned as a float, as the command line gives it), a string for a
+    choice or a name (TOML keeps 2 and 2.0 apart)."""
+    kinds = [k for k in typing.get_args(_HINTS[key.replace("-", "_")]) or
+             [_HINTS[key.replace("-", "_")]] if k is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else str
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+          isinstance(value, str))
+    if not ok:
+        expected = {bool: "true or false", int: "a whole number", float: "a number"}.get(kind, "a string")
+        raise SharpError(f"{path}: {where} = {value!r}: --{key} takes {expected}")
+    return float(value) if kind is float else value
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
 
 
 def _safe(text: str) -> bool:
@@ -184,8 +207,10 @@ def _name_part(key: str, value) -> str:
     characters a folder name should not hold become _."""
     if isinstance(value, bool):
         part = key if value else f"no-{key}"
-    elif isinstance(value, (int, float)):
-        part = f"{key}{value:g}" if isinstance(value, float) else f"{key}{value}"
+    elif isinstance(value, float):  # short (0.1, 1e-05) unless that would lose digits
+        part = f"{key}{value:g}" if float(f"{value:g}") == value else f"{key}{value!r}"
+    elif isinstance(value, int):
+        part = f"{key}{value}"
     else:
         part = f"{key}-{value}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", part)
@@ -194,7 +219,7 @@ def _name_part(key: str, value) -> str:
 def _flag(key: str, value) -> str:
     if isinstance(value, bool):
         return f"--{key}" if value else f"--no-{key}"
-    return f"--{key} {value}"
+    return f"--{key} {shlex.quote(str(value))}"  # a line a shell can run
 
 
 # ---------------------------------------------------------------- running a task

@@ -18,8 +18,10 @@ rank 0 writes.
 Logging. Each row's scalars (docs/reference/formats.md#logged-scalars) also go to every
 logger of the trainer (`trainer.loggers`: TensorBoard, W&B, CSV, MLflow, ...) through its
 `log_metrics(metrics, step)`, at the step t measured; Lightning's loggers act on rank 0
-only, and only rank 0 calls them. Lightning is imported as `lightning`, else as `pytorch_lightning`; the
-callback works with either's Trainer.
+only, and only rank 0 calls them.
+
+Lightning is imported as `lightning`, else as `pytorch_lightning`; the callback works with
+either's Trainer.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Each metrics row as scalars for the dashboards researchers watch (docs/reference/formats.md#logged-scalars):
-TensorBoard event files, an offline Weights & Biases run, or any object with
+"""Each metrics row as scalars for the dashboards researchers watch
+(docs/reference/formats.md#logged-scalars): TensorBoard event files, an offline Weights & Biases run, or any object with
 `log_metrics(metrics, step)` (every Lightning logger has it; the Hugging Face callback
 hands one that calls the Trainer's own `log`).
 
@@ -58,25 +58,30 @@ def parse_loggers(loggers, name: str = "loggers") -> list:
     name, an object without log_metrics, a logger whose package is not installed."""
     if loggers is None:
         return []
-    items = [s.strip() for s in loggers.split(",") if s.strip()] if isinstance(loggers, str) else list(loggers)
+    if isinstance(loggers, str):
+        items = [s.strip() for s in loggers.split(",") if s.strip()]
+    else:
+        items = list(loggers)
     for item in items:
         if isinstance(item, str):
             if item not in NAMES:
-                raise SharpError(f"{name}: unknown logger {item!r}; the loggers are {', '.join(NAMES)} "
-                                 "(or objects with log_metrics(metrics, step))")
+                raise SharpError(f"{name}: unknown logger {item!r}; the loggers are "
+                                 f"{', '.join(NAMES)} (or objects with log_metrics(metrics, step))")
             _require(item, name)
         elif not callable(getattr(item, "log_metrics", None)):
-            raise SharpError(f"{name}: {type(item).__name__} has no log_metrics(metrics, step); give "
-                             f"{' or '.join(map(repr, NAMES))} or a Lightning-style logger")
+            raise SharpError(f"{name}: {type(item).__name__} has no log_metrics(metrics, step); "
+                             f"give {' or '.join(map(repr, NAMES))} or a Lightning-style logger")
     return items
 
 
 def _require(logger: str, name: str) -> None:
-    module = {"tensorboard": "tensorboard", "wandb": "wandb"}[logger]
+    """The logger's package (its name is the module's) imports, or the error says what to
+    install; checked when the Tracker is made, not at its first row."""
     try:
-        __import__(module)
+        __import__(logger)
     except ImportError:
-        raise SharpError(f"{name}: {logger} is not installed: pip install 'sharpcli[{logger}]'") from None
+        raise SharpError(f"{name}: {logger} is not installed: "
+                         f"pip install 'sharpcli[{logger}]'") from None
 
 
 def open_loggers(items: list, run_dir: Path, *, resume_step: int | None, config: dict) -> list:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import shlex
 import sys
@@ -78,10 +79,7 @@ class Sweep:
 
     @property
     def count(self) -> int:
-        count = 1
-        for values in self.grid.values():
-            count *= len(values)
-        return count
+        return math.prod(len(values) for values in self.grid.values())
 
     def tasks(self) -> list[Task]:
         keys = list(self.grid)
@@ -182,19 +180,18 @@ def _check_value(path: Path, where: str, key: str, value):
     """A value of the flag's kind: true/false for a switch, a whole number for a count, a
     number for a real (returned as a float, as the command line gives it), a string for a
     choice or a name (TOML keeps 2 and 2.0 apart)."""
-    kinds = [k for k in typing.get_args(_HINTS[key.replace("-", "_")]) or
-             [_HINTS[key.replace("-", "_")]] if k is not type(None)]
-    kind = kinds[0] if len(kinds) == 1 else str
-    ok = (isinstance(value, bool) if kind is bool else
-          isinstance(value, int) and not isinstance(value, bool) if kind is int else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-          isinstance(value, str))
-    if not ok:
-        expected = {bool: "true or false", int: "a whole number", float: "a number"}.get(kind, "a string")
+    hint = _HINTS[key.replace("-", "_")]
+    kinds = [k for k in typing.get_args(hint) or [hint] if k is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 and kinds[0] in _KINDS else str  # enums: strings
+    accepts, expected = _KINDS[kind]
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, accepts):
         raise SharpError(f"{path}: {where} = {value!r}: --{key} takes {expected}")
     return float(value) if kind is float else value
 
 
+# a flag's kind → the TOML values it takes (bool aside: only a switch takes true/false)
+_KINDS = {bool: (bool, "true or false"), int: (int, "a whole number"),
+          float: ((int, float), "a number"), str: (str, "a string")}
 _HINTS = typing.get_type_hints(TrainConfig)
 
 

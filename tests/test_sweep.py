@@ -134,11 +134,20 @@ def test_a_task_as_a_torchrun_job_equals_one_process(tmp_path):
     assert_same_rows(metrics(one, NAMES[3]), metrics(two, NAMES[3]))
 
 
-def test_all_runs_every_task_in_processes(tmp_path):
-    grid = write_grid(tmp_path, steps=4, every=2, grid="[grid]\nseed = [0, 1]\n")
-    sharp("sweep", grid, "--all", "--jobs", "2").ok()
-    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["demo-seed0", "demo-seed1"]
-    assert "nothing to do" in sharp("sweep", grid, "--all").ok().stdout
+def test_all_in_processes_passes_sigterm_on_and_a_rerun_completes_the_sweep(tmp_path):
+    """`--all --jobs 2`: both tasks run at once, each its own process; SIGTERM to the sweep
+    reaches the running tasks, which checkpoint (exit 130); `--all` again completes both."""
+    grid = write_grid(tmp_path, steps=300, every=10, grid="[grid]\nseed = [0, 1]\n")
+    csv = tmp_path / "reports" / "demo-seed1" / "metrics.csv"
+    code, err = SignalAfterRows(start_sharp("sweep", grid, "--all", "--jobs", "2", cwd=tmp_path),
+                                csv, 2, signal.SIGTERM).finish()
+    assert code == 130, err
+    assert err.splitlines()[-1].startswith("error: stopped by SIGTERM; tasks "), err
+    assert "demo-seed1/step-" in err  # the task's own line: its checkpoint
+    sharp("sweep", grid, "--all").ok()
+    for seed in (0, 1):
+        lines = csv_lines(tmp_path / "reports" / f"demo-seed{seed}" / "metrics.csv")
+        assert len(lines) == 32 and lines[-1].startswith("300,")
 
 
 @pytest.mark.parametrize("body, words", [

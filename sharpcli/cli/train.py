@@ -92,6 +92,7 @@ def train_command(
     quiet: Annotated[bool, _opt("No progress bar and no summary.", RUN, "--quiet", "-q")] = D.quiet,
     stop_loss: Annotated[Optional[float], _opt("Stop once the train loss is at or below this.", RUN)] = D.stop_loss,
     stop_acc: Annotated[Optional[float], _opt("Stop once the train accuracy (0–1) is at or above this.", RUN)] = D.stop_acc,
+    log: Annotated[Optional[str], _opt("Also log every metrics row to dashboards inside the run folder: tensorboard (event files in reports/<run>/tensorboard/), wandb (an offline W&B run in reports/<run>/wandb/), or both, comma-separated.", RUN)] = D.log,
     sync_bn: Annotated[bool, _opt("Under torchrun on GPUs: SyncBatchNorm, batch statistics over the whole batch of all processes (default: each process normalises by its shard's statistics; running statistics are averaged over the processes after every step).", DIST)] = D.sync_bn,
     dist_timeout: Annotated[float, _opt("Under torchrun: seconds a process waits for the others in a collective before the run fails.", DIST)] = D.dist_timeout,
 ) -> None:

@@ -13,8 +13,15 @@ The loss. By default a batch's loss is the LightningModule's own `training_step(
 measurement; a `loss_fn(outputs, targets)` measures `module(inputs)` instead. Under
 Lightning's DDP strategy every process measures its share of the measurement data (every
 process holds the same data; the data layer takes each one's share, weighted exactly) and
-rank 0 writes. Lightning is imported as `lightning`, else as `pytorch_lightning`; the
-callback works with either's Trainer.
+rank 0 writes.
+
+Logging. Each row's scalars (docs/reference/formats.md#logged-scalars) also go to every
+logger of the trainer (`trainer.loggers`: TensorBoard, W&B, CSV, MLflow, ...) through its
+`log_metrics(metrics, step)`, at the step t measured; Lightning's loggers act on rank 0
+only, and only rank 0 calls them.
+
+Lightning is imported as `lightning`, else as `pytorch_lightning`; the callback works with
+either's Trainer.
 """
 
 from __future__ import annotations
@@ -50,8 +57,9 @@ class SharpnessCallback(Callback):
     `sharpcli.Tracker`. `loss_fn=None` measures the module's own `training_step`; a
     `loss_fn(outputs, targets)` measures `module(inputs)`. `options` are the Tracker's
     (`num_terms`, `k`, `tol`, `max_iter`, `test`, `eval_every`, `samples`, `batch_size`,
-    `checkpoint_every`, `resume`, `overwrite`, ...). The optimizer is the trainer's (one);
-    its param groups give η and the edges at each measured step."""
+    `checkpoint_every`, `resume`, `overwrite`, `loggers`, ...). The optimizer is the
+    trainer's (one); its param groups give η and the edges at each measured step. Each row's
+    scalars go to the trainer's loggers at the measured step."""
 
     def __init__(self, data, loss_fn, run_dir: str | Path, every: int = 20, **options):
         self.measurer = Measurer(data, loss_fn, run_dir, every, options)
@@ -67,7 +75,7 @@ class SharpnessCallback(Callback):
                              f"one has {len(trainer.optimizers)}")
         batch_loss = None if self.measurer.loss_fn is not None else _training_step_loss
         self.measurer.start(pl_module, trainer.optimizers[0], loss_fn=self.measurer.loss_fn,
-                            batch_loss=batch_loss)
+                            batch_loss=batch_loss, loggers=list(trainer.loggers))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.measurer.step(trainer.global_step, _epoch(trainer))

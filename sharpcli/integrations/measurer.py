@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sharpcli.errors import SharpError
+from sharpcli.training.loggers import parse_loggers
 from sharpcli.training.tracker import Tracker
 
 # The Tracker's arguments a callback fills itself, from the trainer or its own signature.
@@ -56,13 +57,17 @@ class Measurer:
             raise SharpError(f"every must be a positive whole number of optimizer steps, got {every!r}")
         self.data, self.loss_fn, self.run_dir, self.every = data, loss_fn, Path(run_dir), every
         self.options = tracker_options(options)
+        parse_loggers(self.options.get("loggers"))  # a bad name is refused now
         self.tracker: Tracker | None = None
 
-    def start(self, model: nn.Module, optimizer, *, loss_fn=None, batch_loss=None) -> None:
-        """The Tracker of this training (under torchrun: every process makes it)."""
+    def start(self, model: nn.Module, optimizer, *, loss_fn=None, batch_loss=None,
+              loggers: list | None = None) -> None:
+        """The Tracker of this training (under torchrun: every process makes it); its rows
+        also go to the trainer's `loggers`, after any the caller named in `loggers=`."""
         self.close()
         x, y = split_pair(self.data)
         options = dict(self.options)
+        options["loggers"] = parse_loggers(options.get("loggers")) + list(loggers or [])
         if batch_loss is not None and "batch_loss" not in options:
             options["batch_loss"] = batch_loss
         self.tracker = Tracker(model, loss_fn, x, y, run_dir=self.run_dir,

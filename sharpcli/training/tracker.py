@@ -53,6 +53,7 @@ from sharpcli.hessian.sharpness import Sharpness, alignment, measure_sharpness
 from sharpcli.linalg.budget import MemoryBudget, require_minimum
 from sharpcli.linalg.restart import minimum_vectors
 from sharpcli.linalg.results import LinalgInputError
+from sharpcli.training.loggers import close_loggers, open_loggers, parse_loggers, scalars
 from sharpcli.training.observe import (current_lr, edge_rule, has_preconditioner, is_sam,
                                        loop_record, phase_of)
 
@@ -91,6 +92,9 @@ class Tracker:
     adaptive edge. `batch_sharpness=B` measures the batch sharpness of batches of B with λ₁.
     `max_memory` (bytes, or a size such as "1.5GB") bounds what the eigensolver keeps beyond
     the model and one product, as in `sharpcli.spectrum` (docs/guides/large-models.md).
+    `loggers` sends each row's scalars to dashboards at its step: "tensorboard" and "wandb"
+    (offline) write inside `run_dir`, and any object with `log_metrics(metrics, step)` (a
+    Lightning logger, say) receives them (docs/guides/callbacks.md#logging).
 
     Nothing is written outside `run_dir` (and `checkpoint_dir` when given). A `run_dir`
     that holds a run already (config.json or metrics.csv) is an error unless `resume=True`
@@ -112,7 +116,7 @@ class Tracker:
                  checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None, keep_last: int | None = None,
                  batch_size: int | None = None, edges: EdgeRule | None = None,
                  batch_sharpness: int | None = None, max_memory: int | str | None = None,
-                 resume: bool = False, overwrite: bool = False):
+                 loggers=None, resume: bool = False, overwrite: bool = False):
         if resume and overwrite:
             raise SharpError("resume=True continues a run and overwrite=True replaces it: give one")
         try:
@@ -129,7 +133,7 @@ class Tracker:
                     checkpoint_every=checkpoint_every, checkpoint_dir=run_dir / "checkpoints" if checkpoint_dir is None else checkpoint_dir,
                     keep_last=keep_last, batch_size=batch_size, edges=edges,
                     batch_sharpness=batch_sharpness, max_memory=max_memory,
-                    dist=Dist.current())
+                    loggers=loggers, dist=Dist.current())
         self._claim(resume, overwrite)
 
     @classmethod
@@ -156,8 +160,10 @@ class Tracker:
                batch_size: int | None, edges: EdgeRule | None, batch_sharpness: int | None,
                dist: Dist, num_terms=None, total_terms: int | None = None,
                check_deterministic: bool = True, record: dict | None = None,
-               max_memory: int | str | None = None) -> None:
+               max_memory: int | str | None = None, loggers=None) -> None:
         self.model, self.optimizer, self.call = model, optimizer, call
+        self.logger_items = parse_loggers(loggers)  # refused now, not at the first row
+        self.loggers: list = []  # opened when the files open (rank 0)
         self.max_memory = _budget(max_memory, model, k)
         device = next(iter(model.parameters())).device
         self.data = as_data(x, y, num_terms=num_terms, total_terms=total_terms,
@@ -227,6 +233,9 @@ class Tracker:
             self.log.open(fresh=fresh, keep_below_step=resume_step)
             if self.k > 1:
                 self.top_log.open(fresh=fresh, keep_below_step=resume_step)
+            close_loggers(self.loggers, self.logger_items)
+            self.loggers = open_loggers(self.logger_items, self.run_dir, resume_step=resume_step,
+                                        config=self.record)
 
     def _begin(self, step: int) -> None:
         """At the first step of a resumed run: drop the rows from `step` on, and take the
@@ -337,9 +346,10 @@ class Tracker:
             self._saved_now.unlink(missing_ok=True)
         saved = list_checkpoints(self.checkpoint_dir)
         loss = self.dist.sum(float(info.loss))  # each process holds its share
-        self._write(self.log, {"step": info.step, "epoch": info.epoch, "phase": info.phase,
-                               "lr": info.lr, "train_loss": loss,
-                               "grad_norm": float(info.grad_norm), "seconds": self.elapsed()})
+        row = {"step": info.step, "epoch": info.epoch, "phase": info.phase, "lr": info.lr,
+               "train_loss": loss, "grad_norm": float(info.grad_norm), "seconds": self.elapsed()}
+        self._write(self.log, row)
+        self._log_scalars(row)
         raise DivergedError(f"training diverged at step {info.step} (loss {loss}, "
                             f"‖g‖ {float(info.grad_norm)}); last good checkpoint: "
                             f"{saved[-1] if saved else 'none'}; try a smaller --lr than "
@@ -367,6 +377,7 @@ class Tracker:
             row.update(self._sharpness(info))
         row["seconds"] = self.elapsed()
         self._write(self.log, row)
+        self._log_scalars(row)
         self.rows.append(row)
         return row
 
@@ -462,9 +473,18 @@ class Tracker:
         if self.dist.is_main:
             log.write(row)
 
+    def _log_scalars(self, row: dict) -> None:
+        """The row's scalars to every logger, at the row's step (docs/reference/formats.md#logged-scalars)."""
+        if self.dist.is_main and self.loggers:
+            metrics = scalars(row)
+            for logger in self.loggers:
+                logger.log_metrics(dict(metrics), row["step"])
+
     def close(self) -> None:
         self.log.close()
         self.top_log.close()
+        close_loggers(self.loggers, self.logger_items)
+        self.loggers = []
 
     def __enter__(self) -> "Tracker":
         return self

@@ -13,6 +13,7 @@ import pytest
 
 from sharpcli.errors import SharpError
 from sharpcli.integrations.lightning import SharpnessCallback
+from tests.dashboards import assert_float32_board_holds, tensorboard_scalars
 from tests.integrations.lightning_fit import fit
 from tests.integrations.problem import (COMPARED, assert_same_rows, assert_two_processes_log_the_same,
                                         examples, plain_loop)
@@ -49,6 +50,16 @@ def test_every_command_reads_the_run_folder(one_process, tmp_path):
     sharp("plot", run).ok()
     assert (run / "sharpness.png").exists()
     sharp("summarize", run, "--out", tmp_path / "summary.csv").ok()
+
+
+def test_the_trainers_tensorboard_logger_gets_every_row(one_process):
+    """The trainer's TensorBoardLogger holds λ₁, ‖g‖ and the GD edge of each callback's
+    metrics.csv at the measured optimizer steps (float32, as Lightning writes scalars)."""
+    root, _ = one_process
+    board = tensorboard_scalars(root / "tb")
+    runs = [root / "steploss", root / "lossfn"]
+    for tag, column in (("lambda1", "sharpness"), ("grad_norm", "grad_norm"), ("gd_edge", "gd_edge")):
+        assert_float32_board_holds(board, "sharpness/" + tag, runs, column)
 
 
 def test_two_ddp_processes_log_what_one_does(one_process, tmp_path):

@@ -20,6 +20,7 @@ import torch
 from sharpcli.linalg.budget import MemoryBudget
 from sharpcli.linalg.projection import float64_sums, inner, project_out, project_out_
 from sharpcli.linalg.restart import restarted_lanczos
+from sharpcli.linalg.shard import dimension
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
                                      check_count,
                                      check_criterion, check_k, eigenvalues_settled,
@@ -224,7 +225,7 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     if not tol >= 0:
         raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
     check_criterion(criterion)
-    steps = min(max_iter, op.size)
+    steps = min(max_iter, dimension(op))  # the space's, not this process's part (FSDP2)
     budget = MemoryBudget.of(max_memory)
     if budget is not None and budget.vectors(op.size, op.dtype) < unbudgeted_vectors(steps, k):
         return restarted_lanczos(op, k, max_memory=budget, tol=tol, max_iter=max_iter, seed=seed,

@@ -19,6 +19,7 @@ import torch
 from sharpcli.config import Backend, Method, TraceMethod
 from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
+from sharpcli.hessian.finite_difference import is_fsdp2, reshard, resolve_hvp
 from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable, gauss_newton_unavailable
 from sharpcli.hessian.params import full_precision, num_params, trainable_params
 from sharpcli.linalg import (MemoryBudget, Restricted, block_lanczos, control_variate_trace,
@@ -33,7 +34,7 @@ from sharpcli.linalg.lanczos import unbudgeted_vectors as lanczos_unbudgeted
 from sharpcli.linalg.power import minimum_vectors as power_minimum
 from sharpcli.linalg.restart import minimum_vectors as restarted_minimum
 from sharpcli.linalg.trace import minimum_vectors as trace_minimum
-from sharpcli.linalg.shard import shards_of
+from sharpcli.linalg.shard import dimension, shards_of
 from sharpcli.spectra.blocks import Block, parameter_blocks
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve, Stoppable
@@ -70,7 +71,10 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
 
         yield from pyhessian_solves(problem, cfg)
         return
-    blocks = parameter_blocks(problem.model, cfg.per_layer, cfg.blocks)
+    if (cfg.trace or cfg.density) and is_fsdp2(problem.model):
+        raise SharpError("--trace and --density are not yet available for a model sharded by "
+                         "FSDP2: its eigenvalues are")
+    blocks = parameter_blocks(reshard(problem.model), cfg.per_layer, cfg.blocks)
     budget = memory_budget(cfg, blocks["all"])
     if cfg.trace:
         _check_trace_method(problem, cfg, blocks)
@@ -99,16 +103,18 @@ def _timed(name: str, quantity: str, solve, problem: Problem, cfg: SpectrumConfi
     the caller should be told: the solve's own, and what a memory budget cost the result."""
     start = time.perf_counter()
     with full_precision():  # the solver's own arithmetic too: fp32, TF32 off
+        hvp = resolve_hvp(cfg.hvp, problem.model)
         hessian = HessianOperator(problem.model, problem.call, problem.data, params=block.params,
                                   mode=cfg.hessian_mode,
-                                  hvp="forward-over-reverse" if cfg.compile else "double-backward",
+                                  hvp="forward-over-reverse" if cfg.compile else hvp,
                                   compile=cfg.compile)
         op = problem.scaled(hessian, block.params)
         if block.coords is not None:  # part of a parameter: R H_p Rᵀ
             op = Restricted(op, block.coords)
         op = Stoppable(op, problem.should_stop, problem.dist)
         result, note = solve(op)
-    notes = [note, getattr(result, "note", "").replace("max_memory:", "--max-memory:", 1)]
+    notes = [hessian.note, note,
+             getattr(result, "note", "").replace("max_memory:", "--max-memory:", 1)]
     return Solve(name, quantity, result, result.n_matvec, time.perf_counter() - start, op.size,
                  note="; ".join(filter(None, notes)) or None)
 
@@ -161,7 +167,7 @@ def _restarted(op, cfg: SpectrumConfig, k: int, budget: MemoryBudget | None) -> 
     what the unbudgeted solver keeps at --max-iter's default (or given) products."""
     if budget is None or cfg.eigen_method is Method.power:
         return False
-    steps = min(cfg.iterations, op.size)
+    steps = min(cfg.iterations, dimension(op))
     if cfg.eigen_method is Method.block:
         b = cfg.block_size or k
         held = block_unbudgeted(max(cfg.iterations // b, -(-k // b)), k, b)
@@ -178,8 +184,9 @@ def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: Memor
     start from their sum, a vector with a share in every one of them. Under a budget that
     forces restarts, --max-iter bounds each run's products, by default BUDGETED_MAX_ITER.
     Returns the result and a note on what the budget cost."""
-    k = min(cfg.top_k, op.size)
+    k = min(cfg.top_k, dimension(op))
     one = None if v0 is None else v0.sum(dim=1)
+    budget = budget or split_budget(op, cfg, k)
     restarted = _restarted(op, cfg, k, budget)
     iters = cfg.iterations
     if restarted and cfg.max_iter is None:
@@ -191,12 +198,30 @@ def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: Memor
         result = lanczos_top_k(op, k, tol=cfg.tol, max_iter=iters, seed=cfg.seed, v0=one,
                                max_memory=budget)
     elif cfg.eigen_method is Method.lanczos:
-        result = lanczos(op, k, tol=cfg.tol, max_iter=iters if restarted else min(iters, op.size),
+        result = lanczos(op, k, tol=cfg.tol, max_iter=iters if restarted else min(iters, dimension(op)),
                          seed=cfg.seed, v0=one, max_memory=budget)
     else:
         result = power_iteration(op, k, tol=cfg.tol, max_iter=iters, seed=cfg.seed, v0=one,
                                  max_memory=budget)
+    if restarted and cfg.max_memory is None:  # split_budget's: no budget was asked for
+        return result, (f"Lanczos basis sharded like the parameters over "
+                        f"{shards_of(op).world} processes, {result.restarts} restarts")
     return result, _eigen_note(result, k, iters, op) if restarted else None
+
+
+def split_budget(op, cfg: SpectrumConfig, k: int) -> MemoryBudget | None:
+    """For vectors split over processes already (FSDP2), where only the restarted solvers
+    sum over processes: a budget one vector short of what the unbudgeted Lanczos keeps, so
+    that the restarted solver runs, in practice without a restart. None otherwise."""
+    shards = shards_of(op)
+    if shards is None or shards.dim is None:
+        return None
+    if cfg.eigen_method is not Method.lanczos:
+        raise SharpError(f"--method {cfg.eigen_method.value}: a model sharded by FSDP2 is "
+                         "measured by Lanczos only (--method lanczos)")
+    steps = max(k, min(cfg.iterations, shards.dim))
+    held = min(lanczos_unbudgeted(steps, k), unbudgeted_top_k_vectors(steps, k))
+    return MemoryBudget((held - 1) * vector_bytes(op.size, op.dtype))
 
 
 def _eigen_note(result, k: int, max_iter: int, op) -> str:

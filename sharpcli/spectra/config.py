@@ -29,6 +29,7 @@ class SpectrumConfig:
     block_size: int | None = None  # block: vectors per block (default top_k)
     warm_start: bool = True        # a run's checkpoints: start from the previous one's vectors
     compile: bool = False          # forward-over-reverse products through torch.compile
+    hvp: str = "auto"              # exact, finite-difference; auto: finite differences for FSDP2
     trace: bool = False
     trace_probes: int = 100
     trace_method: TraceMethod = TraceMethod.auto  # gauss-newton where outputs are per example

@@ -71,15 +71,17 @@ class HessianOperator:
     aot_autograd has no double backward); it pays a compilation of tens of seconds on first use.
     """
 
-    HVP_MODES = ("exact", "double-backward", "forward-over-reverse", "finite-difference")
+    HVP_MODES = ("double-backward", "forward-over-reverse")  # the exact products
+    # "exact": the default exact product; "finite-difference": from gradients alone
+    HVP_CHOICES = ("exact", *HVP_MODES, "finite-difference")
 
     def __init__(self, model: nn.Module, loss_fn, x, y=None, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
                  mode: str = "eval", cache_graph: bool = True, hvp: str = "exact",
                  dist: Dist = SINGLE, vectorize: bool | None = None, max_block: int = 16,
                  compile: bool = False):
-        if hvp not in self.HVP_MODES:
-            raise ValueError(f"hvp must be one of {self.HVP_MODES}, got {hvp!r}")
+        if hvp not in self.HVP_CHOICES:
+            raise ValueError(f"hvp must be one of {self.HVP_CHOICES}, got {hvp!r}")
         hvp = "double-backward" if hvp == "exact" else hvp
         if isinstance(x, torch.Tensor) and len(x) == 0:
             raise ValueError("the Hessian needs at least one example")

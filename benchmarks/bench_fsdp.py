@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 
@@ -36,13 +37,13 @@ def peak_rss() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def sharded_gpt(seed: int) -> nn.Module:
+def sharded_gpt(seed: int, device: torch.device) -> nn.Module:
     with torch.device("meta"):
         model = GPT(**GPT25M)
     for block in model.transformer.h:
         fully_shard(block)
     fully_shard(model)
-    model.to_empty(device="cpu")
+    model.to_empty(device=device)
     torch.manual_seed(seed)
     for module in model.modules():  # GPT-2's initialisation, on each process's shards
         _init(module)
@@ -55,17 +56,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequences", type=int, default=8, help="sequences of 128 tokens")
     parser.add_argument("--max-iter", type=int, default=6, help="Lanczos products")
+    parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, one GPU "
+                        "per process)")
     args = parser.parse_args()
-    dist.init_process_group("gloo")
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo")
     d = Dist.current()
+    device = d.device
     base = peak_rss()
-    model = sharded_gpt(0)
+    model = sharded_gpt(0, device)
     local = sum(p.to_local().numel() for p in model.parameters())
     sharded = peak_rss()
-    x, y = token_batch(GPT25M["vocab"], args.sequences, GPT25M["positions"])
+    x, y = (t.to(device) for t in token_batch(GPT25M["vocab"], args.sequences,
+                                              GPT25M["positions"]))
     shard = d.shard(len(x))
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     start = time.perf_counter()
     (next_token_loss(model(x[shard]), y[shard]) * d.world_size).backward()
+    sync()
     step = time.perf_counter() - start
     for p in model.parameters():
         p.grad = None
@@ -74,17 +84,20 @@ def main() -> None:
     v = op._draw(torch.Generator().manual_seed(0), "gaussian")
     start = time.perf_counter()
     op.matvec(v)
+    sync()
     product = time.perf_counter() - start
     start = time.perf_counter()
     rows = sharpcli.spectrum(model, next_token_loss, x, y, top_k=1, max_iter=args.max_iter,
                              check_missed=False, check_deterministic=False)
     spectrum = time.perf_counter() - start
-    peaks = torch.tensor([base, sharded, peak_rss()], dtype=torch.float64)
+    gpu = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else 0.0
+    peaks = torch.tensor([base, sharded, peak_rss(), gpu], dtype=torch.float64, device=device)
     dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
     if d.is_main:
         print(json.dumps({"world": d.world_size, "parameters": op.dim, "local_rank0": local,
                           "rss_base_gib": peaks[0].item(), "rss_sharded_gib": peaks[1].item(),
-                          "rss_spectrum_gib": peaks[2].item(), "step_s": step,
+                          "rss_spectrum_gib": peaks[2].item(), "gpu_peak_gib": peaks[3].item(),
+                          "step_s": step,
                           "product_s": product, "spectrum_s": spectrum,
                           "products": rows[0]["n_hvp"], "lambda1": rows[0]["value"],
                           "note": rows[0]["note"]}))

@@ -1,14 +1,15 @@
 """Spectra of FSDP2-sharded models, for tests/hessian/test_fsdp.py: run as
 
-    torchrun --standalone --nproc-per-node W tests/fsdp_spectra.py OUT.json
+    torchrun --standalone --nproc-per-node W tests/fsdp_spectra.py OUT.json [WEIGHTS CSV]
 
 Every process builds the same tiny models (tests/cases.py's MLP, tests/hf_case.py's GPT-2) in
 float64 and float32, shards them with `fully_shard` (each layer or block, then the root), and
 measures the top eigenvalues with `sharpcli.spectrum` (finite-difference products, chosen
 automatically). Rank 0 writes the rows, and whether every process found its weights, its
 gradients and its random number generator exactly as they were, to OUT.json. The test
-compares them with one unsharded process's exact spectrum. One launch for all four cases:
-a torchrun start costs seconds on a small machine."""
+compares them with one unsharded process's exact spectrum. With WEIGHTS and CSV it also runs
+`sharp spectrum --model-factory tests.token_cases:model --fsdp Linear` on those weights,
+writing CSV. One launch for all of it: a torchrun start costs seconds on a small machine."""
 
 import json
 import sys
@@ -18,9 +19,14 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
 import sharpcli
+from sharpcli.cli import main as sharp
 from tests import hf_case
 from tests.cases import MLP_CE
 
+# `sharp spectrum` on tests/token_cases.py's model, every Linear sharded, then the root
+SHARP = ["spectrum", "--model-factory", "tests.token_cases:model", "--data",
+         "tests.token_cases:stream", "--num-terms", "tests.token_cases:tokens", "--loss",
+         "tests.token_cases:token_loss", "--top-k", "2", "--tol", "1e-9", "--quiet"]
 TOP_K, TOL = 2, 1e-7  # λ error ≈ residual²/gap: far below 1e-7
 
 
@@ -59,12 +65,22 @@ def measure(build, dtype) -> dict:
     return {"rows": rows, "kept": dict(zip(("weights", "gradients", "rng"), (flags == 0).tolist()))}
 
 
-def main(out: str) -> None:
+def command(weights: str, csv: str) -> int:
+    try:
+        sharp([*SHARP, "--weights", weights, "--fsdp", "Linear", "--out", csv])
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def main(out: str, cli: list[str]) -> None:
     dist.init_process_group("gloo")
     try:
         results = {f"{name}-{str(dtype)[6:]}": measure(build, dtype)
-                   for name, build in (("mlp", mlp), ("gpt2", gpt2)) if name in sys.argv[2:] or len(sys.argv) == 2
+                   for name, build in (("mlp", mlp), ("gpt2", gpt2))
                    for dtype in (torch.float64, torch.float32)}
+        if cli:
+            results["cli_exit"] = command(*cli)
         if dist.get_rank() == 0:
             with open(out, "w") as f:
                 json.dump(results, f)
@@ -73,4 +89,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

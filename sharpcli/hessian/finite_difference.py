@@ -81,6 +81,28 @@ def reshard(model: nn.Module) -> nn.Module:
     return model
 
 
+def shard_by_class(model: nn.Module, classes: str, dist_: Dist) -> nn.Module:
+    """`sharp spectrum --fsdp CLASS[,CLASS]`: `fully_shard` on every module of those classes
+    (by class name), then on the root, as torchtitan shards per transformer block. Each
+    process held the whole model until now (its weights were loaded into it); afterwards
+    only its shards."""
+    from torch.distributed.fsdp import fully_shard
+
+    if not dist_.enabled:
+        raise SharpError("--fsdp shards the model over torchrun's processes: run under "
+                         "torchrun --nproc-per-node N (N ≥ 2)")
+    names = {c.strip() for c in classes.split(",") if c.strip()}
+    found = {type(m).__name__ for m in model.modules()}
+    if names - found:
+        raise SharpError(f"--fsdp {classes}: no module of class {sorted(names - found)[0]} in "
+                         f"the model (its classes: {', '.join(sorted(found)[:12])})")
+    for module in list(model.modules())[1:]:
+        if type(module).__name__ in names:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
 def resolve_hvp(hvp: str, model: nn.Module) -> str:
     """`hvp="auto"`: finite differences for an FSDP2 model, the exact product otherwise."""
     if hvp == "auto":

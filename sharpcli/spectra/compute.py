@@ -204,8 +204,9 @@ def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: Memor
         result = power_iteration(op, k, tol=cfg.tol, max_iter=iters, seed=cfg.seed, v0=one,
                                  max_memory=budget)
     if restarted and cfg.max_memory is None:  # split_budget's: no budget was asked for
-        return result, (f"Lanczos basis sharded like the parameters over "
-                        f"{shards_of(op).world} processes, {result.restarts} restarts")
+        world = shards_of(op).world
+        return result, (f"Lanczos basis sharded like the parameters over {world} "
+                        f"process{'es' if world > 1 else ''}, {result.restarts} restarts")
     return result, _eigen_note(result, k, iters, op) if restarted else None
 
 

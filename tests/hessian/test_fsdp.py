@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -21,7 +22,9 @@ import sharpcli
 from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.finite_difference import STEP_SCALE, is_fsdp2, resolve_hvp
-from tests import hf_case
+from tests import hf_case, token_cases
+from tests.fsdp_spectra import SHARP
+from tests.runners import sharp
 from tests.cases import CNN_MSE, MLP_CE, MLP_MSE
 from tests.helpers import dense_hessian
 
@@ -116,13 +119,21 @@ def test_fsdp2_sharded_spectra_equal_one_unsharded_process(world, exact, tmp_pat
     gradients and (in-memory data) generator exactly as found."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
-    out = tmp_path / "spectra.json"
+    out, weights, csv = tmp_path / "spectra.json", tmp_path / "tokens.pt", tmp_path / "fsdp.csv"
+    torch.save(token_cases.model().state_dict(), weights)
+    cli = [str(weights), str(csv)] if world == 2 else []
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc-per-node", str(world), str(SCRIPT), str(out)],
+                             "--nproc-per-node", str(world), str(SCRIPT), str(out), *cli],
                             cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=LAUNCH_TIMEOUT)
     assert result.returncode == 0, result.stderr[-3000:]
     sharded = json.loads(out.read_text())
+    if cli:  # `sharp spectrum --fsdp Linear` under torchrun: one process's rows
+        assert sharded.pop("cli_exit") == 0
+        assert sharp(*SHARP, "--weights", str(weights), "--out", str(tmp_path / "one.csv")).code == 0
+        one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(csv)
+        assert list(two["value"]) == pytest.approx(list(one["value"]), rel=1e-7)
+        assert two["note"].str.contains("finite differences").all()
     assert set(sharded) == set(exact)
     for case, rows in sharded.items():
         dtype = case.split("-")[1]

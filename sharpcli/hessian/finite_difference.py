@@ -103,6 +103,26 @@ def shard_by_class(model: nn.Module, classes: str, dist_: Dist) -> nn.Module:
     return model
 
 
+def compute_dtype(model: nn.Module, dtype: torch.dtype) -> torch.dtype:
+    """The dtype FSDP2 computes in: a MixedPrecisionPolicy's param_dtype (bf16) where one is
+    set, else the weights' own `dtype`. Finite differences are only as precise as the
+    gradient, so the step and the error estimate follow this one."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return dtype
+    lowest = dtype
+    for module in model.modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        group = module._get_fsdp_state()._fsdp_param_group  # FSDP2's own record of it
+        for param in group.fsdp_params if group is not None else []:
+            low = getattr(param, "param_dtype", None)
+            if low is not None and torch.finfo(low).eps > torch.finfo(lowest).eps:
+                lowest = low
+    return lowest
+
+
 def resolve_hvp(hvp: str, model: nn.Module) -> str:
     """`hvp="auto"`: finite differences for an FSDP2 model, the exact product otherwise."""
     if hvp == "auto":
@@ -174,7 +194,9 @@ class FiniteDifferenceHVP:
         # sums over coordinates: over FSDP2's processes, whatever the data's split (`dist_`)
         self.group = Dist.current() if self.sharded else dist_
         self.dtype = self.layout.params[0].dtype
-        self.unit = torch.finfo(self.dtype).eps / 2
+        # the unit roundoff of the gradient: bf16 under a MixedPrecisionPolicy
+        self.compute = compute_dtype(model, self.dtype) if self.sharded else self.dtype
+        self.unit = torch.finfo(self.compute).eps / 2
         self.w_norm = math.sqrt(self._sum(sum(float(local(p).detach().double().pow(2).sum())
                                               for p in self.layout.params)))
         self.last_step: float | None = None

@@ -146,8 +146,10 @@ class HessianOperator:
         if self._fd is None:
             return None
         formula = "4-point Richardson" if self._fd.order == 4 else "central"
-        return (f"products by {formula} finite differences of the gradient (estimated relative "
-                f"error {self._fd.error_estimate():.0e})")
+        low = self._fd.compute
+        where = "" if low == self.dtype else f", the gradients in {str(low)[6:]} (mixed precision)"
+        return (f"products by {formula} finite differences of the gradient{where} (estimated "
+                f"relative error {self._fd.error_estimate():.0e})")
 
     def _batch_gradient(self, weight: float, batch) -> list[torch.Tensor]:
         loss = weight * self.call.loss(self.model, batch)

@@ -145,3 +145,22 @@ def test_fsdp2_sharded_spectra_equal_one_unsharded_process(world, exact, tmp_pat
         assert kept["weights"] and kept["gradients"], case
         if case.startswith("mlp"):  # a DataLoader draws from the generator on each pass
             assert kept["rng"], case
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--fsdp", "Conv2d"], "--fsdp Conv2d: no module of class Conv2d in the model"),
+    (["--fsdp", "Linear"], "--fsdp shards the model over torchrun's processes"),
+    (["--fsdp", " , "], "--fsdp needs module class names"),
+])
+def test_fsdp_flag_errors_are_one_line(flags, words, tmp_path):
+    torch.save(token_cases.model().state_dict(), tmp_path / "tokens.pt")
+    result = sharp(*SHARP, "--weights", str(tmp_path / "tokens.pt"), *flags,
+                   "--out", str(tmp_path / "x.csv"))
+    assert result.code == 2 and len(result.error_lines) == 1 and words in result.stderr, \
+        result.stderr
+
+
+def test_fsdp_flag_needs_a_model_factory(tmp_path):
+    torch.save(token_cases.model().state_dict(), tmp_path / "step-1.pt")
+    result = sharp("spectrum", str(tmp_path / "step-1.pt"), "--fsdp", "Linear")
+    assert result.code == 2 and "--fsdp apply with --model-factory" in result.stderr

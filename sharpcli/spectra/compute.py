@@ -186,11 +186,13 @@ def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: Memor
     Returns the result and a note on what the budget cost."""
     k = min(cfg.top_k, dimension(op))
     one = None if v0 is None else v0.sum(dim=1)
-    budget = budget or split_budget(op, cfg, k)
+    split = split_budget(op, cfg, k)  # vectors split over processes: restarted solvers only
+    if split is not None and (budget is None or budget.bytes > split.bytes):
+        budget = split
     restarted = _restarted(op, cfg, k, budget)
     iters = cfg.iterations
-    if restarted and cfg.max_iter is None:
-        iters = max(BUDGETED_MAX_ITER, iters)
+    if restarted and cfg.max_iter is None and cfg.max_memory is not None:
+        iters = max(BUDGETED_MAX_ITER, iters)  # not for split_budget's: it holds max_iter
     if cfg.eigen_method is Method.block:
         result = block_lanczos(op, k, block_size=cfg.block_size, tol=cfg.tol, max_iter=iters,
                                seed=cfg.seed, v0=v0, max_memory=budget)
@@ -213,7 +215,8 @@ def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: Memor
 def split_budget(op, cfg: SpectrumConfig, k: int) -> MemoryBudget | None:
     """For vectors split over processes already (FSDP2), where only the restarted solvers
     sum over processes: a budget one vector short of what the unbudgeted Lanczos keeps, so
-    that the restarted solver runs, in practice without a restart. None otherwise."""
+    that the restarted solver runs, in practice without a restart (a larger --max-memory is
+    cut to it). None otherwise."""
     shards = shards_of(op)
     if shards is None or shards.dim is None:
         return None

@@ -189,6 +189,11 @@ def spectrum_command(
         show_default=False)] = None,
     test_size: Annotated[Optional[int], _opt(
         "With --dataset: the first N test examples.", OWN, show_default=False)] = None,
+    fsdp: Annotated[Optional[str], _opt(
+        "Under torchrun: shard the --model-factory model with FSDP2 (fully_shard) on every "
+        "module of these classes (CLASS[,CLASS], by class name, e.g. GPT2Block), then the "
+        "root; products by finite differences, every vector sharded like the parameters.",
+        OWN, show_default=False)] = None,
     loss: Annotated[str, _opt(
         "mse (0.5‖f − onehot(y)‖², or 0.5‖f − y‖² for float targets, averaged over examples), "
         "ce, model (the loss the model returns, e.g. a Hugging Face model called with a dict "
@@ -209,7 +214,8 @@ def spectrum_command(
         hessian_mode=hessian_mode, preconditioned=preconditioned, device=device, seed=seed,
         compile=compile)
     source = ModelSource(model_factory, model_kwargs, weights, data, dataset, data_dir,
-                         train_size, test_size, loss, batch_loss, num_terms, check_deterministic)
+                         train_size, test_size, loss, batch_loss, num_terms, check_deterministic,
+                         fsdp)
     if not targets and weights is None:
         raise SharpError("give checkpoint files or run folders (or --weights with --model-factory)")
     with process_group(device, dist_timeout) as dist:

@@ -12,7 +12,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from sharpcli.distributed import SINGLE, Dist
 from sharpcli.errors import SharpError
+from sharpcli.hessian.finite_difference import is_fsdp2
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.check import check_objective
 from sharpcli.hessian.params import trainable_params
@@ -21,6 +23,8 @@ from sharpcli.sources.data import DEFAULT_CHUNK, as_data, check_chunk_size
 from sharpcli.spectra.compute import compute_spectrum
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem
+
+HVPS = ("auto", "exact", "finite-difference")
 
 # the flags of `sharp spectrum` whose argument here has another name than the flag's
 _RENAMED = {"--batch-size": "chunk_size", "--loss": "loss_fn", "--data": "data"}
@@ -51,7 +55,7 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
              per_layer: bool = False, blocks: str | None = None,
              max_memory: int | str | None = None, hessian_mode: str | None = None,
              preconditioned: bool = False, optimizer: torch.optim.Optimizer | None = None,
-             backend: str | None = None, compile: bool = False,
+             backend: str | None = None, compile: bool = False, hvp: str | None = None,
              seed: int | None = None) -> list[dict]:
     """The rows spectrum.csv would hold (checkpoint "" and step None), as dicts: the top-k
     eigenvalues of the Hessian of the mean loss over `data` (and with `trace`, `density`,
@@ -77,6 +81,13 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
     `sharp spectrum` (method: lanczos, block or power; trace_method: auto, hutchinson,
     hutch++ or gauss-newton; hessian_mode: eval or train; backend: native or pyhessian).
     The model's mode, buffers, gradients and the random number generators are left as found.
+
+    `hvp`: how Hessian-vector products are made: "exact" (double backward), "finite-difference"
+    (central differences of the gradient: for kernels without double backward), or "auto":
+    finite differences for a model sharded by FSDP2 (`fully_shard`), exact otherwise. A
+    sharded model is measured where it is, under torchrun: each process reads its share of
+    the batches, perturbs its own shards, and keeps its shards of every vector
+    (docs/guides/large-models.md#fsdp2); each row's `note` names the product and its error.
     """
     settings = dict(top_k=top_k, method=method, tol=tol, max_iter=max_iter,
                     block_size=block_size, check_missed=check_missed, trace=trace,
@@ -84,7 +95,8 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
                     density=density, density_runs=density_runs, density_iters=density_iters,
                     density_grid=density_grid, density_sigma=density_sigma,
                     per_layer=per_layer, blocks=blocks, max_memory=max_memory,
-                    hessian_mode=hessian_mode, backend=backend, compile=compile, seed=seed)
+                    hessian_mode=hessian_mode, backend=backend, compile=compile, hvp=hvp,
+                    seed=seed)
     given = {name: value for name, value in settings.items() if value is not None}
     try:
         refuse_ignored(given)
@@ -121,9 +133,13 @@ def _spectrum(model, loss_fn, data, y, *, num_terms, total_terms, batch_loss, fo
         raise SharpError(str(err)) from None
     cfg = SpectrumConfig(**settings, preconditioned=preconditioned)
     cfg.validate()
+    if cfg.hvp not in HVPS:
+        raise SharpError(f"hvp must be one of {', '.join(HVPS)}, got {cfg.hvp!r}")
     device = next(iter(model.parameters())).device
+    # an FSDP2 model's processes each read their share of the data (finite_difference.py)
+    split = Dist.current() if is_fsdp2(model) else SINGLE
     source = as_data(data, y, num_terms=num_terms, total_terms=total_terms, chunk_size=chunk_size,
-                     device=device, check_deterministic=check_deterministic)
+                     device=device, check_deterministic=check_deterministic, dist=split)
     check_objective(model, call, source)
     problem = Problem(model, call, source, preconditioner=_preconditioner(model, optimizer,
                                                                           preconditioned))

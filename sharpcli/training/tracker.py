@@ -101,7 +101,7 @@ class Tracker:
     calls with the same examples: each measures its share of them, and rank 0 alone writes.
     """
 
-    def __init__(self, model: nn.Module, loss_fn, x, y=None, *, run_dir: str | Path,
+    def __init__(self, model: nn.Module, loss_fn, data, y=None, *, run_dir: str | Path,
                  optimizer: torch.optim.Optimizer | None = None,
                  batch_loss=None, forward=None, output_fn=None, num_terms=None,
                  total_terms: int | None = None, check_deterministic: bool = True,
@@ -119,7 +119,7 @@ class Tracker:
         except ValueError as err:
             raise SharpError(str(err)) from None
         run_dir = Path(run_dir)
-        self._setup(model, call, x, y, run_dir=run_dir, optimizer=optimizer,
+        self._setup(model, call, data, y, run_dir=run_dir, optimizer=optimizer,
                     num_terms=num_terms, total_terms=total_terms,
                     check_deterministic=check_deterministic, every=every, k=k, test=test,
                     eval_every=eval_every, samples=samples, tol=tol, max_iter=max_iter,
@@ -131,7 +131,7 @@ class Tracker:
         self._claim(resume, overwrite)
 
     @classmethod
-    def _for_training(cls, model: nn.Module, loss_fn, x, y, *, record: dict,
+    def _for_training(cls, model: nn.Module, loss_fn, data, y, *, record: dict,
                       resume_step: int | None, top_vector: torch.Tensor | None,
                       elapsed: float, dist: Dist,
                       preconditioned_vector: torch.Tensor | None, **settings) -> "Tracker":
@@ -141,13 +141,13 @@ class Tracker:
         `preconditioned_vector` and `elapsed` carry the warm starts and the clock over;
         `dist` is the launch's processes. The caller has checked the run's folders."""
         tracker = cls.__new__(cls)
-        tracker._setup(model, Call.of(loss_fn), x, y, record=record, dist=dist, **settings)
+        tracker._setup(model, Call.of(loss_fn), data, y, record=record, dist=dist, **settings)
         tracker.top_vectors, tracker.preconditioned_vector = top_vector, preconditioned_vector
         tracker._clock = (elapsed, time.perf_counter())
         tracker._start(resume_step)
         return tracker
 
-    def _setup(self, model: nn.Module, call: Call, x, y, *, run_dir: str | Path,
+    def _setup(self, model: nn.Module, call: Call, data, y, *, run_dir: str | Path,
                optimizer, every: int, k: int, test, eval_every: int | None,
                samples: int | None, tol: float, max_iter: int, chunk_size: int, seed: int,
                checkpoint_every: int | None, checkpoint_dir: str | Path, keep_last: int | None,
@@ -158,15 +158,15 @@ class Tracker:
         self.model, self.optimizer, self.call = model, optimizer, call
         self.max_memory = _budget(max_memory, model, k)
         device = next(iter(model.parameters())).device
-        self.data = as_data(x, y, num_terms=num_terms, total_terms=total_terms,
+        self.data = as_data(data, y, num_terms=num_terms, total_terms=total_terms,
                             chunk_size=chunk_size, dist=dist, device=device,
                             check_deterministic=check_deterministic)
         self.test = None if test is None else _test_data(test, chunk_size, dist, device)
         self.data_sharp = self._sharpness_data(samples)
         if batch_sharpness is not None and not (self.data.in_memory
                                                 and isinstance(self.data.source.inputs, torch.Tensor)):
-            raise SharpError("batch_sharpness draws random batches of in-memory examples: give x, y "
-                             "tensors")
+            raise SharpError("batch_sharpness draws random batches of in-memory examples: give data, y "
+                             "tensors (or data=(x, y))")
         self.every, self.k, self.tol, self.max_iter = every, k, tol, max_iter
         self.eval_every = eval_every or every
         self.chunk_size, self.seed, self.dist = chunk_size, seed, dist
@@ -254,7 +254,7 @@ class Tracker:
         if samples is None or (self.data.in_memory and samples >= len(self.data.source)):
             return self.data
         if not self.data.in_memory:
-            raise SharpError("samples takes the first examples of in-memory x, y; a stream is "
+            raise SharpError("samples takes the first examples of in-memory data, y; a stream is "
                              "measured whole (give a smaller source instead)")
         return Data(self.data.source.head(samples), num_terms=self.data.num_terms,
                     dist=self.data.dist, device=self.data.device)
@@ -282,7 +282,7 @@ class Tracker:
         return bool(self.every) and step % self.every == 0
 
     def evaluation_due(self, step: int, final: bool = False) -> bool:
-        return final or step % self.eval_every == 0
+        return final or (bool(self.eval_every) and step % self.eval_every == 0)
 
     def row_due(self, step: int, final: bool = False) -> bool:
         return self.sharpness_due(step) or self.evaluation_due(step, final)
@@ -493,8 +493,8 @@ def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:
 
 def _test_data(test, chunk_size: int, dist: Dist, device) -> Data:
     """`test`: an (x, y) pair of tensors, or a source of batches."""
-    pair = isinstance(test, tuple) and len(test) == 2 and all(isinstance(t, torch.Tensor) for t in test)
-    return as_data(*(test if pair else (test,)), chunk_size=chunk_size, dist=dist, device=device)
+    return as_data(test, chunk_size=chunk_size, dist=dist, device=device,
+                   names={"data": "test", "y": "test's targets"})
 
 
 def _input_shape(data: Data) -> list[int] | None:

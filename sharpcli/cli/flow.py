@@ -55,7 +55,7 @@ def flow_command(
                               FLOW)] = D.seed,
     sdcp: Annotated[str, _opt(
         "The complementarity solver: native, or cvxpy to cross-check it (pip install "
-        "'sharpcli\\[flow]').", FLOW)] = D.sdcp,
+        "-e '.\\[flow]' in sharpcli's clone).", FLOW)] = D.sdcp,
     save_every: Annotated[int, _opt("Steps between saves of flow-state.pt.", RUN)] = D.save_every,
     resume: Annotated[bool, _opt(
         "Continue flow.csv from the step flow-state.pt was saved at (same flags; a larger "

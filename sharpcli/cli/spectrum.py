@@ -132,7 +132,7 @@ def spectrum_command(
         "eval: BatchNorm running statistics; train: each chunk's batch statistics. Dropout "
         "is off in both.", DATA)] = D.hessian_mode,
     preconditioned: Annotated[bool, _opt(
-        "Checkpoints of adam, adamw or rmsprop: the spectrum of P^{-1/2} H P^{-1/2} (the "
+        "Checkpoints of adam, adamw or rmsprop: the spectrum of P⁻¹ᐟ² H P⁻¹ᐟ² (the "
         "eigenvalues of P⁻¹H) with P from the saved optimizer state, the state before that "
         "step's update (docs/reference/mathematics.md#preconditioned-sharpness); written to spectrum-preconditioned.csv (and "
         "density-preconditioned.csv). Checkpoints of step 0 have no P and are skipped.",

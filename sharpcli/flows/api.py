@@ -35,8 +35,8 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
     Nothing is written unless `out` is given.
 
     Args:
-        run: The run folder (reports/<run>) or run name, trained by full-batch GD (or
-            full-batch RMSProp).
+        run: The run folder (reports/<run>) or run name, trained by full-batch GD with a
+            constant step, no momentum and no weight decay.
         model: For a Tracker's run: a model of the run's architecture; a copy is given the
             step-0 weights, the model itself is left alone.
         loss_fn: For a Tracker's run: `loss_fn(outputs, targets)`, or "mse" or "ce".

@@ -1,5 +1,5 @@
 """Progress of a long command, on stderr: a rich bar on a terminal; off one (a pipe, a log
-file, a Slurm job) a plain line at least every PROGRESS_SECONDS and one at the end, each
+file, a Slurm job) a plain line at least every PROGRESS_SECONDS and one when done, each
 with the step or fraction done, the elapsed time and the time left. --quiet (and every
 process but rank 0 under torchrun: the commands pass quiet then) silences both.
 
@@ -79,10 +79,12 @@ class PlainLines(Reporter):
             self._print()
 
     def finish(self, done: bool = True) -> None:
-        """The last line: `done`, or where the work stopped (an error, Ctrl-C)."""
+        """The last line, once the work is done; none when it failed or was stopped: the
+        error's one line says so, and a bad argument stays one line on stderr."""
         self._done.set()
         self._thread.join()
-        self._print(final=done)
+        if done:
+            self._print(final=True)
 
     def _print(self, final: bool = False) -> None:
         with self._lock:

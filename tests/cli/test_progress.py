@@ -46,6 +46,16 @@ def test_lines_come_from_a_clock_not_from_the_work():
     assert all(line.startswith("spectrum: 1/3 (33%)") for line in printed)
 
 
+def test_work_that_fails_ends_with_its_error_not_a_progress_line(tmp_path, monkeypatch):
+    """A bad argument stays one line on stderr, even with progress on."""
+    monkeypatch.setenv("SHARPCLI_PROGRESS_SECONDS", "0.01")
+    lines = PlainLines("spectrum", 3, seconds=3600, stream=io.StringIO())
+    lines.finish(done=False)
+    assert lines.stream.getvalue() == ""
+    result = sharp("spectrum", tmp_path / "no-such-run")
+    assert result.code == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("error:")
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """A tiny run with three checkpoints, trained with its progress on."""

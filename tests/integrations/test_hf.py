@@ -49,7 +49,7 @@ def test_every_command_reads_the_run_folder(trained, tmp_path):
 def test_without_transformers_the_import_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     monkeypatch.delitem(sys.modules, "sharpcli.integrations.hf")
-    with pytest.raises(ImportError, match=r"pip install 'sharpcli\[hf\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[hf\]'"):
         importlib.import_module("sharpcli.integrations.hf")
 
 

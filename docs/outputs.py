@@ -100,6 +100,7 @@ def callbacks_sentence(folder: Path, seconds: dict) -> str:
 
 
 DEFAULT_RUN = "reports/mnist1d-mlp-gd-lr0.3-seed0"
+DEFAULT_TRAIN = "sharp train --quiet"  # the default run most pages read
 OUTPUTS = [
     # the default run in 6 s: rerun by the tests. Past the edge its last digits move with the
     # torch version (λ₁ 7.089 on torch 2.14, 7.393 on 2.15; 70% and 59% of the measurements
@@ -113,13 +114,17 @@ OUTPUTS = [
              "sharp eos reports/gd-lr* --strict")], keep=table_only,
            setup=["for lr in 0.15 0.2 0.3; do sharp train --lr $lr --run-name gd-lr$lr --quiet; done"]),
     Output("eos-guide", "docs/guides/eos.md",
-           [f"sharp eos {DEFAULT_RUN}", "sharp eos --lr 0.1 --rho 0.05 --grad-norm 0.3"]),
+           [f"sharp eos {DEFAULT_RUN}", "sharp eos --lr 0.1 --rho 0.05 --grad-norm 0.3"],
+           setup=[DEFAULT_TRAIN]),
     Output("spectrum-run", "docs/guides/spectrum.md", [f"sharp spectrum {DEFAULT_RUN}/"],
-           keep=spectrum_rows),
+           keep=spectrum_rows, setup=[DEFAULT_TRAIN]),
     Output("spectrum-trace", "docs/guides/spectrum.md", [
         "sharp spectrum checkpoints/mnist1d-mlp-gd-lr0.3-seed0/step-00001000.pt --trace",
         "sharp spectrum checkpoints/mnist1d-mlp-gd-lr0.3-seed0/step-00001000.pt --trace "
-        "--trace-method hutchinson"], keep=trace_rows),
+        "--trace-method hutchinson"], keep=trace_rows, setup=[DEFAULT_TRAIN]),
+    Output("adaptive-train", "docs/guides/adaptive.md", [
+        "sharp train --optimizer adam --lr 0.001 --steps 2000 --sharpness-every 40 --eval-every 40",
+        "sharp eos --lr 1e-3 --optimizer adam --beta1 0.9"]),
     Output("own-loop", "docs/guides/own-model.md", [
         "python examples/own_loop.py && sharp eos reports/own-loop",
         ("sharp spectrum reports/own-loop --model-factory examples.own_loop:make_model \\\n"
@@ -250,16 +255,16 @@ def main(argv: list[str]) -> int:
     if any(o.name == "readme-callbacks" for o in chosen):  # its sentence needs both runs
         chosen = [o for o in OUTPUTS if o.name in ("callbacks-lightning", "callbacks-hf")
                   and o not in chosen] + chosen
-    # the default run most pages read: made by getting-started's `sharp train` when chosen
+    # getting-started's `sharp train` makes the default run the others read: first
     first = [o for o in chosen if o.name == "getting-started-train"]
     chosen = first + [o for o in chosen if o not in first]
     seconds, ran = {}, set()
     with tempfile.TemporaryDirectory() as tmp:
         folder = scratch(Path(tmp))
-        if not first:
-            shell("sharp train --quiet", folder)
         for output in chosen:
             text = generate(output, folder, seconds, ran)
+            if output in first:
+                ran.add(DEFAULT_TRAIN)
             write(output, text)
             print(f"{output.name}: {output.page} ({seconds.get(output.name, 0):.0f} s)")
     return 0

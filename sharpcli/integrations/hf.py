@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from sharpcli.integrations.measurer import Measurer
 
@@ -35,23 +36,38 @@ try:
     from transformers import Trainer, TrainerCallback
 except ImportError:
     raise ImportError("sharpcli.integrations.hf needs transformers: "
-                      "pip install 'sharpcli[hf]'") from None
+                      "pip install -e '.[hf]' in sharpcli's clone") from None
 
 
 class SharpnessCallback(TrainerCallback):
-    """Measures the sharpness of a `transformers.Trainer` training every `every` optimizer
-    steps into `run_dir` (config.json, metrics.csv: the run folder `sharp eos`, `sharp plot`
-    and `sharp summarize` read).
+    """Measures the sharpness of a `transformers.Trainer` training every `every` optimizer steps into
+    `run_dir`: the run folder (config.json, metrics.csv) that `sharp eos`, `sharp plot` and
+    `sharp summarize` read. The optimizer is the trainer's (one); its param groups give η and
+    the edges at each measured step.
 
-    `data` is the fixed measurement set: any source of batches (a list of dict batches, a
-    DataLoader with shuffle=False, a callable), or an `(x, y)` pair of tensors, as `x` for
-    `sharpcli.Tracker`. `loss_fn=None` measures the model's own loss (`model(**batch).loss`);
-    a `loss_fn(outputs, targets)` measures `model(inputs)` on `(inputs, targets)` batches.
-    `options` are the Tracker's (`num_terms`, `k`, `tol`, `max_iter`, `test`, `eval_every`,
-    `samples`, `batch_size`, `checkpoint_every`, `resume`, `overwrite`, `loggers`, ...).
-    Each row's scalars also go through the Trainer's `log` to its `report_to` integrations."""
+    Each measured row's scalars also go through the Trainer's `log` to its `report_to`
+    integrations (docs/guides/callbacks.md#logging).
 
-    def __init__(self, data, loss_fn, run_dir: str | Path, every: int = 20, **options):
+    Args:
+        data: The fixed measurement set, as `data` for `sharpcli.Tracker`: one `(x, y)`
+            pair of tensors, or a source of batches (a list, a DataLoader with
+            shuffle=False, a callable returning an iterator).
+        loss_fn: None measures the model's own loss, `model(**batch).loss` on dict
+            batches holding `labels`; a `loss_fn(outputs, targets)` measures `model(inputs)` on
+            `(inputs, targets)` batches.
+        run_dir: The run folder written.
+        every: Measure every `every` optimizer steps (a positive whole number).
+        **options: The other keyword arguments of `sharpcli.Tracker` (`num_terms`, `k`,
+            `tol`, `max_iter`, `test`, `eval_every`, `samples`, `batch_size`,
+            `checkpoint_every`, `max_memory`, `resume`, `overwrite`, `loggers`, ...).
+
+    Raises:
+        SharpError: `every` is not a positive whole number, or an option is no argument of
+            the Tracker (at construction, not when training starts).
+    """
+
+    def __init__(self, data: Any, loss_fn: Callable | None, run_dir: str | Path, every: int = 20,
+                 **options: Any):
         self.measurer = Measurer(data, loss_fn, run_dir, every, options)
 
     @property

@@ -62,7 +62,7 @@ def test_report_to_tensorboard_gets_every_row_through_the_trainers_log(trained):
 def test_without_transformers_the_import_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     monkeypatch.delitem(sys.modules, "sharpcli.integrations.hf")
-    with pytest.raises(ImportError, match=r"pip install 'sharpcli\[hf\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[hf\]'"):
         importlib.import_module("sharpcli.integrations.hf")
 
 

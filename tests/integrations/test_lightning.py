@@ -81,5 +81,5 @@ def test_without_lightning_the_import_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
     monkeypatch.setitem(sys.modules, "pytorch_lightning", None)
     monkeypatch.delitem(sys.modules, "sharpcli.integrations.lightning")
-    with pytest.raises(ImportError, match=r"pip install 'sharpcli\[lightning\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[lightning\]'"):
         importlib.import_module("sharpcli.integrations.lightning")

@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -164,7 +164,7 @@ class Tracker:
                  keep_last: int | None = None,
                  batch_size: int | None = None, edges: EdgeRule | None = None,
                  batch_sharpness: int | None = None, max_memory: int | str | None = None,
-                 loggers=None, resume: bool = False, overwrite: bool = False):
+                 loggers: str | Sequence[Any] | None = None, resume: bool = False, overwrite: bool = False):
         if resume and overwrite:
             raise SharpError("resume=True continues a run and overwrite=True replaces it: give one")
         try:
@@ -208,7 +208,7 @@ class Tracker:
                batch_size: int | None, edges: EdgeRule | None, batch_sharpness: int | None,
                dist: Dist, num_terms=None, total_terms: int | None = None,
                check_deterministic: bool = True, record: dict | None = None,
-               max_memory: int | str | None = None, loggers=None) -> None:
+               max_memory: int | str | None = None, loggers: str | Sequence[Any] | None = None) -> None:
         self.model, self.optimizer, self.call = model, optimizer, call
         self.logger_items = parse_loggers(loggers)  # refused now, not at the first row
         self.loggers: list = []  # opened when the files open (rank 0)

@@ -25,6 +25,9 @@ EXCLUDED = {
     ("docs/guides/callbacks.md", "import torch"):
         "examples/hf_callback.py (300 Trainer steps, about 30 s): checked line by line "
         "against the script as the Lightning one; docs/outputs.py runs it",
+    ("docs/guides/large-models.md", "from torch.distributed.fsdp import fully_shard"):
+        "runs in every process of a torchrun launch; tests/fsdp_spectra.py makes the same "
+        "calls on 2 and 4 processes (tests/hessian/test_fsdp.py)",
 }
 
 

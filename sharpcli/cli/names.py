@@ -10,20 +10,24 @@ from __future__ import annotations
 
 from sharpcli.errors import SharpError
 
-# Python name → flag, where the flag is not `--` + the name with hyphens
+# Python name (or a setting, name=value) → flag, where the flag is not `--` + the name
+# with hyphens
 FLAGS = {
     "chunk_size": "--batch-size",
     "loss_fn": "--loss",
-    "check_deterministic": "--no-check-deterministic",
-    "check_missed": "--no-check-missed",
-    "trace": "--trace",
-    "density": "--density",
+    "y": "--data",  # the command's --data holds the inputs and the targets
+    "check_deterministic=False": "--no-check-deterministic",
+    "check_missed=False": "--no-check-missed",
 }
 
 
 def flag(param: str) -> str:
-    """The flag of the Python argument `param`: `top_k` → `--top-k`."""
-    return FLAGS.get(param, "--" + param.replace("_", "-"))
+    """The flag of the Python argument `param`: `top_k` → `--top-k`; of a setting
+    `name=value` the table's entry, else the name's flag and the value."""
+    if param in FLAGS:
+        return FLAGS[param]
+    name, eq, value = param.partition("=")
+    return "--" + name.replace("_", "-") + (f" {value}" if eq else "")
 
 
 def cli_message(err: SharpError) -> str:

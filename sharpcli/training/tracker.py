@@ -115,10 +115,7 @@ class Tracker:
                  resume: bool = False, overwrite: bool = False):
         if resume and overwrite:
             raise SharpError("resume=True continues a run and overwrite=True replaces it: give one")
-        try:
-            call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
-        except ValueError as err:
-            raise SharpError(str(err)) from None
+        call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
         check_chunk_size(x, y, chunk_size)  # a stream comes in its own batches
         run_dir = Path(run_dir)
         self._setup(model, call, x, y, run_dir=run_dir, optimizer=optimizer,
@@ -478,8 +475,8 @@ def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:
     hold the least a restarted solver for λ₁..λ_k keeps: block Lanczos with blocks of k."""
     try:
         budget = MemoryBudget.of(max_memory)
-    except LinalgInputError as err:
-        raise SharpError(str(err)) from None
+    except LinalgInputError as err:  # as a SharpError alone, still naming max_memory
+        raise SharpError(err.template, param=err.params) from None
     if budget is None:
         return None
     params = trainable_params(model)

@@ -28,7 +28,8 @@ from sharpcli.hessian.check import check_objective
 from sharpcli.interrupt import check_stop
 from sharpcli.spectra.config import ModelSource, SpectrumConfig
 from sharpcli.spectra.run import subject_data
-from sharpcli.spectra.targets import Target, subjects
+from sharpcli.spectra.targets import subjects
+from sharpcli.workload.targets import Target
 from sharpcli.workload.weights import load_weights, read_weights
 
 STATE_FORMAT = "sharpcli-flow-state"

@@ -26,7 +26,8 @@ from sharpcli.sources.data import Data, as_data
 from sharpcli.spectra.compute import compute_spectrum
 from sharpcli.spectra.config import ModelSource, SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve
-from sharpcli.spectra.targets import expand_targets, subjects
+from sharpcli.spectra.targets import subjects
+from sharpcli.workload.targets import expand_targets
 from sharpcli.workload.user_data import UserSource
 
 DEFAULT_STREAM_BATCH = 32  # a Dataset from --data MODULE:CALLABLE, batched without --batch-size

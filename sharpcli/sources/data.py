@@ -249,14 +249,14 @@ class Data:
             raise SharpError("{data} yields no batches", param="data")
         total = int(self.dist.sum(float(sum(counts))))
         if total == 0:
-            raise SharpError(f"{{num_terms}} counts no loss terms in the whole data set "
+            raise SharpError("{num_terms} counts no loss terms in the whole data set "
                              "(it returned 0 for every batch)", param="num_terms")
         if self.check:
             again = [fingerprint(b) for b in self.source.batches(self.dist)]
             if self.dist.any(again != prints):
-                raise SharpError(f"{{data}} gives different batches on two passes "
+                raise SharpError("{data} gives different batches on two passes "
                                  "(shuffling or random augmentation?): a Hessian needs the same data on "
-                                 f"every pass; fix the order, or pass {{check_deterministic=False}} "
+                                 "every pass; fix the order, or pass {check_deterministic=False} "
                                  "to measure anyway", param=("data", "check_deterministic"))
         self._counts = counts
         if self._total is None:

@@ -6,6 +6,8 @@
 # images per second, epoch time, peak memory ($GPU_CHECK_OUT/epoch/recipe-epoch.csv). Then
 # the 26M GPT of benchmarks/gpt.py: its top-5 without a budget and within 100, 20, 14 and 10
 # vectors, products, time per product and peak memory ($GPU_CHECK_OUT/gpt/gpt-budgets.csv).
+# Then the same GPT sharded by FSDP2 in one nccl process: a training step against a
+# finite-difference product, and a short Lanczos ($GPU_CHECK_OUT/fsdp2.json).
 #   benchmarks/gpu_check.sh [--data-dir DIR] [other flags of benchmarks/gpu_check.py]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,3 +23,7 @@ echo "== one epoch of eigensam-cifar100-resnet18: sgd, sam, eigen-sam in fp32 an
 timeout 420 "$PY" benchmarks/gpu_check.py --only-epoch --out "$OUT/epoch" "$@"
 echo "== the 26M GPT's top-5 within memory budgets of 100, 20, 14 (1.5 GB) and 10 vectors"
 timeout 300 "$PY" benchmarks/gpu_check.py --only-gpt --out "$OUT/gpt" "$@"
+echo "== the 26M GPT sharded by FSDP2 (nccl, one process): finite-difference products"
+mkdir -p "$OUT"
+timeout 300 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
+    benchmarks/bench_fsdp.py --device cuda --sequences 16 --max-iter 20 | tee "$OUT/fsdp2.json"

@@ -50,7 +50,8 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=LENGTH, n_embd=32,
                                        n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
-                                       attn_pdrop=0.0))
+                                       attn_pdrop=0.0, bos_token_id=PAD, eos_token_id=PAD,
+                                       pad_token_id=PAD))
     train = sequences(N)
     callback = SharpnessCallback(batches(train, 32), None, "reports/hf", every=10,
                                  num_terms=tokens, overwrite=True)

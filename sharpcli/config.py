@@ -259,6 +259,7 @@ class TrainConfig:
     quiet: bool = False
     stop_loss: float | None = None
     stop_acc: float | None = None
+    log: str | None = None  # "tensorboard,wandb": dashboards written inside the run folder
     dist_timeout: float = DEFAULT_DIST_TIMEOUT  # seconds a process waits for the others
 
     def __post_init__(self) -> None:
@@ -303,7 +304,7 @@ RECORD_ONLY_KEYS = {"versions", "resolved_device", "created", "total_steps", "st
 NON_SETTING_KEYS = {"seed", "run_name", "reports_dir", "checkpoints_dir", "checkpoint_dir",
                     "resume", "quiet",
                     "device", "data_dir", "download", "physical_batch_size", "keep_last",
-                    "dist_timeout", "recipe", "compile"} | RECORD_ONLY_KEYS
+                    "dist_timeout", "recipe", "compile", "log"} | RECORD_ONLY_KEYS
 
 # Settings that a given optimizer never reads: leaving them out of a run's setting keeps,
 # say, a gd run and a gd run with a different (unused) --rho in one group.

@@ -45,3 +45,12 @@ def loader(batch_size: int = 3) -> DataLoader:
 def shifted_tokens(batch) -> int:
     """The loss terms of a batch: labels predicted after the causal shift, padding aside."""
     return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def token_loss(model, batch) -> torch.Tensor:
+    """The model's own loss, the mean cross-entropy over the unpadded tokens after the causal
+    shift, computed in the model's dtype: Hugging Face's loss casts the logits to float32,
+    which caps the accuracy of a float64 measurement (finite differences most of all)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                             batch["labels"][:, 1:].reshape(-1), ignore_index=-100)

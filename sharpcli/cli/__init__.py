@@ -34,6 +34,7 @@ _COMMAND_MODULES: list[str] = [
     "sharpcli.cli.plot",
     "sharpcli.cli.spectrum",
     "sharpcli.cli.summarize",
+    "sharpcli.cli.sweep",
     "sharpcli.cli.train",
 ]
 

@@ -87,6 +87,9 @@ def eos(
     dist_timeout: Annotated[float, typer.Option(
         help="--from-checkpoints under torchrun: seconds a process waits for the others in a "
              "collective before the command fails.")] = 600.0,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="--from-checkpoints: no progress and no line per checkpoint "
+        "(the table is printed all the same).")] = False,
 ) -> None:
     from sharpcli.errors import SharpError
 
@@ -109,7 +112,7 @@ def eos(
         raise SharpError("--samples applies to --from-checkpoints only")
     _runs(runs, band, threshold, strict, out, from_checkpoints,
           dict(device=device, samples=samples, tol=tol, max_iter=max_iter, seed=seed),
-          dist_timeout, measure)
+          dist_timeout, measure, quiet)
 
 
 def _calculator(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1) -> None:
@@ -120,7 +123,7 @@ def _calculator(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1) -> Non
 
 
 def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs,
-          dist_timeout, measure) -> None:
+          dist_timeout, measure, quiet) -> None:
     from sharpcli.analysis.eos import check_band, eos_runs, require_at_edge
     from sharpcli.distributed import SINGLE, process_group
 
@@ -128,7 +131,8 @@ def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs,
     tables, dist = {}, SINGLE
     if from_checkpoints:
         with process_group(measure_kwargs["device"], dist_timeout) as dist:
-            tables = {run: _measure(run, measure_kwargs, dist) for run in runs}
+            tables = {run: _measure(run, measure_kwargs, dist, quiet or not dist.is_main)
+                      for run in runs}
     # under torchrun every process reaches the verdict, rank 0 writes and reports it
     report = eos_runs(runs, band, threshold, measure, metrics=tables, out=out,
                       write=dist.is_main)
@@ -138,26 +142,34 @@ def _runs(runs, band, threshold, strict, out, from_checkpoints, measure_kwargs,
         require_at_edge(report.results)
 
 
-def _measure(run, measure_kwargs, dist):
-    """λ₁ and ‖g‖ at every checkpoint of a run, printed as they come (rank 0)."""
-    from sharpcli.formats.runs import resolve_run_dir
+def _measure(run, measure_kwargs, dist, quiet: bool):
+    """λ₁ and ‖g‖ at every checkpoint of a run, printed as they come, with the progress
+    over the run's checkpoints (rank 0, unless quiet)."""
+    from sharpcli.cli.progress import progress_bar
+    from sharpcli.formats.runs import checkpoint_files, resolve_run_dir
     from sharpcli.spectra.measure import measure_checkpoints
 
-    def say(path, row):
-        if dist.is_main:
+    run_dir = resolve_run_dir(run)
+    total = len(checkpoint_files(run_dir))
+    with progress_bar(f"eos {run_dir.name}", total, quiet) as bar:
+        def say(path, row):
             extra = row.get("preconditioned_sharpness")
             extra = "" if extra is None else f" λ₁(P⁻¹H)={extra:.4g}"
-            print(f"  {path.name}: λ₁={row['sharpness']:.4g}{extra} ‖g‖={row['grad_norm']:.4g}",
-                  flush=True)
+            bar.update(len(rows) + 1, info=f"{path.name}: λ₁ {row['sharpness']:.4g}")
+            rows.append(row)
+            if not quiet:
+                print(f"  {path.name}: λ₁={row['sharpness']:.4g}{extra} ‖g‖={row['grad_norm']:.4g}",
+                      flush=True)
 
-    return measure_checkpoints(resolve_run_dir(run), **measure_kwargs, on_checkpoint=say,
-                               dist=dist)
+        rows: list[dict] = []
+        return measure_checkpoints(run_dir, **measure_kwargs, on_checkpoint=say, dist=dist)
 
 
 def _report(report, band) -> None:
     """The verdict table, and where each run's eos.csv went."""
-    from rich.console import Console
     from rich.markup import escape
+
+    from sharpcli.cli.progress import output_console
     from rich.table import Table
 
     table = Table(title=f"Edge of stability (band ±{band:g})")
@@ -173,7 +185,7 @@ def _report(report, band) -> None:
                       "–" if s.in_band is None else f"{s.in_band:.0%}",
                       _fmt(s.median_ratio), _fmt(s.final_ratio),
                       f"[{colours[s.verdict]}]{s.verdict}[/]")
-    Console(highlight=False).print(table)
+    output_console().print(table)
     for path in report.written:
         print(f"wrote {path}")  # one line, whatever the width
 

@@ -55,7 +55,7 @@ def flow_command(
                               FLOW)] = D.seed,
     sdcp: Annotated[str, _opt(
         "The complementarity solver: native, or cvxpy to cross-check it (pip install "
-        "'sharpcli\\[flow]').", FLOW)] = D.sdcp,
+        "-e '.\\[flow]' in sharpcli's clone).", FLOW)] = D.sdcp,
     save_every: Annotated[int, _opt("Steps between saves of flow-state.pt.", RUN)] = D.save_every,
     resume: Annotated[bool, _opt(
         "Continue flow.csv from the step flow-state.pt was saved at (same flags; a larger "
@@ -116,12 +116,11 @@ def _run(run, cfg: FlowConfig, out, quiet: bool, dist, source):
     from sharpcli.flows.run import run_flow
     from sharpcli.interrupt import stop_on_signals
 
-    with stop_on_signals() as stop, progress_bar("flow", total=1, quiet=quiet) as bar:
+    with stop_on_signals() as stop, progress_bar("flow", total=None, quiet=quiet) as bar:
         def on_step(t, steps, central, stable):
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=t + 1, total=steps + 1,
-                           info=f"λ₁ central {central.sharpness:.4g} stable {stable.sharpness:.4g}"
-                                f" · {central.critical} critical")
+            bar.update(t + 1, total=steps + 1,
+                       info=f"λ₁ central {central.sharpness:.4g} stable {stable.sharpness:.4g}"
+                            f" · {central.critical} critical")
 
         return run_flow(run, cfg, source=source, out=out, should_stop=lambda: stop.requested,
                         on_step=on_step, dist=dist)

@@ -10,7 +10,7 @@ import typer
 
 from sharpcli.cli.options import option as _opt
 
-from sharpcli.cli.progress import progress_bar
+from sharpcli.cli.progress import output_console, progress_bar
 from sharpcli.config import (DEFAULT_DIST_TIMEOUT, Backend, Dataset, HessianMode, Method, Split,
                              TraceMethod)
 from sharpcli.errors import SharpError
@@ -132,7 +132,7 @@ def spectrum_command(
         "eval: BatchNorm running statistics; train: each chunk's batch statistics. Dropout "
         "is off in both.", DATA)] = D.hessian_mode,
     preconditioned: Annotated[bool, _opt(
-        "Checkpoints of adam, adamw or rmsprop: the spectrum of P^{-1/2} H P^{-1/2} (the "
+        "Checkpoints of adam, adamw or rmsprop: the spectrum of P⁻¹ᐟ² H P⁻¹ᐟ² (the "
         "eigenvalues of P⁻¹H) with P from the saved optimizer state, the state before that "
         "step's update (docs/reference/mathematics.md#preconditioned-sharpness); written to spectrum-preconditioned.csv (and "
         "density-preconditioned.csv). Checkpoints of step 0 have no P and are skipped.",
@@ -189,6 +189,11 @@ def spectrum_command(
         show_default=False)] = None,
     test_size: Annotated[Optional[int], _opt(
         "With --dataset: the first N test examples.", OWN, show_default=False)] = None,
+    fsdp: Annotated[Optional[str], _opt(
+        "Under torchrun: shard the --model-factory model with FSDP2 (fully_shard) on every "
+        "module of these classes (CLASS[,CLASS], by class name, e.g. GPT2Block), then the "
+        "root; products by finite differences, every vector sharded like the parameters.",
+        OWN, show_default=False)] = None,
     loss: Annotated[str, _opt(
         "mse (0.5‖f − onehot(y)‖², or 0.5‖f − y‖² for float targets, averaged over examples), "
         "ce, model (the loss the model returns, e.g. a Hugging Face model called with a dict "
@@ -209,7 +214,8 @@ def spectrum_command(
         hessian_mode=hessian_mode, preconditioned=preconditioned, device=device, seed=seed,
         compile=compile)
     source = ModelSource(model_factory, model_kwargs, weights, data, dataset, data_dir,
-                         train_size, test_size, loss, batch_loss, num_terms, check_deterministic)
+                         train_size, test_size, loss, batch_loss, num_terms, check_deterministic,
+                         fsdp)
     if not targets and weights is None:
         raise SharpError("give checkpoint files or run folders (or --weights with --model-factory)")
     with process_group(device, dist_timeout) as dist:
@@ -224,16 +230,14 @@ def _run(targets, cfg: SpectrumConfig, out, density_out, quiet: bool, dist, sour
     from sharpcli.interrupt import stop_on_signals
     from sharpcli.spectra.run import run_spectrum
 
-    with stop_on_signals() as stop, progress_bar("spectrum", total=1, quiet=quiet) as bar:
+    with stop_on_signals() as stop, progress_bar("spectrum", total=None, quiet=quiet) as bar:
         def on_start(i, total, path):
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=i, total=total, info=path.name)
+            bar.update(i, total=total, info=path.name)
 
         def on_done(i, total, result):
-            if bar is not None:
-                lam = next((float(s.result.eigenvalues[0]) for s in result.solves
-                            if s.quantity == "eigenvalue"), math.nan)
-                bar.update(bar.task_ids[0], completed=i + 1, info=f"step {result.step}: λ₁ {lam:.4g}")
+            lam = next((float(s.result.eigenvalues[0]) for s in result.solves
+                        if s.quantity == "eigenvalue"), math.nan)
+            bar.update(i + 1, total=total, info=f"step {result.step}: λ₁ {lam:.4g}")
 
         def on_skip(path, why):
             if not quiet:
@@ -248,12 +252,9 @@ def print_table(results, cfg: SpectrumConfig) -> None:
     """One line per checkpoint and block: λ₁..λ_k, their largest residual ‖Hv − λv‖, how many
     converged, the trace, and the products and seconds of it all; the detail is in the CSV."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
-    if not console.is_terminal:  # a log file or a pipe: no terminal width to fit
-        console = Console(highlight=False, width=160)
+    console = output_console()
     k = cfg.top_k
     what = "Spectrum of P^-1/2 H P^-1/2" if cfg.preconditioned else "Hessian spectrum"
     title = (f"{what} ({cfg.backend}, {cfg.eigen_method}, top {k}; "

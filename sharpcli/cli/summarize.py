@@ -42,10 +42,10 @@ def summarize(
         help="A config key to leave out of the setting, so runs differing in it are grouped "
              "together (repeatable, e.g. --ignore steps).", show_default=False)] = [],  # noqa: B006
 ) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    from sharpcli.cli.progress import output_console
     from sharpcli.analysis.summarize import display_rows, summarize as summarize_runs, to_markdown
 
     summary = summarize_runs(paths, ignore=ignore, out=out)
@@ -63,7 +63,7 @@ def summarize(
         table.add_column(header, justify="left" if i < len(summary.settings) else "right")
     for row in cells:
         table.add_row(*map(escape, row))
-    Console(highlight=False).print(table)
+    output_console().print(table)
     print(f"wrote {written}")
 
 

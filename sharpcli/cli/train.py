@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from sharpcli.config import (Augment, Dataset, HessianMode, Loss, Model, Optimizer, Precision,
                              SamSync, Schedule, TrainConfig)
 from sharpcli.cli.options import option as _opt
-from sharpcli.cli.progress import progress_bar
+from sharpcli.cli.progress import output_console, progress_bar
 
 D = TrainConfig()  # defaults shown in --help come from the dataclass, the one source of truth
 DATA, MODEL, OPT, SAM, MEAS, RUN = "Data", "Model", "Optimizer", "SAM / Eigen-SAM", "Measurement", "Run"
@@ -92,6 +91,7 @@ def train_command(
     quiet: Annotated[bool, _opt("No progress bar and no summary.", RUN, "--quiet", "-q")] = D.quiet,
     stop_loss: Annotated[Optional[float], _opt("Stop once the train loss is at or below this.", RUN)] = D.stop_loss,
     stop_acc: Annotated[Optional[float], _opt("Stop once the train accuracy (0–1) is at or above this.", RUN)] = D.stop_acc,
+    log: Annotated[Optional[str], _opt("Also log every metrics row to dashboards inside the run folder: tensorboard (event files in reports/<run>/tensorboard/), wandb (an offline W&B run in reports/<run>/wandb/), or both, comma-separated.", RUN)] = D.log,
     sync_bn: Annotated[bool, _opt("Under torchrun on GPUs: SyncBatchNorm, batch statistics over the whole batch of all processes (default: each process normalises by its shard's statistics; running statistics are averaged over the processes after every step).", DIST)] = D.sync_bn,
     dist_timeout: Annotated[float, _opt("Under torchrun: seconds a process waits for the others in a collective before the run fails.", DIST)] = D.dist_timeout,
 ) -> None:
@@ -116,11 +116,8 @@ def train_command(
 
 def _train(config: TrainConfig, train, quiet: bool, dist):
     """train() with a progress bar that shows λ₁ against its edge as it goes."""
-    with progress_bar("train", total=1, quiet=quiet) as bar:
+    with progress_bar("train", total=None, quiet=quiet) as bar:
         def on_step(step: int, total: int, row: dict | None) -> None:
-            if bar is None:
-                return
-            task = bar.task_ids[0]
             info = None
             if row is not None:
                 parts = []
@@ -134,7 +131,7 @@ def _train(config: TrainConfig, train, quiet: bool, dist):
                 elif row.get("sharpness") is not None and row.get("gd_edge") is not None:
                     parts.append(f"λ₁ {row['sharpness']:.4g} / 2/η {row['gd_edge']:.4g}")
                 info = "  ".join(parts)
-            bar.update(task, completed=step, total=total, **({"info": info} if info else {}))
+            bar.update(step, total=total, info=info)
 
         return train(config, progress=on_step, dist=dist)
 
@@ -145,7 +142,7 @@ def print_summary(result) -> None:
     from sharpcli.config import SAM_PHASES
     from sharpcli.errors import SharpError
 
-    out = Console(highlight=False)
+    out = output_console()
     row = result.last_row
     out.print(f"run {result.run_name}: {result.last_step} steps in {result.seconds:.1f} s"
               + (f" (stopped early: {result.stopped_early})" if result.stopped_early else ""))

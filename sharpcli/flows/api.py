@@ -27,18 +27,50 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
          max_iter: int | None = None, seed: int | None = None, sdcp: str | None = None,
          device: str | None = None, out: str | Path | None = None, resume: bool = False,
          save_every: int | None = None) -> list[dict]:
-    """The rows flow.csv holds (docs/reference/formats.md#flow-csv) for the central and the
-    stable flow of `run` (a run folder or name of full-batch GD), as dicts.
+    """The central flow and the stable (gradient) flow of a full-batch GD run, from its
+    step-0 weights: `sharp flow` from Python (docs/guides/flow.md).
 
-    A run of `sharp train` needs nothing else: its step-0 checkpoint names its model, data
-    and loss. A run of sharpcli.Tracker needs `model` (of the run's architecture; a copy is
-    given the step-0 weights, the model itself is left alone) and the examples it trained
-    on: in-memory `data, y`, or `data` a source of batches, with `loss_fn` or `batch_loss`
-    and `num_terms` as in `sharpcli.spectrum`. The other arguments are those of
-    `sharp flow` (docs/guides/flow.md#flags); left out (None), they take its defaults
-    (FlowConfig's). With `out`, a folder, flow.csv,
-    flow_eigenvalues.csv and flow-state.pt are written there too (and `resume` continues
-    them); otherwise nothing is written."""
+    A run of `sharp train` needs nothing but `run`: its step-0 checkpoint names its model,
+    data and loss. A run of `sharpcli.Tracker` needs `model` and the examples it trained on.
+    Nothing is written unless `out` is given. The settings left out (None) take `sharp
+    flow`'s defaults (FlowConfig's): substeps 4, threshold 1.95, tol 1e-3, max_iter 100,
+    seed 0, sdcp "native", device "cpu", save_every 10.
+
+    Args:
+        run: The run folder (reports/<run>) or run name, trained by full-batch GD with a
+            constant step, no momentum and no weight decay.
+        model: For a Tracker's run: a model of the run's architecture; a copy is given the
+            step-0 weights, the model itself is left alone.
+        loss_fn: For a Tracker's run: `loss_fn(outputs, targets)`, or "mse" or "ce".
+        data: For a Tracker's run: the examples it trained on, as for `sharpcli.spectrum`
+            (a tensor of inputs with `y`, one `(x, y)` pair, or a source of batches).
+        y: The targets of in-memory `data`.
+        num_terms: `num_terms(batch)`, a batch's loss terms, as for `sharpcli.spectrum`.
+        batch_loss: `batch_loss(model, batch)` with `loss_fn=None`, as for
+            `sharpcli.spectrum`.
+        chunk_size: Examples per forward pass of in-memory `data`.
+        substeps: Euler substeps per GD step.
+        threshold: Critical eigenvalues are those above threshold/η (below 2): the
+            oscillations live on their eigenvectors.
+        steps: Integrate to this step (default: the run's last).
+        tol: Relative accuracy of the eigenvalues at each substep.
+        max_iter: Most Hessian-vector products per eigenvalue solve.
+        seed: Seed of the solvers' random start vectors.
+        sdcp: The complementarity solver: "native", or "cvxpy" to cross-check.
+        device: "cpu", "cuda", "cuda:N" or "mps".
+        out: A folder for flow.csv, flow_eigenvalues.csv and flow-state.pt (None: write
+            nothing).
+        resume: Continue the files in `out` from flow-state.pt.
+        save_every: Steps between two saves of flow-state.pt.
+
+    Returns:
+        The rows of flow.csv as dicts, for the central and the stable flow
+            (docs/reference/formats.md#flow-csv).
+
+    Raises:
+        SharpError: A run that is not full-batch GD, `data` without `model`, or an argument
+            out of range; the message names the argument.
+    """
     given = dict(substeps=substeps, threshold=threshold, steps=steps, tol=tol, max_iter=max_iter,
                  seed=seed, sdcp=sdcp, save_every=save_every, device=device, resume=resume)
     cfg = FlowConfig(**{name: value for name, value in given.items() if value is not None})

@@ -20,7 +20,7 @@ barrier objective (a step of 1/(1 + λ) stays inside X ≻ 0; Nesterov & Nemirov
 line search is needed. A ridge of 1e-12 of Q's mean diagonal keeps the Newton systems
 regular when Q is singular. k = 1 is solved in closed form, x = max(0, −b/Q).
 `solve_sdcp(..., solver="cvxpy")` hands the same program to cvxpy (Clarabel) instead, as a
-cross-check (the optional extra sharpcli[flow]).
+cross-check (the optional extra `flow`: pip install -e '.[flow]').
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def _cvxpy(Q: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     try:
         import cvxpy as cp
     except ImportError:
-        raise SharpError("solver='cvxpy' needs cvxpy: pip install 'sharpcli[flow]'") from None
+        raise SharpError("solver='cvxpy' needs cvxpy: pip install -e '.[flow]' in sharpcli's clone") from None
     X = cp.Variable((k, k), PSD=True)
     x = cp.hstack([X[i, j] if i == j else math.sqrt(2) * X[i, j] for i, j in pairs(k)])
     objective = 0.5 * cp.quad_form(x, cp.psd_wrap(Q)) + b @ x

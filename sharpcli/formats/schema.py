@@ -18,6 +18,9 @@ EOS_FILE = "eos.csv"
 FLOW_FILE = "flow.csv"
 FLOW_EIGENVALUES_FILE = "flow_eigenvalues.csv"
 FLOW_STATE_FILE = "flow-state.pt"
+# `sharp train --log tensorboard`, Tracker(loggers=...): dashboards inside the run folder (an
+# offline W&B run goes into the run folder's wandb/, a name wandb chooses itself)
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files
 
 METRICS_COLUMNS = ("step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",
                    "test_acc", "grad_norm", "sharpness", "alignment", "gd_edge", "sam_edge",

@@ -13,9 +13,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from sharpcli.distributed import SINGLE, Dist
 from sharpcli.errors import SharpError
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.check import check_objective
+from sharpcli.hessian.finite_difference import is_fsdp2, reshard, resolve_hvp
 from sharpcli.hessian.operator import HessianOperator
 from sharpcli.hessian.params import full_precision, trainable_params
 from sharpcli.sources.data import DEFAULT_CHUNK, as_data, check_chunk_size
@@ -24,7 +26,6 @@ from sharpcli.sources.data import DEFAULT_CHUNK, as_data, check_chunk_size
 # differences of the gradient (models whose gradient cannot be differentiated, FSDP2);
 # "auto" is exact unless the model is sharded by FSDP2.
 HVP = ("auto", "exact", "finite-difference")
-_INTERNAL = {"exact": "double-backward", "finite-difference": "finite-difference"}
 HESSIAN_MODES = ("eval", "train")
 
 
@@ -78,13 +79,15 @@ def hessian(model: nn.Module, loss_fn: Callable | str | None, data: Any,
         raise SharpError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if mode not in HESSIAN_MODES:
         raise SharpError(f"mode must be one of {HESSIAN_MODES}, got {mode!r}")
-    chosen = _params(model, params)
-    product = _product(hvp, chosen)
+    chosen = _params(reshard(model), params)
+    product = _product(hvp, model)
     call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
     check_chunk_size(data, y, chunk_size)
     source = as_data(data, y, num_terms=num_terms, total_terms=total_terms,
                      chunk_size=chunk_size or DEFAULT_CHUNK, device=chosen[0].device,
-                     check_deterministic=check_deterministic)
+                     check_deterministic=check_deterministic,
+                     # an FSDP2 model's processes each read their share of the data
+                     dist=Dist.current() if is_fsdp2(model) else SINGLE)
     check_objective(model, call, source)
     with full_precision():  # the cached gradient graph in fp32 with TF32 off, as every product
         return HessianOperator(model, call, source, params=chosen, mode=mode, hvp=product)
@@ -110,23 +113,9 @@ def _params(model: nn.Module, params) -> list[nn.Parameter]:
     return chosen
 
 
-def _product(hvp: str, params: list[nn.Parameter]) -> str:
-    """The internal operator's product for `hvp`, "auto" resolved."""
+def _product(hvp: str, model: nn.Module) -> str:
+    """The internal operator's product for `hvp`, "auto" resolved (finite differences for
+    an FSDP2 model, whose gradient cannot be differentiated again)."""
     if hvp not in HVP:
         raise SharpError(f"hvp must be one of {HVP}, got {hvp!r}")
-    if hvp == "auto":
-        hvp = "finite-difference" if any(_is_dtensor(p) for p in params) else "exact"
-    product = _INTERNAL[hvp]
-    if product not in HessianOperator.HVP_MODES:
-        raise SharpError(f"hvp={hvp!r}: this build has no finite-difference products (FSDP2 "
-                         "support); use hvp='exact'")
-    return product
-
-
-def _is_dtensor(p: torch.Tensor) -> bool:
-    """A parameter sharded by FSDP2 (fully_shard): a DTensor."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a build without torch.distributed
-        return False
-    return isinstance(p, DTensor)
+    return resolve_hvp(hvp, model)

@@ -23,6 +23,10 @@ with a single vector is raised. Batching is a win where one product leaves the d
 idle (a GPU); on the CPU one product already keeps the core busy and a batched pass was no
 faster per vector (benchmarks/RESULTS.md §2), so `vectorize=None` batches on accelerators only.
 
+`hvp="finite-difference"` takes each product from two gradients instead
+(sharpcli.hessian.finite_difference): the only product a model sharded by FSDP2 allows, whose
+vectors are then this process's shards of the parameters (`size` local, `dim` whole).
+
 `third_derivatives(U, pairs)` gives ∇_w(uᵢᵀ H(w) uⱼ) = ∇³L(w)[uᵢ, uⱼ, ·] for pairs of columns
 of U: the gradient of a Hessian entry, which the central flow needs
 (docs/guides/flow.md#what). It is one more backward pass through the graph of an HVP: per
@@ -41,6 +45,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.errors import SharpWarning
+from sharpcli.hessian.finite_difference import FiniteDifferenceHVP, reshard
 from sharpcli.hessian.objective import objective_of
 from sharpcli.hessian.params import full_precision, measurement_mode, trainable_params, unflatten
 from sharpcli.linalg.operator import matmul, to_scipy
@@ -68,15 +73,18 @@ class HessianOperator:
     aot_autograd has no double backward); it pays a compilation of tens of seconds on first use.
     """
 
-    HVP_MODES = ("double-backward", "forward-over-reverse")
+    HVP_MODES = ("double-backward", "forward-over-reverse")  # the exact products
+    # "exact": the default exact product; "finite-difference": from gradients alone
+    HVP_CHOICES = ("exact", *HVP_MODES, "finite-difference")
 
     def __init__(self, model: nn.Module, call, data, y=None, *,
                  chunk_size: int = 4096, params: Sequence[nn.Parameter] | None = None,
-                 mode: str = "eval", cache_graph: bool = True, hvp: str = "double-backward",
+                 mode: str = "eval", cache_graph: bool = True, hvp: str = "exact",
                  dist: Dist = SINGLE, vectorize: bool | None = None, max_block: int = 16,
                  compile: bool = False):
-        if hvp not in self.HVP_MODES:
-            raise ValueError(f"hvp must be one of {self.HVP_MODES}, got {hvp!r}")
+        if hvp not in self.HVP_CHOICES:
+            raise ValueError(f"hvp must be one of {self.HVP_CHOICES}, got {hvp!r}")
+        hvp = "double-backward" if hvp == "exact" else hvp
         if isinstance(data, torch.Tensor) and len(data) == 0:
             raise ValueError("the Hessian needs at least one example")
         self.call, self.data = objective_of(model, call, data, y, chunk_size=chunk_size, dist=dist)
@@ -84,6 +92,8 @@ class HessianOperator:
         self.total = self.data.total  # every term weighs 1/total, in whichever process it is
         self.hvp = hvp
         self.model = model
+        if hvp == "finite-difference":
+            reshard(model)  # the DTensors registered again after a forward without backward
         self.params = list(params) if params is not None else trainable_params(model)
         self.size = sum(p.numel() for p in self.params)
         self.dtype = self.params[0].dtype
@@ -94,6 +104,9 @@ class HessianOperator:
                        if self.dist.enabled else None)
         self.n_matvec = 0  # products, a block of b counting b
         self.n_third = 0   # third-derivative products ∇(uᵀHv), one per pair
+        self._fd = None
+        if hvp == "finite-difference":
+            self._finite_differences(mode)
         self.vectorize = self.device.type != "cpu" if vectorize is None else vectorize
         if max_block < 1:
             raise ValueError(f"max_block must be at least 1, got {max_block}")
@@ -110,10 +123,35 @@ class HessianOperator:
             self._products = {False: self._product, True: batched}
             if compile:
                 self._products = {k: torch.compile(f) for k, f in self._products.items()}
-        elif cache_graph and self.data.n_batches == 1:
+        elif hvp == "double-backward" and cache_graph and self.data.n_batches == 1:
             with measurement_mode(model, mode):
                 for weight, batch in self.data:
                     self._cached_grads = self._batch_gradient(weight, batch)
+
+    def _finite_differences(self, mode: str) -> None:
+        """Products from gradients (finite_difference.py); on an FSDP2 model the vectors are
+        this process's shards, and the solvers shard their bases alike (linalg/shard.py)."""
+        self._fd = FiniteDifferenceHVP(self.model, self.call, self.data, self.params, mode=mode,
+                                       dist_=self.dist)
+        self.size, self.dim = self._fd.layout.size, self._fd.layout.dim
+        if self._fd.sharded:  # FSDP2 has reduced each product already: no sum left to do
+            group = self._fd.group
+            self.shards = Shards(group.rank, group.world_size, group.sum_, dim=self.dim,
+                                 draw=self._draw)
+
+    def _draw(self, gen: torch.Generator, kind: str) -> torch.Tensor:
+        return self._fd.layout.random(gen, kind, self.dtype, self.device)
+
+    @property
+    def note(self) -> str | None:
+        """How the products were made, when not exactly: the finite differences' rule."""
+        if self._fd is None:
+            return None
+        formula = "4-point Richardson" if self._fd.order == 4 else "central"
+        low = self._fd.compute
+        where = "" if low == self.dtype else f", the gradients in {str(low)[6:]} (mixed precision)"
+        return (f"products by {formula} finite differences of the gradient{where} (estimated "
+                f"relative error {self._fd.error_estimate():.0e})")
 
     def _batch_gradient(self, weight: float, batch) -> list[torch.Tensor]:
         loss = weight * self.call.loss(self.model, batch)
@@ -183,6 +221,9 @@ class HessianOperator:
         if v.shape != (self.size,):
             raise ValueError(f"vector of shape {tuple(v.shape)} for an operator of size {self.size}")
         self.n_matvec += 1
+        if self._fd is not None:
+            out = self._fd.product(v)
+            return out if self._fd.sharded else self.dist.sum_(out)
         out = self._local(unflatten(v.to(self.dtype), self.params), batched=False)
         return self.dist.sum_(out)  # each process's share of Hv, summed
 
@@ -193,6 +234,8 @@ class HessianOperator:
         if vs.ndim != 2 or vs.shape[0] != self.size:
             raise ValueError(f"block of shape {tuple(vs.shape)} for an operator of size {self.size}")
         b = vs.shape[1]
+        if self._fd is not None:  # gradients come one at a time
+            return torch.stack([self.matvec(v) for v in vs.T], dim=1)
         self.n_matvec += b
         rows = vs.T.to(self.dtype)
         out = torch.empty(b, self.size, dtype=self.dtype, device=self.device)
@@ -238,6 +281,9 @@ class HessianOperator:
         derivative ∇³L(w) contracted with uᵢ and uⱼ, symmetric in i and j. One pass over the
         data (see the module docstring); counted in `n_third`, one per pair; under torchrun
         one all-reduce for them all."""
+        if self._fd is not None:
+            raise ValueError("third derivatives need an exact product: hvp='finite-difference' "
+                             "has none")
         if us.ndim == 1:
             us = us[:, None]
         if us.ndim != 2 or us.shape[0] != self.size:

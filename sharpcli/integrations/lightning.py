@@ -13,8 +13,15 @@ The loss. By default a batch's loss is the LightningModule's own `training_step(
 measurement; a `loss_fn(outputs, targets)` measures `module(inputs)` instead. Under
 Lightning's DDP strategy every process measures its share of the measurement data (every
 process holds the same data; the data layer takes each one's share, weighted exactly) and
-rank 0 writes. Lightning is imported as `lightning`, else as `pytorch_lightning`; the
-callback works with either's Trainer.
+rank 0 writes.
+
+Logging. Each row's scalars (docs/reference/formats.md#logged-scalars) also go to every
+logger of the trainer (`trainer.loggers`: TensorBoard, W&B, CSV, MLflow, ...) through its
+`log_metrics(metrics, step)`, at the step t measured; Lightning's loggers act on rank 0
+only, and only rank 0 calls them.
+
+Lightning is imported as `lightning`, else as `pytorch_lightning`; the callback works with
+either's Trainer.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import math
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -37,23 +45,37 @@ except ImportError:  # the older package name
         from pytorch_lightning import Callback
     except ImportError:
         raise ImportError("sharpcli.integrations.lightning needs PyTorch Lightning: "
-                          "pip install 'sharpcli[lightning]'") from None
+                          "pip install -e '.[lightning]' in sharpcli's clone") from None
 
 
 class SharpnessCallback(Callback):
     """Measures the sharpness of a Lightning training every `every` optimizer steps into
-    `run_dir` (config.json, metrics.csv: the run folder `sharp eos`, `sharp plot` and
-    `sharp summarize` read).
+    `run_dir`: the run folder (config.json, metrics.csv) that `sharp eos`, `sharp plot` and
+    `sharp summarize` read. The optimizer is the trainer's (one); its param groups give η and
+    the edges at each measured step.
 
-    `data` is the fixed measurement set: an `(x, y)` pair of tensors, or any source of
-    batches (a DataLoader with shuffle=False, a list, a callable), as `x` for
-    `sharpcli.Tracker`. `loss_fn=None` measures the module's own `training_step`; a
-    `loss_fn(outputs, targets)` measures `module(inputs)`. `options` are the Tracker's
-    (`num_terms`, `k`, `tol`, `max_iter`, `test`, `eval_every`, `samples`, `batch_size`,
-    `checkpoint_every`, `resume`, `overwrite`, ...). The optimizer is the trainer's (one);
-    its param groups give η and the edges at each measured step."""
+    Each measured row's scalars also go to the trainer's loggers at the measured step
+    (docs/guides/callbacks.md#logging).
 
-    def __init__(self, data, loss_fn, run_dir: str | Path, every: int = 20, **options):
+    Args:
+        data: The fixed measurement set, as `data` for `sharpcli.Tracker`: one `(x, y)`
+            pair of tensors, or a source of batches (a list, a DataLoader with
+            shuffle=False, a callable returning an iterator).
+        loss_fn: None measures the LightningModule's own `training_step(batch, 0)` (its `loss` when it
+            returns a dict); a `loss_fn(outputs, targets)` measures `module(inputs)`.
+        run_dir: The run folder written.
+        every: Measure every `every` optimizer steps (a positive whole number).
+        **options: The other keyword arguments of `sharpcli.Tracker` (`num_terms`, `k`,
+            `tol`, `max_iter`, `test`, `eval_every`, `samples`, `batch_size`,
+            `checkpoint_every`, `max_memory`, `resume`, `overwrite`, `loggers`, ...).
+
+    Raises:
+        SharpError: `every` is not a positive whole number, or an option is no argument of
+            the Tracker (at construction, not when training starts).
+    """
+
+    def __init__(self, data: Any, loss_fn: Callable | None, run_dir: str | Path, every: int = 20,
+                 **options: Any):
         self.measurer = Measurer(data, loss_fn, run_dir, every, options)
 
     @property
@@ -67,7 +89,7 @@ class SharpnessCallback(Callback):
                              f"one has {len(trainer.optimizers)}")
         batch_loss = None if self.measurer.loss_fn is not None else _training_step_loss
         self.measurer.start(pl_module, trainer.optimizers[0], loss_fn=self.measurer.loss_fn,
-                            batch_loss=batch_loss)
+                            batch_loss=batch_loss, loggers=list(trainer.loggers))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.measurer.step(trainer.global_step, _epoch(trainer))

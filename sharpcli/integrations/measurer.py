@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from sharpcli.errors import SharpError
+from sharpcli.training.loggers import parse_loggers
 from sharpcli.training.tracker import Tracker
 
 # The Tracker's arguments a callback fills itself, from the trainer or its own signature.
-_SET_BY_THE_CALLBACK = {"model", "loss_fn", "x", "y", "run_dir", "optimizer", "every"}
+_SET_BY_THE_CALLBACK = {"model", "loss_fn", "data", "y", "run_dir", "optimizer", "every"}
 
 
 def tracker_options(options: dict) -> dict:
@@ -30,13 +31,6 @@ def tracker_options(options: dict) -> dict:
         raise SharpError(f"SharpnessCallback got unknown option {unknown[0]!r}; the options are "
                          f"the Tracker's: {', '.join(sorted(accepted))}")
     return dict(options)
-
-
-def split_pair(data) -> tuple:
-    """(x, y) of an in-memory pair of tensors, or (source, None)."""
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return data
-    return data, None
 
 
 def unwrap(optimizer):
@@ -56,16 +50,19 @@ class Measurer:
             raise SharpError(f"every must be a positive whole number of optimizer steps, got {every!r}")
         self.data, self.loss_fn, self.run_dir, self.every = data, loss_fn, Path(run_dir), every
         self.options = tracker_options(options)
+        parse_loggers(self.options.get("loggers"))  # a bad name is refused now
         self.tracker: Tracker | None = None
 
-    def start(self, model: nn.Module, optimizer, *, loss_fn=None, batch_loss=None) -> None:
-        """The Tracker of this training (under torchrun: every process makes it)."""
+    def start(self, model: nn.Module, optimizer, *, loss_fn=None, batch_loss=None,
+              loggers: list | None = None) -> None:
+        """The Tracker of this training (under torchrun: every process makes it); its rows
+        also go to the trainer's `loggers`, after any the caller named in `loggers=`."""
         self.close()
-        x, y = split_pair(self.data)
         options = dict(self.options)
+        options["loggers"] = parse_loggers(options.get("loggers")) + list(loggers or [])
         if batch_loss is not None and "batch_loss" not in options:
             options["batch_loss"] = batch_loss
-        self.tracker = Tracker(model, loss_fn, x, y, run_dir=self.run_dir,
+        self.tracker = Tracker(model, loss_fn, self.data, run_dir=self.run_dir,
                                optimizer=unwrap(optimizer), every=self.every, **options)
 
     def step(self, step: int, epoch: float | None) -> dict | None:

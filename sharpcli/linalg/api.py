@@ -13,17 +13,18 @@ import torch
 
 from sharpcli.linalg.block_lanczos import block_lanczos, block_width
 from sharpcli.linalg.block_lanczos import restarts as block_restarts
-from sharpcli.linalg.budget import MemoryBudget
-from sharpcli.linalg.deflation import lanczos_top_k
+from sharpcli.linalg.budget import MemoryBudget, vector_bytes
+from sharpcli.linalg.deflation import lanczos_top_k, unbudgeted_top_k_vectors
 from sharpcli.linalg.deflation import restarts as top_k_restarts
 from sharpcli.linalg.density import slq_density
 from sharpcli.linalg.lanczos import lanczos
 from sharpcli.linalg.lanczos import restarts as lanczos_restarts
+from sharpcli.linalg.lanczos import unbudgeted_vectors as lanczos_unbudgeted
 from sharpcli.linalg.operator import LinearOperator
 from sharpcli.linalg.power import power_iteration
 from sharpcli.linalg.results import (DensityResult, EigenResult, LinalgInputError, TraceResult,
                                      check_k)
-from sharpcli.linalg.shard import shards_of
+from sharpcli.linalg.shard import dimension, shards_of
 from sharpcli.linalg.trace import hutchinson_trace
 
 Memory = int | str | MemoryBudget | None  # a budget: bytes, a size such as "1.5GB", or None
@@ -80,8 +81,11 @@ def eigs(op: LinearOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int | N
         raise LinalgInputError(f"block_size applies to method='block', not method={method!r}")
     if check_missed is not None and method != "lanczos":
         raise LinalgInputError(f"check_missed applies to method='lanczos', not method={method!r}")
-    check_k(op, k)
+    check_k(op, k, dimension(op))  # FSDP2: the whole space, not this process's shards
     budget = MemoryBudget.of(max_memory)
+    split = _split_budget(op, method, k, max_iter)
+    if split is not None and (budget is None or budget.bytes > split.bytes):
+        budget = split
     check_missed = True if check_missed is None else check_missed
     restarted = restarts(op, k, method=method, check_missed=check_missed, block_size=block_size,
                          max_iter=max_iter, budget=budget, v0=v0)
@@ -100,11 +104,33 @@ def eigs(op: LinearOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int | N
             result = lanczos_top_k(op, k, tol=tol, max_iter=iters, seed=seed, v0=one,
                                    max_memory=budget)
         else:
-            result = lanczos(op, k, tol=tol, max_iter=iters if restarted else min(iters, op.size),
+            result = lanczos(op, k, tol=tol,
+                             max_iter=iters if restarted else min(iters, dimension(op)),
                              seed=seed, v0=one, max_memory=budget)
-    if restarted:
+    if restarted and split is budget and max_memory is None:
+        world = shards_of(op).world
+        result.note = (f"Lanczos basis sharded like the parameters over {world} "
+                       f"process{'es' if world > 1 else ''}, {result.restarts} restarts")
+    elif restarted:
         result.note = _restart_note(result, k, iters, op)
     return result
+
+
+def _split_budget(op, method: str, k: int, max_iter: int | None) -> MemoryBudget | None:
+    """For vectors split over processes already (FSDP2's shards), where only the restarted
+    solvers sum over processes: a budget one vector short of what the unbudgeted Lanczos
+    keeps, so that the restarted solver runs, in practice without a restart (a larger
+    max_memory is cut to it). None for any other operator."""
+    shards = shards_of(op)
+    if shards is None or shards.dim is None:
+        return None
+    if method != "lanczos":
+        raise LinalgInputError(f"method={method!r}: an operator sharded like FSDP2's "
+                               "parameters is solved by Lanczos only (method='lanczos')")
+    iters = max_iter if max_iter is not None else default_max_iter(method, k)
+    steps = max(k, min(iters, shards.dim))
+    held = min(lanczos_unbudgeted(steps, k), unbudgeted_top_k_vectors(steps, k))
+    return MemoryBudget((held - 1) * vector_bytes(op.size, op.dtype))
 
 
 def restarts(op, k: int, *, method: str, check_missed: bool, block_size: int | None,

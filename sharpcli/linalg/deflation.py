@@ -9,7 +9,7 @@ from sharpcli.linalg.lanczos import lanczos, unbudgeted_vectors
 from sharpcli.linalg.projection import project_out, project_out_
 from sharpcli.linalg.restart import ThickRestartLanczos, plan, solve
 from sharpcli.linalg.results import EigenResult, apply, apply_block, make_generator
-from sharpcli.linalg.shard import Sharded, sharded
+from sharpcli.linalg.shard import Sharded, dimension, own_space, sharded
 
 
 class _Deflated:
@@ -82,8 +82,9 @@ def _add_missed(op, k: int, res: EigenResult, deflated_top, held: int | None) ->
     converged, n_matvec, restarts = res.converged.tolist(), res.n_matvec, res.restarts
     q = res.eigenvectors.T                       # (k, size) rows, updated in place
     del res
+    space = own_space(op)  # sums over processes where the vectors are split (FSDP2)
     for restart in range(1, k + 1):  # each restart that finds something adds one pair
-        if k >= op.size:
+        if k >= dimension(op):
             break
         new = deflated_top(q, restart)
         n_matvec, restarts = n_matvec + new.n_matvec, restarts + new.restarts
@@ -92,13 +93,13 @@ def _add_missed(op, k: int, res: EigenResult, deflated_top, held: int | None) ->
         theta, v = float(new.eigenvalues[0]), new.eigenvectors[:, 0]
         if not theta > values[-1]:
             break  # nothing missed above the k-th value
-        v = project_out_(v, q)
-        v /= v.norm()
+        v = project_out_(v, q, space)
+        v /= space.norms(v)
         w = apply(op, v)
         n_matvec += 1
         i = next(j for j, lam in enumerate(values) if theta > lam)
         values.insert(i, theta)
-        residuals.insert(i, float(w.sub_(v, alpha=theta).norm()))
+        residuals.insert(i, float(space.norms(w.sub_(v, alpha=theta))))
         converged.insert(i, bool(new.converged[0]))
         del w, new
         for j in range(k - 1, i, -1):  # shift the rows below i down; the k-th falls out
@@ -114,7 +115,8 @@ def _add_missed(op, k: int, res: EigenResult, deflated_top, held: int | None) ->
 def restarts(op, k: int, max_iter: int, budget: MemoryBudget | None) -> bool:
     """Whether `lanczos_top_k` runs its Lanczos runs restarted: the budget cannot hold what
     they hold at max(k, min(max_iter, size)) steps."""
-    return cannot_hold(budget, op, unbudgeted_top_k_vectors(max(k, min(max_iter, op.size)), k))
+    steps = max(k, min(max_iter, dimension(op)))  # the space's size (FSDP2: not op.size)
+    return cannot_hold(budget, op, unbudgeted_top_k_vectors(steps, k))
 
 
 def minimum_vectors(k: int) -> int:
@@ -136,10 +138,11 @@ class _DeflatedInPlace(_Deflated):
     product projected in place."""
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        x = project_out_(v.clone(), self.q.T)
+        space = own_space(self.op)  # over processes where the vectors are split (FSDP2)
+        x = project_out_(v.clone(), self.q.T, space)
         w = apply(self.op, x)
         del x
-        return project_out_(w, self.q.T)
+        return project_out_(w, self.q.T, space)
 
 
 def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int, seed: int,
@@ -152,12 +155,13 @@ def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int
     budget.require(minimum_vectors(k), op.size, op.dtype,
                    f"lanczos_top_k keeps {k} eigenvectors while a restarted run of 3 vectors, "
                    "1 of scratch and 1 projected input looks for a missed one")
-    res = lanczos(op, k, tol=tol, max_iter=max(k, min(max_iter, op.size)), seed=seed, v0=v0,
+    dim = dimension(op)
+    res = lanczos(op, k, tol=tol, max_iter=max(k, min(max_iter, dim)), seed=seed, v0=v0,
                   max_memory=budget)
-    held = res.basis_vectors or max(k, min(max_iter, op.size))  # rows of the first basis
+    held = res.basis_vectors or max(k, min(max_iter, dim))  # rows of the first basis
     rest = budget.less(k + 1, op.size, op.dtype)
     return _add_missed(op, k, res, lambda q, restart: _deflated_top(
-        op, q, rest, tol=tol, max_iter=min(max_iter, op.size - k), seed=seed + restart), held=held)
+        op, q, rest, tol=tol, max_iter=min(max_iter, dim - k), seed=seed + restart), held=held)
 
 
 def _deflated_top(op, q: torch.Tensor, budget: MemoryBudget, *, tol: float, max_iter: int,

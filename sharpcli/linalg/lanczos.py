@@ -20,6 +20,7 @@ import torch
 from sharpcli.linalg.budget import MemoryBudget, cannot_hold
 from sharpcli.linalg.projection import float64_sums, inner, project_out, project_out_
 from sharpcli.linalg.restart import restarted_lanczos
+from sharpcli.linalg.shard import dimension
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
                                      check_count, check_criterion, check_k, converged_pairs,
                                      make_generator, random_vector, start_vector)
@@ -184,7 +185,7 @@ def unbudgeted_vectors(steps: int, k: int) -> int:
 def restarts(op, k: int, max_iter: int, budget: MemoryBudget | None) -> bool:
     """Whether `lanczos` runs restarted: the budget cannot hold its basis of
     min(max_iter, size) steps."""
-    return cannot_hold(budget, op, unbudgeted_vectors(min(max_iter, op.size), k))
+    return cannot_hold(budget, op, unbudgeted_vectors(min(max_iter, dimension(op)), k))
 
 
 def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
@@ -228,7 +229,7 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     if not tol >= 0:
         raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
     check_criterion(criterion)
-    steps = min(max_iter, op.size)
+    steps = min(max_iter, dimension(op))  # the space's, not this process's part (FSDP2)
     budget = MemoryBudget.of(max_memory)
     if restarts(op, k, max_iter, budget):
         return restarted_lanczos(op, k, max_memory=budget, tol=tol, max_iter=max_iter, seed=seed,

@@ -52,8 +52,8 @@ class DenseOperator:
 
 class DiagonalScaled:
     """D A D with D = diag(d) for a symmetric operator A: symmetric again, one product of A
-    per product. With d = P^{-1/2} for a positive diagonal P, D A D = P^{-1/2} A P^{-1/2} is
-    similar to P⁻¹A (P^{1/2}·P⁻¹A·P^{-1/2}), so it has the eigenvalues of P⁻¹A — the
+    per product. With d = P⁻¹ᐟ² for a positive diagonal P, D A D = P⁻¹ᐟ² A P⁻¹ᐟ² is
+    similar to P⁻¹A (P¹ᐟ²·P⁻¹A·P⁻¹ᐟ²), so it has the eigenvalues of P⁻¹A — the
     preconditioned sharpness of an adaptive optimizer — as a symmetric problem that every
     solver here takes."""
 

@@ -147,7 +147,7 @@ def _whole(op, head: torch.Tensor) -> torch.Tensor:
     """The eigenvectors (size, k) on the operator's device from the head rows (k, size): as
     they are on one process; on several, gathered one at a time after the basis's tail is
     freed, so that the k whole vectors fit where the basis was."""
-    if not isinstance(op, Sharded):
+    if not isinstance(op, Sharded) or not op.gathered:  # whole, or split already (FSDP2)
         return head.T.to(op.device)
     out = torch.empty(op.dim, len(head), dtype=op.dtype, device=op.device)
     for i in range(len(head)):
@@ -175,7 +175,7 @@ def plan(op, k: int, b: int, budget: MemoryBudget, max_iter: int) -> tuple[int, 
     sharded operator's vectors are its slice: the budget holds more of them, less the whole
     input block that each product gathers (b whole vectors: b·W slices)."""
     dim = dimension(op)
-    gathered = b * op.shards.world if isinstance(op, Sharded) else 0
+    gathered = b * op.gathered if isinstance(op, Sharded) else 0
     minimum = min(k + 2 * b, dim)
     have = budget.require(minimum_vectors(k, b, dim) + gathered, op.size, op.dtype,
                           f"restarted Lanczos for k={k} with blocks of {b} keeps {k} Ritz "

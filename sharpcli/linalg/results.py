@@ -119,11 +119,12 @@ def check_count(value: int, name: str) -> None:
     check_positive(value, name, integer=True, error=LinalgInputError)
 
 
-def check_k(op, k: int) -> None:
-    """1 ≤ k ≤ op.size, with a message that names both."""
+def check_k(op, k: int, size: int | None = None) -> None:
+    """1 ≤ k ≤ the space's size (`size`, default op.size), with a message that names both."""
     check_count(k, "k")
-    if k > op.size:
-        raise LinalgInputError(f"k={k} eigenpairs requested from an operator of size {op.size}")
+    size = op.size if size is None else size
+    if k > size:
+        raise LinalgInputError(f"k={k} eigenpairs requested from an operator of size {size}")
 
 
 CRITERIA = ("residual", "eigenvalue")  # what an eigensolver's tol bounds (see lanczos)

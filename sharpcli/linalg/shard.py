@@ -19,6 +19,12 @@ Linear algebra stays free of torch.distributed: an operator that lives on severa
 says so with `shards` (a `Shards`: its rank, the number of processes and the in-place sum of
 a tensor over them); a wrapper around it (`.op`) spans the same processes (`shards_of`), and
 `sharded` wraps either.
+
+A model sharded by FSDP2 has operators whose vectors are split already: each process's
+coordinates are its local shards of the parameters, and a product needs no gather (its
+`Shards` give `dim`, the whole space's size, and `draw`, its own random vectors).
+`LocalShards` is the same basis-splitting without the gather: nothing on any process is
+ever a whole vector, the eigenvectors included.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ class Shards:
     rank: int
     world: int
     sum_: Callable[[torch.Tensor], torch.Tensor]
+    # vectors split already (FSDP2): the whole space's size, and random vectors' local part
+    dim: int | None = None
+    draw: Callable[[torch.Generator, str], torch.Tensor] | None = None
 
 
 class ShardedSpace(Space):
@@ -72,6 +81,7 @@ class Sharded:
         self.size, self.dim = self.hi - self.lo, n
         self.dtype, self.device = op.dtype, op.device
         self.space = ShardedSpace(shards.sum_, op.device)
+        self.gathered = shards.world  # slices per whole vector that a product gathers
 
     def gather(self, local: torch.Tensor) -> torch.Tensor:
         """The whole vector (or block of columns) from every process's slice."""
@@ -99,6 +109,37 @@ class Sharded:
         return rows[:, self.lo:self.hi]
 
 
+class LocalShards(Sharded):
+    """`op` whose vectors are this process's part already (FSDP2's local shards): products,
+    random vectors and warm starts stay local; only sums cross processes."""
+
+    def __init__(self, op, shards: Shards):
+        self.op, self.shards = op, shards
+        self.size, self.dim = op.size, shards.dim
+        self.dtype, self.device = op.dtype, op.device
+        self.space = ShardedSpace(shards.sum_, op.device)
+        self.gathered = 0
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        return local  # the eigenvectors stay as this process's shards
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.op.matvec(v)
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        return apply_block(self.op, vs)
+
+    def random(self, gen: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
+        return self.shards.draw(gen, kind)
+
+    def start(self, v0) -> torch.Tensor:
+        cols = start_block(self.op, v0)
+        return cols * (cols.norm(dim=0) / self.space.norms(cols))  # unit norm over processes
+
+    def local(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows
+
+
 def shards_of(op) -> Shards | None:
     """The processes op's products span: its own `shards`, or those of the operator it wraps
     (`.op`: a diagonal scaling, a restriction, a deflation, a stop check), or None."""
@@ -112,7 +153,16 @@ def shards_of(op) -> Shards | None:
 def sharded(op):
     """`op` sharded across the processes it lives on, or `op` itself on one process."""
     shards = shards_of(op)
+    if shards is not None and shards.dim is not None:
+        return op if isinstance(op, LocalShards) else LocalShards(op, shards)
     return Sharded(op, shards) if shards is not None and shards.world > 1 else op
+
+
+def own_space(op) -> Space:
+    """Where sums over op's own vectors happen: across processes when they are split already
+    (FSDP2), else here (a torchrun Hessian's vectors are whole on every process)."""
+    shards = shards_of(op)
+    return ShardedSpace(shards.sum_, op.device) if shards is not None and shards.dim else LOCAL
 
 
 def draw(op, gen: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
@@ -126,4 +176,7 @@ def start(op, v0) -> torch.Tensor:
 
 def dimension(op) -> int:
     """The dimension of the space op acts on (not the length of a local slice)."""
+    shards = shards_of(op)
+    if shards is not None and shards.dim is not None:
+        return shards.dim
     return getattr(op, "dim", op.size)

@@ -314,9 +314,12 @@ def check_chunk_size(data, y, chunk_size: int | None) -> None:
 def as_data(data, y=None, *, num_terms: NumTerms | None = None, total_terms: int | None = None,
             chunk_size: int = 4096, dist: Dist = SINGLE, device=None,
             check_deterministic: bool = True) -> Data:
-    """`data` as Data: a Data as it is; in-memory `data, y` (tensors or structures of them);
+    """`data` as Data: a Data as it is; in-memory `data, y` (tensors or structures of them),
+    or one `(x, y)` tuple of two tensors given as `data`;
     a map-style Dataset, batched by `chunk_size`; else a stream (DataLoader, list of
     batches, callable returning an iterator)."""
+    if y is None and _is_pair(data):  # one (x, y) pair, as the trainer callbacks take it
+        data, y = data
     if isinstance(data, Data):
         if y is not None or num_terms is not None or total_terms is not None:
             raise SharpError("{data} is already a Data: give {num_terms} and {total_terms} to it",
@@ -336,3 +339,10 @@ def as_data(data, y=None, *, num_terms: NumTerms | None = None, total_terms: int
         source = StreamSource(data)
     return Data(source, num_terms=num_terms, total_terms=total_terms, dist=dist, device=device,
                 check_deterministic=check_deterministic)
+
+
+def _is_pair(data) -> bool:
+    """A tuple of two tensors: one in-memory (x, y), never a stream (a batch of a stream is
+    one element of it, and a tensor is no (inputs, targets) batch)."""
+    return (isinstance(data, tuple) and len(data) == 2
+            and all(isinstance(t, torch.Tensor) for t in data))

@@ -12,7 +12,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from sharpcli.distributed import SINGLE, Dist
 from sharpcli.errors import SharpError
+from sharpcli.hessian.finite_difference import is_fsdp2
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.check import check_objective
 from sharpcli.hessian.params import trainable_params
@@ -22,6 +24,7 @@ from sharpcli.spectra.compute import compute_spectrum
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem
 
+HVPS = ("auto", "exact", "finite-difference")
 
 
 def _note_in_python(note: str) -> str:
@@ -46,32 +49,101 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
              per_layer: bool = False, blocks: str | None = None,
              max_memory: int | str | None = None, hessian_mode: str | None = None,
              preconditioned: bool = False, optimizer: torch.optim.Optimizer | None = None,
-             backend: str | None = None, compile: bool = False,
+             backend: str | None = None, compile: bool = False, hvp: str | None = None,
              seed: int | None = None) -> list[dict]:
-    """The rows spectrum.csv would hold (checkpoint "" and step None), as dicts: the top-k
-    eigenvalues of the Hessian of the mean loss over `data` (and with `trace`, `density`,
-    `per_layer` its trace, spectral density and per-module blocks).
+    """The top eigenvalues of the Hessian of the mean loss over `data` (and with `trace`,
+    `density`, `per_layer` or `blocks`, its trace, spectral density and blocks), as the rows
+    spectrum.csv would hold: `sharp spectrum` on a model in memory.
 
-    A wrapper over `sharpcli.hessian` and the solvers `sharpcli.eigs`, `sharpcli.trace` and
-    `sharpcli.density`, adding blocks of parameters, preconditioning, warm starts, the
-    memory budget's minimum and the rows. The data and loss arguments are `sharpcli.hessian`'s
-    (`chunk_size` for in-memory examples only). An argument left out (None) takes
-    `sharp spectrum`'s default (docs/reference/cli.md); one given that would be ignored is
-    refused: `block_size` without method="block", `check_missed` without Lanczos,
-    `trace_*` without `trace`, `density_*` without `density`, `compile` with
-    backend="pyhessian", `chunk_size` with a stream, `total_terms` with in-memory examples
-    counted as examples, `optimizer` without `preconditioned`.
+    The Hessian is of the mean over all loss terms, each batch weighing its `num_terms` over
+    the total, so the numbers do not depend on batching or chunking. The model's mode,
+    buffers, gradients and the random number generators are left as found. The solvers'
+    settings are those of `sharp spectrum` (docs/guides/spectrum.md#flags); one left out (None)
+    takes its default. A wrapper over `sharpcli.hessian` and the solvers `sharpcli.eigs`,
+    `sharpcli.trace` and `sharpcli.density`, adding blocks of parameters, preconditioning,
+    warm starts, the memory budget's minimum and the rows. An argument given that would be
+    ignored is refused by its name: `block_size` without method="block", `check_missed`
+    without Lanczos, `trace_*` without `trace`, `density_*` without `density`, `compile`
+    with backend="pyhessian", `chunk_size` with a stream, `total_terms` with in-memory
+    examples, `optimizer` without `preconditioned`.
 
-    `preconditioned=True` measures P^{-1/2} H P^{-1/2} with P from `optimizer`'s state
-    (Adam, AdamW, RMSprop after their first step). `blocks` names groups of parameters, by
-    patterns of their names or the preset "gpt2" (fused query, key and value split apart),
-    each with its own top-k, trace and density (docs/guides/large-models.md#blocks).
-    `max_memory` (bytes, or a size such as "1.5GB") bounds what every solver keeps beyond
-    the model and one product (docs/guides/large-models.md#memory-budget); a row's `note`
-    says what that cost, if anything. The remaining arguments are those of
-    `sharp spectrum` (method: lanczos, block or power; trace_method: auto, hutchinson,
-    hutch++ or gauss-newton; hessian_mode: eval or train; backend: native or pyhessian).
-    The model's mode, buffers, gradients and the random number generators are left as found.
+    Args:
+        model: The torch model whose Hessian is measured (its trainable parameters).
+        loss_fn: `loss_fn(outputs, targets)`, the mean over a batch's loss terms; "mse"
+            (0.5‖f − onehot(y)‖², or 0.5‖f − y‖² for float targets) or "ce" by name; None
+            with `batch_loss` for models that compute their own loss.
+        data: The examples: a tensor of inputs with `y`; one `(x, y)` pair of tensors; or
+            any source of `(inputs, targets)` batches (a DataLoader, a list, a callable
+            returning an iterator), each batch's inputs passed as `model(x)`, `model(*x)` or
+            `model(**x)` (docs/guides/own-model.md#data-sources).
+        y: The targets of in-memory `data` (None for a source of batches or a pair).
+        num_terms: `num_terms(batch)`, a batch's loss terms (default: its examples along
+            dim 0 of the first input tensor); tokens for a per-token language-model loss.
+        total_terms: All the batches' terms together, when known (else one pass counts them).
+        batch_loss: `batch_loss(model, batch)`, a batch's mean loss computed by the caller,
+            with `loss_fn=None`; "model" takes a Hugging Face model's own `.loss`.
+        forward: `forward(model, batch)` gives the outputs instead of calling `model` on
+            the batch's inputs.
+        output_fn: `output_fn(outputs)` gives the predictions from the outputs (default:
+            the outputs, or their `.logits`).
+        check_deterministic: Refuse a source of batches that differs between two passes.
+        chunk_size: Examples per forward pass of in-memory data (memory bound).
+        top_k: Number of top eigenvalues, largest first.
+        method: "lanczos" (default; restarts on the deflated operator so that repeated
+            eigenvalues are not missed), "block" (block Lanczos) or "power" (iteration with
+            deflation, as PyHessian).
+        tol: Stop when every residual ‖Hv − λv‖ ≤ tol·|λ₁| (lanczos, block), or when λ
+            changes by less than tol relative between iterations (power).
+        max_iter: Most Hessian-vector products per Lanczos run (default max(100, 2·top_k)),
+            or per eigenvalue for power (default 100).
+        block_size: Vectors per block of `method="block"` (default `top_k`).
+        check_missed: After convergence, one more Lanczos run on the deflated Hessian looks
+            for eigenvalues the first run missed; False saves those products at that risk.
+        trace: Also estimate the trace, with its standard error.
+        trace_method: "auto", "hutchinson", "hutch++" or "gauss-newton" (the Gauss–Newton
+            part's trace exactly, probes only for the rest).
+        trace_probes: Most probes of the trace, one product each.
+        trace_tol: Stop the trace once its standard error ≤ trace_tol·|trace| (default 3e-3;
+            0: all probes).
+        density: Also the spectral density, by stochastic Lanczos quadrature.
+        density_runs: SLQ runs (random probes) averaged.
+        density_iters: Lanczos steps per SLQ run.
+        density_grid: Points of the density's eigenvalue grid.
+        density_sigma: Gaussian smoothing width, relative to the spectrum's range.
+        per_layer: Also each module's diagonal Hessian block, with its own top-k (and trace).
+        blocks: Groups of parameters by patterns of their names, or the preset "gpt2" (fused
+            query, key and value split apart), each with its own top-k, trace and density
+            (docs/guides/large-models.md#blocks).
+        max_memory: What every solver may keep beyond the model and one product: bytes, or a
+            size such as "1.5GB" (None: no budget); a row's `note` says what it cost
+            (docs/guides/large-models.md#memory-budget).
+        hessian_mode: "eval" (BatchNorm's running statistics) or "train" (each chunk's batch
+            statistics); Dropout is off in both.
+        preconditioned: Measure P⁻¹ᐟ² H P⁻¹ᐟ² (the eigenvalues of P⁻¹H) with P from
+            `optimizer`'s state.
+        optimizer: The Adam, AdamW or RMSprop whose state gives P, after its first step;
+            only with `preconditioned=True`.
+        backend: "native", or "pyhessian" to cross-check with the pyhessian package
+            (eigenvalues by power iteration, and the trace).
+        compile: Hessian-vector products by forward-over-reverse through torch.compile.
+        hvp: How products are made: "exact" (double backward), "finite-difference"
+            (central differences of the gradient, for kernels without double backward) or
+            "auto" (default): finite differences for a model sharded by FSDP2
+            (`fully_shard`), measured where it is under torchrun, each process keeping its
+            shards of every vector; a row's `note` names the product and its error
+            (docs/guides/large-models.md#fsdp2).
+        seed: Seed of the random start vectors and probes.
+
+    Returns:
+        The rows of spectrum.csv as dicts (checkpoint "" and step None): `block`,
+            `quantity` (eigenvalue, trace, density), `index` (1 = largest), `value`,
+            `residual`, `converged`, `n_hvp`, `note`, `seconds`
+            (docs/reference/formats.md#spectrum-csv).
+
+    Raises:
+        SharpError: An argument out of range, one that would be ignored (`optimizer`
+            without `preconditioned`), or data the model cannot read; the message names
+            the argument.
     """
     settings = dict(top_k=top_k, method=method, tol=tol, max_iter=max_iter,
                     block_size=block_size, check_missed=check_missed, trace=trace,
@@ -79,7 +151,8 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
                     density=density, density_runs=density_runs, density_iters=density_iters,
                     density_grid=density_grid, density_sigma=density_sigma,
                     per_layer=per_layer, blocks=blocks, max_memory=max_memory,
-                    hessian_mode=hessian_mode, backend=backend, compile=compile, seed=seed)
+                    hessian_mode=hessian_mode, backend=backend, compile=compile, hvp=hvp,
+                    seed=seed)
     given = {name: value for name, value in settings.items() if value is not None}
     refuse_ignored(given)
     check_chunk_size(data, y, chunk_size)
@@ -111,9 +184,13 @@ def _spectrum(model, loss_fn, data, y, *, num_terms, total_terms, batch_loss, fo
     call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
     cfg = SpectrumConfig(**settings, preconditioned=preconditioned)
     cfg.validate()
+    if cfg.hvp not in HVPS:
+        raise SharpError(f"hvp must be one of {', '.join(HVPS)}, got {cfg.hvp!r}")
     device = next(iter(model.parameters())).device
+    # an FSDP2 model's processes each read their share of the data (finite_difference.py)
+    split = Dist.current() if is_fsdp2(model) else SINGLE
     source = as_data(data, y, num_terms=num_terms, total_terms=total_terms, chunk_size=chunk_size,
-                     device=device, check_deterministic=check_deterministic)
+                     device=device, check_deterministic=check_deterministic, dist=split)
     check_objective(model, call, source)
     problem = Problem(model, call, source, preconditioner=_preconditioner(model, optimizer,
                                                                           preconditioned))

@@ -20,6 +20,7 @@ import torch
 from sharpcli.config import Backend, Method, TraceMethod
 from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
+from sharpcli.hessian.finite_difference import is_fsdp2, reshard, resolve_hvp
 from sharpcli.hessian.ggn import GaussNewtonPart, gauss_newton_separable, gauss_newton_unavailable
 from sharpcli.hessian.params import full_precision, num_params, trainable_params
 from sharpcli.linalg import MemoryBudget, Restricted, control_variate_trace
@@ -30,6 +31,7 @@ from sharpcli.linalg.density import MINIMUM_VECTORS as DENSITY_MINIMUM
 from sharpcli.linalg.power import minimum_vectors as power_minimum
 from sharpcli.linalg.restart import minimum_vectors as restarted_minimum
 from sharpcli.linalg.trace import minimum_vectors as trace_minimum
+from sharpcli.linalg.shard import dimension
 from sharpcli.spectra.blocks import Block, parameter_blocks
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve, Stoppable
@@ -63,7 +65,10 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
 
         yield from pyhessian_solves(problem, cfg)
         return
-    blocks = parameter_blocks(problem.model, cfg.per_layer, cfg.blocks)
+    if (cfg.trace or cfg.density) and is_fsdp2(problem.model):
+        raise SharpError("{trace} and {density} are not yet available for a model sharded by "
+                         "FSDP2: its eigenvalues are", param=("trace", "density"))
+    blocks = parameter_blocks(reshard(problem.model), cfg.per_layer, cfg.blocks)
     budget = memory_budget(cfg, blocks["all"])
     if cfg.trace:
         _check_trace_method(problem, cfg, blocks)
@@ -92,16 +97,17 @@ def _timed(name: str, quantity: str, solve, problem: Problem, cfg: SpectrumConfi
     the caller should be told: the solve's own, and what a memory budget cost the result."""
     start = time.perf_counter()
     with full_precision():  # the solver's own arithmetic too: fp32, TF32 off
+        hvp = resolve_hvp(cfg.hvp, problem.model)
         hessian = HessianOperator(problem.model, problem.call, problem.data, params=block.params,
                                   mode=cfg.hessian_mode,
-                                  hvp="forward-over-reverse" if cfg.compile else "double-backward",
+                                  hvp="forward-over-reverse" if cfg.compile else hvp,
                                   compile=cfg.compile)
         op = problem.scaled(hessian, block.params)
         if block.coords is not None:  # part of a parameter: R H_p Rᵀ
             op = Restricted(op, block.coords)
         op = Stoppable(op, problem.should_stop, problem.dist)
         result, note = solve(op)
-    notes = [note, _flags(getattr(result, "note", ""))]
+    notes = [hessian.note, note, _flags(getattr(result, "note", ""))]
     return Solve(name, quantity, result, result.n_matvec, time.perf_counter() - start, op.size,
                  note="; ".join(filter(None, notes)) or None)
 
@@ -148,7 +154,7 @@ def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: Memor
     """The top k by the chosen method (sharpcli.eigs), started from the columns of v0 when
     given. Returns the result and no note of its own: `_timed` reads the result's (what the
     budget cost)."""
-    result = eigs(op, min(cfg.top_k, op.size), tol=cfg.tol, max_iter=cfg.max_iter,
+    result = eigs(op, min(cfg.top_k, dimension(op)), tol=cfg.tol, max_iter=cfg.max_iter,
                   method=cfg.eigen_method.value,
                   check_missed=cfg.check_missed if cfg.eigen_method is Method.lanczos else None,
                   block_size=cfg.block_size, max_memory=budget, seed=cfg.seed, v0=v0)

@@ -29,6 +29,7 @@ class SpectrumConfig:
     block_size: int | None = None  # block: vectors per block (default top_k)
     warm_start: bool = True        # a run's checkpoints: start from the previous one's vectors
     compile: bool = False          # forward-over-reverse products through torch.compile
+    hvp: str = "auto"              # exact, finite-difference; auto: finite differences for FSDP2
     trace: bool = False
     trace_probes: int = 100
     trace_method: TraceMethod = TraceMethod.auto  # gauss-newton where outputs are per example
@@ -177,6 +178,7 @@ class ModelSource:
     batch_loss: str | None = None     # MODULE:CALLABLE (model, batch) → mean loss
     num_terms: str | None = None      # MODULE:CALLABLE batch → its loss terms
     check_deterministic: bool = True  # refuse a --data source whose passes differ
+    fsdp: str | None = None           # CLASS[,CLASS]: shard those modules, then the root (FSDP2)
 
     def __post_init__(self) -> None:
         coerce_choices(self)
@@ -192,7 +194,8 @@ class ModelSource:
                                     ("--train-size", self.train_size),
                                     ("--test-size", self.test_size),
                                     ("--batch-loss", self.batch_loss),
-                                    ("--num-terms", self.num_terms)] if v is not None]
+                                    ("--num-terms", self.num_terms),
+                                    ("--fsdp", self.fsdp)] if v is not None]
             if self.loss != "mse":
                 given.append("--loss")
             if not self.check_deterministic:
@@ -201,6 +204,8 @@ class ModelSource:
                 raise SharpError(f"{', '.join(given)} apply with --model-factory; a sharpcli "
                                  "checkpoint's own config names its model, data and loss")
             return
+        if self.fsdp is not None and not [c for c in self.fsdp.split(",") if c.strip()]:
+            raise SharpError("--fsdp needs module class names, such as GPT2Block or Block,Linear")
         if (self.data is None) == (self.dataset is None):
             raise SharpError("--model-factory needs the examples: give --data FILE or --dataset NAME "
                              "(one of them)")

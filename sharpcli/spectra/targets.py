@@ -17,6 +17,7 @@ from sharpcli.hessian.preconditioner import preconditioner_from_state
 from sharpcli.interrupt import check_stop
 from sharpcli.spectra.config import ModelSource
 from sharpcli.hessian.calls import Call
+from sharpcli.hessian.finite_difference import shard_by_class
 from sharpcli.workload.imports import build_user_model, import_object, resolve_call
 from sharpcli.workload.user_data import (UserData, UserSource, is_callable_spec,
                                          load_user_source, read_data)
@@ -63,8 +64,12 @@ def subjects(targets: list[Target], device, source: ModelSource | None = None, *
         if on_start is not None:
             on_start(i, len(targets), target.checkpoint)
         weights = read_weights(target.checkpoint)
+        if source.fsdp and i:  # the last target's model is sharded: load into a fresh one
+            model = build_user_model(source.model_factory, source.model_kwargs)
         load_weights(model, weights.state, str(target.checkpoint))
         model.to(device).eval()
+        if source.fsdp:
+            shard_by_class(model, source.fsdp, dist)
         yield Subject(target, weights.step, model, call, splits, 4096,
                       report_dir_for(target, weights.config) if weights.config
                       else target.checkpoint.parent, _saved_preconditioner(weights, model, target),

@@ -27,6 +27,7 @@ from sharpcli.formats.checkpoints import checkpoint_path
 from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.objective import gradient_norm, gradient_vector
 from sharpcli.interrupt import stop_on_signals
+from sharpcli.training.loggers import parse_loggers
 from sharpcli.training.optim import lr_at, set_lr
 from sharpcli.training.parallel import average_running_stats, batch_gradient
 from sharpcli.training.restore import Resumed, restore
@@ -145,7 +146,8 @@ def tracker_for(run: RunSetup, resumed: Resumed | None) -> Tracker:
         record=run.record, resume_step=resumed.step if resumed else None,
         top_vector=resumed.top_vector if resumed else None,
         elapsed=resumed.elapsed if resumed else 0.0, dist=run.dist,
-        preconditioned_vector=resumed.preconditioned_vector if resumed else None)
+        preconditioned_vector=resumed.preconditioned_vector if resumed else None,
+        loggers=parse_loggers(c.log, "--log"))
 
 
 def gradient_at(run: RunSetup, sampler: BatchSampler, step: int):

@@ -17,6 +17,7 @@ from sharpcli.training.setup import RunSetup
 # Settings that may differ when a run is resumed: they do not change what is computed.
 RESUMABLE_CHANGES = {"resume", "quiet", "device", "steps", "epochs", "data_dir", "keep_last",
                      "reports_dir", "checkpoints_dir", "run_name",  # a moved run can be resumed
+                     "log",  # where the rows also go, not what they hold
                      "recipe"}  # a record only: the settings themselves are compared
 
 

@@ -2,7 +2,7 @@
 metrics.csv (docs/reference/formats.md#metrics-csv), so that every run folder, whoever trained it, holds the same numbers.
 
 At a measured step t (after the step's gradient, before its update) the Tracker records
-‖g‖ of the update's gradient, λ₁…λ_k of the training-loss Hessian to a relative accuracy
+‖g‖ of the update's gradient, λ₁…λₖ of the training-loss Hessian to a relative accuracy
 `tol` (Lanczos, or block Lanczos for k > 1) warm-started from the previous measurement's
 top-k eigenvectors, the alignment |cos(direction, v₁)| of the update's direction, the
 edges (sharpcli.edges.EdgeRule), and train and test loss and accuracy; with Adam, AdamW or
@@ -13,7 +13,7 @@ checkpoints of w_t when due. `sharp train` calls it at every step through `measu
 hand-written loop calls `step(t)` after backward() and before optimizer.step(), and gets the
 same rows by construction (docs/guides/own-model.md#tracker):
 
-    with sharpcli.Tracker(model, loss_fn, x, y, optimizer=opt, run_dir="reports/my-run") as t:
+    with sharpcli.Tracker(model, loss_fn, (x, y), optimizer=opt, run_dir="reports/my-run") as t:
         for step in range(T + 1):
             opt.zero_grad(); loss_fn(model(xb), yb).backward()
             t.step(step)
@@ -28,6 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -53,6 +54,7 @@ from sharpcli.hessian.sharpness import Sharpness, alignment, measure_sharpness
 from sharpcli.linalg.budget import MemoryBudget, require_minimum
 from sharpcli.linalg.restart import minimum_vectors
 from sharpcli.linalg.results import LinalgInputError
+from sharpcli.training.loggers import close_loggers, open_loggers, parse_loggers, scalars
 from sharpcli.training.observe import (current_lr, edge_rule, has_preconditioner, is_sam,
                                        loop_record, phase_of)
 
@@ -73,52 +75,102 @@ class StepInfo:
 
 
 class Tracker:
-    """The measurement half of a training loop; see the module docstring.
+    """The measurement half of a training loop: λ₁ and the edges, ‖g‖ and evaluation at
+    w_t every few steps, written as `sharp train` writes them, so that every `sharp`
+    command reads the run (docs/guides/own-model.md#tracker).
 
-    `x, y` are the examples whose Hessian is measured (the first `samples` of them) and on
-    which train loss and accuracy are evaluated (the full training set for full-batch GD):
-    in-memory tensors, or `x` any source of batches with `y` left out, as for
-    `sharpcli.spectrum` (docs/guides/own-model.md#data-sources): `batch_loss`, `forward`,
-    `output_fn`, `num_terms`, `total_terms`, `check_deterministic` and `chunk_size` (examples
-    per batch of in-memory tensors, default 4096; refused with a source) are its. `test=(x, y)`
-    (or a source) adds test loss and accuracy. λ₁ (and λ₂…λ_k with `k`) every `every` steps
-    (0: never), to a relative accuracy `tol` within `max_iter` products, evaluation every
-    `eval_every` steps (default: `every`), checkpoints of the model and optimizer every
-    `checkpoint_every` steps into `checkpoint_dir` (default: `<run_dir>/checkpoints`),
-    keeping the newest `keep_last`. `batch_size` is the loop's minibatch (None: full batch),
-    which names the phase (gd or sgd) and counts epochs. The edges come from the optimizer
-    unless `edges` fixes them; with Adam, AdamW or RMSProp the row also has λ₁(P⁻¹H) and the
-    adaptive edge. `batch_sharpness=B` measures the batch sharpness of batches of B with λ₁.
-    `max_memory` (bytes, or a size such as "1.5GB") bounds what the eigensolver keeps beyond
-    the model and one product, as in `sharpcli.spectrum` (docs/guides/large-models.md).
+    Call `step(t)` after `backward()` and before `optimizer.step()`, and `close()` at the
+    end (or use it as a context manager). Nothing is written outside `run_dir` (and
+    `checkpoint_dir` when given). Under torchrun (a process group is initialised) every
+    process makes the same calls with the same examples: each measures its share of them,
+    and rank 0 alone writes.
 
-    Nothing is written outside `run_dir` (and `checkpoint_dir` when given). A `run_dir`
-    that holds a run already (config.json or metrics.csv) is an error unless `resume=True`
-    (its files continue: rows from the first step this Tracker logs on are dropped, as
-    `sharp train --resume` does; that step's checkpoint, if there is one, gives the warm
-    start and the clock) or `overwrite=True` (its files and checkpoints start afresh).
+    Args:
+        model: The model being trained; measured as it is at each due step.
+        loss_fn: `loss_fn(outputs, targets)`, the mean over a batch's loss terms, or "mse"
+            or "ce" by name; None with `batch_loss`.
+        data: The examples whose Hessian is measured and on which train loss and accuracy
+            are evaluated (for full-batch GD, the whole training set): a tensor of inputs
+            with `y`; one `(x, y)` pair of tensors; or a source of batches as for
+            `sharpcli.spectrum` (docs/guides/own-model.md#data-sources).
+        y: The targets of in-memory `data` (None for a source of batches or a pair).
+        run_dir: The run folder: config.json, metrics.csv and top_eigenvalues.csv go here.
+        optimizer: The loop's optimizer: its param groups give η and the edges, its class
+            the phase; with Adam, AdamW or RMSProp the row also has λ₁(P⁻¹H).
+        batch_loss: `batch_loss(model, batch)` with `loss_fn=None`, as for
+            `sharpcli.spectrum`.
+        forward: `forward(model, batch)` gives the outputs, as for `sharpcli.spectrum`.
+        output_fn: `output_fn(outputs)` gives the predictions, as for `sharpcli.spectrum`.
+        num_terms: `num_terms(batch)`, a batch's loss terms, as for `sharpcli.spectrum`.
+        total_terms: All the batches' terms together, when known.
+        check_deterministic: Refuse a source of batches that differs between two passes.
+        every: λ₁ (and λ₂…λₖ) every `every` steps; 0: never.
+        k: Number of top eigenvalues measured (λ₂…λₖ go to top_eigenvalues.csv).
+        test: Test examples, `(x, y)` or a source of batches: adds test loss and accuracy.
+        eval_every: Train (and test) loss and accuracy every `eval_every` steps (default:
+            `every`; 0: never).
+        samples: Measure λ₁ on the first `samples` in-memory examples only (default: all).
+        tol: Relative accuracy of λ₁…λₖ (residual ‖Hv − λv‖ ≤ tol·|λ₁|).
+        max_iter: Most Hessian-vector products per measurement.
+        chunk_size: Examples per forward pass of in-memory examples (default 4096; refused
+            with a source of batches, which comes in its own).
+        seed: Seed of the solver's random start vectors (the seed of step t is seed + t).
+        checkpoint_every: A checkpoint of the model and optimizer every `checkpoint_every`
+            steps (None: none).
+        checkpoint_dir: Where checkpoints go (default: `<run_dir>/checkpoints`).
+        keep_last: Keep only the newest `keep_last` checkpoints (None: all).
+        batch_size: The loop's minibatch (None: full batch): names the phase (gd or sgd)
+            and counts epochs.
+        edges: An `EdgeRule` that fixes the edges (default: the optimizer's rule).
+        batch_sharpness: Also the batch sharpness of random batches of this size.
+        max_memory: What the eigensolver may keep beyond the model and one product: bytes,
+            or a size such as "1.5GB" (docs/guides/large-models.md#memory-budget).
+        loggers: Dashboards that receive each row's scalars at its step: "tensorboard" and
+            "wandb" (offline) write inside `run_dir`; any object with
+            `log_metrics(metrics, step)` (a Lightning logger, say) receives them
+            (docs/guides/callbacks.md#logging).
+        resume: Continue the run already in `run_dir`: rows from the first step this
+            Tracker logs on are dropped and that step's checkpoint, if any, gives the warm
+            start and the clock.
+        overwrite: Replace the run already in `run_dir`: its files and checkpoints start
+            afresh.
 
-    Under torchrun (a process group is initialised) every process must make the same
-    calls with the same examples: each measures its share of them, and rank 0 alone writes.
+    Raises:
+        SharpError: `run_dir` already holds a run and neither `resume` nor `overwrite` is
+            given, or an argument is out of range; the message names the argument.
+
+    Example:
+        ```python
+        with sharpcli.Tracker(model, loss_fn, (x, y), optimizer=opt, run_dir="reports/my-run") as t:
+            for step in range(T + 1):
+                opt.zero_grad(); loss_fn(model(x), y).backward()
+                t.step(step)
+                opt.step()
+        ```
     """
 
-    def __init__(self, model: nn.Module, loss_fn, x, y=None, *, run_dir: str | Path,
+    def __init__(self, model: nn.Module, loss_fn: Callable | str | None, data: Any,
+                 y: torch.Tensor | None = None, *, run_dir: str | Path,
                  optimizer: torch.optim.Optimizer | None = None,
-                 batch_loss=None, forward=None, output_fn=None, num_terms=None,
+                 batch_loss: Callable[[nn.Module, Any], torch.Tensor] | str | None = None,
+                 forward: Callable[[nn.Module, Any], Any] | None = None,
+                 output_fn: Callable[[Any], torch.Tensor] | None = None,
+                 num_terms: Callable[[Any], int] | None = None,
                  total_terms: int | None = None, check_deterministic: bool = True,
-                 every: int = 20, k: int = 1, test=None, eval_every: int | None = None,
+                 every: int = 20, k: int = 1, test: Any = None, eval_every: int | None = None,
                  samples: int | None = None, tol: float = 1e-3, max_iter: int = 100,
                  chunk_size: int | None = None, seed: int = 0,
-                 checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None, keep_last: int | None = None,
+                 checkpoint_every: int | None = None, checkpoint_dir: str | Path | None = None,
+                 keep_last: int | None = None,
                  batch_size: int | None = None, edges: EdgeRule | None = None,
                  batch_sharpness: int | None = None, max_memory: int | str | None = None,
-                 resume: bool = False, overwrite: bool = False):
+                 loggers=None, resume: bool = False, overwrite: bool = False):
         if resume and overwrite:
             raise SharpError("resume=True continues a run and overwrite=True replaces it: give one")
         call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
-        check_chunk_size(x, y, chunk_size)  # a stream comes in its own batches
+        check_chunk_size(data, y, chunk_size)  # a stream comes in its own batches
         run_dir = Path(run_dir)
-        self._setup(model, call, x, y, run_dir=run_dir, optimizer=optimizer,
+        self._setup(model, call, data, y, run_dir=run_dir, optimizer=optimizer,
                     num_terms=num_terms, total_terms=total_terms,
                     check_deterministic=check_deterministic, every=every, k=k, test=test,
                     eval_every=eval_every, samples=samples, tol=tol, max_iter=max_iter,
@@ -126,11 +178,11 @@ class Tracker:
                     checkpoint_every=checkpoint_every, checkpoint_dir=run_dir / "checkpoints" if checkpoint_dir is None else checkpoint_dir,
                     keep_last=keep_last, batch_size=batch_size, edges=edges,
                     batch_sharpness=batch_sharpness, max_memory=max_memory,
-                    dist=Dist.current())
+                    loggers=loggers, dist=Dist.current())
         self._claim(resume, overwrite)
 
     @classmethod
-    def _for_training(cls, model: nn.Module, loss_fn, x, y, *, record: dict,
+    def _for_training(cls, model: nn.Module, loss_fn, data, y, *, record: dict,
                       resume_step: int | None, top_vector: torch.Tensor | None,
                       elapsed: float, dist: Dist,
                       preconditioned_vector: torch.Tensor | None, **settings) -> "Tracker":
@@ -140,32 +192,34 @@ class Tracker:
         `preconditioned_vector` and `elapsed` carry the warm starts and the clock over;
         `dist` is the launch's processes. The caller has checked the run's folders."""
         tracker = cls.__new__(cls)
-        tracker._setup(model, Call.of(loss_fn), x, y, record=record, dist=dist, **settings)
+        tracker._setup(model, Call.of(loss_fn), data, y, record=record, dist=dist, **settings)
         tracker.top_vectors, tracker.preconditioned_vector = top_vector, preconditioned_vector
         tracker._clock = (elapsed, time.perf_counter())
         tracker._start(resume_step)
         return tracker
 
-    def _setup(self, model: nn.Module, call: Call, x, y, *, run_dir: str | Path,
+    def _setup(self, model: nn.Module, call: Call, data, y, *, run_dir: str | Path,
                optimizer, every: int, k: int, test, eval_every: int | None,
                samples: int | None, tol: float, max_iter: int, chunk_size: int, seed: int,
                checkpoint_every: int | None, checkpoint_dir: str | Path, keep_last: int | None,
                batch_size: int | None, edges: EdgeRule | None, batch_sharpness: int | None,
                dist: Dist, num_terms=None, total_terms: int | None = None,
                check_deterministic: bool = True, record: dict | None = None,
-               max_memory: int | str | None = None) -> None:
+               max_memory: int | str | None = None, loggers=None) -> None:
         self.model, self.optimizer, self.call = model, optimizer, call
+        self.logger_items = parse_loggers(loggers)  # refused now, not at the first row
+        self.loggers: list = []  # opened when the files open (rank 0)
         self.max_memory = _budget(max_memory, model, k)
         device = next(iter(model.parameters())).device
-        self.data = as_data(x, y, num_terms=num_terms, total_terms=total_terms,
+        self.data = as_data(data, y, num_terms=num_terms, total_terms=total_terms,
                             chunk_size=chunk_size, dist=dist, device=device,
                             check_deterministic=check_deterministic)
         self.test = None if test is None else _test_data(test, chunk_size, dist, device)
         self.data_sharp = self._sharpness_data(samples)
         if batch_sharpness is not None and not (self.data.in_memory
                                                 and isinstance(self.data.source.inputs, torch.Tensor)):
-            raise SharpError("batch_sharpness draws random batches of in-memory examples: give x, y "
-                             "tensors")
+            raise SharpError("batch_sharpness draws random batches of in-memory examples: give data, y "
+                             "tensors (or data=(x, y))")
         self.every, self.k, self.tol, self.max_iter = every, k, tol, max_iter
         self.eval_every = eval_every or every
         self.chunk_size, self.seed, self.dist = chunk_size, seed, dist
@@ -224,6 +278,9 @@ class Tracker:
             self.log.open(fresh=fresh, keep_below_step=resume_step)
             if self.k > 1:
                 self.top_log.open(fresh=fresh, keep_below_step=resume_step)
+            close_loggers(self.loggers, self.logger_items)
+            self.loggers = open_loggers(self.logger_items, self.run_dir, resume_step=resume_step,
+                                        config=self.record)
 
     def _begin(self, step: int) -> None:
         """At the first step of a resumed run: drop the rows from `step` on, and take the
@@ -253,7 +310,7 @@ class Tracker:
         if samples is None or (self.data.in_memory and samples >= len(self.data.source)):
             return self.data
         if not self.data.in_memory:
-            raise SharpError("samples takes the first examples of in-memory x, y; a stream is "
+            raise SharpError("samples takes the first examples of in-memory data, y; a stream is "
                              "measured whole (give a smaller source instead)")
         return Data(self.data.source.head(samples), num_terms=self.data.num_terms,
                     dist=self.data.dist, device=self.data.device)
@@ -281,7 +338,7 @@ class Tracker:
         return bool(self.every) and step % self.every == 0
 
     def evaluation_due(self, step: int, final: bool = False) -> bool:
-        return final or step % self.eval_every == 0
+        return final or (bool(self.eval_every) and step % self.eval_every == 0)
 
     def row_due(self, step: int, final: bool = False) -> bool:
         return self.sharpness_due(step) or self.evaluation_due(step, final)
@@ -334,9 +391,10 @@ class Tracker:
             self._saved_now.unlink(missing_ok=True)
         saved = list_checkpoints(self.checkpoint_dir)
         loss = self.dist.sum(float(info.loss))  # each process holds its share
-        self._write(self.log, {"step": info.step, "epoch": info.epoch, "phase": info.phase,
-                               "lr": info.lr, "train_loss": loss,
-                               "grad_norm": float(info.grad_norm), "seconds": self.elapsed()})
+        row = {"step": info.step, "epoch": info.epoch, "phase": info.phase, "lr": info.lr,
+               "train_loss": loss, "grad_norm": float(info.grad_norm), "seconds": self.elapsed()}
+        self._write(self.log, row)
+        self._log_scalars(row)
         raise DivergedError(f"training diverged at step {info.step} (loss {loss}, "
                             f"‖g‖ {float(info.grad_norm)}); last good checkpoint: "
                             f"{saved[-1] if saved else 'none'}; try a smaller --lr than "
@@ -364,6 +422,7 @@ class Tracker:
             row.update(self._sharpness(info))
         row["seconds"] = self.elapsed()
         self._write(self.log, row)
+        self._log_scalars(row)
         self.rows.append(row)
         return row
 
@@ -425,11 +484,23 @@ class Tracker:
     # ---------------------------------------------------------------- a hand-written loop
 
     def step(self, step: int, epoch: float | None = None) -> dict | None:
-        """Call after backward() and before optimizer.step(): saves a checkpoint and measures
-        at w_t when due (‖g‖ and the alignment from the .grad the loop just computed, λ₁,
-        the edges of the optimizer's rule, evaluation), writes the row and returns it; None
-        at other steps, where it costs an integer test or two. `epoch` is the loop's own
-        count (default: from `batch_size` and the examples)."""
+        """Measure w_t when due: call after backward() and before optimizer.step().
+
+        Saves a checkpoint when due, and measures ‖g‖ and the alignment from the `.grad`
+        the loop just computed, λ₁, the edges of the optimizer's rule and the evaluation,
+        then writes the row. At other steps it costs an integer test or two.
+
+        Args:
+            step: t, the number of updates done so far.
+            epoch: The loop's own count of epochs (default: from `batch_size` and the
+                number of examples).
+
+        Returns:
+            The row written to metrics.csv, as a dict; None when nothing was due.
+
+        Raises:
+            SharpError: The parameters have no `.grad` (called before `backward()`).
+        """
         epoch = self._epoch(step) if epoch is None else epoch
         self.checkpoint(step, epoch)
         if not self.row_due(step):
@@ -459,9 +530,19 @@ class Tracker:
         if self.dist.is_main:
             log.write(row)
 
+    def _log_scalars(self, row: dict) -> None:
+        """The row's scalars to every logger, at the row's step (docs/reference/formats.md#logged-scalars)."""
+        if self.dist.is_main and self.loggers:
+            metrics = scalars(row)
+            for logger in self.loggers:
+                logger.log_metrics(dict(metrics), row["step"])
+
     def close(self) -> None:
+        """Flush and close the run's files (the context manager's exit does it)."""
         self.log.close()
         self.top_log.close()
+        close_loggers(self.loggers, self.logger_items)
+        self.loggers = []
 
     def __enter__(self) -> "Tracker":
         return self
@@ -488,9 +569,14 @@ def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:
 
 
 def _test_data(test, chunk_size: int, dist: Dist, device) -> Data:
-    """`test`: an (x, y) pair of tensors, or a source of batches."""
-    pair = isinstance(test, tuple) and len(test) == 2 and all(isinstance(t, torch.Tensor) for t in test)
-    return as_data(*(test if pair else (test,)), chunk_size=chunk_size, dist=dist, device=device)
+    """`test`: an (x, y) pair of tensors, or a source of batches. The data layer's errors
+    about its `data` and `y` are about the Tracker's `test` here, and say so."""
+    try:
+        return as_data(test, chunk_size=chunk_size, dist=dist, device=device)
+    except SharpError as err:
+        renamed = {"data": "test", "y": "test"}
+        raise SharpError(err.template.replace("{y}", "{test}'s targets").replace("{data}", "{test}"),
+                         param=tuple(dict.fromkeys(renamed.get(p, p) for p in err.params))) from None
 
 
 def _input_shape(data: Data) -> list[int] | None:

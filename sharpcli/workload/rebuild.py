@@ -76,8 +76,23 @@ def build_run_model(settings: TrainConfig, input_shape, num_classes: int) -> nn.
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> Checkpoint:
-    """Load a checkpoint for analysis: `ckpt.model` (eval mode), `ckpt.config`, `ckpt.step`,
-    `ckpt.loss_fn`, `ckpt.data()`. The model is on the CPU unless `device` is given."""
+    """Load a checkpoint of `sharp train` for analysis, its model rebuilt from its config.
+
+    The file is read with `torch.load(weights_only=True)`: loading never executes code.
+
+    Args:
+        path: A checkpoint file, checkpoints/<run>/step-XXXXXXXX.pt.
+        device: Where the model goes (default: the CPU).
+
+    Returns:
+        The checkpoint: `ckpt.model` (in eval mode), `ckpt.config`, `ckpt.step`,
+            `ckpt.loss_fn` and `ckpt.data()`, the run's exact tensors.
+
+    Raises:
+        SharpError: The file is no sharpcli checkpoint, its weights do not fit the model
+            its config describes, or it was saved by a `sharpcli.Tracker` around a model
+            sharpcli did not build.
+    """
     payload = read_checkpoint(path)
     config = payload["config"]
     if config.get("built_by") == "sharpcli.Tracker":

@@ -40,7 +40,8 @@ def train(root: Path, *, processes: int = 1) -> list[SharpnessCallback]:
     """STEPS updates of SGD with momentum, each accumulated over 2 shuffled micro-batches per
     process (so the full-batch gradient), no clipping, a constant η; two callbacks: the
     model's own loss on two dict batches (root/ownloss) and a named loss on the tensors
-    (root/named)."""
+    (root/named). One process reports to TensorBoard in root/hf/runs/*, where the callbacks' rows
+    go too."""
     x, y = examples()
     halves = [{"x": x[:16], "labels": y[:16]}, {"x": x[16:], "labels": y[16:]}]
     callbacks = [SharpnessCallback(halves, None, root / "ownloss", every=EVERY, tol=TOL),
@@ -50,7 +51,8 @@ def train(root: Path, *, processes: int = 1) -> list[SharpnessCallback]:
                              per_device_train_batch_size=len(x) // (2 * processes),
                              gradient_accumulation_steps=2, max_grad_norm=0.0,
                              lr_scheduler_type="constant", learning_rate=LR, use_cpu=True,
-                             report_to="none", save_strategy="no", logging_strategy="no",
+                             report_to=["tensorboard"] if processes == 1 else "none",
+                             save_strategy="no", logging_strategy="no",
                              disable_tqdm=True, ddp_backend="gloo" if processes > 1 else None,
                              ddp_timeout=120)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)

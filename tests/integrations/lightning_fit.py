@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -43,7 +44,8 @@ class Module(L.LightningModule):
 def fit(root: Path, *, processes: int = 1) -> list[SharpnessCallback]:
     """STEPS full-batch updates, each the mean of 2 accumulated micro-batches per process;
     two callbacks: the module's training_step as the loss (root/steploss) and a loss_fn
-    (root/lossfn)."""
+    (root/lossfn). One process logs to TensorBoard in root/tb, where the callbacks' rows go
+    too."""
     x, y = examples()
     loader = DataLoader(TensorDataset(x, y), batch_size=len(x) // (2 * processes))
     callbacks = [SharpnessCallback((x, y), None, root / "steploss", every=EVERY, tol=TOL),
@@ -52,10 +54,14 @@ def fit(root: Path, *, processes: int = 1) -> list[SharpnessCallback]:
                 if processes > 1 else "auto")
     trainer = L.Trainer(max_steps=STEPS, accumulate_grad_batches=2, callbacks=callbacks,
                         accelerator="cpu", devices=processes, strategy=strategy,
-                        precision="64-true", logger=False, enable_checkpointing=False,
+                        precision="64-true", logger=_tensorboard(root) if processes == 1 else False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(Module(), loader)
     return callbacks
+
+
+def _tensorboard(root: Path) -> TensorBoardLogger:
+    return TensorBoardLogger(root, name="tb", version="")  # event files straight in root/tb
 
 
 if __name__ == "__main__":

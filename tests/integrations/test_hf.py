@@ -11,6 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
+from tests.dashboards import assert_float32_board_holds, tensorboard_scalars
 from tests.integrations.hf_fit import train
 from tests.integrations.problem import (COMPARED, assert_same_rows, assert_two_processes_log_the_same,
                                         plain_loop)
@@ -46,10 +47,22 @@ def test_every_command_reads_the_run_folder(trained, tmp_path):
     sharp("summarize", root / "ownloss", "--out", tmp_path / "summary.csv").ok()
 
 
+def test_report_to_tensorboard_gets_every_row_through_the_trainers_log(trained):
+    """report_to=["tensorboard"]: the Trainer's own TensorBoard callback holds λ₁, ‖g‖ and
+    the GD edge of each callback's metrics.csv at the measured steps (float32, under the
+    integration's train/ prefix)."""
+    root, callbacks = trained
+    (log_dir,) = (root / "hf" / "runs").iterdir()
+    board = tensorboard_scalars(log_dir)
+    runs = [root / "ownloss", root / "named"]
+    for tag, column in (("lambda1", "sharpness"), ("grad_norm", "grad_norm"), ("gd_edge", "gd_edge")):
+        assert_float32_board_holds(board, "train/sharpness/" + tag, runs, column)
+
+
 def test_without_transformers_the_import_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     monkeypatch.delitem(sys.modules, "sharpcli.integrations.hf")
-    with pytest.raises(ImportError, match=r"pip install 'sharpcli\[hf\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[hf\]'"):
         importlib.import_module("sharpcli.integrations.hf")
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from sharpcli.errors import SharpError
 from sharpcli.integrations.lightning import SharpnessCallback
+from tests.dashboards import assert_float32_board_holds, tensorboard_scalars
 from tests.integrations.lightning_fit import fit
 from tests.integrations.problem import (COMPARED, assert_same_rows, assert_two_processes_log_the_same,
                                         examples, plain_loop)
@@ -51,6 +52,16 @@ def test_every_command_reads_the_run_folder(one_process, tmp_path):
     sharp("summarize", run, "--out", tmp_path / "summary.csv").ok()
 
 
+def test_the_trainers_tensorboard_logger_gets_every_row(one_process):
+    """The trainer's TensorBoardLogger holds λ₁, ‖g‖ and the GD edge of each callback's
+    metrics.csv at the measured optimizer steps (float32, as Lightning writes scalars)."""
+    root, _ = one_process
+    board = tensorboard_scalars(root / "tb")
+    runs = [root / "steploss", root / "lossfn"]
+    for tag, column in (("lambda1", "sharpness"), ("grad_norm", "grad_norm"), ("gd_edge", "gd_edge")):
+        assert_float32_board_holds(board, "sharpness/" + tag, runs, column)
+
+
 def test_two_ddp_processes_log_what_one_does(one_process, tmp_path):
     """Lightning's DDP strategy, 2 CPU processes (gloo): each trains on half of each batch
     and measures half of the measurement set; rank 0's files equal the 1-process run's."""
@@ -70,5 +81,5 @@ def test_without_lightning_the_import_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
     monkeypatch.setitem(sys.modules, "pytorch_lightning", None)
     monkeypatch.delitem(sys.modules, "sharpcli.integrations.lightning")
-    with pytest.raises(ImportError, match=r"pip install 'sharpcli\[lightning\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[lightning\]'"):
         importlib.import_module("sharpcli.integrations.lightning")

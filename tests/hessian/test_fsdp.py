@@ -1,0 +1,166 @@
+"""Hessian-vector products by finite differences of the gradient (finite_difference.py): on
+one process against the dense Hessian, and on models sharded by FSDP2 over 2 and 4 gloo
+processes against one unsharded process's exact (double-backward) spectrum.
+
+Accuracy stated: float64 eigenvalues to 1e-7 relative (measured ~1e-11 on the MLP, ~1e-8 on
+the GPT-2); float32 to 2e-4 relative, what the central difference allows at the step rule
+(measured ≤ 7e-5 on the top Rayleigh quotient of the GPT-2, benchmarks/RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import sharpcli
+from sharpcli.errors import SharpError
+from sharpcli.hessian import HessianOperator
+from sharpcli.hessian.finite_difference import STEP_SCALE, is_fsdp2, resolve_hvp
+from tests import hf_case, token_cases
+from tests.fsdp_spectra import SHARP
+from tests.runners import sharp
+from tests.cases import CNN_MSE, MLP_CE, MLP_MSE
+from tests.helpers import dense_hessian
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tests" / "fsdp_spectra.py"
+LAUNCH_TIMEOUT = 600  # seconds, a whole launch of 4 cases (4 processes on 2 cores: slow)
+ACCURACY = {"float64": 1e-7, "float32": 2e-4}
+
+
+@pytest.mark.parametrize("order, rel64, rel32", [(2, 1e-8, 3e-3), (4, 1e-10, 1e-3)])
+@pytest.mark.parametrize("case", [MLP_MSE, MLP_CE], ids=lambda c: c.name)
+def test_finite_difference_product_against_the_dense_hessian(case, order, rel64, rel32):
+    for dtype, rel in ((torch.float64, rel64), (torch.float32, rel32)):
+        model, loss_fn, x, y = case(dtype=dtype)
+        h = dense_hessian(model, loss_fn, x, y).double()
+        op = HessianOperator(model, loss_fn, x, y, hvp="finite-difference", chunk_size=7)
+        op._fd.order, op._fd.scale = order, STEP_SCALE[order]
+        v = torch.randn(op.size, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        exact = h @ v.double()
+        error = float((op.matvec(v).double() - exact).norm() / exact.norm())
+        assert error < rel, (dtype, error)
+        assert error > 0  # a difference quotient, not the exact product under another name
+
+
+def test_a_product_leaves_weights_gradients_and_generators_exactly_as_found():
+    model, loss_fn, x, y = MLP_CE()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    op = HessianOperator(model, loss_fn, x, y, hvp="finite-difference")
+    v = torch.randn(op.size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rng = torch.get_rng_state()
+    op.matvec(v)
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert all(bool((p.grad == 3).all()) for p in model.parameters())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_spectrum_with_finite_differences_on_one_process():
+    """hvp="finite-difference" on an unsharded model: the exact spectrum to 1e-8 in float64,
+    and the note says how the products were made."""
+    model, loss_fn, x, y = MLP_CE()
+    exact = sharpcli.spectrum(model, loss_fn, x, y, top_k=3, tol=1e-8, hvp="exact")
+    fd = sharpcli.spectrum(model, loss_fn, x, y, top_k=3, tol=1e-8, hvp="finite-difference")
+    for e, f in zip(exact, fd):
+        assert f["value"] == pytest.approx(e["value"], rel=1e-8)
+    assert "central finite differences of the gradient" in fd[0]["note"]
+    assert "estimated relative error 2e-10" in fd[0]["note"]
+    assert not exact[0]["note"]
+
+
+def test_auto_is_exact_for_an_unsharded_model_and_a_bad_hvp_is_refused():
+    model, loss_fn, x, y = MLP_CE()
+    assert not is_fsdp2(model) and resolve_hvp("auto", model) == "exact"
+    with pytest.raises(SharpError, match="hvp must be one of auto, exact, finite-difference"):
+        sharpcli.spectrum(model, loss_fn, x, y, hvp="fd")
+
+
+def test_third_derivatives_need_an_exact_product():
+    model, loss_fn, x, y = CNN_MSE()
+    op = HessianOperator(model, loss_fn, x, y, hvp="finite-difference")
+    with pytest.raises(ValueError, match="third derivatives need an exact product"):
+        op.third_derivative(torch.ones(op.size, dtype=torch.float64),
+                            torch.ones(op.size, dtype=torch.float64))
+
+
+def exact_spectra() -> dict:
+    """One unsharded process, double backward: the cases of tests/fsdp_spectra.py."""
+    out = {}
+    for dtype in (torch.float64, torch.float32):
+        name = str(dtype)[6:]
+        model, loss_fn, x, y = MLP_CE(dtype=dtype)
+        out[f"mlp-{name}"] = sharpcli.spectrum(model, loss_fn, x, y, top_k=2, tol=1e-8,
+                                               hvp="exact")
+        out[f"gpt2-{name}"] = sharpcli.spectrum(
+            hf_case.make_model().to(dtype), None, hf_case.loader(2),
+            batch_loss=hf_case.token_loss, num_terms=hf_case.shifted_tokens, top_k=2, tol=1e-8,
+            hvp="exact")
+    return out
+
+
+@pytest.fixture(scope="module")
+def exact():
+    return exact_spectra()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_fsdp2_sharded_spectra_equal_one_unsharded_process(world, exact, tmp_path):
+    """An MLP and a tiny GPT-2, sharded per layer or block then at the root, the data split
+    unevenly over the processes (some hold fewer batches, on 4 one holds none of the GPT-2's):
+    the top eigenvalues of one exact process, to ACCURACY; every process's weights,
+    gradients and (in-memory data) generator exactly as found."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    out, weights, csv = tmp_path / "spectra.json", tmp_path / "tokens.pt", tmp_path / "fsdp.csv"
+    torch.save(token_cases.model().state_dict(), weights)
+    cli = [str(weights), str(csv)] if world == 2 else []
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node", str(world), str(SCRIPT), str(out), *cli],
+                            cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=LAUNCH_TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded = json.loads(out.read_text())
+    if cli:  # `sharp spectrum --fsdp Linear` under torchrun: one process's rows
+        assert sharded.pop("cli_exit") == 0
+        assert sharp(*SHARP, "--weights", str(weights), "--out", str(tmp_path / "one.csv")).code == 0
+        one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(csv)
+        assert list(two["value"]) == pytest.approx(list(one["value"]), rel=1e-7)
+        assert two["note"].str.contains("finite differences").all()
+    assert set(sharded) == set(exact)
+    for case, rows in sharded.items():
+        dtype = case.split("-")[1]
+        values = [r["value"] for r in rows["rows"]]
+        assert values == pytest.approx([r["value"] for r in exact[case]], rel=ACCURACY[dtype]), case
+        assert all(f"sharded like the parameters over {world} processes" in r["note"]
+                   and "finite differences" in r["note"] for r in rows["rows"]), case
+        kept = rows["kept"]
+        assert kept["weights"] and kept["gradients"], case
+        if case.startswith("mlp"):  # a DataLoader draws from the generator on each pass
+            assert kept["rng"], case
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--fsdp", "Conv2d"], "--fsdp Conv2d: no module of class Conv2d in the model"),
+    (["--fsdp", "Linear"], "--fsdp shards the model over torchrun's processes"),
+    (["--fsdp", " , "], "--fsdp needs module class names"),
+])
+def test_fsdp_flag_errors_are_one_line(flags, words, tmp_path):
+    torch.save(token_cases.model().state_dict(), tmp_path / "tokens.pt")
+    result = sharp(*SHARP, "--weights", str(tmp_path / "tokens.pt"), *flags,
+                   "--out", str(tmp_path / "x.csv"))
+    assert result.code == 2 and len(result.error_lines) == 1 and words in result.stderr, \
+        result.stderr
+
+
+def test_fsdp_flag_needs_a_model_factory(tmp_path):
+    torch.save(token_cases.model().state_dict(), tmp_path / "step-1.pt")
+    result = sharp("spectrum", str(tmp_path / "step-1.pt"), "--fsdp", "Linear")
+    assert result.code == 2 and "--fsdp apply with --model-factory" in result.stderr

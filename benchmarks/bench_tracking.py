@@ -25,6 +25,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -100,6 +101,8 @@ def warm_start_rows(paths: list[Path]) -> list[list]:
 def main():
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--cost-only", action="store_true",
+                   help="time the variants interleaved and stop (no accuracy, floors or warm starts)")
     args = p.parse_args()
     setup(args.threads)
     steps = 100 if args.quick else args.steps
@@ -117,11 +120,27 @@ def main():
                 "tracked (default, λ to 1e-3)": lambda: run(root, "on", steps, 20),
                 "tracked, residual 1e-3 (previous rule)": tracked_old}
     seconds = {k: [] for k in variants}
+    cpu = {k: [] for k in variants}  # this process's CPU time, the run's setup included
+    run(root, "warm-up", steps, 20)  # untimed: the first run loads and caches the data
     for _ in range(args.repeats):
         for k, fn in variants.items():
+            c0 = time.process_time()
             seconds[k].append(fn()[0])
+            cpu[k].append(time.process_time() - c0)
     t = {k: statistics.median(v) for k, v in seconds.items()}
     print({k: f"{v:.2f} s" for k, v in t.items()}, file=sys.stderr)
+    if args.cost_only:
+        print(f"{machine_line(args.threads)}\n{command_line()}\n")
+        for label, times in (("train()'s wall clock", seconds), ("CPU time", cpu)):
+            base = times["untracked"]
+            print(f"\n{label}:\n")
+            print(table(["variant", "median s", "× untracked (median of per-repeat ratios)",
+                         "each repeat"],
+                        [[k, statistics.median(v), statistics.median(a / b for a, b in zip(v, base)),
+                          ", ".join(f"{a / b:.2f}" for a, b in zip(v, base))]
+                         for k, v in times.items()]))
+        shutil.rmtree(root, ignore_errors=True)
+        return
 
     # products per measurement, each rule (counted by wrapping the Tracker's call)
     counts = {"default": [], "residual": []}

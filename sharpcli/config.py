@@ -25,13 +25,14 @@ class Choice(str, Enum):
         return format(self.value, spec)
 
     @classmethod
-    def parse(cls, value, flag: str):
-        """`value` as a member; a SharpError naming `flag` and the choices otherwise."""
+    def parse(cls, value, param: str):
+        """`value` as a member; a SharpError naming the argument `param` (its Python name)
+        and the choices otherwise."""
         try:
             return cls(getattr(value, "value", value))
         except ValueError:
-            raise SharpError(f"unknown {flag} {value!r}; expected one of "
-                             f"{', '.join(c.value for c in cls)}") from None
+            raise SharpError(f"unknown {{{param}}} {value!r}; expected one of "
+                             f"{', '.join(c.value for c in cls)}", param=param) from None
 
 
 # Seconds a process of a torchrun launch waits for the others in a collective.
@@ -160,12 +161,12 @@ class Backend(Choice):
 
 def coerce_choices(config) -> None:
     """Turn the string values of a dataclass's enum-typed fields into members (SharpError
-    naming the flag for an unknown value), so that `TrainConfig(optimizer="sam")`, a config
+    naming the field, which the CLI calls by its flag, for an unknown value), so that `TrainConfig(optimizer="sam")`, a config
     read from JSON and the CLI's parsed flags all hold the same thing."""
     for name, kind in _choice_fields(type(config)).items():
         value = getattr(config, name)
         if value is not None:
-            setattr(config, name, kind.parse(value, "--" + name.replace("_", "-")))
+            setattr(config, name, kind.parse(value, name))
 
 
 @functools.cache
@@ -331,7 +332,7 @@ DEFAULT_AUGMENT = {Dataset.cifar10.value: Augment.flip_crop,
 
 def resolve_augment(augment, dataset, batch_size: int | None) -> Augment:
     """The augmentation a run uses: `augment` itself unless it is auto."""
-    augment = Augment.parse(augment, "--augment")
+    augment = Augment.parse(augment, "augment")
     if augment is not Augment.auto:
         return augment
     if batch_size is None:

@@ -4,7 +4,6 @@ formulas (docs/reference/mathematics.md#edges), for training, `sharp eos` and it
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sharpcli.config import ADAPTIVE_PHASES, Optimizer
@@ -132,59 +131,59 @@ class Edge:
 
 def edge_calculator(lr: float, momentum: float = 0.0, nesterov: bool = False,
                     rho: float | None = None, grad_norm: float | None = None,
-                    optimizer: str | None = None, beta1: float | None = None, *,
-                    name: Callable[[str], str] = str) -> list[Edge]:
+                    optimizer: str | None = None, beta1: float | None = None) -> list[Edge]:
     """The edges of these settings, as `sharp eos --lr ...` prints them: the GD edge, and
     the SAM edge when `rho` is given (which then needs `grad_norm`; it is Long & Bartlett's
     for SAM on plain GD, so momentum enters the GD edge only). For adam and adamw (`beta1`,
     default 0.9) and rmsprop (`momentum`): their adaptive edge alone. Settings that do not
-    enter the edges asked for are refused. Errors call each argument `name(argument)`: the
-    CLI passes its flag names."""
+    enter the edges asked for are refused, by their Python names (SharpError.param: the CLI
+    says its flags)."""
     if not lr > 0:
-        raise SharpError(f"{name('lr')} must be positive, got {lr}")
+        raise SharpError(f"{{lr}} must be positive, got {lr}", param="lr")
     if not 0 <= momentum < 1:
-        raise SharpError(f"{name('momentum')} must lie in [0, 1), got {momentum}")
-    optimizer = None if optimizer is None else Optimizer.parse(optimizer, name("optimizer")).value
+        raise SharpError(f"{{momentum}} must lie in [0, 1), got {momentum}", param="momentum")
+    optimizer = None if optimizer is None else Optimizer.parse(optimizer, "optimizer").value
     if optimizer in ADAPTIVE_PHASES:
-        return [_adaptive(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1, name)]
+        return [_adaptive(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1)]
     if beta1 is not None:
-        raise SharpError(f"{name('beta1')} enters the adaptive edge of "
-                         f"{name('optimizer')} adam or adamw only")
+        raise SharpError("{beta1} enters the adaptive edge of "
+                         "{optimizer} adam or adamw only", param=("beta1", "optimizer"))
     edges = [Edge("gd_edge", gd_edge(lr, momentum, nesterov),
                   f"GD edge {gd_edge_formula(momentum, nesterov)}, η={lr:g}, β={momentum:g}")]
     if rho is None:
         if grad_norm is not None:
-            raise SharpError(f"{name('grad_norm')} only enters the SAM edge: "
-                             f"give {name('rho')} with it")
+            raise SharpError("{grad_norm} only enters the SAM edge: "
+                             "give {rho} with it", param=("grad_norm", "rho"))
         return edges
     if rho < 0:
-        raise SharpError(f"{name('rho')} must be ≥ 0, got {rho}")
+        raise SharpError(f"{{rho}} must be ≥ 0, got {rho}", param="rho")
     if grad_norm is None:
-        raise SharpError(f"the SAM edge depends on the gradient norm: give {name('grad_norm')} "
-                         f"with {name('rho')}")
+        raise SharpError("the SAM edge depends on the gradient norm: give {grad_norm} "
+                         "with {rho}", param=("grad_norm", "rho"))
     if not grad_norm > 0:
-        raise SharpError(f"{name('grad_norm')} must be positive, got {grad_norm}")
+        raise SharpError(f"{{grad_norm}} must be positive, got {grad_norm}", param="grad_norm")
     return edges + [Edge("sam_edge", sam_edge(lr, rho, grad_norm),
                          f"SAM edge (Long & Bartlett 2024), η={lr:g}, ρ={rho:g}, "
                          f"‖g‖={grad_norm:g}")]
 
 
-def _adaptive(lr, momentum, nesterov, rho, grad_norm, optimizer: str, beta1: float | None,
-              name: Callable[[str], str]) -> Edge:
+def _adaptive(lr, momentum, nesterov, rho, grad_norm, optimizer: str, beta1: float | None) -> Edge:
     """The calculator's adaptive edge, refusing the settings that do not enter it."""
     if rho is not None or grad_norm is not None or nesterov:
-        raise SharpError(f"{name('rho')}, {name('grad_norm')} and {name('nesterov')} do not "
-                         f"enter the edge of {optimizer}")
+        raise SharpError(f"{{rho}}, {{grad_norm}} and {{nesterov}} do not enter the edge of "
+                         f"{optimizer}", param=("rho", "grad_norm", "nesterov"))
     if optimizer == "rmsprop":
         if beta1 is not None:
-            raise SharpError(f"{name('beta1')} is Adam's; rmsprop's edge takes {name('momentum')}")
+            raise SharpError("{beta1} is Adam's; rmsprop's edge takes {momentum}",
+                             param=("beta1", "momentum"))
         return Edge("adaptive_edge", rmsprop_edge(lr, momentum),
                     f"adaptive edge (2+2μ)/η of rmsprop, η={lr:g}, μ={momentum:g}")
     if momentum:
-        raise SharpError(f"{optimizer} has no {name('momentum')}; its momentum is {name('beta1')}")
+        raise SharpError(f"{optimizer} has no {{momentum}}; its momentum is {{beta1}}",
+                         param=("momentum", "beta1"))
     beta1 = 0.9 if beta1 is None else beta1
     if not 0 <= beta1 < 1:
-        raise SharpError(f"{name('beta1')} must lie in [0, 1), got {beta1}")
+        raise SharpError(f"{{beta1}} must lie in [0, 1), got {beta1}", param="beta1")
     return Edge("adaptive_edge", adam_edge(lr, beta1),
                 f"adaptive edge (2+2β₁)/((1−β₁)η) of {optimizer} (Cohen et al. 2022), "
                 f"η={lr:g}, β₁={beta1:g}")

@@ -14,6 +14,7 @@ import math
 import numbers
 import re
 
+from sharpcli.checks import refusal
 from sharpcli.errors import SharpError
 
 UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -32,8 +33,8 @@ def parse_size(value, name: str, error: type[Exception] = SharpError) -> int:
         unit = match and UNITS.get(match.group(2).lower() or "b")
         number = float(match.group(1)) * unit if unit else None
     if number is None or not math.isfinite(number) or number < 1:
-        raise error(f"{name} must be a size such as 800MB, 1.5GB, 512MiB or a number of bytes, "
-                    f"got {value!r}")
+        raise refusal(error, name, "must be a size such as 800MB, 1.5GB, 512MiB or a number of "
+                      f"bytes, got {value!r}")
     return int(number)
 
 

@@ -112,7 +112,7 @@ def edge_table(metrics: pd.DataFrame, config: dict, band: float = DEFAULT_BAND,
     check_band(band)
     rows = metrics.sort_values("step", kind="stable")
     table = edge_columns(rows, config)
-    table["measure"] = row_measures(rows, table["phase"], Measure.parse(measure, "--measure"))
+    table["measure"] = row_measures(rows, table["phase"], Measure.parse(measure, "measure"))
     records = rows.to_dict("records")
     table["sharpness"] = [_cell(row, m) for row, m in zip(records, table["measure"])]
     table["edge"] = [edge_of(m, row) for m, row in zip(table["measure"], table.to_dict("records"))]
@@ -247,7 +247,7 @@ def eos_run(run: str | Path, band: float = DEFAULT_BAND, threshold: float = DEFA
     table = edge_table(metrics, config, band, measure)
     if table.empty:
         wanted = sorted(set(row_measures(metrics, edge_columns(metrics, config)["phase"],
-                                         Measure.parse(measure, "--measure"))))
+                                         Measure.parse(measure, "measure"))))
         raise SharpError(f"{run_dir}: no {' or '.join(wanted)} was measured (the column is "
                          "empty); train with --sharpness-every N (--batch-sharpness for the "
                          "batch sharpness), or use --from-checkpoints")

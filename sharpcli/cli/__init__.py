@@ -14,6 +14,7 @@ import typer
 
 from sharpcli import interrupt
 from sharpcli.errors import SharpError
+from sharpcli.cli.names import cli_message
 from sharpcli.launch import env_rank, launched_by_torchrun
 
 app = typer.Typer(
@@ -110,7 +111,7 @@ def _run(argv: list[str] | None) -> tuple[int, str | None]:
         # standalone_mode=False: click's errors reach us instead of a multi-line Rich box.
         code = interrupt.interruptible(app, args=argv, prog_name="sharp", standalone_mode=False)
     except SharpError as err:
-        return err.exit_code, str(err)
+        return err.exit_code, cli_message(err)
     except help_errors as err:  # `sharp` alone: the help text
         if env_rank() == 0:
             err.show()

@@ -118,8 +118,7 @@ def eos(
 def _calculator(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1) -> None:
     from sharpcli.edges import edge_calculator
 
-    for edge in edge_calculator(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1,
-                                name=lambda arg: "--" + arg.replace("_", "-")):
+    for edge in edge_calculator(lr, momentum, nesterov, rho, grad_norm, optimizer, beta1):
         print(edge.line())
 
 

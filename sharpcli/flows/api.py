@@ -16,7 +16,6 @@ from sharpcli.flows.config import FlowConfig
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.check import check_objective
 from sharpcli.sources.data import DEFAULT_CHUNK, as_data, check_chunk_size
-from sharpcli.spectra.api import api_message
 
 
 def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable | str | None = "mse",
@@ -76,22 +75,19 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
                  seed=seed, sdcp=sdcp, save_every=save_every, device=device, resume=resume)
     cfg = FlowConfig(**{name: value for name, value in given.items() if value is not None})
     device = cfg.device
-    try:
-        if model is None:
-            unread = [name for name, value in (("data", data), ("y", y), ("num_terms", num_terms),
-                                               ("batch_loss", batch_loss),
-                                               ("chunk_size", chunk_size)) if value is not None]
-            if unread:
-                raise SharpError(f"{unread[0]} is read with model=, for a sharpcli.Tracker run; a "
-                                 "sharp train run's checkpoint names its own data")
-        check_chunk_size(data, y, chunk_size)
-        objective = None if model is None else _objective(model, loss_fn, data, y, num_terms,
-                                                          batch_loss, chunk_size, device)
-        from sharpcli.flows.run import run_flow
-        return run_flow(run, cfg, out=None if out is None else Path(out), write=out is not None,
-                        objective=objective)
-    except SharpError as err:
-        raise type(err)(api_message(str(err))) from None
+    if model is None:
+        unread = [name for name, value in (("data", data), ("y", y), ("num_terms", num_terms),
+                                           ("batch_loss", batch_loss),
+                                           ("chunk_size", chunk_size)) if value is not None]
+        if unread:
+            raise SharpError(f"{{{unread[0]}}} is read with model=, for a sharpcli.Tracker run; "
+                             "a sharp train run's checkpoint names its own data", param=unread[0])
+    check_chunk_size(data, y, chunk_size)
+    objective = None if model is None else _objective(model, loss_fn, data, y, num_terms,
+                                                      batch_loss, chunk_size, device)
+    from sharpcli.flows.run import run_flow
+    return run_flow(run, cfg, out=None if out is None else Path(out), write=out is not None,
+                    objective=objective)
 
 
 def _objective(model, loss_fn, data, y, num_terms, batch_loss, chunk_size, device) -> Objective:
@@ -99,10 +95,7 @@ def _objective(model, loss_fn, data, y, num_terms, batch_loss, chunk_size, devic
         raise SharpError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if data is None:
         raise SharpError("model= needs data= (and y= for tensors): the examples the run trained on")
-    try:
-        call = Call(None if batch_loss is not None else loss_fn, batch_loss=batch_loss)
-    except ValueError as err:
-        raise SharpError(str(err)) from None
+    call = Call(None if batch_loss is not None else loss_fn, batch_loss=batch_loss)
     model = copy.deepcopy(model).to(device)
     source = as_data(data, y, num_terms=num_terms, chunk_size=chunk_size or DEFAULT_CHUNK,
                      device=device)

@@ -26,16 +26,18 @@ class FlowConfig:
     resume: bool = False
 
     def validate(self) -> None:
-        check_positive(self.substeps, "--substeps", integer=True)
-        check_positive(self.max_iter, "--max-iter", integer=True)
-        check_positive(self.save_every, "--save-every", integer=True)
-        check_positive(self.steps, "--steps", integer=True, optional=True)
-        check_positive(self.tol, "--tol")
+        """A SharpError naming the field (SharpError.param) for a value out of range."""
+        for name in ("substeps", "max_iter", "save_every"):
+            check_positive(getattr(self, name), name, integer=True)
+        check_positive(self.steps, "steps", integer=True, optional=True)
+        check_positive(self.tol, "tol")
         if not 0 < self.threshold < 2:
-            raise SharpError(f"--threshold must lie between 0 and 2 (in units of 1/η: the "
-                             f"critical eigenvalues are those above threshold/η), got {self.threshold}")
+            raise SharpError("{threshold} must lie between 0 and 2 (in units of 1/η: the critical "
+                             f"eigenvalues are those above threshold/η), got {self.threshold}",
+                             param="threshold")
         if self.sdcp not in SOLVERS:
-            raise SharpError(f"unknown --sdcp {self.sdcp!r}; expected one of {', '.join(SOLVERS)}")
+            raise SharpError(f"unknown {{sdcp}} {self.sdcp!r}; expected one of {', '.join(SOLVERS)}",
+                             param="sdcp")
 
     def state_settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k in STATE_KEYS}

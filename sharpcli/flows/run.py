@@ -27,8 +27,9 @@ from sharpcli.formats.schema import (FLOW_COLUMNS, FLOW_EIGENVALUE_COLUMNS, FLOW
 from sharpcli.hessian.check import check_objective
 from sharpcli.interrupt import check_stop
 from sharpcli.spectra.config import ModelSource, SpectrumConfig
-from sharpcli.spectra.run import CLI_NAMES, subject_data
-from sharpcli.spectra.targets import Target, subjects
+from sharpcli.spectra.run import subject_data
+from sharpcli.spectra.targets import subjects
+from sharpcli.workload.targets import Target
 from sharpcli.workload.weights import load_weights, read_weights
 
 STATE_FORMAT = "sharpcli-flow-state"
@@ -95,7 +96,7 @@ def open_run(run, cfg: FlowConfig, source: ModelSource | None = None, dist: Dist
     device = resolve_device(process_device(cfg.device, dist))
     subject = next(subjects([Target(checkpoints[0], run_dir)], device, source, dist=dist))
     data = subject_data(subject, SpectrumConfig(), device, dist, source)
-    check_objective(subject.model, subject.call, data, CLI_NAMES)
+    check_objective(subject.model, subject.call, data)
     return FlowRun(run_dir, lr, last, Objective(subject.model, subject.call, data), checkpoints)
 
 

@@ -81,10 +81,7 @@ def hessian(model: nn.Module, loss_fn: Callable | str | None, data: Any,
         raise SharpError(f"mode must be one of {HESSIAN_MODES}, got {mode!r}")
     chosen = _params(reshard(model), params)
     product = _product(hvp, model)
-    try:
-        call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
-    except ValueError as err:
-        raise SharpError(str(err)) from None
+    call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
     check_chunk_size(data, y, chunk_size)
     source = as_data(data, y, num_terms=num_terms, total_terms=total_terms,
                      chunk_size=chunk_size or DEFAULT_CHUNK, device=chosen[0].device,

@@ -22,10 +22,16 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from sharpcli.errors import SharpError
 from sharpcli.hessian.losses import LOSSES, LossFn, accuracy
 from sharpcli.sources.structure import plain
 
 IGNORE_INDEX = -100  # the label torch's cross_entropy and Hugging Face skip: padding
+
+
+class CallError(SharpError, ValueError):
+    """A loss, closure or forward a Call cannot use, naming the argument (SharpError.param);
+    a ValueError too, for code that builds Calls and catches those."""
 
 
 def call_model(model: nn.Module, inputs):
@@ -95,26 +101,23 @@ class Call:
     def __init__(self, loss_fn: LossFn | str | None = None, *,
                  batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
                  forward: Callable[[nn.Module, Any], Any] | None = None,
-                 output_fn: Callable[[Any], torch.Tensor] | None = None,
-                 names: Mapping[str, str] | None = None):
-        self.names = {"loss_fn": "loss_fn", "batch_loss": "batch_loss", "forward": "forward",
-                      "output_fn": "output_fn", **(names or {})}
+                 output_fn: Callable[[Any], torch.Tensor] | None = None):
         if (loss_fn is None) == (batch_loss is None):
-            raise ValueError(f"give {self.names['loss_fn']} or {self.names['batch_loss']} "
-                             "(one of them)")
+            raise CallError("give {loss_fn} or {batch_loss} (one of them)",
+                            param=("loss_fn", "batch_loss"))
         if batch_loss is not None and forward is not None:
-            raise ValueError(f"{self.names['forward']} applies with {self.names['loss_fn']}; "
-                             f"{self.names['batch_loss']} calls the model itself")
+            raise CallError("{forward} applies with {loss_fn}; {batch_loss} calls the model "
+                            "itself", param=("forward", "loss_fn", "batch_loss"))
         if batch_loss == "model":
             batch_loss = model_loss
         self.named = isinstance(loss_fn, str)
         if self.named and loss_fn not in LOSSES:
-            raise ValueError(f"{self.names['loss_fn']}={loss_fn!r}: expected a callable or one "
-                             f"of {sorted(LOSSES)}")
+            raise CallError(f"{{loss_fn}}={loss_fn!r}: expected a callable or one of "
+                            f"{sorted(LOSSES)}", param="loss_fn")
         for name, fn in (("loss_fn", loss_fn), ("batch_loss", batch_loss), ("forward", forward),
                          ("output_fn", output_fn)):
             if fn is not None and not callable(fn) and not (name == "loss_fn" and self.named):
-                raise ValueError(f"{self.names[name]} must be callable, got {type(fn).__name__}")
+                raise CallError(f"{{{name}}} must be callable, got {type(fn).__name__}", param=name)
         self.loss_fn = LOSSES[loss_fn] if self.named else loss_fn
         self.batch_loss, self.forward, self.output_fn = batch_loss, forward, output_fn
 

@@ -9,6 +9,8 @@ operator's). Each solver says in its docstring how many vectors of the budget it
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 import torch
@@ -97,18 +99,20 @@ def cannot_hold(budget: MemoryBudget | None, op, vectors: int) -> bool:
 
 
 def require_minimum(budget: MemoryBudget, size: int, dtype: torch.dtype,
-                    needs: list[tuple[int, str]], name: str = "max_memory") -> None:
+                    needs: list[tuple[int, str]]) -> None:
     """The one check of a budget against the least the requested solvers keep, before
     anything is computed: `needs` holds (vectors, what they are) for each solver, and the
-    largest must fit. LinalgInputError (a SharpError) naming the budget as `name`, its
-    vectors and the minimum."""
+    largest must fit. LinalgInputError (a SharpError) naming the budget (param max_memory),
+    its vectors and the minimum."""
     need, why = max(needs)
     have = budget.vectors(size, dtype)
     if have < need:
         one = vector_bytes(size, dtype)
-        raise LinalgInputError(f"{name} {human_bytes(budget.bytes)} holds {have} vectors of the "
-                               f"model's {size} parameters ({human_bytes(one)} each), below the "
-                               f"minimum of {need} ({human_bytes(need * one)}): {why}")
+        raise LinalgInputError(f"{{max_memory}} {human_bytes(budget.bytes)} holds {have} vectors "
+                               f"of the model's {size} parameters ({human_bytes(one)} each), below "
+                               f"the minimum of {need} ({human_bytes(need * one)}): {why}",
+                               # `why` may name arguments too ({check_missed=False})
+                               param=("max_memory", *re.findall(r"\{(\w+)[^{}]*\}", why)))
 
 
 def host_available() -> float:

@@ -59,33 +59,57 @@ def lanczos_top_k(op, k: int, *, tol: float = 1e-3, max_iter: int = 100, seed: i
     if restarts(op, k, max_iter, budget):
         return _top_k_within(op, k, budget, tol=tol, max_iter=max_iter, seed=seed, v0=v0)
     res = lanczos(op, k, tol=tol, max_iter=max(k, min(max_iter, op.size)), seed=seed, v0=v0)
-    values, residuals = res.eigenvalues.tolist(), res.residuals.tolist()
-    converged, vectors = res.converged.tolist(), list(res.eigenvectors.T)
-    n_matvec = res.n_matvec
-    for restart in range(1, k + 1):  # each restart that finds something adds one pair
-        if len(vectors) >= op.size:
-            break
-        q, _ = torch.linalg.qr(torch.stack(vectors, dim=1))
-        deflated = _Deflated(op, q)
+
+    def deflated_top(q: torch.Tensor, restart: int) -> EigenResult:
+        # from a Gaussian start projected off the pairs kept, as a restart always began
+        deflated = _Deflated(op, q.T)
         gen = torch.Generator(device=op.device).manual_seed(seed + restart)
         start = deflated.project(torch.randn(op.size, generator=gen, dtype=op.dtype, device=op.device))
-        new = lanczos(deflated, 1, tol=tol, v0=start, seed=seed + restart,
-                      max_iter=min(max_iter, op.size - len(vectors)))
-        n_matvec += new.n_matvec
+        return lanczos(deflated, 1, tol=tol, v0=start, seed=seed + restart,
+                       max_iter=min(max_iter, op.size - k))
+
+    return _add_missed(op, k, res, deflated_top, held=None)
+
+
+def _add_missed(op, k: int, res: EigenResult, deflated_top, held: int | None) -> EigenResult:
+    """The restarts of lanczos_top_k, with or without a budget: `deflated_top(q, restart)`
+    finds the top pair of (I − QQᵀ)A(I − QQᵀ), Q the rows of q (k, size), the pairs kept;
+    one above the k-th value is inserted (its residual measured with one more product, the
+    k-th falls out) and the next restart follows; one that is not ends the search. The rows
+    of q are updated in place, by shifting those below the insertion. `held`: the rows the
+    first run's basis held under a budget (None: no budget)."""
+    values, residuals = res.eigenvalues.tolist(), res.residuals.tolist()
+    converged, n_matvec, restarts = res.converged.tolist(), res.n_matvec, res.restarts
+    q = res.eigenvectors.T                       # (k, size) rows, updated in place
+    del res
+    space = own_space(op)  # sums over processes where the vectors are split (FSDP2)
+    for restart in range(1, k + 1):  # each restart that finds something adds one pair
+        if k >= dimension(op):
+            break
+        new = deflated_top(q, restart)
+        n_matvec, restarts = n_matvec + new.n_matvec, restarts + new.restarts
+        if held is not None:
+            held = max(held, k + 1 + new.basis_vectors)
         theta, v = float(new.eigenvalues[0]), new.eigenvectors[:, 0]
         if not theta > values[-1]:
             break  # nothing missed above the k-th value
-        w = op.matvec(v)
+        v = project_out_(v, q, space)
+        v /= space.norms(v)
+        w = apply(op, v)
         n_matvec += 1
         i = next(j for j, lam in enumerate(values) if theta > lam)
         values.insert(i, theta)
-        residuals.insert(i, float((w - theta * v).norm()))
+        residuals.insert(i, float(space.norms(w.sub_(v, alpha=theta))))
         converged.insert(i, bool(new.converged[0]))
-        vectors.insert(i, v)
-        del values[k:], residuals[k:], converged[k:], vectors[k:]
-    return EigenResult(torch.tensor(values, dtype=torch.float64), torch.stack(vectors, dim=1),
+        del w, new
+        for j in range(k - 1, i, -1):  # shift the rows below i down; the k-th falls out
+            q[j].copy_(q[j - 1])
+        q[i].copy_(v)
+        del values[k:], residuals[k:], converged[k:]
+    return EigenResult(torch.tensor(values, dtype=torch.float64), q.T,
                        torch.tensor(residuals, dtype=torch.float64),
-                       torch.tensor(converged, dtype=torch.bool), n_matvec, n_matvec)
+                       torch.tensor(converged, dtype=torch.bool), n_matvec, n_matvec,
+                       basis_vectors=held, restarts=restarts)
 
 
 def restarts(op, k: int, max_iter: int, budget: MemoryBudget | None) -> bool:
@@ -134,41 +158,10 @@ def _top_k_within(op, k: int, budget: MemoryBudget, *, tol: float, max_iter: int
     dim = dimension(op)
     res = lanczos(op, k, tol=tol, max_iter=max(k, min(max_iter, dim)), seed=seed, v0=v0,
                   max_memory=budget)
-    values, residuals = res.eigenvalues.tolist(), res.residuals.tolist()
-    converged, n_matvec = res.converged.tolist(), res.n_matvec
     held = res.basis_vectors or max(k, min(max_iter, dim))  # rows of the first basis
-    restarts = res.restarts
-    q = res.eigenvectors.T                       # (k, size) rows, updated in place
-    del res
     rest = budget.less(k + 1, op.size, op.dtype)
-    for restart in range(1, k + 1):  # each restart that finds something adds one pair
-        if k >= dim:
-            break
-        new = _deflated_top(op, q, rest, tol=tol, max_iter=min(max_iter, dim - k),
-                            seed=seed + restart)
-        n_matvec, restarts = n_matvec + new.n_matvec, restarts + new.restarts
-        held = max(held, k + 1 + new.basis_vectors)
-        theta, v = float(new.eigenvalues[0]), new.eigenvectors[:, 0]
-        if not theta > values[-1]:
-            break  # nothing missed above the k-th value
-        space = own_space(op)
-        v = project_out_(v, q, space)
-        v /= space.norms(v)
-        w = apply(op, v)
-        n_matvec += 1
-        i = next(j for j, lam in enumerate(values) if theta > lam)
-        values.insert(i, theta)
-        residuals.insert(i, float(space.norms(w.sub_(v, alpha=theta))))
-        converged.insert(i, bool(new.converged[0]))
-        del w, new
-        for j in range(k - 1, i, -1):  # shift the rows below i down; the k-th falls out
-            q[j].copy_(q[j - 1])
-        q[i].copy_(v)
-        del values[k:], residuals[k:], converged[k:]
-    return EigenResult(torch.tensor(values, dtype=torch.float64), q.T,
-                       torch.tensor(residuals, dtype=torch.float64),
-                       torch.tensor(converged, dtype=torch.bool), n_matvec, n_matvec,
-                       basis_vectors=held, restarts=restarts)
+    return _add_missed(op, k, res, lambda q, restart: _deflated_top(
+        op, q, rest, tol=tol, max_iter=min(max_iter, dim - k), seed=seed + restart), held=held)
 
 
 def _deflated_top(op, q: torch.Tensor, budget: MemoryBudget, *, tol: float, max_iter: int,

@@ -31,7 +31,7 @@ such a source is refused, unless the check is turned off.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 import torch
@@ -44,8 +44,6 @@ from sharpcli.sources.structure import (describe, first_tensor, fingerprint, pla
 
 NumTerms = Callable[[Any], int]
 DEFAULT_CHUNK = 4096  # examples per batch of in-memory data when the caller gives none
-API_NAMES = {"data": "data", "y": "y", "num_terms": "num_terms", "total_terms": "total_terms",
-             "chunk_size": "chunk_size", "check_deterministic": "check_deterministic=False"}
 
 
 def chunk_slices(n: int, chunk_size: int) -> list[slice]:
@@ -97,15 +95,15 @@ class StreamSource:
 
     deterministic = False
 
-    def __init__(self, data, name: str = "data"):
+    def __init__(self, data):
         if isinstance(data, Iterator):
-            raise SharpError(f"{name} is a one-pass iterator ({type(data).__name__}), but a "
+            raise SharpError(f"{{data}} is a one-pass iterator ({type(data).__name__}), but a "
                              "measurement reads its data many times: give a list, a DataLoader "
-                             "or a callable that returns a new iterator")
+                             "or a callable that returns a new iterator", param="data")
         if not isinstance(data, Iterable) and not callable(data):
-            raise SharpError(f"{name} must be a DataLoader, an iterable of batches or a callable "
-                             f"returning an iterator, got {type(data).__name__}")
-        self.data, self.name = data, name
+            raise SharpError("{data} must be a DataLoader, an iterable of batches or a callable "
+                             f"returning an iterator, got {type(data).__name__}", param="data")
+        self.data = data
 
     @property
     def shuffled(self) -> bool:
@@ -117,7 +115,8 @@ class StreamSource:
             return iter(self.data)
         it = self.data()
         if not isinstance(it, Iterable):
-            raise SharpError(f"{self.name}() returned a {type(it).__name__}, not an iterator of batches")
+            raise SharpError(f"{{data}}() returned a {type(it).__name__}, not an iterator of "
+                             "batches", param="data")
         return iter(it)
 
     def batches(self, dist: Dist = SINGLE) -> Iterator:
@@ -173,31 +172,31 @@ class Data:
 
     `device`: where batches go (None: where they are). `num_terms` counts a batch's loss
     terms (None: examples). `total_terms` is T when known; otherwise one pass counts it.
-    `check_deterministic` compares two passes of a stream before its first use. `names`
-    says what to call the arguments in errors (the caller's, or a command's flags)."""
+    `check_deterministic` compares two passes of a stream before its first use. Errors name
+    the arguments by their Python names (SharpError.param; the CLI says its flags)."""
 
     def __init__(self, source: TensorSource | StreamSource, *, num_terms: NumTerms | None = None,
                  total_terms: int | None = None, dist: Dist = SINGLE,
-                 device: torch.device | str | None = None, check_deterministic: bool = True,
-                 names: Mapping[str, str] | None = None):
+                 device: torch.device | str | None = None, check_deterministic: bool = True):
         self.source, self.num_terms, self.dist = source, num_terms, dist
         self.device = torch.device(device) if device is not None else None
-        self.names = {**API_NAMES, **(names or {})}
         if num_terms is not None and not callable(num_terms):
-            raise SharpError(f"{self.names['num_terms']} must be a callable batch → int, got "
-                             f"{type(num_terms).__name__}")
+            raise SharpError(f"{{num_terms}} must be a callable batch → int, got "
+                             f"{type(num_terms).__name__}", param="num_terms")
         if total_terms is not None and (isinstance(total_terms, bool) or not isinstance(total_terms, int)
                                         or total_terms <= 0):
-            raise SharpError(f"{self.names['total_terms']} must be a positive integer, got {total_terms!r}")
+            raise SharpError(f"{{total_terms}} must be a positive integer, got {total_terms!r}",
+                             param="total_terms")
         self.check = check_deterministic and not source.deterministic
         if self.check and isinstance(source, StreamSource) and source.shuffled:
-            raise SharpError(f"{self.names['data']} is a DataLoader with shuffle=True: each pass would "
-                             "see other batches; use shuffle=False (or pass "
-                             f"{self.names['check_deterministic']} to measure anyway)")
+            raise SharpError("{data} is a DataLoader with shuffle=True: each pass would see other "
+                             "batches; use shuffle=False (or pass {check_deterministic=False} to "
+                             "measure anyway)", param=("data", "check_deterministic"))
         if total_terms is not None and num_terms is None and isinstance(source, TensorSource):
             # in-memory examples are counted as examples: a total would be overwritten
-            raise SharpError(f"{self.names['total_terms']} applies with {self.names['num_terms']} "
-                             "or a stream of batches; in-memory examples are counted as they are")
+            raise SharpError("{total_terms} applies with {num_terms} or a stream of batches; "
+                             "in-memory examples are counted as they are",
+                             param=("total_terms", "num_terms"))
         self._total = total_terms
         self._counts: list[int] | None = None  # this process's batches' terms, once counted
         if self.default_terms:
@@ -234,8 +233,8 @@ class Data:
         if isinstance(n, float) and n.is_integer():
             n = int(n)
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise SharpError(f"{self.names['num_terms']} must return a whole number ≥ 0 for each "
-                             f"batch, got {n!r}")
+            raise SharpError(f"{{num_terms}} must return a whole number ≥ 0 for each "
+                             f"batch, got {n!r}", param="num_terms")
         return n
 
     def _prepare(self) -> None:
@@ -247,18 +246,18 @@ class Data:
             if self.check:
                 prints.append(fingerprint(batch))
         if self.dist.sum(float(len(counts))) == 0:
-            raise SharpError(f"{self.names['data']} yields no batches")
+            raise SharpError("{data} yields no batches", param="data")
         total = int(self.dist.sum(float(sum(counts))))
         if total == 0:
-            raise SharpError(f"{self.names['num_terms']} counts no loss terms in the whole data set "
-                             "(it returned 0 for every batch)")
+            raise SharpError("{num_terms} counts no loss terms in the whole data set "
+                             "(it returned 0 for every batch)", param="num_terms")
         if self.check:
             again = [fingerprint(b) for b in self.source.batches(self.dist)]
             if self.dist.any(again != prints):
-                raise SharpError(f"{self.names['data']} gives different batches on two passes "
+                raise SharpError("{data} gives different batches on two passes "
                                  "(shuffling or random augmentation?): a Hessian needs the same data on "
-                                 f"every pass; fix the order, or pass {self.names['check_deterministic']} "
-                                 "to measure anyway")
+                                 "every pass; fix the order, or pass {check_deterministic=False} "
+                                 "to measure anyway", param=("data", "check_deterministic"))
         self._counts = counts
         if self._total is None:
             self._total = total
@@ -284,7 +283,7 @@ class Data:
             return batch
         for batch in self.source.batches(SINGLE):
             return batch if self.device is None else to_device(batch, self.device)
-        raise SharpError(f"{self.names['data']} yields no batches")
+        raise SharpError("{data} yields no batches", param="data")
 
 
 _END = object()
@@ -300,45 +299,46 @@ def _one_ahead(items: Iterator) -> Iterator:
         current = following
 
 
-def check_chunk_size(data, y, chunk_size: int | None, name: str = "chunk_size") -> None:
+def check_chunk_size(data, y, chunk_size: int | None) -> None:
     """A chunk size given for a stream, which comes in its own batches, is refused: it is
     read for in-memory examples (`data, y`) and map-style Datasets only."""
     if chunk_size is None or y is not None or isinstance(data, torch.Tensor):
         return  # a tensor without y is refused by as_data, with its own message
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         return
-    raise SharpError(f"{name} batches in-memory examples (data, y) and map-style Datasets; "
-                     f"data is a {type(data).__name__}, which comes in its own batches")
+    raise SharpError("{chunk_size} batches in-memory examples ({data}, {y}) and map-style "
+                     f"Datasets; {{data}} is a {type(data).__name__}, which comes in its own "
+                     "batches", param=("chunk_size", "data", "y"))
 
 
 def as_data(data, y=None, *, num_terms: NumTerms | None = None, total_terms: int | None = None,
             chunk_size: int = 4096, dist: Dist = SINGLE, device=None,
-            check_deterministic: bool = True, names: Mapping[str, str] | None = None) -> Data:
+            check_deterministic: bool = True) -> Data:
     """`data` as Data: a Data as it is; in-memory `data, y` (tensors or structures of them),
     or one `(x, y)` tuple of two tensors given as `data`;
     a map-style Dataset, batched by `chunk_size`; else a stream (DataLoader, list of
     batches, callable returning an iterator)."""
-    names = {**API_NAMES, **(names or {})}
     if y is None and _is_pair(data):  # one (x, y) pair, as the trainer callbacks take it
         data, y = data
     if isinstance(data, Data):
         if y is not None or num_terms is not None or total_terms is not None:
-            raise SharpError(f"{names['data']} is already a Data: give num_terms and total_terms to it")
+            raise SharpError("{data} is already a Data: give {num_terms} and {total_terms} to it",
+                             param=("data", "num_terms", "total_terms"))
         return data
     if y is not None:
         try:
             source = TensorSource(data, y, chunk_size)
         except ValueError as err:
-            raise SharpError(f"{names['data']}, {names['y']}: {err}") from None
+            raise SharpError(f"{{data}}, {{y}}: {err}", param=("data", "y")) from None
     elif isinstance(data, torch.Tensor):
-        raise SharpError(f"{names['data']} is a tensor but {names['y']} is missing: give x and y, "
-                         "or a source of (inputs, targets) batches")
+        raise SharpError("{data} is a tensor but {y} is missing: give x and y, or a source of "
+                         "(inputs, targets) batches", param=("data", "y"))
     else:
         if isinstance(data, Dataset) and not isinstance(data, (IterableDataset, DataLoader)):
             data = DataLoader(data, batch_size=chunk_size)
-        source = StreamSource(data, names["data"])
+        source = StreamSource(data)
     return Data(source, num_terms=num_terms, total_terms=total_terms, dist=dist, device=device,
-                check_deterministic=check_deterministic, names=names)
+                check_deterministic=check_deterministic)
 
 
 def _is_pair(data) -> bool:

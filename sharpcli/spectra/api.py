@@ -1,7 +1,7 @@
 """`sharpcli.spectrum`: `sharp spectrum` on a model in memory, for notebooks and scripts.
 
 Every argument is named in the signature and each one is honoured; errors name these
-arguments, not the command's flags.
+arguments (SharpError.param), which the CLI calls by its flags.
 """
 
 from __future__ import annotations
@@ -26,17 +26,11 @@ from sharpcli.spectra.problem import Problem
 
 HVPS = ("auto", "exact", "finite-difference")
 
-# the flags of `sharp spectrum` whose argument here has another name than the flag's
-_RENAMED = {"--batch-size": "chunk_size", "--loss": "loss_fn", "--data": "data"}
 
-
-def api_message(message: str) -> str:
-    """A library message as the Python API would say it: `--top-k` → `top_k`."""
-    def name(match: re.Match) -> str:
-        flag = match.group(0)
-        return _RENAMED.get(flag, flag[2:].replace("-", "_"))
-
-    return re.sub(r"--[a-z][a-z0-9-]*", name, message)
+def _note_in_python(note: str) -> str:
+    """A row's note as the Python API says it: compute_spectrum writes spectrum.csv's notes
+    with the command's flags (`--max-memory`, `--max-iter`), the only flags a note names."""
+    return re.sub(r"--(max-memory|max-iter)\b", lambda m: m.group(1).replace("-", "_"), note)
 
 
 def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: torch.Tensor | None = None,
@@ -160,16 +154,13 @@ def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: tor
                     hessian_mode=hessian_mode, backend=backend, compile=compile, hvp=hvp,
                     seed=seed)
     given = {name: value for name, value in settings.items() if value is not None}
-    try:
-        refuse_ignored(given)
-        check_chunk_size(data, y, chunk_size)
-        return _spectrum(model, loss_fn, data, y, num_terms=num_terms, total_terms=total_terms,
-                         batch_loss=batch_loss, forward=forward, output_fn=output_fn,
-                         check_deterministic=check_deterministic,
-                         chunk_size=chunk_size or DEFAULT_CHUNK, preconditioned=preconditioned,
-                         optimizer=optimizer, settings=given)
-    except SharpError as err:
-        raise type(err)(api_message(str(err))) from None
+    refuse_ignored(given)
+    check_chunk_size(data, y, chunk_size)
+    return _spectrum(model, loss_fn, data, y, num_terms=num_terms, total_terms=total_terms,
+                     batch_loss=batch_loss, forward=forward, output_fn=output_fn,
+                     check_deterministic=check_deterministic,
+                     chunk_size=chunk_size or DEFAULT_CHUNK, preconditioned=preconditioned,
+                     optimizer=optimizer, settings=given)
 
 
 def refuse_ignored(given: dict[str, Any]) -> None:
@@ -178,21 +169,19 @@ def refuse_ignored(given: dict[str, Any]) -> None:
     fields have defaults; it refuses block_size and compile itself)."""
     method = given.get("method") or ("power" if given.get("backend") == "pyhessian" else "lanczos")
     if "check_missed" in given and method != "lanczos":
-        raise SharpError(f"check_missed applies to method='lanczos', not method={method!r}")
+        raise SharpError(f"check_missed applies to method='lanczos', not method={method!r}",
+                         param="check_missed")
     for part in ("trace", "density"):
         unread = [name for name in given if name.startswith(part + "_")]
         if unread and not given.get(part):
-            raise SharpError(f"{unread[0]} applies with {part}=True")
+            raise SharpError(f"{unread[0]} applies with {part}=True", param=unread[0])
 
 
 def _spectrum(model, loss_fn, data, y, *, num_terms, total_terms, batch_loss, forward, output_fn,
               check_deterministic, chunk_size, preconditioned, optimizer, settings) -> list[dict]:
     if not isinstance(model, nn.Module):
         raise SharpError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    try:
-        call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
-    except ValueError as err:
-        raise SharpError(str(err)) from None
+    call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
     cfg = SpectrumConfig(**settings, preconditioned=preconditioned)
     cfg.validate()
     if cfg.hvp not in HVPS:
@@ -208,7 +197,7 @@ def _spectrum(model, loss_fn, data, y, *, num_terms, total_terms, batch_loss, fo
     rows = [row.as_dict() for solve in compute_spectrum(problem, cfg)
             for row in solve.rows(problem.checkpoint, problem.step)]
     for row in rows:  # the notes name the command's flags: here, the arguments
-        row["note"] = api_message(row["note"])
+        row["note"] = _note_in_python(row["note"])
     return rows
 
 

@@ -38,20 +38,20 @@ class Item:
     qkv: bool = False         # split each group in three along the output features
 
 
-def parse_blocks(spec: str, flag: str = "--blocks") -> list[Item]:
-    """The items of a spec, or a SharpError naming `flag` and the item at fault."""
+def parse_blocks(spec: str) -> list[Item]:
+    """The items of a spec, or a SharpError naming the argument `blocks` and the item at fault."""
     if not isinstance(spec, str) or not spec.strip():
-        raise SharpError(f"{flag} needs patterns of parameter names or a preset "
-                         f"({', '.join(PRESETS)}), got {spec!r}")
+        raise SharpError(f"{{blocks}} needs patterns of parameter names or a preset "
+                         f"({', '.join(PRESETS)}), got {spec!r}", param="blocks")
     items = []
     for text in (part.strip() for part in spec.split(",")):
         if not text:
-            raise SharpError(f"{flag} {spec!r}: an empty item between commas")
-        items.append(_item(text, flag))
+            raise SharpError(f"{{blocks}} {spec!r}: an empty item between commas", param="blocks")
+        items.append(_item(text))
     return items
 
 
-def _item(text: str, flag: str) -> Item:
+def _item(text: str) -> Item:
     if text in PRESETS:
         return Item(text, preset=text)
     body, name = text, None
@@ -59,7 +59,8 @@ def _item(text: str, flag: str) -> Item:
     if named:
         name, body = named.group(1), named.group(2)
         if name == RESERVED:
-            raise SharpError(f"{flag} {text!r}: the group name {RESERVED!r} is the whole network's")
+            raise SharpError(f"{{blocks}} {text!r}: the group name {RESERVED!r} is the whole "
+                             "network's", param="blocks")
     qkv = body.endswith(":qkv")
     if qkv:
         body = body[:-len(":qkv")]
@@ -67,9 +68,10 @@ def _item(text: str, flag: str) -> Item:
         try:
             pattern = re.compile(body[3:])
         except re.error as err:
-            raise SharpError(f"{flag} {text!r} is not a regular expression: {err}") from None
+            raise SharpError(f"{{blocks}} {text!r} is not a regular expression: {err}",
+                             param="blocks") from None
     else:
         pattern = re.compile(re.escape(body))
     if not pattern.pattern:
-        raise SharpError(f"{flag} {text!r}: an empty pattern")
+        raise SharpError(f"{{blocks}} {text!r}: an empty pattern", param="blocks")
     return Item(text, pattern=pattern, name=name, qkv=qkv)

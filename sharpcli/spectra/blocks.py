@@ -102,8 +102,8 @@ def spec_groups(model: nn.Module, named: list[tuple[str, nn.Parameter]],
         found = gpt2_groups(model, named) if item.preset else _pattern_groups(model, named, item)
         for name, pieces in found.items():
             if name == RESERVED or name in groups:
-                raise SharpError(f"--blocks {item.text!r}: the group {name!r} is named twice "
-                                 "(give it another name with NAME=PATTERN)")
+                raise SharpError(f"{{blocks}} {item.text!r}: the group {name!r} is named twice "
+                                 "(give it another name with NAME=PATTERN)", param="blocks")
             groups[name] = pieces
     return groups
 
@@ -119,8 +119,8 @@ def _pattern_groups(model: nn.Module, named, item: Item) -> dict[str, list[Piece
         groups.setdefault(key, []).append(Piece(name, p))
     if not groups:
         sample = ", ".join(n for n, _ in named[:4])
-        raise SharpError(f"--blocks {item.text!r} matches no parameter name (they read like "
-                         f"{sample}, …)")
+        raise SharpError(f"{{blocks}} {item.text!r} matches no parameter name (they read like "
+                         f"{sample}, …)", param="blocks")
     if item.qkv:
         return {f"{key}.{part}": pieces for key, group in groups.items()
                 for part, pieces in zip(QKV, split_qkv(model, group, item.text))}
@@ -137,9 +137,9 @@ def split_qkv(model: nn.Module, pieces: list[Piece], what: str) -> list[list[Pie
         owner = model.get_submodule(piece.name.rpartition(".")[0])
         dim = 0 if isinstance(owner, nn.Linear) or p.ndim == 1 else p.ndim - 1
         if p.shape[dim] % 3:
-            raise SharpError(f"--blocks {what!r}: {piece.name} has {p.shape[dim]} output "
+            raise SharpError(f"{{blocks}} {what!r}: {piece.name} has {p.shape[dim]} output "
                              "features, not three equal parts of a fused query-key-value "
-                             "projection")
+                             "projection", param="blocks")
         third = p.shape[dim] // 3
         for i in range(3):
             thirds[i].append(Piece(piece.name, p, (dim, i * third, (i + 1) * third)))
@@ -155,8 +155,9 @@ def gpt2_groups(model: nn.Module, named) -> dict[str, list[Piece]]:
     layers = [n[:-len(GPT2_FUSED + ".weight")] for n, _ in named
               if n.endswith(f"{GPT2_FUSED}.weight")]
     if not layers:
-        raise SharpError(f"--blocks gpt2: no parameter is named like …{GPT2_FUSED}.weight (the "
-                         "fused query-key-value projection of GPT-2); write patterns instead")
+        raise SharpError(f"{{blocks}} gpt2: no parameter is named like …{GPT2_FUSED}.weight (the "
+                         "fused query-key-value projection of GPT-2); write patterns instead",
+                         param="blocks")
     groups: dict[str, list[Piece]] = {}
     for n, p in named:
         if n.endswith(f"{GPT2_EMBEDDING}.weight"):

@@ -54,18 +54,20 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
     """
     n = num_params(trainable_params(problem.model))
     if cfg.top_k > n:
-        raise SharpError(f"--top-k {cfg.top_k} is more than the model's {n} parameters")
+        raise SharpError(f"{{top_k}} {cfg.top_k} is more than the model's {n} parameters",
+                         param="top_k")
     if cfg.backend is Backend.pyhessian:
         if problem.dist.enabled:
-            raise SharpError("--backend pyhessian runs in one process: its products cannot be "
-                             "summed over torchrun's processes; use --backend native")
+            raise SharpError("{backend} pyhessian runs in one process: its products cannot be "
+                             "summed over torchrun's processes; use {backend} native",
+                             param="backend")
         from sharpcli.spectra.pyhessian import pyhessian_solves  # an optional package
 
         yield from pyhessian_solves(problem, cfg)
         return
     if (cfg.trace or cfg.density) and is_fsdp2(problem.model):
-        raise SharpError("--trace and --density are not yet available for a model sharded by "
-                         "FSDP2: its eigenvalues are")
+        raise SharpError("{trace} and {density} are not yet available for a model sharded by "
+                         "FSDP2: its eigenvalues are", param=("trace", "density"))
     blocks = parameter_blocks(reshard(problem.model), cfg.per_layer, cfg.blocks)
     budget = memory_budget(cfg, blocks["all"])
     if cfg.trace:
@@ -120,7 +122,7 @@ def memory_budget(cfg: SpectrumConfig, whole: Block) -> MemoryBudget | None:
     budget = MemoryBudget(nbytes)
     size = whole.size
     require_minimum(budget, size, whole.params[0].dtype,
-                    _minimum_vectors(cfg, min(cfg.top_k, size), size), "--max-memory")
+                    _minimum_vectors(cfg, min(cfg.top_k, size), size))
     return budget
 
 
@@ -135,7 +137,7 @@ def _minimum_vectors(cfg: SpectrumConfig, k: int, size: int) -> list[tuple[int, 
     elif cfg.check_missed:
         eigen = (top_k_minimum(k),
                  f"Lanczos keeps the top {k} while it looks for missed ones in 5 more "
-                 f"(--no-check-missed: {restarted_minimum(k, 1, size)})")
+                 f"({{check_missed=False}}: {restarted_minimum(k, 1, size)})")
     else:
         eigen = (restarted_minimum(k, 1, size),
                  f"Lanczos keeps {k} Ritz vectors, 2 Lanczos vectors and 1 of scratch")
@@ -203,18 +205,19 @@ def _check_trace_method(problem: Problem, cfg: SpectrumConfig, blocks: dict[str,
     if trace_method(problem, cfg) is not TraceMethod.gauss_newton:
         return
     if not gauss_newton_separable(problem.model, cfg.hessian_mode):
-        raise SharpError("--trace-method gauss-newton needs each example's output to depend "
-                         "on that example alone, and BatchNorm in --hessian-mode train "
-                         "normalises by the batch; use --hessian-mode eval or --trace-method "
-                         "hutchinson")
+        raise SharpError("{trace_method} gauss-newton needs each example's output to depend "
+                         "on that example alone, and BatchNorm in {hessian_mode} train "
+                         "normalises by the batch; use {hessian_mode} eval or {trace_method} "
+                         "hutchinson", param=("trace_method", "hessian_mode"))
     why = gauss_newton_unavailable(problem.call, problem.data)
     if why is not None:
-        raise SharpError(f"--trace-method gauss-newton needs per-example outputs, but {why}; "
-                         "use --trace-method hutchinson")
+        raise SharpError(f"{{trace_method}} gauss-newton needs per-example outputs, but {why}; "
+                         "use {trace_method} hutchinson", param="trace_method")
     split = next((name for name, block in blocks.items() if block.coords is not None), None)
     if split is not None and cfg.trace_method is TraceMethod.gauss_newton:
-        raise SharpError(f"--trace-method gauss-newton takes whole parameters, and the block "
-                         f"{split!r} is part of one; use --trace-method auto or hutchinson")
+        raise SharpError(f"{{trace_method}} gauss-newton takes whole parameters, and the block "
+                         f"{split!r} is part of one; use {{trace_method}} auto or hutchinson",
+                         param="trace_method")
 
 
 def _trace(op, problem: Problem, cfg: SpectrumConfig, block: Block, budget):

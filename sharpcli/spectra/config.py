@@ -65,7 +65,7 @@ class SpectrumConfig:
     @property
     def memory_bytes(self) -> int | None:
         """--max-memory in bytes (None: no budget)."""
-        return None if self.max_memory is None else parse_size(self.max_memory, "--max-memory")
+        return None if self.max_memory is None else parse_size(self.max_memory, "max_memory")
 
     @property
     def eigen_method(self) -> Method:
@@ -75,67 +75,69 @@ class SpectrumConfig:
 
 
     def validate(self) -> None:
-        """A SharpError naming the flag for any value out of range or combination we refuse."""
-        for flag, value in [("--top-k", self.top_k), ("--max-iter", self.max_iter),
-                            ("--trace-probes", self.trace_probes),
-                            ("--density-runs", self.density_runs),
-                            ("--density-iters", self.density_iters),
-                            ("--samples", self.samples), ("--batch-size", self.batch_size),
-                            ("--block-size", self.block_size)]:
-            check_positive(value, flag, optional=True, integer=True)
+        """A SharpError naming the field (SharpError.param) for any value out of range or
+        combination we refuse."""
+        for name in ("top_k", "max_iter", "trace_probes", "density_runs", "density_iters",
+                     "samples", "batch_size", "block_size"):
+            check_positive(getattr(self, name), name, optional=True, integer=True)
         if self.density_grid < 2:
-            raise SharpError(f"--density-grid must be at least 2, got {self.density_grid}")
-        for flag, value in [("--tol", self.tol), ("--trace-tol", self.trace_tol)]:
-            check_positive(value, flag, allow_zero=True, optional=True)
-        check_positive(self.density_sigma, "--density-sigma")
+            raise SharpError(f"{{density_grid}} must be at least 2, got {self.density_grid}",
+                             param="density_grid")
+        for name in ("tol", "trace_tol"):
+            check_positive(getattr(self, name), name, allow_zero=True, optional=True)
+        check_positive(self.density_sigma, "density_sigma")
         # --max-iter's default is the solver's (sharpcli.eigs: at least 2k for Lanczos)
         if (self.eigen_method is not Method.power and self.max_iter is not None
                 and self.max_iter < self.top_k):
-            raise SharpError(f"--max-iter {self.max_iter} is below --top-k {self.top_k}: Lanczos "
-                             "needs at least k iterations for k eigenvalues")
+            raise SharpError(f"{{max_iter}} {self.max_iter} is below {{top_k}} {self.top_k}: "
+                             "Lanczos needs at least k iterations for k eigenvalues",
+                             param=("max_iter", "top_k"))
         if self.block_size is not None and self.eigen_method is not Method.block:
-            raise SharpError(f"--block-size applies to --method block, not --method "
-                             f"{self.eigen_method}")
+            raise SharpError(f"{{block_size}} applies to {{method}} block, not {{method}} "
+                             f"{self.eigen_method}", param=("block_size", "method"))
         if self.trace_method is TraceMethod.hutchpp and self.trace_probes < 3:
-            raise SharpError(f"--trace-method hutch++ needs --trace-probes ≥ 3, got "
-                             f"{self.trace_probes}")
+            raise SharpError(f"{{trace_method}} hutch++ needs {{trace_probes}} ≥ 3, got "
+                             f"{self.trace_probes}", param=("trace_method", "trace_probes"))
         self.memory_bytes  # a SharpError for a size that is not one
         if self.blocks is not None:
             parse_blocks(self.blocks)
             if self.per_layer:
-                raise SharpError("--blocks and --per-layer both choose the blocks: give one")
+                raise SharpError("{blocks} and {per_layer} both choose the blocks: give one",
+                                 param=("blocks", "per_layer"))
         if self.preconditioned and self.trace and self.trace_method is TraceMethod.gauss_newton:
-            raise SharpError("--trace-method gauss-newton estimates the trace of H itself; with "
-                             "--preconditioned use hutchinson or hutch++")
+            raise SharpError("{trace_method} gauss-newton estimates the trace of H itself; with "
+                             "{preconditioned} use hutchinson or hutch++",
+                             param=("trace_method", "preconditioned"))
         if self.backend is Backend.pyhessian:
             check_pyhessian_supported(self)
 
 
 def check_pyhessian_supported(cfg: SpectrumConfig) -> None:
     """One SharpError listing every requested thing pyhessian cannot compute."""
-    lacks = []
+    lacks = []  # (the argument, what its value asks that pyhessian cannot)
     if cfg.per_layer or cfg.blocks is not None:
-        lacks.append(f"{'--per-layer' if cfg.per_layer else '--blocks'} (it has no per-block "
-                     "Hessians)")
+        lacks.append(("per_layer" if cfg.per_layer else "blocks", "(it has no per-block Hessians)"))
     if cfg.max_memory is not None:
-        lacks.append("--max-memory (its solvers keep what they keep)")
+        lacks.append(("max_memory", "(its solvers keep what they keep)"))
     if cfg.density:
-        lacks.append("--density (pyhessian 0.1's density() calls torch.eig, which current torch "
-                     "has removed)")
+        lacks.append(("density", "(pyhessian 0.1's density() calls torch.eig, which current "
+                                 "torch has removed)"))
     if cfg.method in (Method.lanczos, Method.block):
-        lacks.append(f"--method {cfg.method} (it computes eigenvalues by power iteration only: "
-                     "use --method power or leave --method out)")
+        lacks.append(("method", f"{cfg.method} (it computes eigenvalues by power iteration "
+                                "only: use {method} power or leave {method} out)"))
     if cfg.compile:
-        lacks.append("--compile (it takes its own products)")
+        lacks.append(("compile", "(it takes its own products)"))
     if cfg.trace_method in (TraceMethod.hutchpp, TraceMethod.gauss_newton):
-        lacks.append(f"--trace-method {cfg.trace_method} (it has Hutchinson only)")
+        lacks.append(("trace_method", f"{cfg.trace_method} (it has Hutchinson only)"))
     if cfg.hessian_mode is HessianMode.train:
-        lacks.append("--hessian-mode train (it always puts the model in eval mode)")
+        lacks.append(("hessian_mode", "train (it always puts the model in eval mode)"))
     if cfg.preconditioned:
-        lacks.append("--preconditioned (it knows the Hessian only)")
+        lacks.append(("preconditioned", "(it knows the Hessian only)"))
     if lacks:
-        raise SharpError("--backend pyhessian cannot do " + "; ".join(lacks)
-                         + "; use --backend native")
+        raise SharpError("{backend} pyhessian cannot do "
+                         + "; ".join(f"{{{name}}} {why}" for name, why in lacks)
+                         + "; use {backend} native",
+                         param=("backend", *dict.fromkeys(name for name, _ in lacks)))
 
 
 @dataclass

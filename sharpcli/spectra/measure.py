@@ -18,7 +18,7 @@ from sharpcli.formats.runs import checkpoint_files, read_config, read_metrics
 from sharpcli.formats.schema import METRICS_COLUMNS
 from sharpcli.hessian.objective import full_batch_gradient
 from sharpcli.hessian.sharpness import measure_sharpness
-from sharpcli.spectra.targets import Target, load_targets
+from sharpcli.workload.targets import Target, load_targets
 from sharpcli.workload.rebuild import Checkpoint
 
 

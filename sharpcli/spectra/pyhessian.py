@@ -48,8 +48,8 @@ def _pyhessian():
     try:
         return importlib.import_module("pyhessian.hessian"), importlib.import_module("pyhessian.utils")
     except ImportError as err:
-        raise SharpError(f"--backend pyhessian needs the pyhessian package ({err}); "
-                         "pip install pyhessian") from None
+        raise SharpError(f"{{backend}} pyhessian needs the pyhessian package ({err}); "
+                         "pip install pyhessian", param="backend") from None
 
 
 class _Recorder:
@@ -75,7 +75,8 @@ def _session(problem: Problem, seed: int):
     module, utils = _pyhessian()
     model, device = problem.model, problem.data.device
     if device.type not in ("cpu", "cuda"):
-        raise SharpError(f"--backend pyhessian runs on cpu or cuda, not {device.type}")
+        raise SharpError(f"{{backend}} pyhessian runs on cpu or cuda, not {device.type}",
+                         param="backend")
     params = list(model.parameters())
     modes = [(m, m.training) for m in model.modules()]
     grads = [p.grad for p in params]
@@ -118,18 +119,19 @@ class _Loader:
         if not problem.call.plain:
             why = "a loss other than loss_fn(model(x), y)"
         elif problem.data.num_terms is not None:
-            why = "weights by --num-terms (it weights batches by their examples)"
+            why = "weights by {num_terms} (it weights batches by their examples)"
         if why:
-            raise SharpError(f"--backend pyhessian cannot take {why}; use --backend native")
+            raise SharpError(f"{{backend}} pyhessian cannot take {why}; use {{backend}} native",
+                             param=("backend", "num_terms"))
         self.data = problem.data
 
     def __iter__(self):
         for _, batch in self.data:
             inputs, targets = Call.split(batch)
             if not isinstance(inputs, torch.Tensor):
-                raise SharpError(f"--backend pyhessian cannot take inputs of type "
+                raise SharpError(f"{{backend}} pyhessian cannot take inputs of type "
                                  f"{type(inputs).__name__} (it calls model(x) on a tensor); "
-                                 "use --backend native")
+                                 "use {backend} native", param="backend")
             yield inputs, targets
 
 

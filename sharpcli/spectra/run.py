@@ -26,13 +26,10 @@ from sharpcli.sources.data import Data, as_data
 from sharpcli.spectra.compute import compute_spectrum
 from sharpcli.spectra.config import ModelSource, SpectrumConfig
 from sharpcli.spectra.problem import Problem, Solve
-from sharpcli.spectra.targets import expand_targets, subjects
+from sharpcli.spectra.targets import subjects
+from sharpcli.workload.targets import expand_targets
 from sharpcli.workload.user_data import UserSource
 
-# what the data layer's and the check's errors call their arguments: the command's flags
-CLI_NAMES = {"data": "--data", "num_terms": "--num-terms", "loss_fn": "--loss",
-             "batch_loss": "--batch-loss", "check_deterministic": "--no-check-deterministic",
-             "chunk_size": "--batch-size", "y": "--data"}
 DEFAULT_STREAM_BATCH = 32  # a Dataset from --data MODULE:CALLABLE, batched without --batch-size
 
 
@@ -91,7 +88,7 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
             if id(subject.splits) not in datas:  # a stream is counted and checked once
                 datas[id(subject.splits)] = subject_data(subject, cfg, device, dist, source)
             data = datas[id(subject.splits)]
-            check_objective(subject.model, subject.call, data, CLI_NAMES)
+            check_objective(subject.model, subject.call, data)
             p = subject.preconditioner() if cfg.preconditioned else None
             if cfg.preconditioned and p is None:
                 skipped.append(subject.target.checkpoint)
@@ -180,11 +177,9 @@ def subject_data(subject, cfg: SpectrumConfig, device, dist: Dist, source: Model
         if isinstance(data, TorchDataset) and not isinstance(data, (IterableDataset, DataLoader)):
             data = DataLoader(data, batch_size=cfg.batch_size or DEFAULT_STREAM_BATCH)
         return as_data(data, num_terms=subject.num_terms, chunk_size=chunk, dist=dist,
-                       device=device, check_deterministic=source.check_deterministic,
-                       names=CLI_NAMES)
+                       device=device, check_deterministic=source.check_deterministic)
     x, y = _examples(subject.splits, cfg, subject.target.checkpoint)
-    return as_data(x, y, num_terms=subject.num_terms, chunk_size=chunk, dist=dist, device=device,
-                   names=CLI_NAMES)
+    return as_data(x, y, num_terms=subject.num_terms, chunk_size=chunk, dist=dist, device=device)
 
 
 def _examples(splits, cfg: SpectrumConfig, path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ from sharpcli.errors import SharpError
 
 def check_precision(precision, device: torch.device) -> None:
     """bf16 needs a device whose autocast supports it."""
-    precision = Precision.parse(precision, "--precision")
+    precision = Precision.parse(precision, "precision")
     if precision is Precision.fp64 and device.type == "mps":
         raise SharpError("--precision fp64: MPS has no float64; use --precision fp32")
     if precision is not Precision.bf16:
@@ -48,7 +48,7 @@ def check_precision(precision, device: torch.device) -> None:
 
 def training_autocast(precision, device: torch.device) -> ContextManager:
     """The context of a training pass: autocast to bf16, or nothing for fp32."""
-    if Precision.parse(precision, "--precision") is not Precision.bf16:
+    if Precision.parse(precision, "precision") is not Precision.bf16:
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 

@@ -167,10 +167,7 @@ class Tracker:
                  loggers: str | Sequence[Any] | None = None, resume: bool = False, overwrite: bool = False):
         if resume and overwrite:
             raise SharpError("resume=True continues a run and overwrite=True replaces it: give one")
-        try:
-            call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
-        except ValueError as err:
-            raise SharpError(str(err)) from None
+        call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
         check_chunk_size(data, y, chunk_size)  # a stream comes in its own batches
         run_dir = Path(run_dir)
         self._setup(model, call, data, y, run_dir=run_dir, optimizer=optimizer,
@@ -559,8 +556,8 @@ def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:
     hold the least a restarted solver for λ₁..λ_k keeps: block Lanczos with blocks of k."""
     try:
         budget = MemoryBudget.of(max_memory)
-    except LinalgInputError as err:
-        raise SharpError(str(err)) from None
+    except LinalgInputError as err:  # as a SharpError alone, still naming max_memory
+        raise SharpError(err.template, param=err.params) from None
     if budget is None:
         return None
     params = trainable_params(model)
@@ -572,9 +569,14 @@ def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:
 
 
 def _test_data(test, chunk_size: int, dist: Dist, device) -> Data:
-    """`test`: an (x, y) pair of tensors, or a source of batches."""
-    return as_data(test, chunk_size=chunk_size, dist=dist, device=device,
-                   names={"data": "test", "y": "test's targets"})
+    """`test`: an (x, y) pair of tensors, or a source of batches. The data layer's errors
+    about its `data` and `y` are about the Tracker's `test` here, and say so."""
+    try:
+        return as_data(test, chunk_size=chunk_size, dist=dist, device=device)
+    except SharpError as err:
+        renamed = {"data": "test", "y": "test"}
+        raise SharpError(err.template.replace("{y}", "{test}'s targets").replace("{data}", "{test}"),
+                         param=tuple(dict.fromkeys(renamed.get(p, p) for p in err.params))) from None
 
 
 def _input_shape(data: Data) -> list[int] | None:

@@ -65,13 +65,12 @@ def resolve_call(loss: str = "mse", batch_loss: str | None = None) -> Call:
     """The Call of --loss (mse, ce, model: the model's own `.loss`, or MODULE:CALLABLE
     (outputs, targets) → mean loss) or of --batch-loss MODULE:CALLABLE (model, batch) → mean
     loss."""
-    names = {"loss_fn": "--loss", "batch_loss": "--batch-loss"}
     if batch_loss is not None:
         if loss not in ("mse", "model"):
             raise SharpError(f"--loss {loss} and --batch-loss: give one of them")
-        return Call(batch_loss=import_object(batch_loss, "--batch-loss"), names=names)
+        return Call(batch_loss=import_object(batch_loss, "--batch-loss"))
     if loss == "model":
-        return Call(batch_loss="model", names=names)
+        return Call(batch_loss="model")
     if loss in ("mse", "ce"):
-        return Call(loss, names=names)
-    return Call(import_object(loss, "--loss"), names=names)
+        return Call(loss)
+    return Call(import_object(loss, "--loss"))

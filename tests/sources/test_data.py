@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from sharpcli.distributed import Dist
+from sharpcli.cli.names import cli_message
 from sharpcli.errors import SharpError
 from sharpcli.sources import Data, StreamSource, TensorSource, as_data
 from sharpcli.sources.structure import describe, fingerprint, plain, to_device
@@ -189,11 +190,15 @@ def test_a_source_that_changes_between_passes_is_refused():
     assert as_data(noisy, check_deterministic=False).total == 3
 
 
-def test_errors_use_the_names_the_caller_gave():
-    with pytest.raises(SharpError, match="--data yields no batches"):
-        as_data([], names={"data": "--data"}).total
+def test_errors_name_the_python_arguments_and_the_cli_says_flags():
+    with pytest.raises(SharpError, match="^data yields no batches") as info:
+        as_data([]).total
+    assert cli_message(info.value) == "--data yields no batches"
     with pytest.raises(SharpError, match="y is missing"):
         as_data(torch.ones(3))
+    with pytest.raises(SharpError, match="pass check_deterministic=False to") as info:
+        as_data(torch.utils.data.DataLoader(torch.zeros(4, 2), shuffle=True))
+    assert "pass --no-check-deterministic to" in cli_message(info.value)
 
 
 def test_given_total_terms_skip_the_count():

@@ -286,7 +286,7 @@ def test_nothing_is_written_outside_run_dir(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "step-00000000.pt", "step-00000010.pt", "step-00000020.pt"]
     from sharpcli.formats.runs import checkpoint_files
-    from sharpcli.spectra.targets import expand_targets, report_dir_for
+    from sharpcli.workload.targets import expand_targets, report_dir_for
 
     assert [p.name for p in checkpoint_files(run)] == [f"step-{s:08d}.pt" for s in (0, 10, 20)]
     config = json.loads((run / "config.json").read_text())

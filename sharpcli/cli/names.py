@@ -1,0 +1,35 @@
+"""The one table between the library's argument names and the command line's flags.
+
+Library errors about an argument carry its Python name (SharpError.param, a `{param}` in
+the message); the CLI prints them with the flag instead (`cli_message`, applied where the
+CLI turns a SharpError into its one line). A name is its flag with underscores as hyphens
+unless this table says otherwise.
+"""
+
+from __future__ import annotations
+
+from sharpcli.errors import SharpError
+
+# Python name (or a setting, name=value) → flag, where the flag is not `--` + the name
+# with hyphens
+FLAGS = {
+    "chunk_size": "--batch-size",
+    "loss_fn": "--loss",
+    "y": "--data",  # the command's --data holds the inputs and the targets
+    "check_deterministic=False": "--no-check-deterministic",
+    "check_missed=False": "--no-check-missed",
+}
+
+
+def flag(param: str) -> str:
+    """The flag of the Python argument `param`: `top_k` → `--top-k`; of a setting
+    `name=value` the table's entry, else the name's flag and the value."""
+    if param in FLAGS:
+        return FLAGS[param]
+    name, eq, value = param.partition("=")
+    return "--" + name.replace("_", "-") + (f" {value}" if eq else "")
+
+
+def cli_message(err: SharpError) -> str:
+    """The error's line as the command line says it: its argument named by its flag."""
+    return err.naming(flag)

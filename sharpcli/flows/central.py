@@ -51,12 +51,13 @@ import torch
 from torch import nn
 
 from sharpcli.errors import SharpError
+from sharpcli.flows.adaptive import Rule, adaptive_oscillation
 from sharpcli.flows.sdcp import pairs, solve_sdcp
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.objective import full_batch_gradient
 from sharpcli.hessian.operator import HessianOperator
 from sharpcli.hessian.params import flatten, full_precision, trainable_params, unflatten
-from sharpcli.linalg import EigenResult, block_lanczos
+from sharpcli.linalg import DiagonalScaled, EigenResult, block_lanczos
 from sharpcli.sources.data import Data
 
 MAX_TRACKED = 32  # eigenpairs tracked at most: more critical directions than this is an error
@@ -74,6 +75,7 @@ class FlowSettings:
     seed: int = 0                  # of the random directions that fill a Lanczos block
     sdcp: str = "native"           # the complementarity solver: native or cvxpy
     mode: str = "eval"             # BatchNorm running statistics, Dropout off
+    rule: Rule | None = None       # RMSProp's preconditioner (sharpcli.flows.adaptive); None: GD
 
     @property
     def edge(self) -> float:
@@ -88,6 +90,7 @@ class FlowState:
     weights: torch.Tensor                 # flat, in the model's parameter order
     vectors: torch.Tensor | None = None   # (size, k)
     seconds: float = 0.0
+    nu: torch.Tensor | None = None        # RMSProp's state ν (float64), set at the first step
 
 
 @dataclass
@@ -195,21 +198,66 @@ def central_step(objective: Objective, state: FlowState, settings: FlowSettings,
         objective.load(w)
         loss, grad = objective.gradient(settings.mode)
         op = objective.operator(settings.mode)
-        eig = top_eigenpairs(op, state, settings)
+        nu = _start_nu(state, settings, grad)
+        eig, U = _eigenpairs(op, state, settings, nu)
         critical = int((eig.eigenvalues > settings.threshold / settings.lr).sum())
-        X, direction = (np.zeros((0, 0)), torch.zeros_like(grad)) if critical == 0 else \
-            oscillation(op, grad, eig, critical, settings, dt)
+        X, direction, drift = _oscillation(op, grad, eig, U, critical, nu, settings, dt)
         n_hvp, n_third = n_hvp + op.n_matvec, n_third + op.n_third
         if first is None:
             lam = eig.eigenvalues[:critical].numpy()
+            gram = (U[:, :critical].T.double() @ U[:, :critical].double()).cpu().numpy()
             first = FlowPoint(loss, loss + 0.5 * float(lam @ np.diag(X)), eig.eigenvalues.tolist(),
-                              eig.residuals.tolist(), critical, float(np.trace(X)))
+                              eig.residuals.tolist(), critical, float(np.sum(X * gram)))
         if advance:
-            w = w - settings.lr * dt * (grad + 0.5 * direction)
+            w, state.nu = _euler(w, nu, grad, direction, drift, settings, dt)
     state.weights = w
     first.n_hvp, first.n_third, first.substeps = n_hvp, n_third, settings.substeps if advance else 0
     state.seconds += time.perf_counter() - start
     return first
+
+
+def _start_nu(state: FlowState, settings: FlowSettings, grad: torch.Tensor) -> torch.Tensor | None:
+    """RMSProp's ν at this substep: ν(0) = (1 − β)g₀² at the flow's start."""
+    if settings.rule is None:
+        return None
+    if state.nu is None:
+        state.nu = settings.rule.initial(grad)
+    return state.nu
+
+
+def _eigenpairs(op: HessianOperator, state: FlowState, settings: FlowSettings,
+                nu: torch.Tensor | None, critical: bool = True) -> tuple[EigenResult, torch.Tensor]:
+    """The top eigenpairs of H (GD) or of P^{-1/2}HP^{-1/2} (RMSProp), and the (generalized)
+    eigenvectors U of H, P⁻¹H: uᵢ = P^{-1/2}sᵢ, UᵀPU = I."""
+    if nu is None:
+        eig = top_eigenpairs(op, state, settings, critical=critical)
+        return eig, eig.eigenvectors
+    scale = settings.rule.P(nu).rsqrt().expand(op.size).to(op.dtype)
+    eig = top_eigenpairs(DiagonalScaled(op, scale), state, settings, critical=critical)
+    return eig, eig.eigenvectors * scale[:, None]
+
+
+def _oscillation(op, grad, eig, U, critical, nu, settings, dt):
+    """X, D(X) and the oscillation's part of dν/dt (None for GD); all zero with no
+    critical direction."""
+    if critical == 0:
+        return np.zeros((0, 0)), torch.zeros_like(grad), None
+    if nu is None:
+        return (*oscillation(op, grad, eig, critical, settings, dt), None)
+    T = op.third_derivatives(U[:, :critical])
+    return adaptive_oscillation(settings.rule, T, U[:, :critical],
+                                eig.eigenvalues[:critical].numpy(), grad, nu, settings.lr, dt,
+                                settings.sdcp)
+
+
+def _euler(w, nu, grad, direction, drift, settings: FlowSettings, dt: float):
+    """One Euler substep of (w, ν): dw/dt = −ηP⁻¹[g + ½D(X)], dν/dt = r[g² − ν] + drift."""
+    if nu is None:
+        return w - settings.lr * dt * (grad + 0.5 * direction), None
+    rule = settings.rule
+    step = (grad + 0.5 * direction).double() / rule.P(nu)
+    nu_dot = rule.rate * (rule.squares(grad) - nu) + (0 if drift is None else drift)
+    return w - (settings.lr * dt * step).to(w.dtype), nu + dt * nu_dot
 
 
 def stable_substeps(sharpness: float, settings: FlowSettings) -> int:
@@ -219,20 +267,22 @@ def stable_substeps(sharpness: float, settings: FlowSettings) -> int:
 
 def stable_step(objective: Objective, state: FlowState, settings: FlowSettings,
                 advance: bool = True) -> FlowPoint:
-    """Measure gradient flow at w(t) and, with `advance`, integrate it to w(t + 1)."""
+    """Measure gradient flow (RMSProp's: its stable flow) at w(t) and, with `advance`,
+    integrate it to w(t + 1)."""
     start = time.perf_counter()
     objective.load(state.weights)
     loss, grad = objective.gradient(settings.mode)
     op = objective.operator(settings.mode)
-    eig = top_eigenpairs(op, state, settings, critical=False)
+    nu = _start_nu(state, settings, grad)
+    eig, _ = _eigenpairs(op, state, settings, nu, critical=False)
     n = stable_substeps(float(eig.eigenvalues[0]), settings) if advance else 0
     w = state.weights
     for i in range(n):
         if i > 0:
             objective.load(w)
             _, grad = objective.gradient(settings.mode)
-        w = w - settings.lr / n * grad
-    state.weights = w
+        w, nu = _euler(w, nu, grad, 0.0, None, settings, 1.0 / n)
+    state.weights, state.nu = w, nu
     state.seconds += time.perf_counter() - start
     return FlowPoint(loss, loss, eig.eigenvalues.tolist(), eig.residuals.tolist(), 0, 0.0,
                      n_hvp=op.n_matvec, substeps=n)

@@ -24,11 +24,11 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
          num_terms: Callable[[Any], int] | None = None,
          batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
          chunk_size: int = 4096, substeps: int = 4, threshold: float = 1.95,
-         steps: int | None = None, tol: float = 1e-3, max_iter: int = 100, seed: int = 0,
+         steps: int | None = None, start: int | None = None, tol: float = 1e-3, max_iter: int = 100, seed: int = 0,
          sdcp: str = "native", device: str = "cpu", out: str | Path | None = None,
          resume: bool = False, save_every: int = 10) -> list[dict]:
     """The rows flow.csv holds (docs/reference/formats.md#flow-csv) for the central and the
-    stable flow of `run` (a run folder or name of full-batch GD), as dicts.
+    stable flow of `run` (a run folder or name of full-batch GD or RMSProp), as dicts.
 
     A run of `sharp train` needs nothing else: its step-0 checkpoint names its model, data
     and loss. A run of sharpcli.Tracker needs `model` (of the run's architecture; a copy is
@@ -38,7 +38,7 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
     `sharp flow` (docs/guides/flow.md#flags). With `out`, a folder, flow.csv,
     flow_eigenvalues.csv and flow-state.pt are written there too (and `resume` continues
     them); otherwise nothing is written."""
-    cfg = FlowConfig(substeps=substeps, threshold=threshold, steps=steps, tol=tol,
+    cfg = FlowConfig(substeps=substeps, threshold=threshold, steps=steps, start=start, tol=tol,
                      max_iter=max_iter, seed=seed, sdcp=sdcp, save_every=save_every,
                      device=device, resume=resume)
     try:

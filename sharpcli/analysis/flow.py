@@ -23,9 +23,10 @@ from matplotlib.figure import Figure
 
 from sharpcli.errors import SharpError
 from sharpcli.formats.runs import Run, load_run, read_flow
-from sharpcli.formats.schema import FLOW_FILE
+from sharpcli.formats.schema import FLOW_FILE, FLOW_SIGMA_FILE
 
-WINDOW = 20          # steps averaged for GD's time-averaged loss
+WINDOW = 20          # steps averaged for GD's time-averaged loss (and squared displacement)
+SIGMA_SHOWN = 3      # Σ's top eigenvalues drawn and compared
 WINDOW_POINTS = 5    # at least this many logged losses in the window
 EDGE_BAND = 0.1      # GD is at the edge from its first λ₁ ≥ (1 − band)·2/η (sharp eos's band)
 
@@ -69,6 +70,8 @@ class FlowSummary:
     distance: dict              # process → (median, last) ‖w − w_GD‖ at checkpoint steps
     n_checkpoints: int
     start: int | None = None    # compared from this step instead of edge_step
+    sigma_ratio: dict | None = None  # index → median smoothed displacement² / σ² (flow-sigma.csv)
+    sigma_steps: int = 0        # the steps that ratio is over
     name: str = "GD"            # the run's optimizer, as the lines call it
     measure: str = "λ₁"         # the sharpness its flow holds: λ₁, or λ₁(P⁻¹H) for RMSProp
 
@@ -94,6 +97,11 @@ class FlowSummary:
                    + ("" if self.sharpness_spread is None else
                       f" (central within {self.sharpness_spread:.1e} of it, relative, where "
                       "Σ ≠ 0)"))
+        if self.sigma_ratio:
+            ratios = ", ".join(f"σ{i}² {r:.3g}" for i, r in self.sigma_ratio.items())
+            out.append(f"  Σ: {self.name}'s squared displacement along Σ's eigenvectors, averaged "
+                       f"over {self.window:g} steps, against the flow's σᵢ² (median ratio over "
+                       f"{self.sigma_steps} steps): {ratios}")
         if self.n_checkpoints:
             (cm, cl), (sm, sl) = self.distance["central"], self.distance["stable"]
             out.append(f"  ‖w − w_{self.name}‖ at {self.n_checkpoints} checkpoints: central median "
@@ -119,7 +127,8 @@ def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None,
     edge_step = int(reached["step"].iloc[0]) if len(reached) else None
     gd = gd_loss(run.metrics)
     summary = FlowSummary(lr, edge_step, int(flow["step"].max()), gd.attrs["window"], None, None,
-                          None, {}, None, {}, 0, start, run_name(run), sharpness_label(run))
+                          None, {}, None, {}, 0, start, name=run_name(run),
+                          measure=sharpness_label(run))
     first = start if start is not None else edge_step
     if first is None:
         return summary
@@ -135,6 +144,14 @@ def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None,
     summary.sharpness = {"central": float(central["sharpness"].median()),
                          "stable": float(stable["sharpness"].median()),
                          "gd": float(measured.loc[measured["step"] >= first, "sharpness"].median())}
+    sigma = smoothed_sigma(run.path / FLOW_SIGMA_FILE if flow_csv is None
+                           else Path(flow_csv).with_name(FLOW_SIGMA_FILE), gd.attrs["window"])
+    if sigma is not None:
+        sigma = sigma[(sigma["step"] >= first) & sigma["average"].notna() & (sigma["sigma2"] > 0)]
+        if len(sigma):
+            ratio = (sigma["average"] / sigma["sigma2"]).groupby(sigma["index"]).median()
+            summary.sigma_ratio = {int(i): float(r) for i, r in ratio.items() if i <= SIGMA_SHOWN}
+            summary.sigma_steps = int(sigma["step"].nunique())
     held = central[central["sigma_trace"] > 0]
     if len(held):  # where Σ holds the central flow's λ₁ (Σ = 0 before it reaches 2/η)
         summary.sharpness_spread = float((held["sharpness"] - 2 / lr).abs().max() * lr / 2)
@@ -146,6 +163,26 @@ def flow_summary(run_dir: str | Path, flow_csv: str | Path | None = None,
                             for name, df in (("central", central), ("stable", stable))}
         summary.n_checkpoints = len(at)
     return summary
+
+
+def smoothed_sigma(path: Path, window: float) -> pd.DataFrame | None:
+    """flow-sigma.csv with `average`: per index, the run's squared displacement averaged over
+    `window` steps (over the steps where it was measured); None without the file or any
+    measured displacement."""
+    if not path.is_file():
+        return None
+    d = pd.read_csv(path)
+    top = d.groupby("step")["sigma2"].transform("max")
+    # directions Σ barely uses (σ² below 1e-6 of the top's) have no measurable prediction
+    d = d[d["displacement2"].notna() & (d["sigma2"] > 1e-6 * top)].sort_values(["index", "step"])
+    if not len(d):
+        return None
+    parts = []
+    for _, part in d.groupby("index"):
+        part = part.copy()
+        part["average"] = windowed_average(part["step"], part["displacement2"], window)
+        parts.append(part)
+    return pd.concat(parts)
 
 
 def measured_sharpness(run: Run) -> pd.DataFrame:
@@ -181,8 +218,12 @@ def flow_figure(runs: list[Run], labels: list[str], log_scale: bool) -> Figure |
     central, stable = (flow[flow["process"] == p].sort_values("step") for p in ("central", "stable"))
     gd = gd_loss(run.metrics)
     name = run_name(run)
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
-    ax_loss, ax_lam = fig.subplots(1, 2)
+    sigma = smoothed_sigma(run.path / FLOW_SIGMA_FILE, gd.attrs["window"])
+    fig = Figure(figsize=(16.5 if sigma is not None else 11, 4.5), layout="constrained")
+    axes = fig.subplots(1, 3 if sigma is not None else 2)
+    ax_loss, ax_lam = axes[:2]
+    if sigma is not None:
+        _sigma_panel(axes[2], pd.read_csv(run.path / FLOW_SIGMA_FILE), sigma, name)
     ax_loss.plot(gd["step"], gd["train_loss"], color="0.6", linewidth=0.6, label=name)
     ax_loss.plot(gd["step"], gd["average"], color="k", linewidth=1.4,
                  label=f"{name}, {gd.attrs['window']:g}-step average")
@@ -203,9 +244,24 @@ def flow_figure(runs: list[Run], labels: list[str], log_scale: bool) -> Figure |
         ax_loss.set_yscale("log")
     ax_loss.set_title("Loss")
     ax_lam.set_title(f"Sharpness {sharpness_label(run)}")
-    for ax in (ax_loss, ax_lam):
+    for ax in axes:
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(f"Central flow: {labels[0]} (η = {lr:g})")
     return fig
+
+
+def _sigma_panel(ax, predicted: pd.DataFrame, measured: pd.DataFrame, name: str) -> None:
+    """The covariance check: the flow's σᵢ² (solid) and the run's squared displacement along
+    the same eigenvector, averaged (dashed), for the top SIGMA_SHOWN."""
+    for i in range(1, SIGMA_SHOWN + 1):
+        p, m = predicted[predicted["index"] == i], measured[measured["index"] == i]
+        if not len(p):
+            continue
+        ax.plot(p["step"], p["sigma2"], color=f"C{i}", linewidth=1.4, label=f"σ{i}² (central flow)")
+        if len(m):
+            ax.plot(m["step"], m["average"], color=f"C{i}", linewidth=1.0, linestyle="--",
+                    label=f"{name}'s (v{i}·δ)², averaged")
+    ax.set_yscale("log")
+    ax.set_title("Oscillation: Σ's eigenvalues")

@@ -110,6 +110,8 @@ class FlowPoint:
     n_hvp: int = 0
     n_third: int = 0
     substeps: int = 0
+    sigma: list[float] = field(default_factory=list)  # eigenvalues of Σ, descending
+    sigma_vectors: torch.Tensor | None = None           # their unit eigenvectors (size, c)
 
     @property
     def sharpness(self) -> float:
@@ -211,12 +213,27 @@ def central_step(objective: Objective, state: FlowState, settings: FlowSettings,
             gram = (U[:, :critical].T.double() @ U[:, :critical].double()).cpu().numpy()
             first = FlowPoint(loss, loss + 0.5 * float(lam @ np.diag(X)), eig.eigenvalues.tolist(),
                               eig.residuals.tolist(), critical, float(np.sum(X * gram)))
+            first.sigma, first.sigma_vectors = covariance_eigenpairs(U[:, :critical], X)
         if advance:
             w, state.nu = _euler(w, nu, grad, direction, drift, settings, dt)
     state.weights = w
     first.n_hvp, first.n_third, first.substeps = n_hvp, n_third, settings.substeps if advance else 0
     state.seconds += time.perf_counter() - start
     return first
+
+
+def covariance_eigenpairs(U: torch.Tensor, X: np.ndarray) -> tuple[list[float], torch.Tensor]:
+    """The nonzero spectrum of Σ = U X Uᵀ (U need not be orthonormal: RMSProp's UᵀPU = I):
+    with U = QR, Σ = Q (R X Rᵀ) Qᵀ, so Σ's eigenpairs are those of the c×c R X Rᵀ, rotated
+    by Q."""
+    if U.shape[1] == 0:
+        return [], U
+    Q, R = torch.linalg.qr(U.double())
+    R = R.cpu().numpy()
+    values, vectors = np.linalg.eigh(R @ X @ R.T)
+    order = np.argsort(values)[::-1]
+    vectors = torch.as_tensor(vectors[:, order].copy(), dtype=torch.float64, device=Q.device)
+    return np.clip(values[order], 0, None).tolist(), (Q @ vectors).to(U.dtype)
 
 
 def _start_nu(state: FlowState, settings: FlowSettings, grad: torch.Tensor) -> torch.Tensor | None:

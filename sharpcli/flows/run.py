@@ -24,7 +24,8 @@ from sharpcli.formats.checkpoints import load_payload
 from sharpcli.formats.csvlog import CsvLog
 from sharpcli.formats.runs import checkpoint_files, read_config, read_metrics, resolve_run_dir
 from sharpcli.formats.schema import (FLOW_COLUMNS, FLOW_EIGENVALUE_COLUMNS, FLOW_EIGENVALUES_FILE,
-                                     FLOW_FILE, FLOW_STATE_FILE, METRICS_FILE)
+                                     FLOW_FILE, FLOW_SIGMA_COLUMNS, FLOW_SIGMA_FILE,
+                                     FLOW_STATE_FILE, METRICS_FILE)
 from sharpcli.hessian.check import check_objective
 from sharpcli.interrupt import check_stop
 from sharpcli.spectra.config import ModelSource, SpectrumConfig
@@ -193,8 +194,9 @@ def run_flow(run, cfg: FlowConfig, *, source: ModelSource | None = None,
         start, central, stable = load_state(folder / FLOW_STATE_FILE, cfg, flow.objective.weights())
         if start > steps:
             raise SharpError(f"{folder / FLOW_STATE_FILE} is at step {start}, past --steps {steps}")
-    logs = [CsvLog(folder / FLOW_FILE, FLOW_COLUMNS), CsvLog(folder / FLOW_EIGENVALUES_FILE,
-                                                             FLOW_EIGENVALUE_COLUMNS)]
+    logs = [CsvLog(folder / FLOW_FILE, FLOW_COLUMNS),
+            CsvLog(folder / FLOW_EIGENVALUES_FILE, FLOW_EIGENVALUE_COLUMNS),
+            CsvLog(folder / FLOW_SIGMA_FILE, FLOW_SIGMA_COLUMNS)]
     if write:
         for log in logs:
             log.open(fresh=start == flow.start, keep_below_step=start)
@@ -215,6 +217,7 @@ def run_flow(run, cfg: FlowConfig, *, source: ModelSource | None = None,
             if write:
                 logs[0].write_many(new)
                 logs[1].write_many(eigenvalue_rows(t, PROCESSES, (c, s)))
+                logs[2].write_many(sigma_rows(t, c, local_displacement(flow, t, gd)))
             if on_step is not None:
                 on_step(t, steps, c, s)
     except Interrupted:
@@ -241,6 +244,23 @@ def first_nu(flow: FlowRun, settings: FlowSettings) -> torch.Tensor | None:
             raise SharpError(f"{flow.run_dir}: Scalar RMSProp's flows start at step 0 here")
         nu = nu + flow.rule.beta2 * flow.prior
     return nu
+
+
+def local_displacement(flow: FlowRun, step: int, here: torch.Tensor | None) -> torch.Tensor | None:
+    """The run's w_t − (w_{t−1} + 2w_t + w_{t+1})/4, its oscillation about its local average
+    (the reference code's midpoint of midpoints), where checkpoints t − 1, t, t + 1 exist."""
+    if here is None or (step - 1) not in flow.checkpoints or (step + 1) not in flow.checkpoints:
+        return None
+    return (2 * here - gd_weights(flow, step - 1) - gd_weights(flow, step + 1)) / 4
+
+
+def sigma_rows(step: int, point: FlowPoint, delta: torch.Tensor | None) -> list[dict]:
+    """flow-sigma.csv's rows of one step: Σ's eigenvalues and, with the run's displacement
+    δ, (vᵢ·δ)² along each unit eigenvector vᵢ."""
+    measured = [None] * len(point.sigma) if delta is None else \
+        [float(v) for v in (point.sigma_vectors.T.to(delta.dtype) @ delta) ** 2]
+    return [{"step": step, "index": i + 1, "sigma2": s2, "displacement2": m}
+            for i, (s2, m) in enumerate(zip(point.sigma, measured))]
 
 
 def flow_row(step: int, process: str, p: FlowPoint, distance: float | None,

@@ -18,6 +18,7 @@ EOS_FILE = "eos.csv"
 FLOW_FILE = "flow.csv"
 FLOW_EIGENVALUES_FILE = "flow_eigenvalues.csv"
 FLOW_STATE_FILE = "flow-state.pt"
+FLOW_SIGMA_FILE = "flow-sigma.csv"
 
 METRICS_COLUMNS = ("step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",
                    "test_acc", "grad_norm", "sharpness", "alignment", "gd_edge", "sam_edge",
@@ -40,6 +41,10 @@ FLOW_COLUMNS = ("step", "process", "train_loss", "predicted_loss", "sharpness", 
 # λ₁…λ_k of each flow at each step (k: 2 for the stable flow; for the central flow at least 2
 # and one more than the critical count).
 FLOW_EIGENVALUE_COLUMNS = ("step", "process", "index", "eigenvalue", "residual")
+# The covariance check: the central flow's Σ at each step, eigenvalue by eigenvalue (sigma2,
+# descending), and the run's squared displacement along its unit eigenvector from the run's
+# local average (w_t − (w_{t−1} + 2w_t + w_{t+1})/4)·v, where checkpoints t − 1, t, t + 1 exist.
+FLOW_SIGMA_COLUMNS = ("step", "index", "sigma2", "displacement2")
 
 # Every metrics column except `phase` holds numbers (or nothing).
 NUMERIC_METRICS = tuple(c for c in METRICS_COLUMNS if c != "phase")

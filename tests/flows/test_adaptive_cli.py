@@ -30,9 +30,10 @@ def test_rmsprop_flow_holds_the_adaptive_edge_and_predicts_the_loss(run):
     held = central[central["critical"] > 0]
     assert len(held) >= 10
     # λ₁(P⁻¹H) at 2/η within 1% where critical (its first steps come down onto it), and
-    # within 1e-3 from the third
+    # within 3e-3 (the eigensolver's tolerance, 1e-3, and the refreshes between solves) from
+    # the third
     gap = (held["sharpness"] - 2 / LR).abs() * LR / 2
-    assert gap.max() < 0.01 and gap.iloc[2:].max() < 1e-3
+    assert gap.max() < 0.01 and gap.iloc[2:].max() < 3e-3
     later = held.iloc[1:]  # the first row may sit between the threshold and the edge: Σ = 0
     assert (later["sigma_trace"] > 0).all() and (later["predicted_loss"] > later["train_loss"]).all()
     summary = flow_summary(run)

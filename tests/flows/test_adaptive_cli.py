@@ -5,6 +5,8 @@ time-averaged loss more closely than the stable flow's loss or its own L(w); Ada
 
 import pytest
 
+from tests.runners import csv_lines, without_column
+
 from sharpcli.analysis.flow import flow_summary
 from sharpcli.formats.runs import read_flow
 from tests.runners import assert_one_line_error, sharp, train_args
@@ -41,6 +43,19 @@ def test_rmsprop_flow_holds_the_adaptive_edge_and_predicts_the_loss(run):
     assert summary.loss_gap < summary.own_loss_gap and summary.loss_gap < summary.stable_loss_gap / 2
     assert summary.sharpness["stable"] > 1.2 * 2 / LR  # the stable flow leaves the edge
     assert summary.distance["central"][1] < summary.distance["stable"][1] / 2
+
+
+def test_resume_keeps_nu(run, tmp_path):
+    """Stopped at step 20 and resumed to 30: the rows of the uninterrupted flow (ν is in
+    flow-state.pt)."""
+    out = tmp_path / "flow"
+    sharp("flow", run, "--substeps", 2, "--quiet", "--out", out, "--steps", 20).ok()
+    sharp("flow", run, "--substeps", 2, "--quiet", "--out", out, "--steps", STEPS, "--resume").ok()
+    for name in ("flow.csv", "flow-sigma.csv"):
+        resumed, expected = csv_lines(out / name), csv_lines(run / name)
+        if name == "flow.csv":
+            resumed, expected = (without_column(x, "seconds") for x in (resumed, expected))
+        assert resumed == expected, name
 
 
 def test_start_and_adam(run, tmp_path):

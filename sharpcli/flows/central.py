@@ -94,6 +94,7 @@ class FlowState:
     vectors: torch.Tensor | None = None   # (size, k)
     seconds: float = 0.0
     nu: torch.Tensor | None = None        # RMSProp's state ν (float64), set at the first step
+    third: tuple | None = None            # (U, T) of the step's first substep (GD, refresh)
 
 
 @dataclass
@@ -170,12 +171,18 @@ def top_eigenpairs(op: HessianOperator, state: FlowState, settings: FlowSettings
 
 
 def oscillation(op: HessianOperator, grad: torch.Tensor, eig: EigenResult, critical: int,
-                settings: FlowSettings, dt: float) -> tuple[np.ndarray, torch.Tensor]:
+                settings: FlowSettings, dt: float,
+                stale: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[np.ndarray, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """X (critical × critical) and ∇⟨H, Σ⟩ = D(X) for Σ = U X Uᵀ on the critical eigenvectors
-    (module docstring)."""
+    (module docstring), and (U, T) for later substeps. With `stale`, the (U₀, T₀) of the
+    step's first substep, 𝒜 and B are built from T₀ carried over to the current vectors
+    (Tᵢⱼ is bilinear in uᵢ, uⱼ: `carried_pairs`) instead of c(c+1)/2 new products, and only
+    D(X) is computed afresh: D(X) = Σₐ σₐ ∇(vₐᵀHvₐ) over X's eigenpairs (σₐ, qₐ), vₐ = Uqₐ,
+    at most c products (none when X = 0)."""
     U = eig.eigenvectors[:, :critical]
     lam = eig.eigenvalues[:critical].numpy()
-    T = op.third_derivatives(U)                       # (size, m): Tᵢⱼ for i ≤ j, svec order
+    T = op.third_derivatives(U) if stale is None else carried_pairs(*stale, U)
     index = pairs(critical)
     root2 = np.array([1.0 if i == j else math.sqrt(2) for i, j in index])
     gram = (T.T.double() @ T.double()).cpu().numpy()  # ⟨Tₚ, T_q⟩
@@ -186,10 +193,36 @@ def oscillation(op: HessianOperator, grad: torch.Tensor, eig: EigenResult, criti
         B[i, j] = B[j, i] = beta[p]
     B += np.diag((settings.edge - lam) / (settings.lr * dt))
     X = solve_sdcp(Q, B, solver=settings.sdcp).X
-    # D(X) = Σ over ordered pairs: each off-diagonal pair twice
-    weights = np.array([X[i, j] * (1.0 if i == j else 2.0) for i, j in index])
-    direction = T @ torch.as_tensor(weights, dtype=T.dtype, device=T.device)
-    return X, direction
+    if stale is None:
+        # D(X) = Σ over ordered pairs: each off-diagonal pair twice
+        weights = np.array([X[i, j] * (1.0 if i == j else 2.0) for i, j in index])
+        direction = T @ torch.as_tensor(weights, dtype=T.dtype, device=T.device)
+        return X, direction, (U, T)
+    return X, fresh_direction(op, U, X, grad), stale
+
+
+def carried_pairs(U0: torch.Tensor, T0: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """T for the vectors U from T₀ of U₀ spanning (nearly) the same space: with R = U₀ᵀU,
+    u'ₐ ≈ Σᵢ Rᵢₐ uᵢ, so T'ₐᵦ = Σᵢⱼ RᵢₐRⱼᵦ Tᵢⱼ, a c(c+1)/2-square matrix on the pairs."""
+    R = (U0.T.double() @ U.double()).cpu().numpy()
+    index = pairs(U.shape[1])
+    M = np.zeros((len(index), len(index)))
+    for p, (i, j) in enumerate(index):
+        for q, (a, b) in enumerate(index):
+            M[p, q] = R[i, a] * R[j, b] + (R[j, a] * R[i, b] if i != j else 0.0)
+    return T0 @ torch.as_tensor(M, dtype=T0.dtype, device=T0.device)
+
+
+def fresh_direction(op: HessianOperator, U: torch.Tensor, X: np.ndarray,
+                    grad: torch.Tensor) -> torch.Tensor:
+    """D(X) = Σₐ σₐ ∇(vₐᵀHvₐ), vₐ = Uqₐ, over X's positive eigenpairs."""
+    sigma, q = np.linalg.eigh(X)
+    keep = sigma > 1e-12 * max(float(sigma.max()), 0.0) if len(sigma) else sigma > 0
+    if not keep.any() or sigma.max() <= 0:
+        return torch.zeros_like(grad)
+    V = U @ torch.as_tensor(q[:, keep], dtype=U.dtype, device=U.device)
+    T = op.third_derivatives(V, [(a, a) for a in range(V.shape[1])])
+    return T @ torch.as_tensor(sigma[keep], dtype=T.dtype, device=T.device)
 
 
 def central_step(objective: Objective, state: FlowState, settings: FlowSettings,
@@ -206,7 +239,9 @@ def central_step(objective: Objective, state: FlowState, settings: FlowSettings,
         nu = _start_nu(state, settings, grad)
         eig, U = _eigenpairs(op, state, settings, nu, refresh=settings.refresh and substep > 0)
         critical = int((eig.eigenvalues > settings.threshold / settings.lr).sum())
-        X, direction, drift = _oscillation(op, grad, eig, U, critical, nu, settings, dt)
+        stale = state.third if settings.refresh and substep > 0 else None
+        X, direction, drift, state.third = _oscillation(op, grad, eig, U, critical, nu,
+                                                         settings, dt, stale)
         n_hvp, n_third = n_hvp + op.n_matvec, n_third + op.n_third
         if first is None:
             lam = eig.eigenvalues[:critical].numpy()
@@ -278,17 +313,21 @@ def rayleigh_ritz(op, state: FlowState, settings: FlowSettings, critical: bool =
                        k, 0)
 
 
-def _oscillation(op, grad, eig, U, critical, nu, settings, dt):
-    """X, D(X) and the oscillation's part of dν/dt (None for GD); all zero with no
-    critical direction."""
+def _oscillation(op, grad, eig, U, critical, nu, settings, dt, stale=None):
+    """X, D(X), the oscillation's part of dν/dt (None for GD) and the (U, T) later substeps
+    of the step may carry over (`oscillation`; GD only: RMSProp computes T each substep); all
+    zero with no critical direction."""
     if critical == 0:
-        return np.zeros((0, 0)), torch.zeros_like(grad), None
+        return np.zeros((0, 0)), torch.zeros_like(grad), None, None
     if nu is None:
-        return (*oscillation(op, grad, eig, critical, settings, dt), None)
+        if stale is not None and stale[0].shape[1] != critical:
+            stale = None  # the critical count changed within the step: new products
+        X, direction, third = oscillation(op, grad, eig, critical, settings, dt, stale)
+        return X, direction, None, third
     T = op.third_derivatives(U[:, :critical])
-    return adaptive_oscillation(settings.rule, T, U[:, :critical],
-                                eig.eigenvalues[:critical].numpy(), grad, nu, settings.lr, dt,
-                                settings.sdcp)
+    return (*adaptive_oscillation(settings.rule, T, U[:, :critical],
+                                  eig.eigenvalues[:critical].numpy(), grad, nu, settings.lr, dt,
+                                  settings.sdcp), None)
 
 
 def _euler(w, nu, grad, direction, drift, settings: FlowSettings, dt: float):

@@ -10,7 +10,6 @@ a default `sharp train --checkpoint-every 100` run folder."""
 import sys, time, json
 import torch
 import sharpcli.flows.central as central
-import sharpcli.flows.sdcp as sdcp_mod
 from sharpcli.flows.config import FlowConfig
 from sharpcli.flows.run import open_run, gd_weights
 from sharpcli.flows.central import FlowSettings, FlowState

@@ -19,7 +19,7 @@ FLOW, RUN = "Flow", "Run"
 OWN = "A sharpcli.Tracker run (--model-factory)"
 
 HELP = (
-    "The central flow and the stable (gradient) flow of a full-batch GD run.\n\n"
+    "The central flow and the stable (gradient) flow of a full-batch GD or RMSProp run.\n\n"
     "From the run's step-0 checkpoint, with its data and step size η, integrates over the "
     "run's steps (time in steps of GD, --substeps Euler substeps each) the central flow of "
     "Cohen, Damian, Talwalkar, Kolter & Lee (ICLR 2025), dw/dt = −η[∇L + ½∇⟨H, Σ⟩], whose "
@@ -29,9 +29,12 @@ HELP = (
     "predicted_loss,sharpness,critical,sigma_trace,distance,substeps,n_hvp,n_third,seconds; "
     "process central or stable; predicted_loss L + ½⟨H, Σ⟩, GD's predicted time-averaged "
     "loss; distance ‖w_flow − w_GD‖ at the run's checkpoints) and flow_eigenvalues.csv "
-    "(λ₁…λ_k of each flow), and saves flow-state.pt every --save-every steps for --resume. "
-    "Runs of other optimizers, momentum, weight decay, minibatches or a schedule are "
-    "refused. sharp plot then draws flow.png."
+    "(λ₁…λ_k of each flow) and flow-sigma.csv (Σ's eigenvalues against the run's squared "
+    "displacement along their eigenvectors, where checkpoints t − 1, t, t + 1 exist), and saves flow-state.pt every --save-every steps for --resume. "
+    "For an RMSProp run (no momentum) the preconditioner's state ν evolves along both flows, "
+    "η∇L becomes ηP⁻¹∇L and the sharpness is λ₁(P⁻¹H), held at 2/η. Runs of other optimizers "
+    "(Adam included), momentum, weight decay, minibatches or a schedule are refused. sharp "
+    "plot then draws flow.png."
 )
 
 
@@ -47,6 +50,10 @@ def flow_command(
         "lives on their eigenvectors.", FLOW)] = D.threshold,
     steps: Annotated[Optional[int], _opt(
         "Integrate to this step (default: the run's last).", FLOW, show_default=False)] = D.steps,
+    start: Annotated[Optional[int], _opt(
+        "Start both flows from this step's checkpoint (its weights and, for RMSProp, its "
+        "optimizer state). Default: step 0 for GD, the first checkpoint after step 0 for "
+        "RMSProp.", FLOW, show_default=False)] = D.start,
     tol: Annotated[float, _opt("Relative accuracy of each Hessian eigenvalue (block Lanczos).",
                                FLOW)] = D.tol,
     max_iter: Annotated[int, _opt("Most Hessian-vector products per eigenvalue solve.",
@@ -98,7 +105,7 @@ def flow_command(
     from sharpcli.distributed import process_group
     from sharpcli.spectra.config import ModelSource
 
-    cfg = FlowConfig(substeps=substeps, threshold=threshold, steps=steps, tol=tol,
+    cfg = FlowConfig(substeps=substeps, threshold=threshold, steps=steps, start=start, tol=tol,
                      max_iter=max_iter, seed=seed, sdcp=sdcp, save_every=save_every,
                      device=device, resume=resume)
     cfg.validate()

@@ -23,12 +23,14 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
          num_terms: Callable[[Any], int] | None = None,
          batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
          chunk_size: int | None = None, substeps: int | None = None,
-         threshold: float | None = None, steps: int | None = None, tol: float | None = None,
+         threshold: float | None = None, steps: int | None = None, start: int | None = None,
+         tol: float | None = None,
          max_iter: int | None = None, seed: int | None = None, sdcp: str | None = None,
          device: str | None = None, out: str | Path | None = None, resume: bool = False,
          save_every: int | None = None) -> list[dict]:
-    """The central flow and the stable (gradient) flow of a full-batch GD run, from its
-    step-0 weights: `sharp flow` from Python (docs/guides/flow.md).
+    """The central flow and the stable (gradient) flow of a full-batch GD, RMSProp or Scalar
+    RMSProp run, from its step-0 weights (RMSProp: its first checkpoint after step 0, with
+    the ν saved there): `sharp flow` from Python (docs/guides/flow.md).
 
     A run of `sharp train` needs nothing but `run`: its step-0 checkpoint names its model,
     data and loss. A run of `sharpcli.Tracker` needs `model` and the examples it trained on.
@@ -37,8 +39,8 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
     seed 0, sdcp "native", device "cpu", save_every 10.
 
     Args:
-        run: The run folder (reports/<run>) or run name, trained by full-batch GD with a
-            constant step, no momentum and no weight decay.
+        run: The run folder (reports/<run>) or run name, trained by full-batch GD or
+            RMSProp with a constant step, no momentum and no weight decay.
         model: For a Tracker's run: a model of the run's architecture; a copy is given the
             step-0 weights, the model itself is left alone.
         loss_fn: For a Tracker's run: `loss_fn(outputs, targets)`, or "mse" or "ce".
@@ -53,6 +55,8 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
         threshold: Critical eigenvalues are those above threshold/η (below 2): the
             oscillations live on their eigenvectors.
         steps: Integrate to this step (default: the run's last).
+        start: Start from this step's checkpoint (default: step 0 for GD, the first
+            checkpoint after step 0 for RMSProp, whose ν is then saved state).
         tol: Relative accuracy of the eigenvalues at each substep.
         max_iter: Most Hessian-vector products per eigenvalue solve.
         seed: Seed of the solvers' random start vectors.
@@ -71,7 +75,8 @@ def flow(run: str | Path, *, model: nn.Module | None = None, loss_fn: Callable |
         SharpError: A run that is not full-batch GD, `data` without `model`, or an argument
             out of range; the message names the argument.
     """
-    given = dict(substeps=substeps, threshold=threshold, steps=steps, tol=tol, max_iter=max_iter,
+    given = dict(substeps=substeps, threshold=threshold, steps=steps, start=start, tol=tol,
+                 max_iter=max_iter,
                  seed=seed, sdcp=sdcp, save_every=save_every, device=device, resume=resume)
     cfg = FlowConfig(**{name: value for name, value in given.items() if value is not None})
     device = cfg.device

@@ -52,13 +52,15 @@ from torch import nn
 
 from sharpcli.edges import gd_edge
 from sharpcli.errors import SharpError
+from sharpcli.flows.adaptive import Rule, adaptive_oscillation
 from sharpcli.flows.config import FlowConfig
 from sharpcli.flows.sdcp import pairs, solve_sdcp
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.objective import full_batch_gradient
 from sharpcli.hessian.operator import HessianOperator
 from sharpcli.hessian.params import flatten, full_precision, trainable_params, unflatten
-from sharpcli.linalg import EigenResult, block_lanczos
+from sharpcli.linalg import DiagonalScaled, EigenResult, block_lanczos
+from sharpcli.linalg.results import apply_block
 from sharpcli.sources.data import Data
 
 MAX_TRACKED = 32  # eigenpairs tracked at most: more critical directions than this is an error
@@ -71,6 +73,9 @@ class FlowSettings(FlowConfig):
 
     lr: float                      # η of the run
     mode: str = "eval"             # BatchNorm running statistics, Dropout off
+    rule: Rule | None = None       # RMSProp's preconditioner (sharpcli.flows.adaptive); None: GD
+    refresh: bool = True           # Rayleigh–Ritz on the tracked vectors at substeps after the
+                                   # first of a step (False: block Lanczos at every substep)
 
     @property
     def edge(self) -> float:
@@ -85,6 +90,8 @@ class FlowState:
     weights: torch.Tensor                 # flat, in the model's parameter order
     vectors: torch.Tensor | None = None   # (size, k)
     seconds: float = 0.0
+    nu: torch.Tensor | None = None        # RMSProp's state ν (float64), set at the first step
+    third: tuple | None = None            # (U, T) of the step's first substep (GD, refresh)
 
 
 @dataclass
@@ -101,6 +108,8 @@ class FlowPoint:
     n_hvp: int = 0
     n_third: int = 0
     substeps: int = 0
+    sigma: list[float] = field(default_factory=list)  # eigenvalues of Σ, descending
+    sigma_vectors: torch.Tensor | None = None           # their unit eigenvectors (size, c)
 
     @property
     def sharpness(self) -> float:
@@ -159,12 +168,18 @@ def top_eigenpairs(op: HessianOperator, state: FlowState, settings: FlowSettings
 
 
 def oscillation(op: HessianOperator, grad: torch.Tensor, eig: EigenResult, critical: int,
-                settings: FlowSettings, dt: float) -> tuple[np.ndarray, torch.Tensor]:
+                settings: FlowSettings, dt: float,
+                stale: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[np.ndarray, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """X (critical × critical) and ∇⟨H, Σ⟩ = D(X) for Σ = U X Uᵀ on the critical eigenvectors
-    (module docstring)."""
+    (module docstring), and (U, T) for later substeps. With `stale`, the (U₀, T₀) of the
+    step's first substep, 𝒜 and B are built from T₀ carried over to the current vectors
+    (Tᵢⱼ is bilinear in uᵢ, uⱼ: `carried_pairs`) instead of c(c+1)/2 new products, and only
+    D(X) is computed afresh: D(X) = Σₐ σₐ ∇(vₐᵀHvₐ) over X's eigenpairs (σₐ, qₐ), vₐ = Uqₐ,
+    at most c products (none when X = 0)."""
     U = eig.eigenvectors[:, :critical]
     lam = eig.eigenvalues[:critical].numpy()
-    T = op.third_derivatives(U)                       # (size, m): Tᵢⱼ for i ≤ j, svec order
+    T = op.third_derivatives(U) if stale is None else carried_pairs(*stale, U)
     index = pairs(critical)
     root2 = np.array([1.0 if i == j else math.sqrt(2) for i, j in index])
     gram = (T.T.double() @ T.double()).cpu().numpy()  # ⟨Tₚ, T_q⟩
@@ -175,10 +190,36 @@ def oscillation(op: HessianOperator, grad: torch.Tensor, eig: EigenResult, criti
         B[i, j] = B[j, i] = beta[p]
     B += np.diag((settings.edge - lam) / (settings.lr * dt))
     X = solve_sdcp(Q, B, solver=settings.sdcp).X
-    # D(X) = Σ over ordered pairs: each off-diagonal pair twice
-    weights = np.array([X[i, j] * (1.0 if i == j else 2.0) for i, j in index])
-    direction = T @ torch.as_tensor(weights, dtype=T.dtype, device=T.device)
-    return X, direction
+    if stale is None:
+        # D(X) = Σ over ordered pairs: each off-diagonal pair twice
+        weights = np.array([X[i, j] * (1.0 if i == j else 2.0) for i, j in index])
+        direction = T @ torch.as_tensor(weights, dtype=T.dtype, device=T.device)
+        return X, direction, (U, T)
+    return X, fresh_direction(op, U, X, grad), stale
+
+
+def carried_pairs(U0: torch.Tensor, T0: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """T for the vectors U from T₀ of U₀ spanning (nearly) the same space: with R = U₀ᵀU,
+    u'ₐ ≈ Σᵢ Rᵢₐ uᵢ, so T'ₐᵦ = Σᵢⱼ RᵢₐRⱼᵦ Tᵢⱼ, a c(c+1)/2-square matrix on the pairs."""
+    R = (U0.T.double() @ U.double()).cpu().numpy()
+    index = pairs(U.shape[1])
+    M = np.zeros((len(index), len(index)))
+    for p, (i, j) in enumerate(index):
+        for q, (a, b) in enumerate(index):
+            M[p, q] = R[i, a] * R[j, b] + (R[j, a] * R[i, b] if i != j else 0.0)
+    return T0 @ torch.as_tensor(M, dtype=T0.dtype, device=T0.device)
+
+
+def fresh_direction(op: HessianOperator, U: torch.Tensor, X: np.ndarray,
+                    grad: torch.Tensor) -> torch.Tensor:
+    """D(X) = Σₐ σₐ ∇(vₐᵀHvₐ), vₐ = Uqₐ, over X's positive eigenpairs."""
+    sigma, q = np.linalg.eigh(X)
+    keep = sigma > 1e-12 * max(float(sigma.max()), 0.0) if len(sigma) else sigma > 0
+    if not keep.any() or sigma.max() <= 0:
+        return torch.zeros_like(grad)
+    V = U @ torch.as_tensor(q[:, keep], dtype=U.dtype, device=U.device)
+    T = op.third_derivatives(V, [(a, a) for a in range(V.shape[1])])
+    return T @ torch.as_tensor(sigma[keep], dtype=T.dtype, device=T.device)
 
 
 def central_step(objective: Objective, state: FlowState, settings: FlowSettings,
@@ -188,25 +229,112 @@ def central_step(objective: Objective, state: FlowState, settings: FlowSettings,
     start, dt = time.perf_counter(), 1.0 / settings.substeps
     w, first = state.weights, None
     n_hvp = n_third = 0
-    for _ in range(settings.substeps if advance else 1):
+    for substep in range(settings.substeps if advance else 1):
         objective.load(w)
         loss, grad = objective.gradient(settings.mode)
         op = objective.operator(settings.mode)
-        eig = top_eigenpairs(op, state, settings)
+        nu = _start_nu(state, settings, grad)
+        eig, U = _eigenpairs(op, state, settings, nu, refresh=settings.refresh and substep > 0)
         critical = int((eig.eigenvalues > settings.threshold / settings.lr).sum())
-        X, direction = (np.zeros((0, 0)), torch.zeros_like(grad)) if critical == 0 else \
-            oscillation(op, grad, eig, critical, settings, dt)
+        stale = state.third if settings.refresh and substep > 0 else None
+        X, direction, drift, state.third = _oscillation(op, grad, eig, U, critical, nu,
+                                                         settings, dt, stale)
         n_hvp, n_third = n_hvp + op.n_matvec, n_third + op.n_third
         if first is None:
             lam = eig.eigenvalues[:critical].numpy()
+            gram = (U[:, :critical].T.double() @ U[:, :critical].double()).cpu().numpy()
             first = FlowPoint(loss, loss + 0.5 * float(lam @ np.diag(X)), eig.eigenvalues.tolist(),
-                              eig.residuals.tolist(), critical, float(np.trace(X)))
+                              eig.residuals.tolist(), critical, float(np.sum(X * gram)))
+            first.sigma, first.sigma_vectors = covariance_eigenpairs(U[:, :critical], X)
         if advance:
-            w = w - settings.lr * dt * (grad + 0.5 * direction)
+            w, state.nu = _euler(w, nu, grad, direction, drift, settings, dt)
     state.weights = w
     first.n_hvp, first.n_third, first.substeps = n_hvp, n_third, settings.substeps if advance else 0
     state.seconds += time.perf_counter() - start
     return first
+
+
+def covariance_eigenpairs(U: torch.Tensor, X: np.ndarray) -> tuple[list[float], torch.Tensor]:
+    """The nonzero spectrum of Σ = U X Uᵀ (U need not be orthonormal: RMSProp's UᵀPU = I):
+    with U = QR, Σ = Q (R X Rᵀ) Qᵀ, so Σ's eigenpairs are those of the c×c R X Rᵀ, rotated
+    by Q."""
+    if U.shape[1] == 0:
+        return [], U
+    Q, R = torch.linalg.qr(U.double())
+    R = R.cpu().numpy()
+    values, vectors = np.linalg.eigh(R @ X @ R.T)
+    order = np.argsort(values)[::-1]
+    vectors = torch.as_tensor(vectors[:, order].copy(), dtype=torch.float64, device=Q.device)
+    return np.clip(values[order], 0, None).tolist(), (Q @ vectors).to(U.dtype)
+
+
+def _start_nu(state: FlowState, settings: FlowSettings, grad: torch.Tensor) -> torch.Tensor | None:
+    """RMSProp's ν at this substep: ν(0) = (1 − β)g₀² at the flow's start."""
+    if settings.rule is None:
+        return None
+    if state.nu is None:
+        state.nu = settings.rule.initial(grad)
+    return state.nu
+
+
+def _eigenpairs(op: HessianOperator, state: FlowState, settings: FlowSettings,
+                nu: torch.Tensor | None, critical: bool = True,
+                refresh: bool = False) -> tuple[EigenResult, torch.Tensor]:
+    """The top eigenpairs of H (GD) or of P^{-1/2}HP^{-1/2} (RMSProp), and the (generalized)
+    eigenvectors U of H, P⁻¹H: uᵢ = P^{-1/2}sᵢ, UᵀPU = I. With `refresh`, Rayleigh–Ritz on
+    the tracked vectors instead of a solve."""
+    scale = None if nu is None else settings.rule.P(nu).rsqrt().expand(op.size).to(op.dtype)
+    target = op if scale is None else DiagonalScaled(op, scale)
+    solve = rayleigh_ritz if refresh and state.vectors is not None else top_eigenpairs
+    eig = solve(target, state, settings, critical=critical)
+    return eig, eig.eigenvectors if scale is None else eig.eigenvectors * scale[:, None]
+
+
+def rayleigh_ritz(op, state: FlowState, settings: FlowSettings, critical: bool = True) -> EigenResult:
+    """The tracked vectors V refreshed in k products: the eigenpairs of VᵀAV, rotated back
+    (Ritz pairs, with their residuals ‖Au − λu‖). Between two substeps w moves by η·dt·‖ẇ‖,
+    so the subspace of the top eigenvectors barely turns, and a Ritz value is within the
+    square of the subspace's error of the eigenvalue (the reference code refreshes the same
+    way between its once-a-step eigensolves)."""
+    V = state.vectors
+    with full_precision():
+        AV = apply_block(op, V)
+        values, rotation = torch.linalg.eigh(V.T.double() @ AV.double())
+    order = torch.flip(torch.arange(len(values)), [0])
+    values, rotation = values[order], rotation[:, order].to(V.dtype)
+    U, AU = V @ rotation, AV @ rotation
+    residuals = (AU - U * values.to(U.dtype)[None, :]).norm(dim=0)
+    state.vectors = U
+    k = V.shape[1]
+    return EigenResult(values.cpu(), U, residuals.double().cpu(), torch.ones(k, dtype=torch.bool),
+                       k, 0)
+
+
+def _oscillation(op, grad, eig, U, critical, nu, settings, dt, stale=None):
+    """X, D(X), the oscillation's part of dν/dt (None for GD) and the (U, T) later substeps
+    of the step may carry over (`oscillation`; GD only: RMSProp computes T each substep); all
+    zero with no critical direction."""
+    if critical == 0:
+        return np.zeros((0, 0)), torch.zeros_like(grad), None, None
+    if nu is None:
+        if stale is not None and stale[0].shape[1] != critical:
+            stale = None  # the critical count changed within the step: new products
+        X, direction, third = oscillation(op, grad, eig, critical, settings, dt, stale)
+        return X, direction, None, third
+    T = op.third_derivatives(U[:, :critical])
+    return (*adaptive_oscillation(settings.rule, T, U[:, :critical],
+                                  eig.eigenvalues[:critical].numpy(), grad, nu, settings.lr, dt,
+                                  settings.sdcp), None)
+
+
+def _euler(w, nu, grad, direction, drift, settings: FlowSettings, dt: float):
+    """One Euler substep of (w, ν): dw/dt = −ηP⁻¹[g + ½D(X)], dν/dt = r[g² − ν] + drift."""
+    if nu is None:
+        return w - settings.lr * dt * (grad + 0.5 * direction), None
+    rule = settings.rule
+    step = (grad + 0.5 * direction).double() / rule.P(nu)
+    nu_dot = rule.rate * (rule.squares(grad) - nu) + (0 if drift is None else drift)
+    return w - (settings.lr * dt * step).to(w.dtype), nu + dt * nu_dot
 
 
 def stable_substeps(sharpness: float, settings: FlowSettings) -> int:
@@ -216,20 +344,22 @@ def stable_substeps(sharpness: float, settings: FlowSettings) -> int:
 
 def stable_step(objective: Objective, state: FlowState, settings: FlowSettings,
                 advance: bool = True) -> FlowPoint:
-    """Measure gradient flow at w(t) and, with `advance`, integrate it to w(t + 1)."""
+    """Measure gradient flow (RMSProp's: its stable flow) at w(t) and, with `advance`,
+    integrate it to w(t + 1)."""
     start = time.perf_counter()
     objective.load(state.weights)
     loss, grad = objective.gradient(settings.mode)
     op = objective.operator(settings.mode)
-    eig = top_eigenpairs(op, state, settings, critical=False)
+    nu = _start_nu(state, settings, grad)
+    eig, _ = _eigenpairs(op, state, settings, nu, critical=False)
     n = stable_substeps(float(eig.eigenvalues[0]), settings) if advance else 0
     w = state.weights
     for i in range(n):
         if i > 0:
             objective.load(w)
             _, grad = objective.gradient(settings.mode)
-        w = w - settings.lr / n * grad
-    state.weights = w
+        w, nu = _euler(w, nu, grad, 0.0, None, settings, 1.0 / n)
+    state.weights, state.nu = w, nu
     state.seconds += time.perf_counter() - start
     return FlowPoint(loss, loss, eig.eigenvalues.tolist(), eig.residuals.tolist(), 0, 0.0,
                      n_hvp=op.n_matvec, substeps=n)

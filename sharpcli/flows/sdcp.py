@@ -18,7 +18,9 @@ from max|b|², Newton steps on ½xᵀQx + bᵀx − μ log det X, whose minimise
 the scale of b). The steps are damped by the Newton decrement λ of the self-concordant
 barrier objective (a step of 1/(1 + λ) stays inside X ≻ 0; Nesterov & Nemirovski), so no
 line search is needed. A ridge of 1e-12 of Q's mean diagonal keeps the Newton systems
-regular when Q is singular. k = 1 is solved in closed form, x = max(0, −b/Q).
+regular when Q is singular. k = 1 is solved in closed form, x = max(0, −b/Q), and a B that
+is already positive semidefinite has X = 0 without a solver call (every eigenvalue below the
+edge and not rising past it).
 `solve_sdcp(..., solver="cvxpy")` hands the same program to cvxpy (Clarabel) instead, as a
 cross-check (the optional extra `flow`: pip install -e '.[flow]').
 """
@@ -82,6 +84,8 @@ def solve_sdcp(Q: np.ndarray, B: np.ndarray, *, tol: float = 1e-10,
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     Q, B = (Q + Q.T) / 2, (B + B.T) / 2
+    if np.linalg.eigvalsh(B)[0] >= 0:  # X = 0 solves it: Y = B ⪰ 0, ⟨X, Y⟩ = 0
+        return SdcpSolution(np.zeros((k, k)), B, 0.0, 0)
     b = svec(B)
     scale = float(np.trace(Q)) / m
     if scale <= 0:  # 𝒜 = 0: X = 0 unless B has a negative direction, then nothing holds

@@ -21,6 +21,7 @@ FLOW_STATE_FILE = "flow-state.pt"
 # `sharp train --log tensorboard`, Tracker(loggers=...): dashboards inside the run folder (an
 # offline W&B run goes into the run folder's wandb/, a name wandb chooses itself)
 TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files
+FLOW_SIGMA_FILE = "flow-sigma.csv"
 
 METRICS_COLUMNS = ("step", "epoch", "phase", "lr", "rho", "train_loss", "train_acc", "test_loss",
                    "test_acc", "grad_norm", "sharpness", "alignment", "gd_edge", "sam_edge",
@@ -43,6 +44,10 @@ FLOW_COLUMNS = ("step", "process", "train_loss", "predicted_loss", "sharpness", 
 # λ₁…λ_k of each flow at each step (k: 2 for the stable flow; for the central flow at least 2
 # and one more than the critical count).
 FLOW_EIGENVALUE_COLUMNS = ("step", "process", "index", "eigenvalue", "residual")
+# The covariance check: the central flow's Σ at each step, eigenvalue by eigenvalue (sigma2,
+# descending), and the run's squared displacement along its unit eigenvector from the run's
+# local average (w_t − (w_{t−1} + 2w_t + w_{t+1})/4)·v, where checkpoints t − 1, t, t + 1 exist.
+FLOW_SIGMA_COLUMNS = ("step", "index", "sigma2", "displacement2")
 
 # Every metrics column except `phase` holds numbers (or nothing).
 NUMERIC_METRICS = tuple(c for c in METRICS_COLUMNS if c != "phase")

@@ -5,6 +5,7 @@ API, and flow.png."""
 
 import signal
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -50,6 +51,11 @@ def test_rows_columns_and_the_edge(root):
     assert list(central.index[central["distance"].notna()]) == [0, 10, 20]
     assert central.loc[0, "distance"] == stable.loc[0, "distance"] == 0
     assert central.loc[STEPS, "substeps"] == 0 and central.loc[0, "substeps"] == 2
+    sigma = pd.read_csv(run / "flow-sigma.csv")  # Σ's eigenvalues where critical; no
+    assert list(sigma.columns) == ["step", "index", "sigma2", "displacement2"]  # dense checkpoints
+    assert sigma.groupby("step")["index"].max().to_dict() == {
+        t: c for t, c in held["critical"].items()} and sigma["displacement2"].isna().all()
+    assert np.allclose(sigma.groupby("step")["sigma2"].sum(), held["sigma_trace"], rtol=1e-6)
     eig = pd.read_csv(run / "flow_eigenvalues.csv")
     assert eig.groupby(["step", "process"])["index"].max().min() >= 2
 

@@ -26,6 +26,8 @@ import torch
 from tests import token_cases
 from tests.runners import sharp
 
+pytestmark = pytest.mark.slow  # every test here launches torchrun or reads a launch's files
+
 N = "1001"
 # float64: at the edge of stability an instability amplifies rounding a thousandfold or more.
 # In float32 the 2-process SAM run below leaves one process by 7e-8 at step 28, by 1e-4 from

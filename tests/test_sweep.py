@@ -103,6 +103,7 @@ def test_summarize_groups_the_seeds_of_each_learning_rate(swept, tmp_path):
     assert "0.1" in result.stdout and "0.2" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_task_stopped_by_sigterm_and_rerun_equals_an_uninterrupted_one(tmp_path):
     """Slurm's --signal=TERM@60, then the requeued task: exit 130 with a checkpoint, and the
     rerun resumes to the uninterrupted run's metrics.csv (but for the seconds column)."""
@@ -123,6 +124,7 @@ def test_a_task_stopped_by_sigterm_and_rerun_equals_an_uninterrupted_one(tmp_pat
     assert lines[0] == lines[1] and len(lines[0]) == 32  # the header and steps 0, 10, ..., 300
 
 
+@pytest.mark.slow
 def test_a_task_as_a_torchrun_job_equals_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     for root in (one, two):
@@ -136,6 +138,7 @@ def test_a_task_as_a_torchrun_job_equals_one_process(tmp_path):
     assert_same_rows(metrics(one, NAMES[3]), metrics(two, NAMES[3]))
 
 
+@pytest.mark.slow
 def test_all_in_processes_passes_sigterm_on_and_a_rerun_completes_the_sweep(tmp_path):
     """`--all --jobs 2`: both tasks run at once, each its own process; SIGTERM to the sweep
     reaches the running tasks, which checkpoint (exit 130); `--all` again completes both."""

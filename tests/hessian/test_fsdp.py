@@ -111,6 +111,7 @@ def exact():
     return exact_spectra()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
 def test_fsdp2_sharded_spectra_equal_one_unsharded_process(world, exact, tmp_path):
     """An MLP and a tiny GPT-2, sharded per layer or block then at the root, the data split

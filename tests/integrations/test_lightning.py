@@ -62,6 +62,7 @@ def test_the_trainers_tensorboard_logger_gets_every_row(one_process):
         assert_float32_board_holds(board, "sharpness/" + tag, runs, column)
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_log_what_one_does(one_process, tmp_path):
     """Lightning's DDP strategy, 2 CPU processes (gloo): each trains on half of each batch
     and measures half of the measurement set; rank 0's files equal the 1-process run's."""

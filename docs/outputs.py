@@ -144,6 +144,8 @@ BY_NAME = {o.name: o for o in OUTPUTS}
 def environment() -> dict:
     """`sharp` and `python examples/...` as from the clone, one thread unless told."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    # this interpreter's `sharp` and `python` first: a venv's, whether or not it is activated
+    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MPLBACKEND", "Agg")
     return env

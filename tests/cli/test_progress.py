@@ -98,15 +98,17 @@ def test_flow_in_a_log_file_shows_progress(root, tmp_path):
     file; the lines come every interval while it works, and one at the end."""
     root = root[0]
     log = tmp_path / "flow.log"
-    env = dict(subprocess_env(), SHARPCLI_PROGRESS_SECONDS="0.2")
+    # an interval far below the integration's length (the faster integrator does 6 steps in
+    # well under 0.2 s: the start-up is most of the second), so lines come while it works
+    env = dict(subprocess_env(), SHARPCLI_PROGRESS_SECONDS="0.01")
     with open(log, "w") as f:
         subprocess.run([sys.executable, "-m", "sharpcli", "flow", str(root / "reports" / "gd"),
-                        "--steps", "6", "--substeps", "1", "--out", str(tmp_path / "flow")],
+                        "--steps", "40", "--substeps", "2", "--out", str(tmp_path / "flow")],
                        stdout=f, stderr=subprocess.STDOUT, env=env, timeout=300, check=True)
     text = log.read_text()
     lines = progress_lines(text, "flow")
     assert len(lines) >= 2, text
-    assert lines[-1]["done"] == lines[-1]["total"] == "7" and "· done" in text
+    assert lines[-1]["done"] == lines[-1]["total"] == "41" and "· done" in text
     assert "\x1b[" not in text  # no terminal escapes in a log
 
 

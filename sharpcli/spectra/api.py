@@ -14,6 +14,7 @@ from torch import nn
 
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.errors import SharpError
+from sharpcli.hessian.api import HVP  # the public choices of products, one place
 from sharpcli.hessian.finite_difference import is_fsdp2
 from sharpcli.hessian.calls import Call
 from sharpcli.hessian.check import check_objective
@@ -24,7 +25,6 @@ from sharpcli.spectra.compute import compute_spectrum
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem
 
-HVPS = ("auto", "exact", "finite-difference")
 
 
 def _note_in_python(note: str) -> str:
@@ -184,8 +184,8 @@ def _spectrum(model, loss_fn, data, y, *, num_terms, total_terms, batch_loss, fo
     call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
     cfg = SpectrumConfig(**settings, preconditioned=preconditioned)
     cfg.validate()
-    if cfg.hvp not in HVPS:
-        raise SharpError(f"hvp must be one of {', '.join(HVPS)}, got {cfg.hvp!r}")
+    if cfg.hvp not in HVP:
+        raise SharpError(f"hvp must be one of {', '.join(HVP)}, got {cfg.hvp!r}")
     device = next(iter(model.parameters())).device
     # an FSDP2 model's processes each read their share of the data (finite_difference.py)
     split = Dist.current() if is_fsdp2(model) else SINGLE

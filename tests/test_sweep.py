@@ -216,3 +216,15 @@ def test_run_names_are_short_exact_and_folder_safe(tmp_path):
         f"g-{lr}-{n}-activation-a_b_c" for lr in ("lr1", "lr0.1234567", "lr1e-05")
         for n in ("nesterov", "no-nesterov")]
     assert lines[0].split("\t")[2] == "--lr 1.0 --nesterov --activation 'a b/c'"
+
+
+def test_a_run_stopped_by_its_stop_loss_has_ended(tmp_path):
+    """A task whose run met --stop-loss has ended, as one that reached its last step: a rerun
+    of the sweep leaves its files alone."""
+    grid = write_grid(tmp_path, extra="stop-loss = 100.0\n", grid="[grid]\nseed = [0]\n")
+    sharp("sweep", grid, "--task-id", "0").ok()
+    run = tmp_path / "reports" / "demo-seed0"
+    assert pd.read_csv(run / "metrics.csv")["step"].tolist() == [0]  # stopped at once
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert "nothing to do" in sharp("sweep", grid, "--task-id", "0").ok().stdout
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -210,6 +210,6 @@ def early_stop(config: TrainConfig, row: dict | None) -> str | None:
         return None
     if config.stop_loss is not None and row["train_loss"] <= config.stop_loss:
         return f"train loss {row['train_loss']:.4g} ≤ --stop-loss {config.stop_loss:g}"
-    if config.stop_acc is not None and row["train_acc"] >= config.stop_acc:
+    if config.stop_acc is not None and (row.get("train_acc") or 0.0) >= config.stop_acc:
         return f"train accuracy {row['train_acc']:.4g} ≥ --stop-acc {config.stop_acc:g}"
     return None

@@ -238,27 +238,41 @@ def task_from_environment(task_id: int | None, environ: dict) -> int:
 def finished(config: TrainConfig) -> bool:
     """Whether the run of `config` has ended: its config.json was written for the same length
     (--steps, --epochs: a lengthened sweep continues its runs) and metrics.csv's last row is
-    at its final step."""
+    at its final step, or met the run's --stop-loss / --stop-acc (a run that stopped early
+    has ended too: resuming it would only stop again)."""
+    from sharpcli.training.loop import early_stop
+
     run_dir = Path(config.reports_dir) / config.run_name
     if not is_run_dir(run_dir):
         return False
     record = read_config(run_dir)
     if (record.get("steps"), record.get("epochs")) != (config.steps, config.epochs):
         return False
-    return _last_step(run_dir / "metrics.csv") == record.get("total_steps")
+    row = _last_row(run_dir / "metrics.csv")
+    if row is None or row.get("step") is None:
+        return False
+    return row["step"] == record.get("total_steps") or early_stop(config, row) is not None
 
 
-def _last_step(path: Path) -> int | None:
+def _last_row(path: Path) -> dict | None:
+    """metrics.csv's last row, its numbers as floats (step an int); None without one."""
     import csv
 
     if not path.is_file():
         return None
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("step")]
-    try:
-        return int(float(rows[-1]["step"])) if rows else None
-    except ValueError:
+    if not rows:
         return None
+    return {key: _number(value) for key, value in rows[-1].items()}
+
+
+def _number(text: str | None):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return int(value) if value.is_integer() else value
 
 
 @dataclass

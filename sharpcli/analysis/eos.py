@@ -238,7 +238,7 @@ def eos_run(run: str | Path, band: float = DEFAULT_BAND, threshold: float = DEFA
             metrics: pd.DataFrame | None = None,
             measure: Measure | str = Measure.auto) -> EosResult:
     """The eos table and verdict of one run: from its metrics.csv, or from `metrics` when
-    given (the table sharpcli.spectra.measure makes from its checkpoints)."""
+    given (the table sharpcli.training.revisit makes from its checkpoints)."""
     check_band(band, threshold)
     run_dir = resolve_run_dir(run)
     config = read_config(run_dir)

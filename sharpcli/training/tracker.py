@@ -397,8 +397,8 @@ class Tracker:
         self._log_scalars(row)
         raise DivergedError(f"training diverged at step {info.step} (loss {loss}, "
                             f"‖g‖ {float(info.grad_norm)}); last good checkpoint: "
-                            f"{saved[-1] if saved else 'none'}; try a smaller --lr than "
-                            f"{info.lr:g}")
+                            f"{saved[-1] if saved else 'none'}; try a smaller {{lr}} than "
+                            f"{info.lr:g}", param="lr")
 
     # ---------------------------------------------------------------- the row
 

@@ -131,11 +131,11 @@ def test_digits():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(train_size=4001), r"--train-size 4001: mnist1d has 4000 training examples; .* 1 to 4000"),
-    (dict(train_size=0), "--train-size 0"),
-    (dict(train_size=-5), "--train-size -5"),
-    (dict(test_size=1001), r"--test-size 1001: mnist1d has 1000 test examples"),
-    (dict(train_size="10"), "--train-size '10'"),
+    (dict(train_size=4001), r"^train_size 4001: mnist1d has 4000 training examples; .* 1 to 4000"),
+    (dict(train_size=0), "^train_size 0"),
+    (dict(train_size=-5), "^train_size -5"),
+    (dict(test_size=1001), r"^test_size 1001: mnist1d has 1000 test examples"),
+    (dict(train_size="10"), "^train_size '10'"),
 ])
 def test_bad_sizes(kwargs, match):
     with pytest.raises(SharpError, match=match):

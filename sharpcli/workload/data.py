@@ -211,7 +211,7 @@ def _read_torchvision_set(name: str, root: Path, download: bool):
         missing = [f for f in train_files + test_files if not (folder / f).is_file()]
     if missing:
         raise SharpError(f"data set {name} not found in {folder} (missing {', '.join(missing)}); "
-                         f"put its files there, or pass --download to fetch it")
+                         "put its files there, or pass {download} to fetch it", param="download")
     try:
         if name in ("cifar10", "cifar100"):
             key = "labels" if name == "cifar10" else "fine_labels"
@@ -222,7 +222,7 @@ def _read_torchvision_set(name: str, root: Path, download: bool):
     except (OSError, EOFError, KeyError, ValueError, TypeError, RuntimeError,
             pickle.UnpicklingError) as err:
         raise SharpError(f"could not read data set {name} in {folder}: {err}; replace the "
-                         f"damaged files (delete them and pass --download)") from None
+                         "damaged files (delete them and pass {download})", param="download") from None
 
 
 def _fetch(name: str, root: Path) -> None:

@@ -82,3 +82,20 @@ def test_model_source_and_loggers_are_refused_by_their_python_names():
     assert info.value.param == "loggers" and str(info.value).startswith("loggers: unknown logger")
     assert_one_line_error(sharp("train", "--log", "tensorbored"), 2,
                           "--log: unknown logger 'tensorbored'")
+
+
+def test_devices_and_edge_bands_are_refused_by_their_python_names(tmp_path):
+    from tests.runners import train_args
+
+    from sharpcli.analysis.eos import check_band
+    from sharpcli.device import resolve_device
+
+    with pytest.raises(SharpError) as info:
+        resolve_device("tpu")
+    assert info.value.param == "device" and str(info.value).startswith("unknown device 'tpu'")
+    with pytest.raises(SharpError) as info:
+        check_band(1.5)
+    assert _both(info.value) == ("band must lie in (0, 1), got 1.5",
+                                 "--band must lie in (0, 1), got 1.5")
+    assert_one_line_error(sharp(*train_args(tmp_path, "d", "--device", "tpu")), 2,
+                          "unknown --device 'tpu'")

@@ -275,7 +275,7 @@ def test_missing_set_names_the_folder_and_download(tmp_path, monkeypatch, name, 
     msg = str(err.value)
     assert "\n" not in msg
     assert f"data set {name} not found in {(tmp_path / 'data' / folder).resolve()}" in msg
-    assert "--download" in msg
+    assert "pass download to fetch it" in msg and err.value.param == "download"  # the CLI: --download
 
 
 def test_download_fetches_missing_files_then_reads_them(tmp_path, monkeypatch):

@@ -57,7 +57,7 @@ def subjects(targets: list[Target], device, source: ModelSource | None = None, *
         return
     model = build_user_model(source.model_factory, source.model_kwargs)
     call = resolve_call(source.loss, source.batch_loss)
-    num_terms = import_object(source.num_terms, "--num-terms") if source.num_terms else None
+    num_terms = import_object(source.num_terms, "num_terms") if source.num_terms else None
     splits = _user_examples(source, model, device)
     for i, target in enumerate(targets):
         check_stop(should_stop, dist)

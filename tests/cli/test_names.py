@@ -99,3 +99,18 @@ def test_devices_and_edge_bands_are_refused_by_their_python_names(tmp_path):
                                  "--band must lie in (0, 1), got 1.5")
     assert_one_line_error(sharp(*train_args(tmp_path, "d", "--device", "tpu")), 2,
                           "unknown --device 'tpu'")
+
+
+def test_imported_objects_are_refused_by_the_argument_that_named_them():
+    from sharpcli.workload.imports import build_user_model, resolve_call
+
+    with pytest.raises(SharpError) as info:
+        build_user_model("no_colon_here")
+    assert info.value.param == "model_factory"
+    assert _both(info.value) == (
+        "model_factory 'no_colon_here': expected MODULE:CALLABLE, e.g. mymodels:make_net",
+        "--model-factory 'no_colon_here': expected MODULE:CALLABLE, e.g. mymodels:make_net")
+    with pytest.raises(SharpError) as info:
+        resolve_call("ce", "mymodule:loss")
+    assert _both(info.value) == ("loss ce and batch_loss: give one of them",
+                                 "--loss ce and --batch-loss: give one of them")

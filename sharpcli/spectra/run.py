@@ -118,8 +118,9 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     finally:
         logs.close()
     if skipped and not results:
-        raise SharpError(f"--preconditioned: {', '.join(map(str, skipped))} hold no optimizer "
-                         "state yet (saved before the first update): P exists from step 1 on")
+        raise SharpError(f"{{preconditioned}}: {', '.join(map(str, skipped))} hold no optimizer "
+                         "state yet (saved before the first update): P exists from step 1 on",
+                         param="preconditioned")
     return results
 
 
@@ -177,8 +178,9 @@ def subject_data(subject, cfg: SpectrumConfig, device, dist: Dist, source: Model
     chunk = cfg.batch_size or subject.chunk_size
     if isinstance(subject.splits, UserSource):
         if cfg.samples is not None or cfg.split is not Split.train:
-            raise SharpError("--samples and --split apply to in-memory examples; --data "
-                             f"{subject.splits.spec} is measured whole")
+            raise SharpError("{samples} and {split} apply to in-memory examples; {data} "
+                             f"{subject.splits.spec} is measured whole",
+                             param=("samples", "split", "data"))
         data = subject.splits.data
         if isinstance(data, TorchDataset) and not isinstance(data, (IterableDataset, DataLoader)):
             data = DataLoader(data, batch_size=cfg.batch_size or DEFAULT_STREAM_BATCH)
@@ -192,10 +194,11 @@ def _examples(splits, cfg: SpectrumConfig, path: Path) -> tuple[torch.Tensor, to
     """The first `cfg.samples` examples of the chosen split (all of them by default)."""
     x, y = (splits.x_train, splits.y_train) if cfg.split is Split.train else (splits.x_test, splits.y_test)
     if x is None:
-        raise SharpError(f"--split {cfg.split}: the data of {path} has no x_test and y_test")
+        raise SharpError(f"{{split={cfg.split}}}: the data of {path} has no x_test and y_test",
+                         param="split")
     if cfg.samples is not None:
         if cfg.samples > len(x):
-            raise SharpError(f"--samples {cfg.samples}: the {cfg.split} split of {path} has only "
-                             f"{len(x)} examples")
+            raise SharpError(f"{{samples}} {cfg.samples}: the {cfg.split} split of {path} has "
+                             f"only {len(x)} examples", param="samples")
         x, y = x[:cfg.samples], y[:cfg.samples]
     return x, y

@@ -80,12 +80,14 @@ def _saved_preconditioner(weights, model: nn.Module, target: Target):
     """diag(P) from the optimizer state a checkpoint of an adaptive loop saved."""
     def diagonal():
         if not weights.optimizer:
-            raise SharpError(f"{target.checkpoint}: --preconditioned needs an optimizer state; "
-                             "give a checkpoint saved by sharp train or sharpcli.Tracker")
+            raise SharpError(f"{target.checkpoint}: {{preconditioned}} needs an optimizer state; "
+                             "give a checkpoint saved by sharp train or sharpcli.Tracker",
+                             param="preconditioned")
         try:
             return preconditioner_from_state(weights.optimizer, trainable_params(model))
         except ValueError as err:
-            raise SharpError(f"{target.checkpoint}: --preconditioned: {err}") from None
+            raise SharpError(f"{target.checkpoint}: {{preconditioned}}: {err}",
+                             param="preconditioned") from None
     return diagonal
 
 

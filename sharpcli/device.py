@@ -20,14 +20,19 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise SharpError(f"unknown --device {name!r}; expected {DEVICE_CHOICES}") from None
+        raise SharpError(f"unknown {{device}} {name!r}; expected {DEVICE_CHOICES}",
+                         param="device") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SharpError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+            raise SharpError(f"{{device={name}}}: CUDA is not available on this machine; use "
+                             "{device=cpu}", param="device")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SharpError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise SharpError(f"{{device={name}}}: only {torch.cuda.device_count()} CUDA device(s)",
+                             param="device")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise SharpError("--device mps: MPS is not available on this machine; use --device cpu")
+        raise SharpError("{device=mps}: MPS is not available on this machine; use {device=cpu}",
+                         param="device")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise SharpError(f"unsupported --device {name!r}; expected {DEVICE_CHOICES}")
+        raise SharpError(f"unsupported {{device}} {name!r}; expected {DEVICE_CHOICES}",
+                         param="device")
     return device

@@ -115,12 +115,13 @@ def process_group(device: str, timeout: float = DEFAULT_DIST_TIMEOUT) -> Iterato
         yield Dist.current()
         return
     if not timeout > 0:
-        raise SharpError(f"--dist-timeout must be positive, got {timeout}")
+        raise SharpError(f"{{dist_timeout}} must be positive, got {timeout}", param="dist_timeout")
     local_rank = env_local_rank()
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
         if not torch.cuda.is_available():
-            raise SharpError(f"--device {device}: CUDA is not available on this machine")
+            raise SharpError(f"{{device={device}}}: CUDA is not available on this machine",
+                             param="device")
         torch.cuda.set_device(local_rank)
     backend = "nccl" if cuda else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout),

@@ -101,8 +101,8 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:
-        raise SharpError(f"unknown --recipe {name!r}; expected one of {', '.join(RECIPES)} "
-                         "(sharp train --list-recipes shows them)") from None
+        raise SharpError(f"unknown {{recipe}} {name!r}; expected one of {', '.join(RECIPES)} "
+                         "(sharp train --list-recipes shows them)", param="recipe") from None
 
 
 def apply_recipe(name: str, explicit: dict) -> dict:

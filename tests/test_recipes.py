@@ -68,7 +68,7 @@ def test_an_explicit_optimizer_drops_what_it_never_reads():
 
 
 def test_unknown_recipe():
-    with pytest.raises(SharpError, match="unknown --recipe 'imagenet'.*eigensam-cifar100-resnet18"):
+    with pytest.raises(SharpError, match="^unknown recipe 'imagenet'.*eigensam-cifar100-resnet18"):
         get_recipe("imagenet")
 
 

@@ -58,9 +58,9 @@ EDGE_KINDS = ("GD", "SAM", "adaptive", "batch")
 
 def check_band(band: float, threshold: float = DEFAULT_THRESHOLD) -> None:
     if not 0 < band < 1:
-        raise SharpError(f"--band must lie in (0, 1), got {band}")
+        raise SharpError(f"{{band}} must lie in (0, 1), got {band}", param="band")
     if not 0 < threshold <= 1:
-        raise SharpError(f"--threshold must lie in (0, 1], got {threshold}")
+        raise SharpError(f"{{threshold}} must lie in (0, 1], got {threshold}", param="threshold")
 
 
 def run_phase_at(config: dict, step: int) -> str:
@@ -238,7 +238,7 @@ def eos_run(run: str | Path, band: float = DEFAULT_BAND, threshold: float = DEFA
             metrics: pd.DataFrame | None = None,
             measure: Measure | str = Measure.auto) -> EosResult:
     """The eos table and verdict of one run: from its metrics.csv, or from `metrics` when
-    given (the table sharpcli.spectra.measure makes from its checkpoints)."""
+    given (the table sharpcli.training.revisit makes from its checkpoints)."""
     check_band(band, threshold)
     run_dir = resolve_run_dir(run)
     config = read_config(run_dir)
@@ -301,7 +301,8 @@ def eos_runs(runs: list[str | Path], band: float = DEFAULT_BAND,
     several = len(results) > 1
     names = [r.run_dir.name for r in results]
     if out is not None and several and len(set(names)) < len(names):
-        raise SharpError(f"--out with several runs needs distinct run names, got {names}")
+        raise SharpError(f"{{out}} with several runs needs distinct run names, got {names}",
+                         param="out")
     written = [write_eos_csv(r.table, eos_csv_path(r.run_dir, out, several)) if write else None
                for r in results]
     return EosReport(results, written)

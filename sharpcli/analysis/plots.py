@@ -50,7 +50,7 @@ def plot_runs(runs: Sequence[str | Path], out_dir: str | Path | None = None, *,
     """Draw every figure the runs have data for (or those named in `only`); see the module
     docstring for where they go. `log_scale` puts the sharpness and loss axes on a log scale."""
     if not dpi > 0:
-        raise SharpError(f"--dpi must be positive, got {dpi}")
+        raise SharpError(f"{{dpi}} must be positive, got {dpi}", param="dpi")
     unknown = sorted(set(only or ()) - set(FIGURES))
     if unknown:
         raise SharpError(f"unknown figure {unknown[0]!r}; expected one of {', '.join(FIGURES)}")

@@ -147,7 +147,7 @@ def _measure(run, measure_kwargs, dist, quiet: bool):
     over the run's checkpoints (rank 0, unless quiet)."""
     from sharpcli.cli.progress import progress_bar
     from sharpcli.formats.runs import checkpoint_files, resolve_run_dir
-    from sharpcli.spectra.measure import measure_checkpoints
+    from sharpcli.training.revisit import measure_checkpoints
 
     run_dir = resolve_run_dir(run)
     total = len(checkpoint_files(run_dir))

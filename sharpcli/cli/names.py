@@ -8,6 +8,8 @@ unless this table says otherwise.
 
 from __future__ import annotations
 
+import re
+
 from sharpcli.errors import SharpError
 
 # Python name (or a setting, name=value) → flag, where the flag is not `--` + the name
@@ -19,6 +21,10 @@ FLAGS = {
     "check_deterministic=False": "--no-check-deterministic",
     "check_missed=False": "--no-check-missed",
 }
+
+# The arguments a solver's note can name (sharpcli.eigs's and sharpcli.density's notes on
+# what a memory budget cost, or on max_iter running out): spectrum.csv says their flags.
+NOTE_ARGUMENTS = ("max_memory", "max_iter")
 
 
 def flag(param: str) -> str:
@@ -33,3 +39,10 @@ def flag(param: str) -> str:
 def cli_message(err: SharpError) -> str:
     """The error's line as the command line says it: its argument named by its flag."""
     return err.naming(flag)
+
+
+def note_in_flags(note: str) -> str:
+    """A solver's note (spectrum.csv, the printed notes) as the command line says it: the
+    arguments it names called by their flags."""
+    names = "|".join(NOTE_ARGUMENTS)
+    return re.sub(rf"\b({names})\b", lambda m: flag(m.group(1)), note)

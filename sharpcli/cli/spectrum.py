@@ -227,6 +227,7 @@ def spectrum_command(
 
 def _run(targets, cfg: SpectrumConfig, out, density_out, quiet: bool, dist, source):
     """run_spectrum with a progress bar over the checkpoints, and Ctrl-C as a stop."""
+    from sharpcli.cli.names import note_in_flags
     from sharpcli.interrupt import stop_on_signals
     from sharpcli.spectra.run import run_spectrum
 
@@ -245,7 +246,8 @@ def _run(targets, cfg: SpectrumConfig, out, density_out, quiet: bool, dist, sour
 
         return run_spectrum(targets, cfg, out=out, density_out=density_out,
                             should_stop=lambda: stop.requested, on_start=on_start,
-                            on_done=on_done, on_skip=on_skip, dist=dist, source=source)
+                            on_done=on_done, on_skip=on_skip, dist=dist, source=source,
+                            note_words=note_in_flags)
 
 
 def print_table(results, cfg: SpectrumConfig) -> None:

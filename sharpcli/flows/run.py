@@ -133,7 +133,8 @@ def start_step(start: int | None, rule: Rule | None, checkpoints: dict[int, Path
         later = sorted(t for t in checkpoints if t > 0)
         if rule is not None and not later:
             raise SharpError(f"{run_dir}: no checkpoint after step 0 to start RMSProp's flows from "
-                             "(train with --checkpoint-every, or pass --start 0)")
+                             "(train with checkpoints after step 0, or pass {start=0})",
+                             param="start")
         start = 0 if rule is None else later[0]
     if start not in checkpoints:
         raise SharpError(f"{run_dir}: no checkpoint of step {start} (step-{start:08d}.pt): the "
@@ -187,13 +188,15 @@ def run_flow(run, cfg: FlowConfig, *, source: ModelSource | None = None,
     write = write and dist.is_main
     start = flow.start
     if steps < start:
-        raise SharpError(f"--steps {steps} is before the flows' start, step {start}")
+        raise SharpError(f"{{steps}} {steps} is before the flows' start, step {start}",
+                         param="steps")
     central, stable = (FlowState(flow.objective.weights(), nu=first_nu(flow, settings))
                        for _ in range(2))
     if cfg.resume and (folder / FLOW_STATE_FILE).is_file() and (folder / FLOW_FILE).is_file():
         start, central, stable = load_state(folder / FLOW_STATE_FILE, cfg, flow.objective.weights())
         if start > steps:
-            raise SharpError(f"{folder / FLOW_STATE_FILE} is at step {start}, past --steps {steps}")
+            raise SharpError(f"{folder / FLOW_STATE_FILE} is at step {start}, past {{steps}} {steps}",
+                             param="steps")
     logs = [CsvLog(folder / FLOW_FILE, FLOW_COLUMNS),
             CsvLog(folder / FLOW_EIGENVALUES_FILE, FLOW_EIGENVALUE_COLUMNS),
             CsvLog(folder / FLOW_SIGMA_FILE, FLOW_SIGMA_COLUMNS)]
@@ -224,7 +227,7 @@ def run_flow(run, cfg: FlowConfig, *, source: ModelSource | None = None,
         if write:
             save_state(folder / FLOW_STATE_FILE, t, cfg, central, stable)
         raise Interrupted(f"interrupted at step {t} of {steps}; the rows before it are in "
-                          f"{folder / FLOW_FILE}: sharp flow --resume continues") from None
+                          f"{folder / FLOW_FILE}: {{resume}} continues", param="resume") from None
     finally:
         for log in logs:
             log.close()
@@ -300,13 +303,14 @@ def load_state(path: Path, cfg: FlowConfig, like: torch.Tensor) -> tuple[int, Fl
         changed = sorted(k for k, v in cfg.state_settings().items()
                          if payload.get("settings", {}).get(k) != v)
         raise SharpError(f"{path} was saved with other settings ({', '.join(changed)}): resume with "
-                         "the same flags, or start afresh without --resume")
+                         "the same settings, or start afresh without {resume}", param="resume")
 
     def unpack(s: dict) -> FlowState:
         weights, vectors = s["weights"], s["vectors"]
         if weights.shape != like.shape:
             raise SharpError(f"{path} holds {weights.numel()} weights, the model {like.numel()}: "
-                             "a state of another model; start afresh without --resume")
+                             "a state of another model; start afresh without {resume}",
+                             param="resume")
         nu = s.get("nu")
         return FlowState(weights.to(like), None if vectors is None else vectors.to(like),
                          float(s["seconds"]), None if nu is None else nu.to(like.device))

@@ -91,11 +91,11 @@ def shard_by_class(model: nn.Module, classes: str, dist_: Dist) -> nn.Module:
     names = {c.strip() for c in classes.split(",") if c.strip()}
     found = {type(m).__name__ for m in model.modules()}
     if names - found:
-        raise SharpError(f"--fsdp {classes}: no module of class {sorted(names - found)[0]} in "
-                         f"the model (its classes: {', '.join(sorted(found)[:12])})")
+        raise SharpError(f"{{fsdp}} {classes}: no module of class {sorted(names - found)[0]} in "
+                         f"the model (its classes: {', '.join(sorted(found)[:12])})", param="fsdp")
     if not dist_.enabled:
-        raise SharpError("--fsdp shards the model over torchrun's processes: run under "
-                         "torchrun --nproc-per-node N (N ≥ 2)")
+        raise SharpError("{fsdp} shards the model over torchrun's processes: run under "
+                         "torchrun --nproc-per-node N (N ≥ 2)", param="fsdp")
     for module in list(model.modules())[1:]:
         if type(module).__name__ in names:
             fully_shard(module)

@@ -45,9 +45,11 @@ def get_loss(name: str, label_smoothing: float = 0.0) -> LossFn:
     if not label_smoothing:
         return loss
     if loss is not ce_loss:
-        raise SharpError(f"--label-smoothing {label_smoothing:g} applies to --loss ce, not {name}")
+        raise SharpError(f"{{label_smoothing}} {label_smoothing:g} applies to {{loss=ce}}, not "
+                         f"{name}", param=("label_smoothing", "loss"))
     if not 0 < label_smoothing < 1:
-        raise SharpError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+        raise SharpError(f"{{label_smoothing}} must be in [0, 1), got {label_smoothing}",
+                         param="label_smoothing")
     return functools.partial(ce_loss, label_smoothing=float(label_smoothing))
 
 

@@ -34,7 +34,7 @@ from sharpcli.linalg.budget import MemoryBudget, cannot_hold
 from sharpcli.linalg.projection import float64_sums, project_out
 from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply_block, check_count,
-                                     check_criterion, check_k, converged_pairs, make_generator,
+                                     check_eigensolver, converged_pairs, make_generator,
                                      random_vector, start_block, start_columns)
 
 # A singular value below this many ε·‖A‖ means the block's direction is (numerically) in
@@ -195,15 +195,8 @@ def block_lanczos(op, k: int = 1, *, block_size: int | None = None, tol: float =
     all of that (`unbudgeted_vectors`) changes nothing; a smaller one runs thick-restart
     block Lanczos in a basis that fits (restart.restarted_lanczos, blocks of the same b).
     """
-    check_k(op, k)
-    check_count(max_iter, "max_iter")
-    if not tol >= 0:
-        raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
-    check_criterion(criterion)
+    check_eigensolver(op, k, max_iter, tol, criterion, "block Lanczos")
     b = block_width(op, k, block_size, v0)
-    if max_iter < k:
-        raise LinalgInputError(f"max_iter={max_iter} is below k={k}: block Lanczos needs at "
-                               "least k products for k eigenpairs")
     steps = _blocks(k, b, max_iter)
     budget = MemoryBudget.of(max_memory)
     if restarts(op, k, b, max_iter, budget):

@@ -22,8 +22,8 @@ from sharpcli.linalg.projection import float64_sums, inner, project_out, project
 from sharpcli.linalg.restart import restarted_lanczos
 from sharpcli.linalg.shard import dimension
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
-                                     check_count, check_criterion, check_k, converged_pairs,
-                                     make_generator, random_vector, start_vector)
+                                     check_eigensolver, converged_pairs, make_generator,
+                                     random_vector, start_vector)
 
 # β below this many ε·‖A‖ means the Krylov space is (numerically) invariant.
 _BREAKDOWN = 100.0
@@ -64,12 +64,13 @@ class LanczosProcess:
         # one host sync per step for α, ‖Av‖ and β: negligible next to a Hessian-vector product
         wide = self.space is not None
         alpha = self.space.inner(v[:, None], w)[0] if wide else torch.dot(v, w)
-        self.anorm = max(self.anorm, float(w.norm()))
+        self.anorm = max(self.anorm, float(torch.linalg.vector_norm(w)))
         w = w - alpha.to(w.dtype) * v
         if j > 0:
             w = w - self.betas[-1] * self.basis[j - 1]
         w = project_out(w, self.basis[:j + 1], self.space)
-        beta = float(self.space.inner(w[:, None], w)[0]) ** 0.5 if wide else float(w.norm())
+        beta = (float(self.space.inner(w[:, None], w)[0]) ** 0.5 if wide
+                else float(torch.linalg.vector_norm(w)))
         if self._record(float(alpha), beta):
             self.basis[j + 1] = w / beta
 
@@ -98,21 +99,27 @@ class LanczosProcess:
         self.broke_down = False
 
     def eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eigenvalues (ascending) and eigenvectors of T_m, float64 CPU. LAPACK's tridiagonal
-        solver (MRRR) is O(m²) and single-threaded, so calling it every step stays cheap."""
-        if self.m == 1:
-            return torch.tensor(self.alphas, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
-        theta, s = scipy.linalg.eigh_tridiagonal(np.array(self.alphas), np.array(self.betas[:-1]),
-                                                 lapack_driver="stemr")
+        """Eigenvalues (ascending) and eigenvectors of T_m, float64 CPU."""
+        theta, s = self._eigh()
         return torch.from_numpy(theta), torch.from_numpy(s)
+
+    def _eigh(self) -> tuple[np.ndarray, np.ndarray]:
+        """`eigh` in numpy. LAPACK's tridiagonal solver (MRRR) is O(m²) and single-threaded,
+        so calling it every step stays cheap."""
+        if self.m == 1:
+            return np.array(self.alphas, dtype=np.float64), np.ones((1, 1))
+        return scipy.linalg.eigh_tridiagonal(np.array(self.alphas), np.array(self.betas[:-1]),
+                                             lapack_driver="stemr")
 
     def ritz(self, k: int):
         """All Ritz values (descending), the top-k coordinate vectors s (m, k) and all the
-        residual norms |β_m s_{m,i}|, float64 CPU."""
-        theta, s = self.eigh()
-        theta, s = theta.flip(0), s.flip(1)
-        residuals = abs(self.betas[-1]) * s[-1].abs()
-        return theta, s[:, :k], residuals
+        residual norms |β_m s_{m,i}|, float64 CPU. Reordered in numpy, where reversing is a
+        view: this runs at every step, and torch's flips of tiny tensors cost more than the
+        tridiagonal solve."""
+        theta, s = self._eigh()
+        theta, s = theta[::-1].copy(), s[:, ::-1]
+        residuals = abs(self.betas[-1]) * np.abs(s[-1])
+        return torch.from_numpy(theta), torch.from_numpy(s[:, :k].copy()), torch.from_numpy(residuals)
 
 
 class WindowedLanczosProcess(LanczosProcess):
@@ -221,14 +228,7 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
     `max_memory` (bytes, "1.5GB", a MemoryBudget) bounds it: a budget that holds it changes
     nothing; a smaller one runs restart.restarted_lanczos (more products, same certificate).
     """
-    check_k(op, k)
-    check_count(max_iter, "max_iter")
-    if max_iter < k:
-        raise LinalgInputError(f"max_iter={max_iter} is below k={k}: Lanczos needs at least "
-                               "k iterations for k eigenpairs")
-    if not tol >= 0:
-        raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
-    check_criterion(criterion)
+    check_eigensolver(op, k, max_iter, tol, criterion, "Lanczos")
     steps = min(max_iter, dimension(op))  # the space's, not this process's part (FSDP2)
     budget = MemoryBudget.of(max_memory)
     if restarts(op, k, max_iter, budget):
@@ -246,14 +246,14 @@ def lanczos(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v0=None,
             converged, previous = converged_pairs(
                 theta.numpy(), res.numpy(), k, criterion=criterion, tol=tol, previous=previous,
                 tmax=max(map(abs, proc.alphas)) + max(proc.betas), eps=proc.eps)
-            converged = torch.from_numpy(converged)
             theta, res = theta[:k], res[:k]
-            if bool(converged.all()) or done:
+            if converged.all() or done:
                 break
         if done:
             break
         if proc.broke_down:
             proc.restart(gen)
+    converged = torch.from_numpy(converged)
     y = s.to(dtype=op.dtype, device=op.device)
     vectors = proc.basis[: proc.m].T @ y
     vectors = vectors / vectors.norm(dim=0, keepdim=True)

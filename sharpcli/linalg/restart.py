@@ -36,7 +36,7 @@ from sharpcli.linalg.basis import Basis, orthonormalize_
 from sharpcli.linalg.budget import MemoryBudget, vector_bytes
 from sharpcli.linalg.projection import inner, project_out_
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
-                                     check_count, check_criterion, check_k, converged_pairs,
+                                     check_count, check_eigensolver, converged_pairs,
                                      make_generator, start_columns)
 from sharpcli.linalg.shard import Sharded, dimension, draw, sharded, space_of, start
 
@@ -218,15 +218,8 @@ def restarted_lanczos(op, k: int = 1, *, max_memory, block_size: int = 1, tol: f
     sharded basis (shard.py): each process keeps 1/W of every vector's coordinates, so the
     budget, per process, holds W times the vectors; the eigenvectors returned are whole.
     """
-    check_k(op, k)
-    check_count(max_iter, "max_iter")
+    check_eigensolver(op, k, max_iter, tol, criterion, "Lanczos")
     check_count(block_size, "block_size")
-    if not tol >= 0:
-        raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
-    check_criterion(criterion)
-    if max_iter < k:
-        raise LinalgInputError(f"max_iter={max_iter} is below k={k}: Lanczos needs at least "
-                               "k products for k eigenpairs")
     budget = MemoryBudget.of(max_memory)
     b = min(max(block_size, start_columns(v0)), op.size)
     op = sharded(op)

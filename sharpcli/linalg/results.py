@@ -135,6 +135,20 @@ def check_criterion(criterion: str) -> None:
         raise LinalgInputError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
 
 
+def check_eigensolver(op, k: int, max_iter: int, tol: float, criterion: str, method: str) -> None:
+    """The arguments the Lanczos eigensolvers (single-vector, block, restarted) share,
+    checked alike: 1 ≤ k ≤ size, max_iter a positive whole number of at least k products
+    (k pairs need k directions), tol ≥ 0 and a known criterion."""
+    check_k(op, k)
+    check_count(max_iter, "max_iter")
+    if max_iter < k:
+        raise LinalgInputError(f"{{max_iter}}={max_iter} is below {{k}}={k}: {method} needs at "
+                               "least k products for k eigenpairs", param=("max_iter", "k"))
+    if not tol >= 0:
+        raise LinalgInputError(f"{{tol}} must be non-negative, got {tol!r}", param="tol")
+    check_criterion(criterion)
+
+
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
     """A private generator on the operator's device: probes are drawn where they are used,
     and the global RNG is never touched."""

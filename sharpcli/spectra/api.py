@@ -6,7 +6,6 @@ arguments (SharpError.param), which the CLI calls by its flags.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 import torch
@@ -25,12 +24,6 @@ from sharpcli.spectra.compute import compute_spectrum
 from sharpcli.spectra.config import SpectrumConfig
 from sharpcli.spectra.problem import Problem
 
-
-
-def _note_in_python(note: str) -> str:
-    """A row's note as the Python API says it: compute_spectrum writes spectrum.csv's notes
-    with the command's flags (`--max-memory`, `--max-iter`), the only flags a note names."""
-    return re.sub(r"--(max-memory|max-iter)\b", lambda m: m.group(1).replace("-", "_"), note)
 
 
 def spectrum(model: nn.Module, loss_fn: Callable | str | None, data: Any, y: torch.Tensor | None = None,
@@ -194,11 +187,8 @@ def _spectrum(model, loss_fn, data, y, *, num_terms, total_terms, batch_loss, fo
     check_objective(model, call, source)
     problem = Problem(model, call, source, preconditioner=_preconditioner(model, optimizer,
                                                                           preconditioned))
-    rows = [row.as_dict() for solve in compute_spectrum(problem, cfg)
+    return [row.as_dict() for solve in compute_spectrum(problem, cfg)
             for row in solve.rows(problem.checkpoint, problem.step)]
-    for row in rows:  # the notes name the command's flags: here, the arguments
-        row["note"] = _note_in_python(row["note"])
-    return rows
 
 
 def _preconditioner(model: nn.Module, optimizer, preconditioned: bool) -> torch.Tensor | None:

@@ -11,7 +11,6 @@ its Hessian-vector products.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Iterator
 
@@ -107,7 +106,7 @@ def _timed(name: str, quantity: str, solve, problem: Problem, cfg: SpectrumConfi
             op = Restricted(op, block.coords)
         op = Stoppable(op, problem.should_stop, problem.dist)
         result, note = solve(op)
-    notes = [hessian.note, note, _flags(getattr(result, "note", ""))]
+    notes = [hessian.note, note, getattr(result, "note", "")]
     return Solve(name, quantity, result, result.n_matvec, time.perf_counter() - start, op.size,
                  note="; ".join(filter(None, notes)) or None)
 
@@ -159,12 +158,6 @@ def _eigenvalues(op, cfg: SpectrumConfig, v0: torch.Tensor | None, budget: Memor
                   check_missed=cfg.check_missed if cfg.eigen_method is Method.lanczos else None,
                   block_size=cfg.block_size, max_memory=budget, seed=cfg.seed, v0=v0)
     return result, None
-
-
-def _flags(note: str) -> str:
-    """A solver's note in the command's words: its arguments become their flags."""
-    return re.sub(r"\b(max_memory|max_iter)\b", lambda m: "--" + m.group(1).replace("_", "-"),
-                  note)
 
 
 def _warm_start(vectors: torch.Tensor | None, op) -> torch.Tensor | None:

@@ -188,31 +188,32 @@ class ModelSource:
         return self.model_factory is not None
 
     def validate(self, n_targets: int) -> None:
+        """Errors name the fields (SharpError.param); `sharp spectrum` says their flags."""
         if not self.custom:
-            given = [f for f, v in [("--model-kwargs", self.model_kwargs), ("--weights", self.weights),
-                                    ("--data", self.data), ("--dataset", self.dataset),
-                                    ("--train-size", self.train_size),
-                                    ("--test-size", self.test_size),
-                                    ("--batch-loss", self.batch_loss),
-                                    ("--num-terms", self.num_terms),
-                                    ("--fsdp", self.fsdp)] if v is not None]
+            given = [f for f in ("model_kwargs", "weights", "data", "dataset", "train_size",
+                                 "test_size", "batch_loss", "num_terms", "fsdp")
+                     if getattr(self, f) is not None]
             if self.loss != "mse":
-                given.append("--loss")
+                given.append("loss")
             if not self.check_deterministic:
-                given.append("--no-check-deterministic")
+                given.append("check_deterministic=False")
             if given:
-                raise SharpError(f"{', '.join(given)} apply with --model-factory; a sharpcli "
-                                 "checkpoint's own config names its model, data and loss")
+                names = [g.partition("=")[0] for g in given]
+                raise SharpError(f"{', '.join('{' + g + '}' for g in given)} apply with "
+                                 "{model_factory}; a sharpcli checkpoint's own config names its "
+                                 "model, data and loss", param=(*names, "model_factory"))
             return
         if self.fsdp is not None and not [c for c in self.fsdp.split(",") if c.strip()]:
-            raise SharpError("--fsdp needs module class names, such as GPT2Block or Block,Linear")
+            raise SharpError("{fsdp} needs module class names, such as GPT2Block or Block,Linear",
+                             param="fsdp")
         if (self.data is None) == (self.dataset is None):
-            raise SharpError("--model-factory needs the examples: give --data FILE or --dataset NAME "
-                             "(one of them)")
+            raise SharpError("{model_factory} needs the examples: give {data} FILE or {dataset} "
+                             "NAME (one of them)", param=("data", "dataset", "model_factory"))
         if self.data is not None and (self.train_size or self.test_size):
-            raise SharpError("--train-size and --test-size apply to --dataset, not --data")
+            raise SharpError("{train_size} and {test_size} apply to {dataset}, not {data}",
+                             param=("train_size", "test_size", "dataset", "data"))
         if self.weights is None and n_targets == 0:
-            raise SharpError("--model-factory needs weights: give --weights FILE or checkpoint "
-                             "files / run folders as arguments")
-        for flag, value in [("--train-size", self.train_size), ("--test-size", self.test_size)]:
-            check_positive(value, flag, optional=True, integer=True)
+            raise SharpError("{model_factory} needs weights: give {weights} FILE or checkpoint "
+                             "files / run folders as arguments", param=("weights", "model_factory"))
+        for name in ("train_size", "test_size"):
+            check_positive(getattr(self, name), name, optional=True, integer=True)

@@ -52,7 +52,7 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                  on_done: Callable[[int, int, CheckpointSpectrum], None] | None = None,
                  on_skip: Callable[[Path, str], None] | None = None,
                  dist: Dist = SINGLE, source: ModelSource | None = None,
-                 ) -> list[CheckpointSpectrum]:
+                 note_words: Callable[[str], str] | None = None) -> list[CheckpointSpectrum]:
     """Measure every checkpoint the arguments name and write spectrum.csv (and density.csv)
     row by row: by default into each run's report folder, with `out` all into one file.
     Each file is rewritten by the call that first writes to it. With `cfg.warm_start` the
@@ -64,7 +64,9 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
 
     `cfg.preconditioned`: the spectrum of P^{-1/2} H P^{-1/2} with P from each checkpoint's
     optimizer state, into spectrum-preconditioned.csv (density-preconditioned.csv); a
-    checkpoint saved before the first update has no P and is skipped (`on_skip(path, why)`)."""
+    checkpoint saved before the first update has no P and is skipped (`on_skip(path, why)`).
+    The solves' notes name the arguments they are about by their Python names;
+    `note_words(note)` rewords each one before it is written (`sharp spectrum`: its flags)."""
     cfg.validate()
     source = source or ModelSource()
     targets = expand_targets(args)
@@ -103,7 +105,8 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
                               should_stop=should_stop, dist=dist, preconditioner=p)
             # checkpoints of one run, in step order: each starts from the one before
             previous = warm.setdefault((run, id(subject.splits)), {}) if cfg.warm_start else None
-            solves = _measure(problem, cfg, previous, later[run] > 0, logs, csv_path, dens_path)
+            solves = _measure(problem, cfg, previous, later[run] > 0, logs, csv_path, dens_path,
+                              note_words)
             results.append(CheckpointSpectrum(subject.target.checkpoint, subject.step, solves,
                                               csv_path, dens_path, data.total,
                                               num_params(trainable_params(subject.model))))
@@ -115,8 +118,9 @@ def run_spectrum(args, cfg: SpectrumConfig, *, out: Path | None = None,
     finally:
         logs.close()
     if skipped and not results:
-        raise SharpError(f"--preconditioned: {', '.join(map(str, skipped))} hold no optimizer "
-                         "state yet (saved before the first update): P exists from step 1 on")
+        raise SharpError(f"{{preconditioned}}: {', '.join(map(str, skipped))} hold no optimizer "
+                         "state yet (saved before the first update): P exists from step 1 on",
+                         param="preconditioned")
     return results
 
 
@@ -143,11 +147,14 @@ class _Logs:
 
 
 def _measure(problem: Problem, cfg: SpectrumConfig, previous: dict | None, keep_warm: bool,
-             logs: _Logs, csv_path: Path, dens_path: Path | None) -> list[Solve]:
+             logs: _Logs, csv_path: Path, dens_path: Path | None,
+             note_words: Callable[[str], str] | None) -> list[Solve]:
     """One checkpoint's solves, each written as it finishes; the eigenvectors are dropped
     once written (`previous` keeps the warm start's)."""
     solves = []
     for solve in compute_spectrum(problem, cfg, previous, keep_warm=keep_warm):
+        if solve.note and note_words is not None:
+            solve.note = note_words(solve.note)
         logs.write(csv_path, SPECTRUM_COLUMNS,
                    [r.as_dict() for r in solve.rows(problem.checkpoint, problem.step)])
         if solve.quantity == "density":
@@ -171,8 +178,9 @@ def subject_data(subject, cfg: SpectrumConfig, device, dist: Dist, source: Model
     chunk = cfg.batch_size or subject.chunk_size
     if isinstance(subject.splits, UserSource):
         if cfg.samples is not None or cfg.split is not Split.train:
-            raise SharpError("--samples and --split apply to in-memory examples; --data "
-                             f"{subject.splits.spec} is measured whole")
+            raise SharpError("{samples} and {split} apply to in-memory examples; {data} "
+                             f"{subject.splits.spec} is measured whole",
+                             param=("samples", "split", "data"))
         data = subject.splits.data
         if isinstance(data, TorchDataset) and not isinstance(data, (IterableDataset, DataLoader)):
             data = DataLoader(data, batch_size=cfg.batch_size or DEFAULT_STREAM_BATCH)
@@ -186,10 +194,11 @@ def _examples(splits, cfg: SpectrumConfig, path: Path) -> tuple[torch.Tensor, to
     """The first `cfg.samples` examples of the chosen split (all of them by default)."""
     x, y = (splits.x_train, splits.y_train) if cfg.split is Split.train else (splits.x_test, splits.y_test)
     if x is None:
-        raise SharpError(f"--split {cfg.split}: the data of {path} has no x_test and y_test")
+        raise SharpError(f"{{split={cfg.split}}}: the data of {path} has no x_test and y_test",
+                         param="split")
     if cfg.samples is not None:
         if cfg.samples > len(x):
-            raise SharpError(f"--samples {cfg.samples}: the {cfg.split} split of {path} has only "
-                             f"{len(x)} examples")
+            raise SharpError(f"{{samples}} {cfg.samples}: the {cfg.split} split of {path} has "
+                             f"only {len(x)} examples", param="samples")
         x, y = x[:cfg.samples], y[:cfg.samples]
     return x, y

@@ -57,7 +57,7 @@ def subjects(targets: list[Target], device, source: ModelSource | None = None, *
         return
     model = build_user_model(source.model_factory, source.model_kwargs)
     call = resolve_call(source.loss, source.batch_loss)
-    num_terms = import_object(source.num_terms, "--num-terms") if source.num_terms else None
+    num_terms = import_object(source.num_terms, "num_terms") if source.num_terms else None
     splits = _user_examples(source, model, device)
     for i, target in enumerate(targets):
         check_stop(should_stop, dist)
@@ -80,12 +80,14 @@ def _saved_preconditioner(weights, model: nn.Module, target: Target):
     """diag(P) from the optimizer state a checkpoint of an adaptive loop saved."""
     def diagonal():
         if not weights.optimizer:
-            raise SharpError(f"{target.checkpoint}: --preconditioned needs an optimizer state; "
-                             "give a checkpoint saved by sharp train or sharpcli.Tracker")
+            raise SharpError(f"{target.checkpoint}: {{preconditioned}} needs an optimizer state; "
+                             "give a checkpoint saved by sharp train or sharpcli.Tracker",
+                             param="preconditioned")
         try:
             return preconditioner_from_state(weights.optimizer, trainable_params(model))
         except ValueError as err:
-            raise SharpError(f"{target.checkpoint}: --preconditioned: {err}") from None
+            raise SharpError(f"{target.checkpoint}: {{preconditioned}}: {err}",
+                             param="preconditioned") from None
     return diagonal
 
 

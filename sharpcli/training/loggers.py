@@ -65,12 +65,14 @@ def parse_loggers(loggers, name: str = "loggers") -> list:
     for item in items:
         if isinstance(item, str):
             if item not in NAMES:
-                raise SharpError(f"{name}: unknown logger {item!r}; the loggers are "
-                                 f"{', '.join(NAMES)} (or objects with log_metrics(metrics, step))")
+                raise SharpError(f"{{{name}}}: unknown logger {item!r}; the loggers are "
+                                 f"{', '.join(NAMES)} (or objects with log_metrics(metrics, step))",
+                                 param=name)
             _require(item, name)
         elif not callable(getattr(item, "log_metrics", None)):
-            raise SharpError(f"{name}: {type(item).__name__} has no log_metrics(metrics, step); "
-                             f"give {' or '.join(map(repr, NAMES))} or a Lightning-style logger")
+            raise SharpError(f"{{{name}}}: {type(item).__name__} has no log_metrics(metrics, step); "
+                             f"give {' or '.join(map(repr, NAMES))} or a Lightning-style logger",
+                             param=name)
     return items
 
 
@@ -80,8 +82,8 @@ def _require(logger: str, name: str) -> None:
     try:
         __import__(logger)
     except ImportError:
-        raise SharpError(f"{name}: {logger} is not installed: "
-                         f"pip install 'sharpcli[{logger}]'") from None
+        raise SharpError(f"{{{name}}}: {logger} is not installed: "
+                         f"pip install 'sharpcli[{logger}]'", param=name) from None
 
 
 def open_loggers(items: list, run_dir: Path, *, resume_step: int | None, config: dict) -> list:

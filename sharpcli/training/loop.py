@@ -84,7 +84,7 @@ def train(config: TrainConfig, progress: ProgressFn | None = None,
                 dist.barrier()  # no process exits before rank 0 has saved
                 raise Interrupted(f"stopped by {stop.signal_name or 'a signal'} at step {step}; "
                                   f"saved {checkpoint_path(run.checkpoint_dir, step)}; "
-                                  "continue with --resume")
+                                  "continue with {resume}", param="resume")
 
             # checkpoint w_t before anything at step t touches the model
             tracker.checkpoint(step, epoch, {"eigen_vector": eigen.v}, final=final)
@@ -147,7 +147,7 @@ def tracker_for(run: RunSetup, resumed: Resumed | None) -> Tracker:
         top_vector=resumed.top_vector if resumed else None,
         elapsed=resumed.elapsed if resumed else 0.0, dist=run.dist,
         preconditioned_vector=resumed.preconditioned_vector if resumed else None,
-        loggers=parse_loggers(c.log, "--log"))
+        loggers=parse_loggers(c.log, "log"))
 
 
 def gradient_at(run: RunSetup, sampler: BatchSampler, step: int):

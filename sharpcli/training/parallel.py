@@ -29,8 +29,8 @@ def data_parallel(model: nn.Module, dist: Dist, sync_bn: bool = False) -> nn.Mod
     in DistributedDataParallel (SyncBatchNorm first with `sync_bn`, on CUDA only)."""
     if sync_bn:
         if dist.backend != "nccl":
-            raise SharpError("--sync-bn needs several CUDA processes (torchrun with nccl): "
-                             "SyncBatchNorm has no CPU implementation")
+            raise SharpError("{sync_bn} needs several CUDA processes (torchrun with nccl): "
+                             "SyncBatchNorm has no CPU implementation", param="sync_bn")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if not dist.enabled:
         return model
@@ -75,9 +75,9 @@ def batch_gradient(train_model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: 
     if not sync:
         module = train_model.module
         if len(xs) == 0:
-            raise SharpError(f"--sam-sync local needs every process to hold examples of each "
+            raise SharpError(f"{{sam_sync=local}} needs every process to hold examples of each "
                              f"batch; a batch of {len(x)} on {dist.world_size} processes leaves "
-                             "some with none")
+                             "some with none", param="sam_sync")
         return accumulate_gradient(module, loss_fn, xs, ys, chunk_size)
     return accumulate_gradient(train_model, loss_fn, xs, ys, chunk_size, total=len(x),
                                scale=dist.world_size, no_sync=train_model.no_sync)

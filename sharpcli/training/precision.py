@@ -36,14 +36,15 @@ def check_precision(precision, device: torch.device) -> None:
     """bf16 needs a device whose autocast supports it."""
     precision = Precision.parse(precision, "precision")
     if precision is Precision.fp64 and device.type == "mps":
-        raise SharpError("--precision fp64: MPS has no float64; use --precision fp32")
+        raise SharpError("{precision=fp64}: MPS has no float64; use {precision=fp32}",
+                         param="precision")
     if precision is not Precision.bf16:
         return
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise SharpError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16; "
-                         "use --precision fp32")
+        raise SharpError(f"{{precision=bf16}}: {torch.cuda.get_device_name(device)} has no "
+                         "bfloat16; use {precision=fp32}", param="precision")
     if device.type not in ("cuda", "cpu", "mps"):
-        raise SharpError(f"--precision bf16 is not supported on {device.type}")
+        raise SharpError(f"{{precision=bf16}} is not supported on {device.type}", param="precision")
 
 
 def training_autocast(precision, device: torch.device) -> ContextManager:

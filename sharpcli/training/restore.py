@@ -43,7 +43,8 @@ def restore(run: RunSetup) -> Resumed | None:
     if not existing:
         if (run.report_dir / METRICS_FILE).exists() and not run.config.resume:
             raise SharpError(f"run {run.config.run_name!r} already exists in {run.report_dir}; "
-                             f"use --resume to continue it or another --run-name")
+                             "use {resume} to continue it or another {run_name}",
+                             param=("resume", "run_name"))
         return None
     payload = read_checkpoint(existing[-1])
     _check_resumable(payload["config"], run.config, existing[-1])
@@ -59,8 +60,9 @@ def restore(run: RunSetup) -> Resumed | None:
 
 def _check_resumable(stored: dict, config: TrainConfig, where: Path) -> None:
     current = config.to_dict()
-    diffs = [f"--{k.replace('_', '-')} {current[k]!r} (run has {stored.get(k)!r})"
-             for k in current if k not in RESUMABLE_CHANGES and k in stored
-             and stored.get(k) != current[k]]
-    if diffs:
-        raise SharpError(f"--resume with settings that differ from {where}: {'; '.join(diffs)}")
+    differ = [k for k in current if k not in RESUMABLE_CHANGES and k in stored
+              and stored.get(k) != current[k]]
+    if differ:
+        diffs = "; ".join(f"{{{k}}} {current[k]!r} (run has {stored.get(k)!r})" for k in differ)
+        raise SharpError(f"{{resume}} with settings that differ from {where}: {diffs}",
+                         param=("resume", *differ))

@@ -34,65 +34,68 @@ DEFAULT_STEPS = 1000
 
 def validate_config(c: TrainConfig) -> None:
     """Every check that does not need the data: bad settings fail before any work starts.
-    (Choices were checked when the config was made: its fields are enums.)"""
-    check_positive(c.lr, "--lr")
-    for flag, value in [("--steps", c.steps), ("--epochs", c.epochs), ("--batch-size", c.batch_size),
-                        ("--train-size", c.train_size), ("--test-size", c.test_size),
-                        ("--width", c.width), ("--sharpness-samples", c.sharpness_samples),
-                        ("--keep-last", c.keep_last)]:
-        check_positive(value, flag, optional=True)
-    for flag, value in [("--physical-batch-size", c.physical_batch_size), ("--depth", c.depth),
-                        ("--eig-every", c.eig_every), ("--eig-iters", c.eig_iters),
-                        ("--sharpness-k", c.sharpness_k), ("--sharpness-iters", c.sharpness_iters),
-                        ("--sharpness-tol", c.sharpness_tol), ("--eval-every", c.eval_every),
-                        ("--checkpoint-every", c.checkpoint_every)]:
-        check_positive(value, flag)
-    for flag, value in [("--weight-decay", c.weight_decay), ("--alpha", c.alpha),
-                        ("--sharpness-every", c.sharpness_every)]:
-        check_positive(value, flag, allow_zero=True)
-    check_positive(c.rho, "--rho", allow_zero=not c.sam)
+    (Choices were checked when the config was made: its fields are enums.) Errors name the
+    TrainConfig fields (SharpError.param); `sharp train` says their flags."""
+    check_positive(c.lr, "lr")
+    for name in ("steps", "epochs", "batch_size", "train_size", "test_size", "width",
+                 "sharpness_samples", "keep_last"):
+        check_positive(getattr(c, name), name, optional=True)
+    for name in ("physical_batch_size", "depth", "eig_every", "eig_iters", "sharpness_k",
+                 "sharpness_iters", "sharpness_tol", "eval_every", "checkpoint_every"):
+        check_positive(getattr(c, name), name)
+    for name in ("weight_decay", "alpha", "sharpness_every"):
+        check_positive(getattr(c, name), name, allow_zero=True)
+    check_positive(c.rho, "rho", allow_zero=not c.sam)
     if c.steps is not None and c.epochs is not None:
-        raise SharpError("give --steps or --epochs, not both")
+        raise SharpError("give {steps} or {epochs}, not both", param=("steps", "epochs"))
     if not 0 <= c.momentum < 1:
-        raise SharpError(f"--momentum must be in [0, 1), got {c.momentum}")
+        raise SharpError(f"{{momentum}} must be in [0, 1), got {c.momentum}", param="momentum")
     _check_adaptive(c)
     if c.nesterov and c.momentum == 0:
-        raise SharpError("--nesterov needs --momentum > 0")
+        raise SharpError("{nesterov} needs {momentum} > 0", param=("nesterov", "momentum"))
     if c.optimizer is Optimizer.gd and c.batch_size is not None:
-        raise SharpError("--optimizer gd is full-batch; drop --batch-size or use --optimizer sgd")
+        raise SharpError("{optimizer=gd} is full-batch; drop {batch_size} or use {optimizer=sgd}",
+                         param=("batch_size", "optimizer"))
     if c.adaptive and c.optimizer is not Optimizer.sam:
-        raise SharpError(f"--adaptive (ASAM) applies to --optimizer sam, not {c.optimizer}")
+        raise SharpError(f"{{adaptive}} (ASAM) applies to {{optimizer=sam}}, not {c.optimizer}",
+                         param=("adaptive", "optimizer"))
     if c.sam_start is not None:
         if not c.sam:
-            raise SharpError("--sam-start needs --optimizer sam or eigen-sam")
-        check_positive(c.sam_start, "--sam-start", allow_zero=True)
+            raise SharpError("{sam_start} needs {optimizer=sam} or eigen-sam",
+                             param=("sam_start", "optimizer"))
+        check_positive(c.sam_start, "sam_start", allow_zero=True)
     if c.sam_sync is SamSync.local and not c.sam:
-        raise SharpError("--sam-sync local applies to --optimizer sam or eigen-sam")
-    check_positive(c.dist_timeout, "--dist-timeout")
-    get_loss(c.loss, c.label_smoothing)  # --label-smoothing: ce only, in [0, 1)
+        raise SharpError("{sam_sync=local} applies to {optimizer=sam} or eigen-sam",
+                         param=("sam_sync", "optimizer"))
+    check_positive(c.dist_timeout, "dist_timeout")
+    get_loss(c.loss, c.label_smoothing)  # label_smoothing: ce only, in [0, 1)
     if c.batch_size is None and c.augment not in (Augment.auto, Augment.none):
-        raise SharpError(f"--augment {c.augment} applies to minibatch training; full-batch "
-                         "runs train on the un-augmented examples (give --batch-size, or drop "
-                         "--augment)")
+        raise SharpError(f"{{augment={c.augment}}} applies to minibatch training; full-batch "
+                         "runs train on the un-augmented examples (give {batch_size}, or drop "
+                         "{augment})", param=("augment", "batch_size"))
     if c.run_name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", c.run_name):
-        raise SharpError(f"--run-name {c.run_name!r} may only use letters, digits and . _ = + -")
+        raise SharpError(f"{{run_name}} {c.run_name!r} may only use letters, digits and . _ = + -",
+                         param="run_name")
 
 
 def _check_adaptive(c: TrainConfig) -> None:
     """Adam, AdamW and RMSProp settings, and batch sharpness (docs/guides/adaptive.md)."""
-    for flag, value in [("--beta1", c.beta1), ("--beta2", c.beta2)]:
-        check_positive(value, flag, allow_zero=True, optional=True)
+    for name in ("beta1", "beta2"):
+        value = getattr(c, name)
+        check_positive(value, name, allow_zero=True, optional=True)
         if value is not None and value >= 1:
-            raise SharpError(f"{flag} must be in [0, 1), got {value}")
-    check_positive(c.eps, "--eps")
+            raise SharpError(f"{{{name}}} must be in [0, 1), got {value}", param=name)
+    check_positive(c.eps, "eps")
     if c.optimizer in (Optimizer.adam, Optimizer.adamw) and (c.momentum or c.nesterov):
-        raise SharpError(f"--optimizer {c.optimizer} has no --momentum or --nesterov; its "
-                         "momentum is --beta1")
+        raise SharpError(f"{{optimizer={c.optimizer}}} has no {{momentum}} or {{nesterov}}; its "
+                         "momentum is {beta1}", param=("momentum", "nesterov", "optimizer", "beta1"))
     if c.optimizer is Optimizer.rmsprop and c.nesterov:
-        raise SharpError("--optimizer rmsprop has heavy-ball --momentum only, no --nesterov")
+        raise SharpError("{optimizer=rmsprop} has heavy-ball {momentum} only, no {nesterov}",
+                         param=("nesterov", "optimizer", "momentum"))
     if c.batch_sharpness and (c.batch_size is None or not c.sharpness_every):
-        raise SharpError("--batch-sharpness is measured on minibatches with λ₁: it needs "
-                         "--batch-size and --sharpness-every > 0")
+        raise SharpError("{batch_sharpness} is measured on minibatches with λ₁: it needs "
+                         "{batch_size} and {sharpness_every} > 0",
+                         param=("batch_sharpness", "batch_size", "sharpness_every"))
 
 
 @dataclass
@@ -108,13 +111,14 @@ class StepPlan:
 def plan_steps(c: TrainConfig, n_train: int, world_size: int = 1) -> StepPlan:
     batch = c.batch_size or n_train
     if batch > n_train:
-        raise SharpError(f"--batch-size {batch} is larger than the {n_train} training examples")
+        raise SharpError(f"{{batch_size}} {batch} is larger than the {n_train} training examples",
+                         param="batch_size")
     per_epoch = math.ceil(n_train / batch)
     smallest = n_train - (per_epoch - 1) * batch  # the last batch of an epoch
     if c.sam_sync is SamSync.local and min(batch, smallest) < world_size:
-        raise SharpError(f"--sam-sync local needs at least one example per process in every "
+        raise SharpError(f"{{sam_sync=local}} needs at least one example per process in every "
                          f"batch; the batches of {batch} (the last of each epoch {smallest}) "
-                         f"are split over {world_size} processes")
+                         f"are split over {world_size} processes", param="sam_sync")
     if c.epochs is not None:
         total = c.epochs * per_epoch
     else:
@@ -122,8 +126,8 @@ def plan_steps(c: TrainConfig, n_train: int, world_size: int = 1) -> StepPlan:
     start = sam_start_step(c.sam_start, c.epochs is not None, per_epoch)
     if start is not None and start >= total:
         unit = "epochs" if c.epochs is not None else "steps"
-        raise SharpError(f"--sam-start {c.sam_start} is not before the end of training "
-                         f"({total if unit == 'steps' else c.epochs} {unit})")
+        raise SharpError(f"{{sam_start}} {c.sam_start} is not before the end of training "
+                         f"({total if unit == 'steps' else c.epochs} {unit})", param="sam_start")
     return StepPlan(total, per_epoch, start)
 
 
@@ -233,7 +237,8 @@ def prepare(config: TrainConfig, dist: Dist = SINGLE) -> RunSetup:
         data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in trainable_params(model))
     if config.sharpness_every and config.sharpness_k > n_params:
-        raise SharpError(f"--sharpness-k {config.sharpness_k} exceeds the {n_params} parameters")
+        raise SharpError(f"{{sharpness_k}} {config.sharpness_k} exceeds the {n_params} parameters",
+                         param="sharpness_k")
     optimizer = build_base_optimizer(config, trainable_params(model))
     config = dataclasses.replace(config, run_name=dist.broadcast(choose_run_name(config)))
     record = dict(config.to_dict(), resolved_device=str(device), versions=_versions(),

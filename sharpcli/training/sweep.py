@@ -227,8 +227,8 @@ def task_from_environment(task_id: int | None, environ: dict) -> int:
         return task_id
     value = environ.get(SLURM_TASK)
     if value is None:
-        raise SharpError(f"which task? give --task-id I, or run inside a Slurm array "
-                         f"(${SLURM_TASK}); --all runs every task here")
+        raise SharpError(f"which task? give {{task_id}} I, or run inside a Slurm array "
+                         f"(${SLURM_TASK}); {{all}} runs every task here", param=("task_id", "all"))
     try:
         return int(value)
     except ValueError:

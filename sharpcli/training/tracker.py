@@ -397,8 +397,8 @@ class Tracker:
         self._log_scalars(row)
         raise DivergedError(f"training diverged at step {info.step} (loss {loss}, "
                             f"‖g‖ {float(info.grad_norm)}); last good checkpoint: "
-                            f"{saved[-1] if saved else 'none'}; try a smaller --lr than "
-                            f"{info.lr:g}")
+                            f"{saved[-1] if saved else 'none'}; try a smaller {{lr}} than "
+                            f"{info.lr:g}", param="lr")
 
     # ---------------------------------------------------------------- the row
 
@@ -430,24 +430,26 @@ class Tracker:
         """λ₁ (and λ₂…λ_k into top_eigenvalues.csv) warm-started from the last top-k
         eigenvectors, the alignment of the step's direction with the new v₁, and whether
         every eigenvalue of the row met `tol` (warned about once)."""
-        s = measure_sharpness(self.model, self.call, self.data_sharp, k=self.k,
-                              tol=self.tol, max_iter=self.max_iter, v0=self.top_vectors,
-                              seed=self.seed + info.step, max_memory=self.max_memory)
+        columns, s, preconditioned = sharpness_columns(
+            self.model, self.call, self.data_sharp, k=self.k, tol=self.tol,
+            max_iter=self.max_iter, seed=self.seed + info.step, max_memory=self.max_memory,
+            v0=self.top_vectors, preconditioner=self._preconditioner(),
+            preconditioned_v0=self.preconditioned_vector)
         self.top_vectors = s.top_vectors
+        if preconditioned is not None:
+            self.preconditioned_vector = preconditioned.top_vector
         if self.k > 1:
             for i, (lam, res) in enumerate(zip(s.eigenvalues.tolist(), s.residuals.tolist())):
                 self._write(self.top_log, {"step": info.step, "index": i + 1, "eigenvalue": lam,
                                            "residual": res})
-        preconditioned = self._preconditioned(info)
-        converged = s.all_converged and (preconditioned is None or preconditioned.all_converged)
-        if not converged:
+        if not columns["sharpness_converged"]:
             self._warn_unconverged(info.step)
         direction = info.direction
-        return {"sharpness": s.value,
+        return {"sharpness": columns["sharpness"],
                 "alignment": alignment(direction, s.top_vector) if direction is not None else None,
-                "preconditioned_sharpness": preconditioned.value if preconditioned else None,
+                "preconditioned_sharpness": columns["preconditioned_sharpness"],
                 "batch_sharpness": self._batch_sharpness(info),
-                "sharpness_converged": int(converged)}
+                "sharpness_converged": columns["sharpness_converged"]}
 
     def _warn_unconverged(self, step: int) -> None:
         if not self._warned_unconverged:
@@ -457,20 +459,12 @@ class Tracker:
                           "any later one that does not; raise max_iter to converge)",
                           SharpWarning, stacklevel=4)
 
-    def _preconditioned(self, info: StepInfo) -> Sharpness | None:
-        """λ₁(P⁻¹H), P from the optimizer's state as it is now, before update t (none
-        before the first update), warm-started from its own last eigenvector."""
+    def _preconditioner(self) -> torch.Tensor | None:
+        """diag(P) from the optimizer's state as it is now, before update t (None without an
+        adaptive optimizer, or before its first update)."""
         if not self.preconditioned:
             return None
-        p = preconditioner(self.optimizer, trainable_params(self.model))
-        if p is None:
-            return None
-        s = measure_sharpness(self.model, self.call, self.data_sharp, tol=self.tol,
-                              max_iter=self.max_iter, v0=self.preconditioned_vector,
-                              seed=self.seed + info.step, preconditioner=p,
-                              max_memory=self.max_memory)
-        self.preconditioned_vector = s.top_vector
-        return s
+        return preconditioner(self.optimizer, trainable_params(self.model))
 
     def _batch_sharpness(self, info: StepInfo) -> float | None:
         """E_B[g_Bᵀ H_B g_B / ‖g_B‖²] over fresh training batches drawn for step t."""
@@ -549,6 +543,29 @@ class Tracker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def sharpness_columns(model: nn.Module, call: Call, data: Data, *, k: int, tol: float,
+                      max_iter: int, seed: int, max_memory: MemoryBudget | None = None,
+                      v0: torch.Tensor | None = None, preconditioner: torch.Tensor | None = None,
+                      preconditioned_v0: torch.Tensor | None = None
+                      ) -> tuple[dict, Sharpness, Sharpness | None]:
+    """A metrics row's λ columns at the model's weights, as every row gets them (the
+    Tracker's at step t, `sharp eos --from-checkpoints`'s at a checkpoint): `sharpness` (λ₁
+    of λ₁…λ_k, warm-started from `v0`), `preconditioned_sharpness` (λ₁(P⁻¹H) with P's flat
+    diagonal `preconditioner`, warm-started from `preconditioned_v0`; None without one) and
+    `sharpness_converged` (1 when every eigenvalue met `tol`); with both Sharpness results,
+    whose eigenvectors warm-start the next measurement."""
+    s = measure_sharpness(model, call, data, k=k, tol=tol, max_iter=max_iter, v0=v0,
+                          seed=seed, max_memory=max_memory)
+    pre = None
+    if preconditioner is not None:
+        pre = measure_sharpness(model, call, data, tol=tol, max_iter=max_iter,
+                                v0=preconditioned_v0, seed=seed, preconditioner=preconditioner,
+                                max_memory=max_memory)
+    converged = s.all_converged and (pre is None or pre.all_converged)
+    return ({"sharpness": s.value, "preconditioned_sharpness": pre.value if pre else None,
+             "sharpness_converged": int(converged)}, s, pre)
 
 
 def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:

@@ -45,10 +45,11 @@ def check_kind(kind: str, input_shape: tuple) -> None:
     """An augmentation needs images (C, H, W) at least as large as the Cutout square's half."""
     kind = str(getattr(kind, "value", kind))
     if kind not in KINDS:
-        raise SharpError(f"unknown --augment {kind!r}; expected one of {', '.join(KINDS)}")
+        raise SharpError(f"unknown {{augment}} {kind!r}; expected one of {', '.join(KINDS)}",
+                         param="augment")
     if kind != "none" and len(input_shape) != 3:
-        raise SharpError(f"--augment {kind} needs images (C, H, W); this data set has inputs "
-                         f"of shape {tuple(input_shape)}")
+        raise SharpError(f"{{augment={kind}}} needs images (C, H, W); this data set has inputs "
+                         f"of shape {tuple(input_shape)}", param="augment")
 
 
 def draw(n: int, height: int, width: int, *, seed: int, step: int, pad: int = PAD,

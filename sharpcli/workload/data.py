@@ -73,8 +73,8 @@ def load_dataset(name: str, *, data_dir: str | Path = "data", download: bool = F
         x_train, y_train, x_test, y_test = _read_torchvision_set(name, Path(data_dir), download)
         num_classes = 100 if name == "cifar100" else 10
 
-    n_train = _subset_size(train_size, len(y_train), "--train-size", name, "training")
-    n_test = _subset_size(test_size, len(y_test), "--test-size", name, "test")
+    n_train = _subset_size(train_size, len(y_train), "train_size", name, "training")
+    n_test = _subset_size(test_size, len(y_test), "test_size", name, "test")
     x_train, x_test = _to_float(x_train[:n_train]), _to_float(x_test[:n_test])
     mean, std = _statistics(x_train)
     return DataSplits(
@@ -97,12 +97,12 @@ def _device(device) -> torch.device:
         raise SharpError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or mps") from None
 
 
-def _subset_size(n, available: int, flag: str, name: str, split: str) -> int:
+def _subset_size(n, available: int, param: str, name: str, split: str) -> int:
     if n is None:
         return available
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= available:
-        raise SharpError(f"{flag} {n!r}: {name} has {available} {split} examples; "
-                         f"expected a whole number from 1 to {available}")
+        raise SharpError(f"{{{param}}} {n!r}: {name} has {available} {split} examples; "
+                         f"expected a whole number from 1 to {available}", param=param)
     return int(n)
 
 
@@ -211,7 +211,7 @@ def _read_torchvision_set(name: str, root: Path, download: bool):
         missing = [f for f in train_files + test_files if not (folder / f).is_file()]
     if missing:
         raise SharpError(f"data set {name} not found in {folder} (missing {', '.join(missing)}); "
-                         f"put its files there, or pass --download to fetch it")
+                         "put its files there, or pass {download} to fetch it", param="download")
     try:
         if name in ("cifar10", "cifar100"):
             key = "labels" if name == "cifar10" else "fine_labels"
@@ -222,7 +222,7 @@ def _read_torchvision_set(name: str, root: Path, download: bool):
     except (OSError, EOFError, KeyError, ValueError, TypeError, RuntimeError,
             pickle.UnpicklingError) as err:
         raise SharpError(f"could not read data set {name} in {folder}: {err}; replace the "
-                         f"damaged files (delete them and pass --download)") from None
+                         "damaged files (delete them and pass {download})", param="download") from None
 
 
 def _fetch(name: str, root: Path) -> None:

@@ -56,8 +56,8 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *, width: int |
         raise SharpError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
     act = ACTIVATIONS[activation]
     width = DEFAULT_WIDTH[name] if width is None else width
-    check_positive(width, "--width", integer=True)
-    check_positive(depth, "--depth", integer=True)
+    check_positive(width, "width", integer=True)
+    check_positive(depth, "depth", integer=True)
     check_positive(num_classes, "the number of classes", integer=True)
     input_shape = tuple(int(s) for s in input_shape)
     if not input_shape or min(input_shape) < 1:
@@ -74,7 +74,8 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *, width: int |
         raise SharpError(f"model {name} needs an image data set (inputs of shape (C, H, W)) such as "
                          f"cifar10 or digits; this data set has inputs of shape {input_shape}")
     if depth != DEFAULT_DEPTH:
-        raise SharpError(f"--depth {depth}: {name} has a fixed depth; --depth applies to mlp and cnn")
+        raise SharpError(f"{{depth}} {depth}: {name} has a fixed depth; {{depth}} applies to mlp "
+                         "and cnn", param="depth")
     if name == "resnet18":
         return ResNet(BasicBlock, [2, 2, 2, 2], input_shape[0], num_classes, width, act)
     if name == "resnet50":

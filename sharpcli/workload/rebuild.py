@@ -50,8 +50,8 @@ class Checkpoint:
         the state before this step's update
         (docs/reference/mathematics.md#preconditioned-sharpness); None at step 0, before any update."""
         if not self.settings.adaptive_optimizer:
-            raise SharpError(f"{self.path}: a preconditioner needs a checkpoint of --optimizer "
-                             f"adam, adamw or rmsprop; this run used {self.settings.optimizer}")
+            raise SharpError(f"{self.path}: a preconditioner needs a checkpoint of an adam, adamw "
+                             f"or rmsprop run; this run used {self.settings.optimizer}")
         return preconditioner_from_state(self.payload["optimizer"], trainable_params(self.model))
 
 

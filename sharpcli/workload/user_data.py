@@ -30,7 +30,7 @@ def read_data(path: str | Path) -> UserData:
     y, optionally x_test and y_test. Integer labels become int64; everything else float."""
     path = Path(path)
     if not path.is_file():
-        raise SharpError(f"--data {str(path)!r} does not exist")
+        raise SharpError(f"{{data}} {str(path)!r} does not exist", param="data")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
@@ -38,12 +38,13 @@ def read_data(path: str | Path) -> UserData:
         else:
             arrays = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise SharpError(f"--data {path}: not a readable .pt or .npz file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
+        raise SharpError(f"{{data}} {path}: not a readable .pt or .npz file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:160] if str(err) else ''})",
+                         param="data") from None
     if not isinstance(arrays, dict) or "x" not in arrays or "y" not in arrays:
         keys = sorted(arrays) if isinstance(arrays, dict) else type(arrays).__name__
-        raise SharpError(f"--data {path}: expected arrays named x and y (and optionally x_test, "
-                         f"y_test), found {keys}")
+        raise SharpError(f"{{data}} {path}: expected arrays named x and y (and optionally x_test, "
+                         f"y_test), found {keys}", param="data")
     pairs = [("x", "y"), ("x_test", "y_test")]
     out = []
     for xk, yk in pairs:
@@ -52,7 +53,8 @@ def read_data(path: str | Path) -> UserData:
             continue
         x, y = torch.as_tensor(arrays[xk]), torch.as_tensor(arrays[yk])
         if len(x) != len(y):
-            raise SharpError(f"--data {path}: {xk} has {len(x)} examples and {yk} {len(y)}")
+            raise SharpError(f"{{data}} {path}: {xk} has {len(x)} examples and {yk} {len(y)}",
+                             param="data")
         out += [x, y.long() if not y.is_floating_point() else y]
     return UserData(*out)
 
@@ -73,10 +75,10 @@ class UserSource:
 
 
 def load_user_source(spec: str) -> UserSource:
-    make = import_object(spec, "--data")
+    make = import_object(spec, "data")
     try:
         made = make()
     except Exception as err:
-        raise SharpError(f"--data {spec!r} failed: {type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        raise SharpError(f"{{data}} {spec!r} failed: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}", param="data") from None
     return UserSource(make if isinstance(made, Iterator) else made, spec)

@@ -322,7 +322,7 @@ def _dense_truth(ckpt, n):
 
 def test_measure_checkpoints_against_dense_hessians(late_sam_run):
     import sharpcli
-    from sharpcli.spectra.measure import measure_checkpoints
+    from sharpcli.training.revisit import measure_checkpoints
 
     df = measure_checkpoints(late_sam_run, tol=1e-6)
     logged = pd.read_csv(late_sam_run / "metrics.csv").set_index("step")

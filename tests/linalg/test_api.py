@@ -107,3 +107,19 @@ def test_trace_and_density_refuse_bad_arguments_by_name():
     with pytest.raises(LinalgInputError):
         sharpcli.density(op, runs=0)
     assert math.isfinite(sharpcli.trace(op, probes=20).value)
+
+
+def test_the_lanczos_solvers_refuse_their_shared_arguments_alike():
+    """One check (results.check_eigensolver) for single-vector, block and restarted Lanczos:
+    each refusal names the Python arguments (the CLI says their flags)."""
+    from sharpcli.linalg import block_lanczos, lanczos
+    from sharpcli.linalg.restart import restarted_lanczos
+
+    op = DenseOperator(matrix_with_spectrum(torch.linspace(1, 10, 10, dtype=torch.float64)))
+    for solve in (lanczos, block_lanczos, lambda *a, **kw: restarted_lanczos(*a, max_memory=10**9, **kw)):
+        with pytest.raises(LinalgInputError) as info:
+            solve(op, 3, max_iter=2)
+        assert info.value.params == ("max_iter", "k") and str(info.value).startswith("max_iter=2 is below k=3")
+        with pytest.raises(LinalgInputError) as info:
+            solve(op, 1, tol=-1.0)
+        assert info.value.param == "tol" and str(info.value) == "tol must be non-negative, got -1.0"

@@ -94,7 +94,7 @@ def test_draw_frequencies():
 def test_augmentation_needs_images():
     check_kind("flip-crop", (3, 32, 32))
     check_kind("none", (40,))
-    with pytest.raises(SharpError, match=r"--augment crop needs images .*\(40,\)"):
+    with pytest.raises(SharpError, match=r"^augment=crop needs images .*\(40,\)"):
         check_kind("crop", (40,))
 
 

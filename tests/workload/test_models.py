@@ -109,9 +109,9 @@ def test_hessian_vector_product_matches_finite_differences(name, shape, width, a
 @pytest.mark.parametrize("kwargs,match", [
     (dict(name="vgg16"), "unknown model 'vgg16'"),
     (dict(activation="swish"), "unknown activation 'swish'"),
-    (dict(width=0), "--width must be positive, got 0"),
-    (dict(width=-3), "--width must be positive, got -3"),
-    (dict(depth=0), "--depth must be positive, got 0"),
+    (dict(width=0), "^width must be positive, got 0"),
+    (dict(width=-3), "^width must be positive, got -3"),
+    (dict(depth=0), "^depth must be positive, got 0"),
     (dict(num_classes=0), "number of classes must be positive, got 0"),
     (dict(name="resnet18", input_shape=FLAT), r"resnet18 needs an image data set .*cifar10 or digits"),
     (dict(name="wrn28-10", input_shape=FLAT), "needs an image data set"),

@@ -1,6 +1,7 @@
-"""λ₁ and ‖g‖ (and for adam, adamw and rmsprop λ₁(P⁻¹H)) measured at every checkpoint of a
-run, for `sharp eos --from-checkpoints`: a metrics-like table that the edge analysis reads
-exactly as it reads metrics.csv."""
+"""λ₁ and ‖g‖ (and for adam, adamw and rmsprop λ₁(P⁻¹H)) measured again at every checkpoint
+of a run, for `sharp eos --from-checkpoints`: a metrics-like table that the edge analysis
+reads exactly as it reads metrics.csv. Its λ columns come from the Tracker's row path
+(`sharpness_columns`), so a checkpoint's row means what training's row of that step means."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from sharpcli.distributed import SINGLE, Dist, process_device
 from sharpcli.errors import SharpError
 from sharpcli.formats.runs import checkpoint_files, read_config, read_metrics
 from sharpcli.formats.schema import METRICS_COLUMNS
-from sharpcli.hessian.objective import full_batch_gradient
-from sharpcli.hessian.sharpness import measure_sharpness
+from sharpcli.hessian.objective import full_batch_gradient, objective_of
+from sharpcli.training.tracker import sharpness_columns
 from sharpcli.workload.targets import Target, load_targets
 from sharpcli.workload.rebuild import Checkpoint
 
@@ -30,9 +31,9 @@ def measure_checkpoints(run_dir: str | Path, *, device: str = "cpu", samples: in
                         dist: Dist = SINGLE) -> pd.DataFrame:
     """λ₁ (Lanczos on the training-loss Hessian) and the full-batch ‖g‖ at every checkpoint
     of a run, as a metrics-like DataFrame (step, phase, lr, rho, train_loss, grad_norm,
-    sharpness and sharpness_converged (λ₁'s), and preconditioned_sharpness from the saved
-    optimizer state of adam, adamw and rmsprop runs after their first update; the other
-    metrics.csv columns empty).
+    sharpness, preconditioned_sharpness from the saved optimizer state of adam, adamw and
+    rmsprop runs after their first update, and sharpness_converged as the Tracker sets it;
+    the other metrics.csv columns empty).
 
     The examples are the first `samples` of the run's training subset (default: the run's
     sharpness_samples, else all of it). phase and lr are those of the last metrics.csv row at
@@ -53,20 +54,16 @@ def measure_checkpoints(run_dir: str | Path, *, device: str = "cpu", samples: in
         n = samples or s.sharpness_samples or len(splits.x_train)
         x, y = splits.x_train[:n], splits.y_train[:n]
         chunk = chunk_size or s.physical_batch_size
-        loss, grad = full_batch_gradient(ckpt.model, ckpt.loss_fn, x, y, chunk_size=chunk,
-                                         dist=dist)
-        top = measure_sharpness(ckpt.model, ckpt.loss_fn, x, y, tol=tol, max_iter=max_iter,
-                                seed=seed, chunk_size=chunk, dist=dist)
+        call, data = objective_of(ckpt.model, ckpt.loss_fn, x, y, chunk_size=chunk, dist=dist)
+        loss, grad = full_batch_gradient(ckpt.model, call, data)
+        columns, _, _ = sharpness_columns(
+            ckpt.model, call, data, k=1, tol=tol, max_iter=max_iter, seed=seed,
+            preconditioner=ckpt.preconditioner() if s.adaptive_optimizer else None)
         phase, lr = _phase_and_lr(logged, ckpt, ckpt.step)
         row = {"step": ckpt.step, "phase": phase, "lr": lr,
                "rho": float(s.rho) if phase in SAM_PHASES else math.nan,
-               "train_loss": loss, "grad_norm": float(grad.norm()), "sharpness": top.value,
-               "sharpness_converged": int(top.all_converged)}
-        p = ckpt.preconditioner() if s.adaptive_optimizer else None
-        if p is not None:
-            row["preconditioned_sharpness"] = measure_sharpness(
-                ckpt.model, ckpt.loss_fn, x, y, tol=tol, max_iter=max_iter, seed=seed,
-                chunk_size=chunk, dist=dist, preconditioner=p).value
+               "train_loss": loss, "grad_norm": float(grad.norm()),
+               **{c: v for c, v in columns.items() if v is not None}}  # None: no P yet
         rows.append(row)
         if on_checkpoint is not None:
             on_checkpoint(target.checkpoint, row)

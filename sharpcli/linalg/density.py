@@ -14,7 +14,7 @@ import torch
 from sharpcli.linalg.budget import MemoryBudget, cannot_hold
 from sharpcli.linalg.lanczos import LanczosProcess, WindowedLanczosProcess, step_together
 from sharpcli.linalg.results import DensityResult, LinalgInputError, check_count, make_generator
-from sharpcli.linalg.shard import dimension, draw, own_shards, space_of
+from sharpcli.linalg.shard import dimension, draw, own_shards, shards_note, space_of
 
 MINIMUM_VECTORS = 3   # within a budget: 2 Lanczos vectors and the probe being drawn
 DEFAULT_SIGMA = 1e-2  # Gaussian width as a fraction of the spectrum's range (max − min node)
@@ -142,4 +142,5 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
     density = density / torch.trapezoid(density, grid)
     return DensityResult(grid=grid, density=density, nodes=nodes, weights=weights,
                          n_matvec=n_matvec, sigma=width,
-                         reorthogonalization=reorthogonalization, note=note)
+                         reorthogonalization=reorthogonalization,
+                         note="; ".join(filter(None, [note, shards_note(op, "probes")])))

@@ -169,6 +169,15 @@ def own_shards(op):
     return op if isinstance(op, LocalShards) else LocalShards(op, shards)
 
 
+def shards_note(op, what: str) -> str:
+    """For a result's note: that `what` (probes, vectors) lived as shards, over how many
+    processes; "" for an operator whose vectors are whole."""
+    if not isinstance(op, LocalShards):
+        return ""
+    world = op.shards.world
+    return f"{what} sharded like the parameters over {world} process{'es' if world > 1 else ''}"
+
+
 def own_space(op) -> Space:
     """Where sums over op's own vectors happen: across processes when they are split already
     (FSDP2), else here (a torchrun Hessian's vectors are whole on every process)."""

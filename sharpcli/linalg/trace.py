@@ -34,7 +34,7 @@ from sharpcli.linalg.budget import MemoryBudget, cannot_hold
 from sharpcli.linalg.projection import LOCAL, project_out, project_out_
 from sharpcli.linalg.results import (LinalgInputError, TraceResult, apply_block, check_count,
                                      make_generator)
-from sharpcli.linalg.shard import dimension, draw, own_shards, space_of
+from sharpcli.linalg.shard import dimension, draw, own_shards, shards_note, space_of
 
 MIN_PROBES = 10  # probes averaged before an early stop may trust its standard error
 # With a control variate the remainder is a small share of the trace, so a standard error
@@ -187,8 +187,15 @@ def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed:
     if tol is not None and not tol > 0:
         raise LinalgInputError(f"tol must be positive or None, got {tol!r}")
     check_count(block, "block")
-    budget = MemoryBudget.of(max_memory)
     op = own_shards(op)
+    result = _estimate(op, n_probes, tol, seed, method, block, MemoryBudget.of(max_memory))
+    result.note = "; ".join(filter(None, [result.note, shards_note(op, "probes")]))
+    return result
+
+
+def _estimate(op, n_probes: int, tol: float | None, seed: int, method: str, block: int,
+              budget: MemoryBudget | None) -> TraceResult:
+    """`hutchinson_trace` on an operator as own_shards gives it (its note without the shards)."""
     gen = make_generator(seed, op.device)
     if method == "hutchinson":
         cap = _cap(op, budget, unbudgeted_vectors(n_probes, tol, block, MIN_PROBES))

@@ -105,8 +105,9 @@ def _timed(name: str, quantity: str, solve, problem: Problem, cfg: SpectrumConfi
         op = Stoppable(op, problem.should_stop, problem.dist)
         result, note = solve(op)
     notes = [hessian.note, note, _flags(getattr(result, "note", ""))]
-    return Solve(name, quantity, result, result.n_matvec, time.perf_counter() - start, op.size,
-                 note="; ".join(filter(None, notes)) or None)
+    # the block's parameters: the whole space's, not this process's shards (FSDP2)
+    return Solve(name, quantity, result, result.n_matvec, time.perf_counter() - start,
+                 dimension(op), note="; ".join(filter(None, notes)) or None)
 
 
 def memory_budget(cfg: SpectrumConfig, whole: Block) -> MemoryBudget | None:

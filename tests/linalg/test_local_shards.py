@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sharpcli.linalg import DenseOperator, matrix_with_spectrum
-from sharpcli.linalg.api import density, trace
+from sharpcli.linalg.api import density, eigs, trace
 from sharpcli.linalg.results import LinalgInputError, random_vector
 from sharpcli.linalg.shard import Shards
 from sharpcli.linalg.trace import control_variate_trace
@@ -85,6 +85,7 @@ def test_sharded_trace_equals_one_process(world, args):
         assert res.products == one.products and res.probes == one.probes
         assert res.value == pytest.approx(one.value, rel=1e-12)
         assert res.stderr == pytest.approx(one.stderr, rel=1e-9)
+        assert res.note == f"probes sharded like the parameters over {world} processes"
     assert len({res.value for res in results}) == 1  # every process the same number
     if "tol" in args:
         assert one.probes < args["probes"]
@@ -113,6 +114,7 @@ def test_sharded_density_equals_one_process(world, vectors):
     tol = 1e-12 if vectors is None else 1e-7
     for res in results:
         assert res.products == one.products and res.reorthogonalization == one.reorthogonalization
+        assert f"probes sharded like the parameters over {world} processes" in res.note
         assert torch.allclose(res.nodes, one.nodes, rtol=0, atol=tol * 10)
         assert torch.allclose(res.weights, one.weights, rtol=0, atol=tol)
         assert torch.allclose(res.density, one.density, rtol=0, atol=tol * float(one.density.max()))
@@ -124,6 +126,28 @@ def test_sharded_density_equals_one_process(world, vectors):
     assert torch.allclose((weights * nodes).sum(1), ((probes @ a) * probes).sum(1) / N, rtol=1e-9)
     assert torch.allclose((weights * nodes ** 2).sum(1), (probes @ a).pow(2).sum(1) / N,
                           rtol=1e-9)
+
+
+@pytest.mark.parametrize("v0", [False, True])
+def test_sharded_power_iteration_equals_one_process(v0):
+    """Power iteration on the shards: the same pairs as one process, the eigenvectors as
+    each process's slice (k = 2: the second deflated against the first over processes)."""
+    a = matrix()
+    start = torch.linspace(1.0, 2.0, N, dtype=torch.float64) if v0 else None
+    args = dict(k=2, method="power", tol=1e-9, max_iter=300, seed=4)
+    one = eigs(DenseOperator(a), v0=start, **args)
+
+    def solve(op):
+        return eigs(op, v0=None if start is None else start[op.lo:op.hi], **args)
+    results = on_slices(2, solve, a)
+    # θ's change crosses tol at the same step, or one later where rounding differs
+    for res in results:
+        assert torch.allclose(res.eigenvalues, one.eigenvalues, rtol=1e-8, atol=0)
+        assert abs(res.products - one.products) <= 1
+        assert res.note == "vectors sharded like the parameters over 2 processes"
+    cosines = (torch.cat([r.eigenvectors for r in results]) * one.eigenvectors).sum(0).abs()
+    assert bool((cosines > 1 - 1e-8).all()), cosines
+    assert one.eigenvalues.tolist() == pytest.approx([9.0, 7.0], rel=1e-6)
 
 
 def test_the_control_variate_is_refused_on_split_vectors():

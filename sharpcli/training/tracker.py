@@ -168,10 +168,7 @@ class Tracker:
                  loggers: str | Sequence[Any] | None = None, resume: bool = False, overwrite: bool = False):
         if resume and overwrite:
             raise SharpError("resume=True continues a run and overwrite=True replaces it: give one")
-        if checkpoint_every and is_fsdp2(model):  # rank 0 writes, and it holds its shards only
-            raise SharpError("{checkpoint_every}: the Tracker's checkpoints are one process's file, "
-                             "and a model sharded by FSDP2 is whole on none; save it with "
-                             "torch.distributed.checkpoint", param="checkpoint_every")
+        _refuse_for_fsdp2(model, checkpoint_every, batch_sharpness)
         call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
         check_chunk_size(data, y, chunk_size)  # a stream comes in its own batches
         run_dir = Path(run_dir)
@@ -554,6 +551,22 @@ class Tracker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _refuse_for_fsdp2(model: nn.Module, checkpoint_every, batch_sharpness) -> None:
+    """What a model sharded by FSDP2 cannot have, in one line: a checkpoint (one process
+    writes it, and it holds its shards only) and the batch sharpness (exact products, which
+    FSDP2's gradient does not allow)."""
+    if not is_fsdp2(model):
+        return
+    if checkpoint_every:
+        raise SharpError("{checkpoint_every}: the Tracker's checkpoints are one process's file, "
+                         "and a model sharded by FSDP2 is whole on none; save it with "
+                         "torch.distributed.checkpoint", param="checkpoint_every")
+    if batch_sharpness is not None:
+        raise SharpError("{batch_sharpness} needs exact Hessian-vector products, and a model "
+                         "sharded by FSDP2 has finite-difference ones only",
+                         param="batch_sharpness")
 
 
 def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:

@@ -261,6 +261,24 @@ def test_fsdp_flag_errors_are_one_line(flags, words, tmp_path):
         result.stderr
 
 
+@pytest.mark.parametrize("option, words", [
+    (dict(checkpoint_every=2), "checkpoint_every: the Tracker's checkpoints are one process's"),
+    (dict(batch_sharpness=4), "batch_sharpness needs exact Hessian-vector products"),
+])
+def test_the_tracker_refuses_what_a_sharded_model_cannot_have(option, words, tmp_path,
+                                                               monkeypatch):
+    """Refused before anything runs (a sharded model needs torchrun: here the test says the
+    model is one; the launch of test_fsdp2_sharded_spectra_equal_one_unsharded_process runs
+    the Tracker on a real one)."""
+    import sharpcli.training.tracker as tracker
+
+    monkeypatch.setattr(tracker, "is_fsdp2", lambda model: True)
+    model, loss_fn, x, y = MLP_CE()
+    with pytest.raises(SharpError, match=words):
+        sharpcli.Tracker(model, loss_fn, x, y, run_dir=tmp_path / "run", **option)
+    assert not (tmp_path / "run").exists()
+
+
 def test_fsdp_factory_refuses_a_model_the_factory_did_not_shard():
     with pytest.raises(SharpError, match="--fsdp factory: the --model-factory model is not "
                                          "sharded by FSDP2"):

@@ -16,7 +16,8 @@ weights at the measured steps (gathered here, for the test: the Tracker never do
 whether the two runs ended with the same weights, bit for bit. With WEIGHTS and CSV it also runs
 `sharp spectrum --model-factory tests.token_cases:model --fsdp Linear` on those weights,
 writing CSV, and `--model-factory tests.token_cases:sharded_model --fsdp factory` (the
-factory shards the model itself), writing CSV with -factory before its suffix. One launch for all of it: a torchrun start costs seconds on a small machine."""
+factory shards the model itself) with a trace and a density too (FACTORY_EXTRA), writing
+CSV with -factory before its suffix and the density beside it. One launch for all of it: a torchrun start costs seconds on a small machine."""
 
 import json
 import sys
@@ -140,8 +141,13 @@ def tracked(out: str) -> dict:
             "local": with_tracker["local"], "unchanged": with_tracker["end"] == without["end"]}
 
 
-def factory_csv(csv: str) -> str:
-    return str(Path(csv).with_name(Path(csv).stem + "-factory.csv"))
+# `--fsdp factory` also estimates the trace (4 probes, all of them) and one short density run
+FACTORY_EXTRA = ["--trace", "--trace-probes", "4", "--trace-tol", "0", "--density",
+                 "--density-runs", "1", "--density-iters", "5"]
+
+
+def factory_csv(csv: str, kind: str = "factory") -> str:
+    return str(Path(csv).with_name(f"{Path(csv).stem}-{kind}.csv"))
 
 
 def command(weights: str, csv: str) -> list[int]:
@@ -150,7 +156,8 @@ def command(weights: str, csv: str) -> list[int]:
                for a in SHARP]
     codes = []
     for argv in ([*SHARP, "--fsdp", "Linear", "--out", csv],
-                 [*factory, "--fsdp", "factory", "--out", factory_csv(csv)]):
+                 [*factory, "--fsdp", "factory", *FACTORY_EXTRA, "--out", factory_csv(csv),
+                  "--density-out", factory_csv(csv, "density")]):
         try:
             sharp([*argv, "--weights", weights])
             codes.append(0)

@@ -161,6 +161,29 @@ def check_estimates(sharded: dict, world: int) -> None:
         assert f"probes sharded like the parameters over {world} processes" in row["note"], row
 
 
+def check_command_estimates(rows: pd.DataFrame, density: pd.DataFrame) -> None:
+    """`sharp spectrum --fsdp factory --trace --density` (FACTORY_EXTRA): the trace row is the
+    mean of zᵀHz over its 4 probes, H applied exactly by one unsharded process to the whole
+    probes that the shards were cut from; the density row's implied trace is n·zᵀHz/‖z‖²
+    of the first probe (1 run), and density.csv's curve integrates to 1."""
+    model = token_cases.model()
+    op = sharpcli.hessian(model, token_cases.token_loss, token_cases.stream(),
+                          num_terms=token_cases.tokens)
+    gen = make_generator(0, torch.device("cpu"))  # --seed's default
+    layout = ParamLayout(list(model.parameters()))
+    z = torch.stack([layout.random(gen, "rademacher", torch.float64, torch.device("cpu"))
+                     for _ in range(4)], dim=1)
+    forms = ((op @ z) * z).sum(0)
+    trace_row = rows[rows["quantity"] == "trace"].iloc[0]
+    assert trace_row["value"] == pytest.approx(float(forms.mean()), rel=1e-7)
+    assert trace_row["n_hvp"] == 4
+    density_row = rows[rows["quantity"] == "density"].iloc[0]
+    assert density_row["value"] == pytest.approx(float(forms[0]), rel=1e-7)
+    curve = torch.tensor(density["density"].to_numpy())
+    grid = torch.tensor(density["eigenvalue"].to_numpy())
+    assert float(torch.trapezoid(curve, grid)) == pytest.approx(1.0, abs=1e-6)
+
+
 def check_tracked(tracked: dict, run_dir: Path) -> None:
     """The Tracker in a plain FSDP2 training loop (tests/fsdp_spectra.py `train`): at each
     measured step, rank 0's λ₁, λ₂, ‖g‖, alignment and train loss are one unsharded
@@ -214,9 +237,12 @@ def test_fsdp2_sharded_spectra_equal_one_unsharded_process(world, exact, tmp_pat
         one = pd.read_csv(tmp_path / "one.csv")
         for path in (csv, factory_csv(str(csv))):
             two = pd.read_csv(path)
-            assert list(two["value"]) == pytest.approx(list(one["value"]), rel=1e-7), path
+            values = two[two["quantity"] == "eigenvalue"]["value"]
+            assert list(values) == pytest.approx(list(one["value"]), rel=1e-7), path
             assert two["note"].str.contains("finite differences").all()
             assert two["note"].str.contains("sharded like the parameters over 2").all()
+        check_command_estimates(pd.read_csv(factory_csv(str(csv))),
+                                pd.read_csv(factory_csv(str(csv), "density")))
     check_estimates(sharded.pop("estimates"), world)
     check_tracked(sharded.pop("tracked"), tmp_path / "tracked-run")
     assert set(sharded) == set(exact)

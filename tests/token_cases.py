@@ -113,3 +113,15 @@ def per_token_loss(outputs, labels):
 
 def nothing(batch) -> int:
     return 0
+
+
+def sharded_model() -> TokenNet:
+    """`model()` sharded by FSDP2 as a factory may return it for `--fsdp factory`: every
+    Linear, then the root (under torchrun: the process group is sharp's)."""
+    from torch.distributed.fsdp import fully_shard
+
+    net = model()
+    for module in list(net.modules())[1:]:
+        if isinstance(module, nn.Linear):
+            fully_shard(module)
+    return fully_shard(net)

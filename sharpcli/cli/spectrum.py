@@ -192,7 +192,9 @@ def spectrum_command(
     fsdp: Annotated[Optional[str], _opt(
         "Under torchrun: shard the --model-factory model with FSDP2 (fully_shard) on every "
         "module of these classes (CLASS[,CLASS], by class name, e.g. GPT2Block), then the "
-        "root; products by finite differences, every vector sharded like the parameters.",
+        "root; or `factory`: the factory returns the model sharded already, and the weights "
+        "are loaded into its shards. Products by finite differences, every vector sharded "
+        "like the parameters.",
         OWN, show_default=False)] = None,
     loss: Annotated[str, _opt(
         "mse (0.5‖f − onehot(y)‖², or 0.5‖f − y‖² for float targets, averaged over examples), "

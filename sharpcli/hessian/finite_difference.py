@@ -81,6 +81,33 @@ def reshard(model: nn.Module) -> nn.Module:
     return model
 
 
+FACTORY = "factory"  # `--fsdp factory`: the --model-factory shards the model itself
+
+
+def require_processes(dist_: Dist | None) -> None:
+    """`--fsdp` shards over torchrun's processes: one line when there are none."""
+    if dist_ is None or not dist_.enabled:
+        raise SharpError("{fsdp} shards the model over torchrun's processes: run under "
+                         "torchrun --nproc-per-node N (N ≥ 2)", param="fsdp")
+
+
+def load_sharded_weights(model: nn.Module, state: dict, where: str) -> None:
+    """`--fsdp factory`: whole weights (a state dict, every process reading the file) into
+    the model the factory sharded, each process keeping its shards
+    (torch.distributed.checkpoint's full-state-dict loading); one line when the factory's
+    model is not sharded or the weights do not fit it."""
+    if not is_fsdp2(model):
+        raise SharpError("{fsdp=factory}: the {model_factory} model is not sharded by FSDP2 "
+                         "(no parameter is a DTensor); call fully_shard in the factory, or give "
+                         "{fsdp} the module classes to shard", param=("fsdp", "model_factory"))
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from sharpcli.workload.weights import check_fits
+
+    check_fits(model, state, where)  # DTensors have the whole shapes
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
 def shard_by_class(model: nn.Module, classes: str, dist_: Dist) -> nn.Module:
     """`sharp spectrum --fsdp CLASS[,CLASS]`: `fully_shard` on every module of those classes
     (by class name), then on the root, as torchtitan shards per transformer block. Each
@@ -93,9 +120,7 @@ def shard_by_class(model: nn.Module, classes: str, dist_: Dist) -> nn.Module:
     if names - found:
         raise SharpError(f"{{fsdp}} {classes}: no module of class {sorted(names - found)[0]} in "
                          f"the model (its classes: {', '.join(sorted(found)[:12])})", param="fsdp")
-    if not dist_.enabled:
-        raise SharpError("{fsdp} shards the model over torchrun's processes: run under "
-                         "torchrun --nproc-per-node N (N ≥ 2)", param="fsdp")
+    require_processes(dist_)
     for module in list(model.modules())[1:]:
         if type(module).__name__ in names:
             fully_shard(module)
@@ -289,22 +314,24 @@ class FiniteDifferenceHVP:
         params = self.layout.params
         for p in params:
             p.grad = None
-        passes = self._passes()
+        passes = aligned_passes(self.data, self.dist)
         for weight, batch in passes:
             (weight * self.dist.world_size * self.call.loss(self.model, batch)).backward()
         return self.layout.flat([p.grad for p in params])
 
-    def _passes(self) -> list[tuple[float, object]]:
-        """This process's (weight, batch) pairs, padded with passes of weight 0 to the most
-        any process has: FSDP2's collectives need the same passes on every process."""
-        passes = list(self.data)
-        count = torch.tensor([len(passes)], dtype=torch.int64, device=self.dist.device)
-        if self.dist.enabled:
-            dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        if len(passes) < int(count):
-            if not passes:
-                passes = [(0.0, self.data.first_batch())]
-            passes += [(0.0, passes[0][1])] * (int(count) - len(passes))
+
+def aligned_passes(data, dist_: Dist) -> list[tuple[float, object]]:
+    """This process's (weight, batch) pairs of `data`, padded with passes of weight 0 to the
+    most any process has: FSDP2's collectives (a gradient's, an evaluation's forward) need
+    the same passes on every process."""
+    passes = list(data)
+    count = torch.tensor([len(passes)], dtype=torch.int64, device=dist_.device)
+    if dist_.enabled:
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    if len(passes) < int(count):
         if not passes:
-            raise SharpError("the data yields no batches")
-        return passes
+            passes = [(0.0, data.first_batch())]
+        passes += [(0.0, passes[0][1])] * (int(count) - len(passes))
+    if not passes:
+        raise SharpError("the data yields no batches")
+    return passes

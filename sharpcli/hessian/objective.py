@@ -20,6 +20,7 @@ from torch import nn
 
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.calls import Call
+from sharpcli.hessian.finite_difference import aligned_passes, is_fsdp2, local, reshard
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.params import (flatten, measurement_mode, running_stats_frozen,
                                      trainable_params)
@@ -49,13 +50,16 @@ def evaluate(model: nn.Module, loss_fn, x, y=None, chunk_size: int = 4096,
     call, data = objective_of(model, loss_fn, x, y, chunk_size=chunk_size, dist=dist)
     sums = torch.zeros(2, device=data.device, dtype=torch.float64)
     has_accuracy = False
+    fsdp = is_fsdp2(model)  # its forwards are collectives: the same count on every process
     with measurement_mode(model, "eval"):
-        for w, batch in data:
+        for w, batch in aligned_passes(data, data.dist) if fsdp else data:
             loss, acc = call.loss_and_accuracy(model, batch)
             sums[0] += w * loss.double()
             if acc is not None:
                 sums[1] += w * acc.double()
                 has_accuracy = True
+    if fsdp:  # a forward without backward leaves the root's weights gathered: shards again
+        reshard(model)
     loss, acc = data.dist.sum_(sums).tolist()
     return loss, (acc if data.dist.any(has_accuracy) else None)
 
@@ -99,13 +103,17 @@ def gradient_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     if not grads:
         return torch.zeros(())
     if hasattr(torch.nn.utils, "get_total_norm"):
-        return torch.nn.utils.get_total_norm(grads, 2.0)
+        norm = torch.nn.utils.get_total_norm(grads, 2.0)
+        # FSDP2's gradients are DTensors, and so is their norm: summed over the processes here
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def gradient_vector(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The flat gradient held in .grad (zeros where a parameter got none)."""
-    return flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+    """The flat gradient held in .grad (zeros where a parameter got none); of a model sharded
+    by FSDP2, this process's shards of it, as its Hessian's vectors are."""
+    return flatten([local(p.grad) if p.grad is not None else torch.zeros_like(local(p))
+                    for p in params])
 
 
 def full_batch_gradient(model: nn.Module, loss_fn, x, y=None, chunk_size: int = 4096,

@@ -83,7 +83,7 @@ def eigs(op: LinearOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int | N
         raise LinalgInputError(f"check_missed applies to method='lanczos', not method={method!r}")
     check_k(op, k, dimension(op))  # FSDP2: the whole space, not this process's shards
     budget = MemoryBudget.of(max_memory)
-    split = _split_budget(op, method, k, max_iter)
+    split = split_budget(op, method, k, max_iter)
     if split is not None and (budget is None or budget.bytes > split.bytes):
         budget = split
     check_missed = True if check_missed is None else check_missed
@@ -116,7 +116,7 @@ def eigs(op: LinearOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int | N
     return result
 
 
-def _split_budget(op, method: str, k: int, max_iter: int | None) -> MemoryBudget | None:
+def split_budget(op, method: str, k: int, max_iter: int | None) -> MemoryBudget | None:
     """For vectors split over processes already (FSDP2's shards), where only the restarted
     solvers sum over processes: a budget one vector short of what the unbudgeted Lanczos
     keeps, so that the restarted solver runs, in practice without a restart (a larger
@@ -124,9 +124,12 @@ def _split_budget(op, method: str, k: int, max_iter: int | None) -> MemoryBudget
     shards = shards_of(op)
     if shards is None or shards.dim is None:
         return None
+    if method == "power":  # its k + 3 vectors are shards already (power.py)
+        return None
     if method != "lanczos":
         raise LinalgInputError(f"method={method!r}: an operator sharded like FSDP2's "
-                               "parameters is solved by Lanczos only (method='lanczos')")
+                               "parameters is solved by Lanczos or power iteration "
+                               "(method='lanczos' or 'power')")
     iters = max_iter if max_iter is not None else default_max_iter(method, k)
     steps = max(k, min(iters, shards.dim))
     held = min(lanczos_unbudgeted(steps, k), unbudgeted_top_k_vectors(steps, k))

@@ -13,8 +13,8 @@ import torch
 
 from sharpcli.linalg.budget import MemoryBudget, cannot_hold
 from sharpcli.linalg.lanczos import LanczosProcess, WindowedLanczosProcess, step_together
-from sharpcli.linalg.results import (DensityResult, LinalgInputError, check_count,
-                                     make_generator, random_vector)
+from sharpcli.linalg.results import DensityResult, LinalgInputError, check_count, make_generator
+from sharpcli.linalg.shard import dimension, draw, own_shards, shards_note, space_of
 
 MINIMUM_VECTORS = 3   # within a budget: 2 Lanczos vectors and the probe being drawn
 DEFAULT_SIGMA = 1e-2  # Gaussian width as a fraction of the spectrum's range (max − min node)
@@ -56,8 +56,8 @@ def _runs_within(op, gen, probe: str, n_runs: int, steps: int, budget: MemoryBud
     for first in range(0, n_runs, max(together, 1)):
         procs = []
         for _ in range(min(max(together, 1), n_runs - first)):
-            v = random_vector(op, gen, probe)  # drawn in the unbudgeted order
-            procs.append(WindowedLanczosProcess(op, v.div_(v.norm()), steps, window))
+            v = draw(op, gen, probe)  # drawn in the unbudgeted order
+            procs.append(WindowedLanczosProcess(op, v.div_(space_of(op).norms(v)), steps, window))
             del v
         out += _quadrature(procs, steps)
         n_matvec += sum(p.n_matvec for p in procs)
@@ -99,6 +99,12 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
     "partial", and `note` says so). The cost of partial: ghost eigenvalues among the nodes
     (lanczos.WindowedLanczosProcess), so nodes are not eigenvalues; the density itself
     stays close (tests/linalg/test_budgeted_density.py measures it). At least 3 vectors.
+
+    An operator whose vectors are split over processes already (FSDP2's shards: the budget
+    is then per process) runs on its shards (shard.LocalShards): each probe is drawn as
+    every process's part of the same whole probe (shard.Shards.draw), the Lanczos vectors
+    stay shards and their inner products are summed over the processes, so every process
+    holds the same T and returns the same density.
     """
     check_count(n_runs, "n_runs")
     check_count(n_iter, "n_iter")
@@ -110,16 +116,17 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
         raise LinalgInputError(f"sigma must be positive, got {sigma!r}")
     if probe not in ("rademacher", "gaussian"):
         raise LinalgInputError(f"probe must be 'gaussian' or 'rademacher', got {probe!r}")
+    op = own_shards(op)
     gen = make_generator(seed, op.device)
-    steps = min(n_iter, op.size)
+    steps = min(n_iter, dimension(op))
     budget = MemoryBudget.of(max_memory)
     reorthogonalization, note = "full", ""
     if cannot_hold(budget, op, unbudgeted_vectors(n_runs, steps)):
         runs, n_matvec, reorthogonalization, note = _runs_within(op, gen, probe, n_runs, steps,
                                                                  budget)
     else:
-        probes = [random_vector(op, gen, probe) for _ in range(n_runs)]
-        procs = [LanczosProcess(op, v / v.norm(), steps) for v in probes]
+        probes = [draw(op, gen, probe) for _ in range(n_runs)]
+        procs = [LanczosProcess(op, v / space_of(op).norms(v), steps) for v in probes]
         runs = _quadrature(procs, steps)
         n_matvec = sum(p.n_matvec for p in procs)
     m = max(len(theta) for theta, _ in runs)
@@ -135,4 +142,5 @@ def slq_density(op, *, n_runs: int = 5, n_iter: int = 80, grid_size: int = 1000,
     density = density / torch.trapezoid(density, grid)
     return DensityResult(grid=grid, density=density, nodes=nodes, weights=weights,
                          n_matvec=n_matvec, sigma=width,
-                         reorthogonalization=reorthogonalization, note=note)
+                         reorthogonalization=reorthogonalization,
+                         note="; ".join(filter(None, [note, shards_note(op, "probes")])))

@@ -18,12 +18,12 @@ import scipy.linalg
 import torch
 
 from sharpcli.linalg.budget import MemoryBudget, cannot_hold
-from sharpcli.linalg.projection import float64_sums, inner, project_out, project_out_
+from sharpcli.linalg.projection import float64_sums, project_out, project_out_
 from sharpcli.linalg.restart import restarted_lanczos
-from sharpcli.linalg.shard import dimension
+from sharpcli.linalg.shard import Sharded, dimension, draw, space_of
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, apply_block,
                                      check_eigensolver, converged_pairs, make_generator,
-                                     random_vector, start_vector)
+                                     start_vector)
 
 # β below this many ε·‖A‖ means the Krylov space is (numerically) invariant.
 _BREAKDOWN = 100.0
@@ -34,7 +34,10 @@ class LanczosProcess:
 
     The basis is stored as rows of one (max_steps, size) tensor on the operator's device, so
     reorthogonalising against it is two matrix-vector products ("twice is enough": classical
-    Gram–Schmidt repeated once: linalg.projection).
+    Gram–Schmidt repeated once: linalg.projection). On an operator whose vectors are split
+    over processes (shard.LocalShards: SLQ on FSDP2's shards) every sum over coordinates, the
+    norms included, is summed over them too, so that all processes hold the same T and take
+    the same decisions.
     """
 
     def __init__(self, op, v0: torch.Tensor, max_steps: int):
@@ -48,7 +51,9 @@ class LanczosProcess:
         self.anorm = 0.0               # running lower bound on ‖A‖: max ‖A v_j‖
         self.eps = torch.finfo(op.dtype).eps
         self.broke_down = False        # the last step found an invariant subspace
-        self.space = float64_sums(op.size, op.dtype)  # float64 sums for long float32 vectors
+        self.split = isinstance(op, Sharded)
+        # float64 sums for long float32 vectors; over the processes for split ones
+        self.space = space_of(op) if self.split else float64_sums(op.size, op.dtype)
 
     @property
     def m(self) -> int:
@@ -64,15 +69,18 @@ class LanczosProcess:
         # one host sync per step for α, ‖Av‖ and β: negligible next to a Hessian-vector product
         wide = self.space is not None
         alpha = self.space.inner(v[:, None], w)[0] if wide else torch.dot(v, w)
-        self.anorm = max(self.anorm, float(torch.linalg.vector_norm(w)))
+        self.anorm = max(self.anorm, self._norm(w))
         w = w - alpha.to(w.dtype) * v
         if j > 0:
             w = w - self.betas[-1] * self.basis[j - 1]
         w = project_out(w, self.basis[:j + 1], self.space)
-        beta = (float(self.space.inner(w[:, None], w)[0]) ** 0.5 if wide
-                else float(torch.linalg.vector_norm(w)))
+        beta = float(self.space.inner(w[:, None], w)[0]) ** 0.5 if wide else self._norm(w)
         if self._record(float(alpha), beta):
             self.basis[j + 1] = w / beta
+
+    def _norm(self, w: torch.Tensor) -> float:
+        """‖w‖ over all of its coordinates (all processes' where it is split)."""
+        return float(self.space.norms(w)) if self.split else float(torch.linalg.vector_norm(w))
 
     def _record(self, alpha: float, beta: float) -> bool:
         """Append α, β to T; whether the next Lanczos vector w/β is to be stored (not after a
@@ -93,8 +101,8 @@ class LanczosProcess:
         """Continue after an invariant subspace with a random vector orthogonal to the basis;
         the coupling β is set to zero, so T becomes block diagonal (as ARPACK does)."""
         j = self.m
-        w = project_out(random_vector(self.op, gen, "gaussian"), self.basis[:j], self.space)
-        self.basis[j] = w / w.norm()
+        w = project_out(draw(self.op, gen, "gaussian"), self.basis[:j], self.space)
+        self.basis[j] = w / self._norm(w)
         self.betas[-1] = 0.0
         self.broke_down = False
 
@@ -144,6 +152,7 @@ class WindowedLanczosProcess(LanczosProcess):
         self.n_matvec, self.anorm = 0, 0.0
         self.eps = torch.finfo(op.dtype).eps
         self.broke_down = False
+        self.split, self.space = isinstance(op, Sharded), space_of(op)
 
     def _row(self, j: int) -> torch.Tensor:
         return self.basis[j % len(self.basis)]
@@ -160,13 +169,13 @@ class WindowedLanczosProcess(LanczosProcess):
         j, v = self.m, self._row(self.m)
         w = apply(self.op, v) if w is None else w
         self.n_matvec += 1
-        alpha = float(inner(v[:, None], w))
-        self.anorm = max(self.anorm, float(w.norm()))
+        alpha = float(self.space.inner(v[:, None], w))
+        self.anorm = max(self.anorm, self._norm(w))
         w.sub_(v, alpha=alpha)
         if j > 0:
             w.sub_(self._row(j - 1), alpha=self.betas[-1])
-        project_out_(w, self.basis[:min(j + 1, len(self.basis))])
-        beta = float(w.norm())
+        project_out_(w, self.basis[:min(j + 1, len(self.basis))], self.space)
+        beta = self._norm(w)
         if self._record(alpha, beta):
             self._row(j + 1).copy_(w).div_(beta)
 

@@ -12,10 +12,10 @@ import math
 import torch
 
 from sharpcli.linalg.budget import MemoryBudget
-from sharpcli.linalg.projection import inner, project_out_
+from sharpcli.linalg.projection import project_out_
 from sharpcli.linalg.results import (EigenResult, LinalgInputError, apply, check_k,
-                                     check_count, make_generator, random_vector,
-                                     start_vector)
+                                     check_count, make_generator, start_vector)
+from sharpcli.linalg.shard import Sharded, dimension, draw, own_shards, shards_note, space_of
 
 
 def minimum_vectors(k: int) -> int:
@@ -48,8 +48,13 @@ def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v
     tensor, projections in place and inner products in float64, k + 3 vectors in all.
     `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound) only checks that
     minimum: a smaller budget is an error naming it.
+
+    An operator whose vectors are split over processes (FSDP2's shards) runs on them: the
+    pairs and the iterate are this process's shards, every inner product and norm summed
+    over the processes, the random starts cut from whole draws as for Lanczos.
     """
-    check_k(op, k)
+    op = own_shards(op)
+    check_k(op, k, dimension(op))
     check_count(max_iter, "max_iter")
     if not tol >= 0:
         raise LinalgInputError(f"tol must be non-negative, got {tol!r}")
@@ -60,6 +65,7 @@ def power_iteration(op, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100, v
                        "and 1 vector of scratch")
     result = _power(op, k, tol=tol, max_iter=max_iter, v0=v0, seed=seed, residuals=residuals)
     result.basis_vectors = k if budget is not None else None
+    result.note = shards_note(op, "vectors")
     return result
 
 
@@ -69,6 +75,7 @@ def _power(op, k: int, *, tol: float, max_iter: int, v0, seed: int,
     of one (k, size) tensor, the iterate is normalised and projected in place, θ = vᵀAv in
     float64."""
     gen = make_generator(seed, op.device)
+    space = space_of(op)  # sums over coordinates: over the processes for split vectors
     tiny = torch.finfo(torch.float64).tiny
     found = torch.empty(k, op.size, dtype=op.dtype, device=op.device)
     values, res, conv = [], [], []
@@ -76,13 +83,13 @@ def _power(op, k: int, *, tol: float, max_iter: int, v0, seed: int,
 
     def pair(v):  # Av, θ and ‖Av − θv‖: one product and one vector of scratch
         w = apply(op, v)
-        theta = float(inner(v[:, None], w))
-        return w, theta, float(torch.linalg.vector_norm(w - theta * v))
+        theta = float(space.inner(v[:, None], w))
+        return w, theta, float(space.norms(w - theta * v))
 
     for i in range(k):
-        v = start_vector(op, v0, gen) if i == 0 else random_vector(op, gen, "gaussian")
-        v = project_out_(v, found[:i])
-        v.div_(v.norm())
+        v = _start(op, v0, gen) if i == 0 else draw(op, gen, "gaussian")
+        v = project_out_(v, found[:i], space)
+        v.div_(space.norms(v))
         theta_prev, converged = None, False
         for _ in range(max_iter):
             w, theta, residual = pair(v)
@@ -92,8 +99,8 @@ def _power(op, k: int, *, tol: float, max_iter: int, v0, seed: int,
                 converged = True
                 break
             theta_prev = theta
-            project_out_(w, found[:i])  # deflation
-            norm = w.norm()
+            project_out_(w, found[:i], space)  # deflation
+            norm = space.norms(w)
             if norm == 0:
                 converged = True
                 break
@@ -119,6 +126,14 @@ def _power(op, k: int, *, tol: float, max_iter: int, v0, seed: int,
                        residuals=torch.tensor(res, dtype=torch.float64)[order],
                        converged=torch.tensor(conv, dtype=torch.bool)[order],
                        n_matvec=n_matvec, iterations=iterations, basis_vectors=k)
+
+
+def _start(op, v0, gen: torch.Generator) -> torch.Tensor:
+    """The first start vector: v0 or a Gaussian draw (on split vectors, this process's part
+    of it; `_power` normalises it over all)."""
+    if isinstance(op, Sharded):
+        return op.start(v0)[:, 0] if v0 is not None else draw(op, gen, "gaussian")
+    return start_vector(op, v0, gen)
 
 
 def _permute_rows_(rows: torch.Tensor, order: list[int]) -> None:

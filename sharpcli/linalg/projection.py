@@ -63,9 +63,12 @@ def project_out(w: torch.Tensor, rows: torch.Tensor | None, space: Space | None 
     def coefficients(w):
         return space.inner(rows.T, w).to(w.dtype) if space is not None else rows @ w
 
-    before = torch.linalg.vector_norm(w, dim=0)
+    # the norms where the sums are (over processes for split vectors): every process must
+    # take the same decision, or the second pass's all-reduce would pair with nothing
+    norms = (space or LOCAL).norms
+    before = norms(w)
     w = w - rows.T @ coefficients(w)
-    if bool((torch.linalg.vector_norm(w, dim=0) < _DGKS * before).any()):  # one host sync
+    if bool((norms(w) < _DGKS * before).any()):  # one host sync
         w = w - rows.T @ coefficients(w)
     return w
 

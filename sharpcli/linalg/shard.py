@@ -158,6 +158,26 @@ def sharded(op):
     return Sharded(op, shards) if shards is not None and shards.world > 1 else op
 
 
+def own_shards(op):
+    """`op` on its own shards (LocalShards) where its vectors are split already (FSDP2), else
+    `op` itself: what the trace and the density solve. Unlike `sharded`, a torchrun operator
+    whose vectors are whole on every process stays as it is (a trace keeps a few vectors, and
+    a gather per product would cost an all-reduce of a whole vector)."""
+    shards = shards_of(op)
+    if shards is None or shards.dim is None:
+        return op
+    return op if isinstance(op, LocalShards) else LocalShards(op, shards)
+
+
+def shards_note(op, what: str) -> str:
+    """For a result's note: that `what` (probes, vectors) lived as shards, over how many
+    processes; "" for an operator whose vectors are whole."""
+    if not isinstance(op, LocalShards):
+        return ""
+    world = op.shards.world
+    return f"{what} sharded like the parameters over {world} process{'es' if world > 1 else ''}"
+
+
 def own_space(op) -> Space:
     """Where sums over op's own vectors happen: across processes when they are split already
     (FSDP2), else here (a torchrun Hessian's vectors are whole on every process)."""

@@ -11,6 +11,15 @@ zᵀAz − zᵀBz for tr(R). The variance falls from 2‖A‖²_F to 2‖R‖²_
 part). For Hessians B is the Gauss–Newton part (sharpcli.hessian.ggn), and that ratio is in the
 hundreds on trained networks, where Hutch++ gains little: their Hessians are dominated by
 a wide bulk, not by a few large eigenvalues.
+
+Sharded (FSDP2): an operator whose vectors are split over processes already runs on its
+shards (shard.LocalShards). Each probe is every process's part of one whole probe: each
+parameter's draw from the generator that every process seeds alike, cut as FSDP2 cuts it
+(finite_difference.ParamLayout.random), so no process holds a whole probe and the estimate
+does not depend on the number of processes (to the order of summation). zᵀAz, the sketch's
+Gram matrix and its projections are summed over the processes, so every process gets the
+same numbers and stops at the same probe. The probes are not those of an unsharded operator
+with the same seed, which draws the flat vector in one call.
 """
 
 from __future__ import annotations
@@ -22,9 +31,10 @@ import torch
 
 from sharpcli.linalg.basis import orthonormalize_
 from sharpcli.linalg.budget import MemoryBudget, cannot_hold
-from sharpcli.linalg.projection import inner, project_out, project_out_
+from sharpcli.linalg.projection import LOCAL, project_out, project_out_
 from sharpcli.linalg.results import (LinalgInputError, TraceResult, apply_block, check_count,
-                                     make_generator, random_vector)
+                                     make_generator)
+from sharpcli.linalg.shard import dimension, draw, own_shards, shards_note, space_of
 
 MIN_PROBES = 10  # probes averaged before an early stop may trust its standard error
 # With a control variate the remainder is a small share of the trace, so a standard error
@@ -56,13 +66,14 @@ def _hutchinson_phase(op, gen, n_probes: int, tol: float | None, offset: float,
     bounds every block, which are then built and projected in place: the same probes and
     stops, the same estimate up to rounding."""
     values: list[float] = []
+    lean = cap is not None or _split(op)  # split vectors: in place, the sums over processes
     while len(values) < n_probes:
         first = tol is None or len(values) < min_probes
         want = (n_probes if tol is None else min_probes) - len(values) if first else block
         size = min(want, n_probes - len(values), cap or n_probes)
-        z = _probes(op, gen, size, basis, lean=cap is not None)
+        z = _probes(op, gen, size, basis, lean=lean)
         # one host sync per block: needed for the early stop, cheap next to the products
-        quad = _quadratic_forms(z, apply_block(op, z), lean=cap is not None)
+        quad = _quadratic_forms(z, apply_block(op, z), lean=lean, space=space_of(op))
         values += [q - minus(zi) if minus is not None else q for q, zi in zip(quad, z.T)]
         del z
         if tol is not None and len(values) >= min_probes:
@@ -72,23 +83,29 @@ def _hutchinson_phase(op, gen, n_probes: int, tol: float | None, offset: float,
     return values
 
 
+def _split(op) -> bool:
+    """Whether op's vectors are split over processes (own_shards gave shard.LocalShards)."""
+    return space_of(op) is not LOCAL
+
+
 def _probes(op, gen, n: int, basis: torch.Tensor | None, lean: bool) -> torch.Tensor:
     """n Rademacher probes as columns (size, n), projected off `basis`'s columns; `lean`:
     drawn into one tensor and projected in place (no copies of the block)."""
     if not lean:
-        z = torch.stack([random_vector(op, gen, "rademacher") for _ in range(n)], dim=1)
+        z = torch.stack([draw(op, gen, "rademacher") for _ in range(n)], dim=1)
         return z if basis is None else project_out(z, basis.T)
     z = torch.empty(op.size, n, dtype=op.dtype, device=op.device)
     for i in range(n):
-        z[:, i] = random_vector(op, gen, "rademacher")
-    return z if basis is None else project_out_(z, basis.T)
+        z[:, i] = draw(op, gen, "rademacher")
+    return z if basis is None else project_out_(z, basis.T, space_of(op))
 
 
-def _quadratic_forms(z: torch.Tensor, az: torch.Tensor, lean: bool) -> list[float]:
-    """zᵢᵀ(Az)ᵢ for each column; `lean`: column by column, no product of the block's size."""
+def _quadratic_forms(z: torch.Tensor, az: torch.Tensor, lean: bool, space=LOCAL) -> list[float]:
+    """zᵢᵀ(Az)ᵢ for each column; `lean`: column by column, no product of the block's size.
+    `space`: where the sums over coordinates happen (over processes for split vectors)."""
     if not lean:
         return (z * az).sum(dim=0).double().tolist()
-    return [float(inner(z[:, i:i + 1], az[:, i])) for i in range(z.shape[1])]
+    return [float(space.inner(z[:, i:i + 1], az[:, i])) for i in range(z.shape[1])]
 
 
 def unbudgeted_vectors(n_probes: int, tol: float | None, block: int, min_probes: int,
@@ -121,13 +138,14 @@ def _sketch_within(op, gen, s: int) -> tuple[torch.Tensor, float, int]:
     """Hutch++'s Q = orth(AS) and tr(QᵀAQ) for s probes, in place: the product AS becomes Q
     (basis.orthonormalize_), so the sketch keeps s vectors beside one product. Returns Q,
     tr(QᵀAQ) and the products spent (s + rank of AS)."""
+    space = space_of(op)
     z = _probes(op, gen, s, None, lean=True)
     az = apply_block(op, z)
     del z
-    good, _ = orthonormalize_(az, [], s, None)
+    good, _ = orthonormalize_(az, [], s, None, space)
     q = az[:, :good]
     aq = apply_block(op, q)
-    low_rank = sum(float(inner(q[:, i:i + 1], aq[:, i])) for i in range(good))
+    low_rank = sum(float(space.inner(q[:, i:i + 1], aq[:, i])) for i in range(good))
     return q, low_rank, s + good
 
 
@@ -152,6 +170,9 @@ def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed:
     sketch, tr(QᵀAQ) and the first probes of the Hutchinson phase each in one, later probes
     `block` at a time (the stop is checked between blocks).
 
+    An operator split over processes (FSDP2) is estimated on its shards, the sums over
+    processes (module docstring); the budget is then per process.
+
     `max_memory` (bytes, "1.5GB", or a MemoryBudget; None: no bound), what the estimate
     keeps beyond the operator and one block of products; a budget that holds the unbudgeted
     blocks (`unbudgeted_vectors`) changes nothing. Below that, Hutchinson takes its probes
@@ -166,7 +187,15 @@ def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed:
     if tol is not None and not tol > 0:
         raise LinalgInputError(f"tol must be positive or None, got {tol!r}")
     check_count(block, "block")
-    budget = MemoryBudget.of(max_memory)
+    op = own_shards(op)
+    result = _estimate(op, n_probes, tol, seed, method, block, MemoryBudget.of(max_memory))
+    result.note = "; ".join(filter(None, [result.note, shards_note(op, "probes")]))
+    return result
+
+
+def _estimate(op, n_probes: int, tol: float | None, seed: int, method: str, block: int,
+              budget: MemoryBudget | None) -> TraceResult:
+    """`hutchinson_trace` on an operator as own_shards gives it (its note without the shards)."""
     gen = make_generator(seed, op.device)
     if method == "hutchinson":
         cap = _cap(op, budget, unbudgeted_vectors(n_probes, tol, block, MIN_PROBES))
@@ -177,22 +206,22 @@ def hutchinson_trace(op, *, n_probes: int = 100, tol: float | None = None, seed:
         raise LinalgInputError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
     if n_probes < 3:
         raise LinalgInputError(f"hutch++ needs a budget of at least 3 matvecs, got {n_probes}")
-    s = min(n_probes // 3, op.size)
+    s = min(n_probes // 3, dimension(op))
     cap = _cap(op, budget, unbudgeted_vectors(n_probes - 2 * s, tol, block, MIN_PROBES, s), 1)
     note = ""
-    if cap is None:
-        probes = torch.stack([random_vector(op, gen, "rademacher") for _ in range(s)], dim=1)
+    if cap is None and not _split(op):
+        probes = torch.stack([draw(op, gen, "rademacher") for _ in range(s)], dim=1)
         q, _ = torch.linalg.qr(apply_block(op, probes))  # (size, s), orthonormal even if AS is rank-deficient
         low_rank, sketch_matvec = float((q * apply_block(op, q)).sum().double()), 2 * s
-    else:
-        have = budget.vectors(op.size, op.dtype)
+    else:  # within a budget, or on split vectors: the QR as a Gram matrix summed over them
+        have = budget.vectors(op.size, op.dtype) if cap is not None else s + 2
         if s > have - 2:  # the sketch beside a block of one probe and one of scratch
             note = (f"max_memory: hutch++ sketch of {have - 2} vectors instead of {s}; the "
                     "products it frees went to Hutchinson probes (a larger stderr)")
             s = have - 2
         q, low_rank, sketch_matvec = _sketch_within(op, gen, s)
-        cap = have - q.shape[1] - 1
-    if s == op.size:  # Q spans the whole space: tr(QᵀAQ) is the trace, nothing is left
+        cap = have - q.shape[1] - 1 if cap is not None else None
+    if s == dimension(op):  # Q spans the whole space: tr(QᵀAQ) is the trace, nothing is left
         return TraceResult(low_rank, 0.0, sketch_matvec, 0, note=note)
     values = _hutchinson_phase(op, gen, n_probes - sketch_matvec, tol, low_rank, q, block=block,
                                cap=cap)
@@ -221,6 +250,10 @@ def control_variate_trace(op, base_trace: float, base_quadratic_form: Callable[[
     if not math.isfinite(base_trace):
         raise LinalgInputError(f"base_trace must be finite, got {base_trace!r}")
     check_count(block, "block")
+    if own_shards(op) is not op:
+        raise LinalgInputError("control_variate_trace takes whole vectors, and this operator's "
+                               "are split over processes (FSDP2): use trace(method='hutchinson' "
+                               "or 'hutch++')")
     gen = make_generator(seed, op.device)
     cap = _cap(op, MemoryBudget.of(max_memory),
                unbudgeted_vectors(n_probes, tol, block, MIN_PROBES_CONTROL_VARIATE))

@@ -64,9 +64,6 @@ def compute_spectrum(problem: Problem, cfg: SpectrumConfig,
 
         yield from pyhessian_solves(problem, cfg)
         return
-    if (cfg.trace or cfg.density) and is_fsdp2(problem.model):
-        raise SharpError("{trace} and {density} are not yet available for a model sharded by "
-                         "FSDP2: its eigenvalues are", param=("trace", "density"))
     blocks = parameter_blocks(reshard(problem.model), cfg.per_layer, cfg.blocks)
     budget = memory_budget(cfg, blocks["all"])
     if cfg.trace:
@@ -107,8 +104,9 @@ def _timed(name: str, quantity: str, solve, problem: Problem, cfg: SpectrumConfi
         op = Stoppable(op, problem.should_stop, problem.dist)
         result, note = solve(op)
     notes = [hessian.note, note, getattr(result, "note", "")]
-    return Solve(name, quantity, result, result.n_matvec, time.perf_counter() - start, op.size,
-                 note="; ".join(filter(None, notes)) or None)
+    # the block's parameters: the whole space's, not this process's shards (FSDP2)
+    return Solve(name, quantity, result, result.n_matvec, time.perf_counter() - start,
+                 dimension(op), note="; ".join(filter(None, notes)) or None)
 
 
 def memory_budget(cfg: SpectrumConfig, whole: Block) -> MemoryBudget | None:
@@ -176,7 +174,7 @@ def trace_method(problem: Problem, cfg: SpectrumConfig, block: Block | None = No
     if cfg.trace_method is not TraceMethod.auto:
         return cfg.trace_method
     applies = (gauss_newton_separable(problem.model, cfg.hessian_mode) and not cfg.preconditioned
-               and gauss_newton_unavailable(problem.call, problem.data) is None
+               and _gauss_newton_unavailable(problem) is None
                and (block is None or block.coords is None))
     return TraceMethod.gauss_newton if applies else TraceMethod.hutchinson
 
@@ -187,10 +185,19 @@ def trace_note(problem: Problem, cfg: SpectrumConfig, block: Block | None = None
     is part of a parameter (the control variate's exact trace covers whole parameters)."""
     if cfg.trace_method is not TraceMethod.auto or cfg.preconditioned:
         return None
-    why = gauss_newton_unavailable(problem.call, problem.data)
+    why = _gauss_newton_unavailable(problem)
     if why is None and block is not None and block.coords is not None:
         why = "the block is part of a parameter"
     return None if why is None else f"trace by Hutchinson (no Gauss–Newton control variate: {why})"
+
+
+def _gauss_newton_unavailable(problem: Problem) -> str | None:
+    """Why the Gauss–Newton control variate cannot be taken, or None: its per-example
+    Jacobian products need the whole weights, which a model sharded by FSDP2 does not hold
+    (the trace is then Hutchinson's on the shards)."""
+    if is_fsdp2(problem.model):
+        return "the model is sharded by FSDP2"
+    return gauss_newton_unavailable(problem.call, problem.data)
 
 
 def _check_trace_method(problem: Problem, cfg: SpectrumConfig, blocks: dict[str, Block]) -> None:
@@ -202,7 +209,7 @@ def _check_trace_method(problem: Problem, cfg: SpectrumConfig, blocks: dict[str,
                          "on that example alone, and BatchNorm in {hessian_mode} train "
                          "normalises by the batch; use {hessian_mode} eval or {trace_method} "
                          "hutchinson", param=("trace_method", "hessian_mode"))
-    why = gauss_newton_unavailable(problem.call, problem.data)
+    why = _gauss_newton_unavailable(problem)
     if why is not None:
         raise SharpError(f"{{trace_method}} gauss-newton needs per-example outputs, but {why}; "
                          "use {trace_method} hutchinson", param="trace_method")

@@ -178,7 +178,8 @@ class ModelSource:
     batch_loss: str | None = None     # MODULE:CALLABLE (model, batch) → mean loss
     num_terms: str | None = None      # MODULE:CALLABLE batch → its loss terms
     check_deterministic: bool = True  # refuse a --data source whose passes differ
-    fsdp: str | None = None           # CLASS[,CLASS]: shard those modules, then the root (FSDP2)
+    fsdp: str | None = None           # CLASS[,CLASS]: shard those modules, then the root (FSDP2);
+    #                                   "factory": the factory's model is sharded already
 
     def __post_init__(self) -> None:
         coerce_choices(self)

@@ -17,7 +17,8 @@ from sharpcli.hessian.preconditioner import preconditioner_from_state
 from sharpcli.interrupt import check_stop
 from sharpcli.spectra.config import ModelSource
 from sharpcli.hessian.calls import Call
-from sharpcli.hessian.finite_difference import shard_by_class
+from sharpcli.hessian.finite_difference import (FACTORY, load_sharded_weights, require_processes,
+                                                shard_by_class)
 from sharpcli.workload.imports import build_user_model, import_object, resolve_call
 from sharpcli.workload.user_data import (UserData, UserSource, is_callable_spec,
                                          load_user_source, read_data)
@@ -55,6 +56,9 @@ def subjects(targets: list[Target], device, source: ModelSource | None = None, *
                           ckpt.settings.physical_batch_size, report_dir_for(target, ckpt.config),
                           ckpt.preconditioner)
         return
+    sharded = source.fsdp == FACTORY  # the factory returns the model sharded already
+    if sharded:
+        require_processes(dist)
     model = build_user_model(source.model_factory, source.model_kwargs)
     call = resolve_call(source.loss, source.batch_loss)
     num_terms = import_object(source.num_terms, "num_terms") if source.num_terms else None
@@ -66,9 +70,13 @@ def subjects(targets: list[Target], device, source: ModelSource | None = None, *
         weights = read_weights(target.checkpoint)
         if source.fsdp and i:  # the last target's model is sharded: load into a fresh one
             model = build_user_model(source.model_factory, source.model_kwargs)
-        load_weights(model, weights.state, str(target.checkpoint))
-        model.to(device).eval()
-        if source.fsdp:
+        if sharded:
+            load_sharded_weights(model, weights.state, str(target.checkpoint))
+            model.eval()  # its shards stay where the factory put them
+        else:
+            load_weights(model, weights.state, str(target.checkpoint))
+            model.to(device).eval()
+        if source.fsdp and not sharded:
             shard_by_class(model, source.fsdp, dist)
         yield Subject(target, weights.step, model, call, splits, 4096,
                       report_dir_for(target, weights.config) if weights.config

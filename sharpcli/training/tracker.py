@@ -46,11 +46,12 @@ from sharpcli.formats.schema import (CONFIG_FILE, METRICS_COLUMNS, METRICS_FILE,
                                      TOP_EIGENVALUE_COLUMNS, TOP_EIGENVALUES_FILE)
 from sharpcli.hessian.batch_sharpness import batch_sharpness, random_batches
 from sharpcli.hessian.calls import Call
+from sharpcli.hessian.finite_difference import is_fsdp2
 from sharpcli.hessian.objective import evaluate, gradient_norm, gradient_vector
 from sharpcli.sources.data import DEFAULT_CHUNK, Data, as_data, check_chunk_size
 from sharpcli.hessian.params import trainable_params
 from sharpcli.hessian.preconditioner import preconditioner
-from sharpcli.hessian.sharpness import Sharpness, alignment, measure_sharpness
+from sharpcli.hessian.sharpness import Sharpness, measure_sharpness
 from sharpcli.linalg.budget import MemoryBudget, require_minimum
 from sharpcli.linalg.restart import minimum_vectors
 from sharpcli.linalg.results import LinalgInputError
@@ -167,6 +168,7 @@ class Tracker:
                  loggers: str | Sequence[Any] | None = None, resume: bool = False, overwrite: bool = False):
         if resume and overwrite:
             raise SharpError("resume=True continues a run and overwrite=True replaces it: give one")
+        _refuse_for_fsdp2(model, checkpoint_every, batch_sharpness)
         call = Call(loss_fn, batch_loss=batch_loss, forward=forward, output_fn=output_fn)
         check_chunk_size(data, y, chunk_size)  # a stream comes in its own batches
         run_dir = Path(run_dir)
@@ -446,7 +448,7 @@ class Tracker:
             self._warn_unconverged(info.step)
         direction = info.direction
         return {"sharpness": columns["sharpness"],
-                "alignment": alignment(direction, s.top_vector) if direction is not None else None,
+                "alignment": s.alignment(direction) if direction is not None else None,
                 "preconditioned_sharpness": columns["preconditioned_sharpness"],
                 "batch_sharpness": self._batch_sharpness(info),
                 "sharpness_converged": columns["sharpness_converged"]}
@@ -566,6 +568,22 @@ def sharpness_columns(model: nn.Module, call: Call, data: Data, *, k: int, tol: 
     converged = s.all_converged and (pre is None or pre.all_converged)
     return ({"sharpness": s.value, "preconditioned_sharpness": pre.value if pre else None,
              "sharpness_converged": int(converged)}, s, pre)
+
+
+def _refuse_for_fsdp2(model: nn.Module, checkpoint_every, batch_sharpness) -> None:
+    """What a model sharded by FSDP2 cannot have, in one line: a checkpoint (one process
+    writes it, and it holds its shards only) and the batch sharpness (exact products, which
+    FSDP2's gradient does not allow)."""
+    if not is_fsdp2(model):
+        return
+    if checkpoint_every:
+        raise SharpError("{checkpoint_every}: the Tracker's checkpoints are one process's file, "
+                         "and a model sharded by FSDP2 is whole on none; save it with "
+                         "torch.distributed.checkpoint", param="checkpoint_every")
+    if batch_sharpness is not None:
+        raise SharpError("{batch_sharpness} needs exact Hessian-vector products, and a model "
+                         "sharded by FSDP2 has finite-difference ones only",
+                         param="batch_sharpness")
 
 
 def _budget(max_memory, model: nn.Module, k: int) -> MemoryBudget | None:

@@ -40,6 +40,12 @@ def read_weights(path: str | Path) -> Weights:
 
 def load_weights(model: nn.Module, state: dict, where: str) -> None:
     """Load `state` into `model`, or one line naming the first keys that do not fit."""
+    check_fits(model, state, where)
+    model.load_state_dict(state)
+
+
+def check_fits(model: nn.Module, state: dict, where: str) -> None:
+    """One line naming the first keys of `state` that do not fit `model`, if any."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -50,6 +56,5 @@ def load_weights(model: nn.Module, state: dict, where: str) -> None:
         + ([f"shape {', '.join(shapes[:3])}"] if shapes else [])
     if problems:
         raise SharpError(f"{where}: the weights do not fit the model: {'; '.join(problems)}")
-    model.load_state_dict(state)
 
 

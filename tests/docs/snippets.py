@@ -28,6 +28,9 @@ EXCLUDED = {
     ("docs/guides/large-models.md", "from torch.distributed.fsdp import fully_shard"):
         "runs in every process of a torchrun launch; tests/fsdp_spectra.py makes the same "
         "calls on 2 and 4 processes (tests/hessian/test_fsdp.py)",
+    ("docs/guides/large-models.md", "for layer in model:                        # each Linear, then the root"):
+        "runs in every process of a torchrun launch: its lines are tests/fsdp_spectra.py's "
+        "`train`, run on 2 and 4 processes (test_fsdp.py checks both)",
 }
 
 

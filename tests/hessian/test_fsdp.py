@@ -21,9 +21,12 @@ import torch
 import sharpcli
 from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
-from sharpcli.hessian.finite_difference import STEP_SCALE, is_fsdp2, resolve_hvp
+from sharpcli.hessian.finite_difference import (STEP_SCALE, ParamLayout, is_fsdp2,
+                                                load_sharded_weights, resolve_hvp)
+from sharpcli.linalg.results import make_generator
 from tests import hf_case, token_cases
-from tests.fsdp_spectra import SHARP
+from tests.fsdp_spectra import (EVERY, EXAMPLES, HUTCH_PP, HUTCHINSON, ROW_PROBES, SEED, SHARP,
+                                SLQ, STEPS, factory_csv)
 from tests.runners import sharp
 from tests.cases import CNN_MSE, MLP_CE, MLP_MSE
 from tests.helpers import dense_hessian
@@ -111,6 +114,105 @@ def exact():
     return exact_spectra()
 
 
+def check_estimates(sharded: dict, world: int) -> None:
+    """The sharded MLP's trace and density (tests/fsdp_spectra.py `estimates`) against the
+    dense float64 Hessian of one unsharded process with the same probes: each process's part
+    of a probe is its shard of the whole probe that ParamLayout.random draws, so one process
+    drawing with the same seed has the whole probes. Each probe's zᵀHz, Hutch++'s sketch and
+    remainder, and each SLQ run's first two moments (Σwθ = zᵀHz/n, Σwθ² = ‖Hz‖²/n, exact
+    for any run of 2 steps or more) to 1e-7, what the finite differences allow in float64."""
+    model, loss_fn, x, y = MLP_CE(dtype=torch.float64)
+    h = dense_hessian(model, loss_fn, x, y)
+    n = len(h)
+    layout = ParamLayout(list(model.parameters()))
+
+    def probes(count):
+        gen = make_generator(SEED, torch.device("cpu"))
+        return torch.stack([layout.random(gen, "rademacher", torch.float64, torch.device("cpu"))
+                            for _ in range(count)], dim=1)
+
+    z = probes(HUTCH_PP)
+    forms = ((h @ z) * z).sum(0)
+    value, stderr, samples, products = sharded["hutchinson"]
+    assert samples == pytest.approx(forms[:HUTCHINSON].tolist(), rel=1e-7, abs=1e-9)
+    assert value == pytest.approx(float(forms[:HUTCHINSON].mean()), rel=1e-7)
+    assert products == HUTCHINSON and abs(value - float(h.trace())) < 4 * stderr
+    s = HUTCH_PP // 3  # Hutch++: a sketch of s probes, then the remainder's probes
+    q = torch.linalg.qr(h @ z[:, :s])[0]
+    rest = z[:, s:HUTCH_PP - s] - q @ (q.T @ z[:, s:HUTCH_PP - s])
+    plus = float((q * (h @ q)).sum() + ((h @ rest) * rest).sum(0).mean())
+    assert sharded["hutch++"] == [pytest.approx(plus, rel=1e-7), HUTCH_PP]
+    nodes, weights = (torch.tensor(sharded[key], dtype=torch.float64)
+                      for key in ("nodes", "weights"))
+    z = probes(SLQ["runs"])
+    assert (weights * nodes).sum(1).tolist() == pytest.approx((((h @ z) * z).sum(0) / n).tolist(), rel=1e-7)
+    assert (weights * nodes ** 2).sum(1).tolist() == pytest.approx(((h @ z).pow(2).sum(0) / n).tolist(),
+                                                                   rel=1e-7)
+    assert weights.sum(1).tolist() == pytest.approx([1.0] * SLQ["runs"], abs=1e-12)
+    assert sharded["integral"] == pytest.approx(1.0, abs=1e-12)
+    eigenvalues = torch.linalg.eigvalsh(h)
+    assert float(nodes.max()) == pytest.approx(float(eigenvalues[-1]), rel=1e-6)
+    assert float(nodes.min()) >= float(eigenvalues[0]) - 1e-6
+    trace_row, density_row = sharded["rows"]
+    assert trace_row["value"] == pytest.approx(float(forms[:ROW_PROBES].mean()), rel=1e-7)
+    assert density_row["quantity"] == "density"
+    for row in sharded["rows"]:
+        assert "finite differences" in row["note"], row
+        assert f"probes sharded like the parameters over {world} processes" in row["note"], row
+
+
+def check_command_estimates(rows: pd.DataFrame, density: pd.DataFrame) -> None:
+    """`sharp spectrum --fsdp factory --trace --density` (FACTORY_EXTRA): the trace row is the
+    mean of zᵀHz over its 4 probes, H applied exactly by one unsharded process to the whole
+    probes that the shards were cut from; the density row's implied trace is n·zᵀHz/‖z‖²
+    of the first probe (1 run), and density.csv's curve integrates to 1."""
+    model = token_cases.model()
+    op = sharpcli.hessian(model, token_cases.token_loss, token_cases.stream(),
+                          num_terms=token_cases.tokens)
+    gen = make_generator(0, torch.device("cpu"))  # --seed's default
+    layout = ParamLayout(list(model.parameters()))
+    z = torch.stack([layout.random(gen, "rademacher", torch.float64, torch.device("cpu"))
+                     for _ in range(4)], dim=1)
+    forms = ((op @ z) * z).sum(0)
+    trace_row = rows[rows["quantity"] == "trace"].iloc[0]
+    assert trace_row["value"] == pytest.approx(float(forms.mean()), rel=1e-7)
+    assert trace_row["n_hvp"] == 4
+    density_row = rows[rows["quantity"] == "density"].iloc[0]
+    assert density_row["value"] == pytest.approx(float(forms[0]), rel=1e-7)
+    curve = torch.tensor(density["density"].to_numpy())
+    grid = torch.tensor(density["eigenvalue"].to_numpy())
+    assert float(torch.trapezoid(curve, grid)) == pytest.approx(1.0, abs=1e-6)
+
+
+def check_tracked(tracked: dict, run_dir: Path) -> None:
+    """The Tracker in a plain FSDP2 training loop (tests/fsdp_spectra.py `train`): at each
+    measured step, rank 0's λ₁, λ₂, ‖g‖, alignment and train loss are one unsharded
+    process's at the same weights (dense Hessian, exact gradient), λ to 1e-7; training ended
+    with the weights it ends with without the Tracker, bit for bit; and the Tracker's top
+    vectors were each process's shards, not whole vectors."""
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    top = pd.read_csv(run_dir / "top_eigenvalues.csv")
+    assert tracked["unchanged"]
+    assert list(metrics["step"]) == list(range(0, STEPS + 1, EVERY))
+    for _, row in metrics.iterrows():
+        model, loss_fn, x, y = MLP_CE(n=EXAMPLES)
+        with torch.no_grad():
+            for p, w in zip(model.parameters(), tracked["weights"][str(int(row["step"]))]):
+                p.copy_(torch.tensor(w, dtype=torch.float64))
+        values, vectors = torch.linalg.eigh(dense_hessian(model, loss_fn, x, y))
+        loss = loss_fn(model(x), y)
+        grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, model.parameters())])
+        second = top[(top["step"] == row["step"]) & (top["index"] == 2)]["eigenvalue"]
+        assert row["sharpness"] == pytest.approx(float(values[-1]), rel=1e-7)
+        assert float(second.iloc[0]) == pytest.approx(float(values[-2]), rel=1e-7)
+        assert row["sharpness_converged"] == 1
+        assert row["grad_norm"] == pytest.approx(float(grad.norm()), rel=1e-10)
+        cosine = abs(float(grad @ vectors[:, -1])) / float(grad.norm())
+        assert row["alignment"] == pytest.approx(cosine, abs=1e-6)
+        assert row["train_loss"] == pytest.approx(float(loss.detach()), rel=1e-12)
+    assert 0 < tracked["local"] < sum(p.numel() for p in model.parameters())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
 def test_fsdp2_sharded_spectra_equal_one_unsharded_process(world, exact, tmp_path):
@@ -129,12 +231,20 @@ def test_fsdp2_sharded_spectra_equal_one_unsharded_process(world, exact, tmp_pat
                             timeout=LAUNCH_TIMEOUT)
     assert result.returncode == 0, result.stderr[-3000:]
     sharded = json.loads(out.read_text())
-    if cli:  # `sharp spectrum --fsdp Linear` under torchrun: one process's rows
-        assert sharded.pop("cli_exit") == 0
+    if cli:  # `sharp spectrum --fsdp Linear` and `--fsdp factory` under torchrun: one process's
+        assert sharded.pop("cli_exit") == [0, 0]
         assert sharp(*SHARP, "--weights", str(weights), "--out", str(tmp_path / "one.csv")).code == 0
-        one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(csv)
-        assert list(two["value"]) == pytest.approx(list(one["value"]), rel=1e-7)
-        assert two["note"].str.contains("finite differences").all()
+        one = pd.read_csv(tmp_path / "one.csv")
+        for path in (csv, factory_csv(str(csv))):
+            two = pd.read_csv(path)
+            values = two[two["quantity"] == "eigenvalue"]["value"]
+            assert list(values) == pytest.approx(list(one["value"]), rel=1e-7), path
+            assert two["note"].str.contains("finite differences").all()
+            assert two["note"].str.contains("sharded like the parameters over 2").all()
+        check_command_estimates(pd.read_csv(factory_csv(str(csv))),
+                                pd.read_csv(factory_csv(str(csv), "density")))
+    check_estimates(sharded.pop("estimates"), world)
+    check_tracked(sharded.pop("tracked"), tmp_path / "tracked-run")
     assert set(sharded) == set(exact)
     for case, rows in sharded.items():
         dtype = case.split("-")[1]
@@ -148,10 +258,26 @@ def test_fsdp2_sharded_spectra_equal_one_unsharded_process(world, exact, tmp_pat
             assert kept["rng"], case
 
 
+def test_the_guides_tracker_loop_is_the_tested_script():
+    """The large-models guide's FSDP2 loop is not run by the snippet tests (it needs
+    torchrun), but every line of it is a line of tests/fsdp_spectra.py, which runs it."""
+    from tests.docs.snippets import ROOT, blocks
+
+    block = next(b for b in blocks(ROOT / "docs" / "guides" / "large-models.md")
+                 if b.first_line.startswith("for layer in model:"))
+
+    def code(line):  # without indentation and comment
+        return line.split("#", 1)[0].strip()
+    script = {code(line) for line in SCRIPT.read_text().splitlines()}
+    missing = [line for line in block.code.splitlines() if code(line) not in script]
+    assert not missing, missing
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--fsdp", "Conv2d"], "--fsdp Conv2d: no module of class Conv2d in the model"),
     (["--fsdp", "Linear"], "--fsdp shards the model over torchrun's processes"),
     (["--fsdp", " , "], "--fsdp needs module class names"),
+    (["--fsdp", "factory"], "--fsdp shards the model over torchrun's processes"),
 ])
 def test_fsdp_flag_errors_are_one_line(flags, words, tmp_path):
     torch.save(token_cases.model().state_dict(), tmp_path / "tokens.pt")
@@ -159,6 +285,30 @@ def test_fsdp_flag_errors_are_one_line(flags, words, tmp_path):
                    "--out", str(tmp_path / "x.csv"))
     assert result.code == 2 and len(result.error_lines) == 1 and words in result.stderr, \
         result.stderr
+
+
+@pytest.mark.parametrize("option, words", [
+    (dict(checkpoint_every=2), "checkpoint_every: the Tracker's checkpoints are one process's"),
+    (dict(batch_sharpness=4), "batch_sharpness needs exact Hessian-vector products"),
+])
+def test_the_tracker_refuses_what_a_sharded_model_cannot_have(option, words, tmp_path,
+                                                               monkeypatch):
+    """Refused before anything runs (a sharded model needs torchrun: here the test says the
+    model is one; the launch of test_fsdp2_sharded_spectra_equal_one_unsharded_process runs
+    the Tracker on a real one)."""
+    import sharpcli.training.tracker as tracker
+
+    monkeypatch.setattr(tracker, "is_fsdp2", lambda model: True)
+    model, loss_fn, x, y = MLP_CE()
+    with pytest.raises(SharpError, match=words):
+        sharpcli.Tracker(model, loss_fn, x, y, run_dir=tmp_path / "run", **option)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_factory_refuses_a_model_the_factory_did_not_shard():
+    with pytest.raises(SharpError, match="--fsdp factory: the --model-factory model is not "
+                                         "sharded by FSDP2"):
+        load_sharded_weights(token_cases.model(), token_cases.model().state_dict(), "w.pt")
 
 
 def test_fsdp_flag_needs_a_model_factory(tmp_path):

@@ -20,6 +20,7 @@ from torch import nn
 
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.hessian.calls import Call
+from sharpcli.hessian.finite_difference import local
 from sharpcli.hessian.losses import LossFn
 from sharpcli.hessian.params import (flatten, measurement_mode, running_stats_frozen,
                                      trainable_params)
@@ -99,13 +100,17 @@ def gradient_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     if not grads:
         return torch.zeros(())
     if hasattr(torch.nn.utils, "get_total_norm"):
-        return torch.nn.utils.get_total_norm(grads, 2.0)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norm = torch.nn.utils.get_total_norm(grads, 2.0)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    # FSDP2's gradients are DTensors, and so is their norm: the whole one, on every process
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def gradient_vector(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The flat gradient held in .grad (zeros where a parameter got none)."""
-    return flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+    """The flat gradient held in .grad (zeros where a parameter got none); under FSDP2 this
+    process's shards of it, as the sharded solvers' vectors are (finite_difference.py)."""
+    return flatten([local(p.grad if p.grad is not None else torch.zeros_like(p)) for p in params])
 
 
 def full_batch_gradient(model: nn.Module, loss_fn, x, y=None, chunk_size: int = 4096,

@@ -4,15 +4,21 @@ eigenvector v₁."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from sharpcli.distributed import SINGLE, Dist
+from sharpcli.hessian.finite_difference import resolve_hvp
 from sharpcli.hessian.operator import HessianOperator
 from sharpcli.hessian.params import full_precision
 from sharpcli.linalg import DiagonalScaled, block_lanczos, lanczos
+from sharpcli.linalg.api import split_budget
+from sharpcli.linalg.budget import MemoryBudget
+from sharpcli.linalg.shard import dimension, shards_of
 from sharpcli.hessian.losses import LossFn
 
 
@@ -23,6 +29,8 @@ class Sharpness:
     top_vectors: torch.Tensor   # (size, k) v₁…v_k, unit columns, on the model's device
     n_hvp: int
     converged: torch.Tensor     # (k,) bool: each pair met the tolerance within max_iter
+    # sums over coordinates across processes, where the vectors are shards (FSDP2)
+    sum_: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def all_converged(self) -> bool:
@@ -61,24 +69,39 @@ def measure_sharpness(model: nn.Module, loss_fn, x, y=None, *,
     thick-restart Lanczos, where max_iter bounds the products
     (docs/guides/large-models.md#memory-budget)."""
     with full_precision():
-        op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode, dist=dist)
+        # an FSDP2 model's products are finite differences, its vectors shards (spectrum's too)
+        op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode, dist=dist,
+                             hvp=resolve_hvp("auto", model))
         if preconditioner is not None:
             op = DiagonalScaled(op, preconditioner.rsqrt())
-        if k == 1:
-            start = v0[:, 0] if v0 is not None and v0.ndim == 2 else v0
-            result = lanczos(op, k=1, tol=tol, max_iter=min(max_iter, op.size), v0=start,
+        # FSDP2: only the restarted solver sums over processes; a budget just short of the
+        # whole basis picks it, as sharpcli.eigs does (block Lanczos has no sharded form)
+        split = split_budget(op, "lanczos", k, max_iter)
+        if split is not None:
+            budget = MemoryBudget.of(max_memory)
+            max_memory = split if budget is None or budget.bytes > split.bytes else budget
+        if k == 1 or split is not None:
+            start = v0 if v0 is None or v0.ndim == 1 else (v0[:, 0] if k == 1 else v0.sum(dim=1))
+            result = lanczos(op, k=k, tol=tol, max_iter=min(max_iter, dimension(op)), v0=start,
                              seed=seed, criterion=criterion, max_memory=max_memory)
         else:
             result = block_lanczos(op, k, tol=tol, max_iter=max(max_iter, k), v0=v0, seed=seed,
                                    criterion=criterion, max_memory=max_memory)
+    shards = shards_of(op)
     return Sharpness(result.eigenvalues, result.residuals, result.eigenvectors.detach(),
-                     result.n_matvec, result.converged)
+                     result.n_matvec, result.converged,
+                     shards.sum_ if shards is not None and shards.dim is not None else None)
 
 
-def alignment(direction: torch.Tensor, top_vector: torch.Tensor) -> float:
-    """|cos(direction, v₁)|: the sign of an eigenvector is arbitrary."""
+def alignment(direction: torch.Tensor, top_vector: torch.Tensor,
+              sum_: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """|cos(direction, v₁)|: the sign of an eigenvector is arbitrary. With `sum_` the two
+    are this process's shards, and the products are summed over the processes."""
     d = direction.to(top_vector.dtype)
-    denom = d.norm() * top_vector.norm()
-    if denom == 0:
+    sums = torch.stack([d @ top_vector, d @ d, top_vector @ top_vector]).double()
+    if sum_ is not None:
+        sums = sum_(sums)
+    dot, dd, vv = sums.tolist()
+    if dd * vv == 0:
         return float("nan")
-    return float((d @ top_vector).abs() / denom)
+    return abs(dot) / math.sqrt(dd * vv)

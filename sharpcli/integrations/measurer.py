@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sharpcli.errors import SharpError
+from sharpcli.hessian.finite_difference import reshard
 from sharpcli.training.loggers import parse_loggers
 from sharpcli.training.tracker import Tracker
 
@@ -70,7 +71,11 @@ class Measurer:
         if self.tracker is None:
             return None
         with torch.enable_grad():  # a trainer may call back under no_grad
-            return self.tracker.step(step, epoch)
+            row = self.tracker.step(step, epoch)
+        # An evaluation's forward without backward leaves FSDP2's root gathered, and its
+        # next forward would not gather the shards the update is about to change.
+        reshard(self.tracker.model)
+        return row
 
     def close(self) -> None:
         if self.tracker is not None:

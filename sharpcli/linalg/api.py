@@ -83,7 +83,7 @@ def eigs(op: LinearOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int | N
         raise LinalgInputError(f"check_missed applies to method='lanczos', not method={method!r}")
     check_k(op, k, dimension(op))  # FSDP2: the whole space, not this process's shards
     budget = MemoryBudget.of(max_memory)
-    split = _split_budget(op, method, k, max_iter)
+    split = split_budget(op, method, k, max_iter)
     if split is not None and (budget is None or budget.bytes > split.bytes):
         budget = split
     check_missed = True if check_missed is None else check_missed
@@ -116,7 +116,7 @@ def eigs(op: LinearOperator, k: int = 5, *, tol: float = 1e-3, max_iter: int | N
     return result
 
 
-def _split_budget(op, method: str, k: int, max_iter: int | None) -> MemoryBudget | None:
+def split_budget(op, method: str, k: int, max_iter: int | None) -> MemoryBudget | None:
     """For vectors split over processes already (FSDP2's shards), where only the restarted
     solvers sum over processes: a budget one vector short of what the unbudgeted Lanczos
     keeps, so that the restarted solver runs, in practice without a restart (a larger

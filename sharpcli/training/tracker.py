@@ -444,7 +444,7 @@ class Tracker:
             self._warn_unconverged(info.step)
         direction = info.direction
         return {"sharpness": s.value,
-                "alignment": alignment(direction, s.top_vector) if direction is not None else None,
+                "alignment": alignment(direction, s.top_vector, s.sum_) if direction is not None else None,
                 "preconditioned_sharpness": preconditioned.value if preconditioned else None,
                 "batch_sharpness": self._batch_sharpness(info),
                 "sharpness_converged": int(converged)}

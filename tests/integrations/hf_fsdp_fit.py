@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from torch.distributed.fsdp import fully_shard
 from transformers import Trainer, TrainingArguments
 
 from sharpcli.hessian.finite_difference import is_fsdp2
@@ -49,6 +51,34 @@ def train(root: Path) -> tuple[SharpnessCallback, bool]:
                       optimizers=(opt, None))
     trainer.train()
     return callback, is_fsdp2(trainer.model)
+
+
+def by_hand(root: Path) -> SharpnessCallback:
+    """The callback driven as the Trainer drives it, around a hand-written FSDP2 loop (each
+    Linear, then the model, sharded over the launch's processes; each process's gradient of
+    the mean loss over its half of the examples, which FSDP2 averages): what runs on the
+    CPU of the Trainer's path, with the model and optimizer the Trainer's events carry."""
+    x, y = examples()
+    model = Model()
+    for layer in model.net:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    halves = [{"x": x[:16], "labels": y[:16]}, {"x": x[16:], "labels": y[16:]}]
+    callback = SharpnessCallback(halves, None, root / "hf-by-hand", every=EVERY, tol=TOL)
+    args, state = SimpleNamespace(gradient_accumulation_steps=1), SimpleNamespace(global_step=0)
+    callback.on_train_begin(args, state, None, model=model, optimizer=opt)
+    mine = torch.chunk(torch.arange(len(x)), torch.distributed.get_world_size())
+    mine = mine[torch.distributed.get_rank()]
+    for step in range(STEPS):
+        opt.zero_grad()
+        model(x[mine], labels=y[mine])["loss"].backward()
+        state.global_step = step
+        callback.on_pre_optimizer_step(args, state, None)
+        opt.step()
+    callback.on_train_end(args, state, None)
+    return callback
 
 
 if __name__ == "__main__":

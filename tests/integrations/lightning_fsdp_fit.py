@@ -5,7 +5,9 @@ the MLP), with SharpnessCallback measuring it:
     torchrun --standalone --nproc-per-node 2 -m tests.integrations.lightning_fsdp_fit ROOT
 
 (gloo on the CPU, float64; each process holds the whole measurement set and measures its
-half, no process holds the whole model). benchmarks/gpu_check.sh runs it on one GPU:
+half, no process holds the whole model). The same launch drives the Hugging Face callback
+around a hand-written FSDP2 loop (hf_fsdp_fit.by_hand: accelerate does not shard on the
+CPU) into ROOT/hf-by-hand. benchmarks/gpu_check.sh runs it on one GPU:
 
     torchrun --standalone --nproc-per-node 1 -m tests.integrations.lightning_fsdp_fit ROOT cuda 1
 """
@@ -26,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sharpcli.hessian.losses import mse_loss
 from sharpcli.integrations.lightning import SharpnessCallback
 from tests.integrations.fsdp_check import report
+from tests.integrations.hf_fsdp_fit import by_hand
 from tests.integrations.lightning_fit import Module
 from tests.integrations.problem import EVERY, STEPS, TOL, examples, write_shard
 
@@ -69,6 +72,8 @@ if __name__ == "__main__":
     accelerator, devices = (sys.argv[2], int(sys.argv[3])) if len(sys.argv) > 3 else ("cpu", 2)
     callback, sharded = fit(root, accelerator, devices)
     write_shard(root, callback.measurer.tracker)
+    if accelerator == "cpu":  # the same launch: the HF callback's path on a sharded model
+        by_hand(root)
     if accelerator != "cpu":
         report(root / "fsdp", sharded, "lightning ModelParallelStrategy",
                callback.measurer.tracker.dist.is_main)

@@ -78,10 +78,11 @@ def test_a_module_sharded_by_fsdp2_logs_what_one_unsharded_process_does(one_proc
     with fully_shard in configure_model, so no process holds a whole weight matrix, and the
     callback measures it with finite-difference products on a sharded Lanczos basis. Rank
     0's rows equal the unsharded process's: λ₁ to 1e-6 (measured 1e-10 in float64), ‖g‖,
-    η, the edge and the loss of the training that went on after each measurement."""
+    η, the edge and the loss of the training that went on after each measurement. So do
+    the Hugging Face callback's, driven by hand around an FSDP2 loop in the same launch."""
     root, callbacks = one_process
     assert_two_processes_log_the_same("tests.integrations.lightning_fsdp_fit", tmp_path,
-                                      {"fsdp": callbacks[0]})
+                                      {"fsdp": callbacks[0], "hf-by-hand": callbacks[0]})
     assert all(json.loads((tmp_path / f"sharded{r}.json").read_text()) for r in (0, 1))
 
 

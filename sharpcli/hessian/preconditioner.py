@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from sharpcli.edges import preconditioner_kind
+from sharpcli.hessian.finite_difference import local
 from sharpcli.hessian.params import flatten
 
 
@@ -38,7 +39,8 @@ def preconditioner(optimizer: torch.optim.Optimizer,
     missing = [i for i, p in enumerate(params) if id(p) not in pieces]
     if missing:
         raise ValueError(f"parameters {missing} are not in the optimizer: P is undefined there")
-    return flatten([pieces[id(p)] for p in params])
+    # FSDP2: the state is sharded like its parameter; P is this process's shards, as H's vectors
+    return flatten([local(pieces[id(p)]) for p in params])
 
 
 def preconditioner_from_state(state_dict: dict,

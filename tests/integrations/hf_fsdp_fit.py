@@ -28,6 +28,8 @@ from tests.integrations.fsdp_check import report
 from tests.integrations.hf_fit import Model
 from tests.integrations.problem import EVERY, LR, MOMENTUM, STEPS, TOL, examples
 
+ADAM_LR = 0.01
+
 
 def train(root: Path) -> tuple[SharpnessCallback, bool]:
     """As tests/integrations/hf_fit.py's one process, with each Linear sharded by FSDP2 and
@@ -53,7 +55,7 @@ def train(root: Path) -> tuple[SharpnessCallback, bool]:
     return callback, is_fsdp2(trainer.model)
 
 
-def by_hand(root: Path) -> SharpnessCallback:
+def by_hand(root: Path, adam: bool = False) -> SharpnessCallback:
     """The callback driven as the Trainer drives it, around a hand-written FSDP2 loop (each
     Linear, then the model, sharded over the launch's processes; each process's gradient of
     the mean loss over its half of the examples, which FSDP2 averages): what runs on the
@@ -64,9 +66,11 @@ def by_hand(root: Path) -> SharpnessCallback:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer)
     fully_shard(model)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    opt = (torch.optim.AdamW(model.parameters(), lr=ADAM_LR) if adam else
+           torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM))
     halves = [{"x": x[:16], "labels": y[:16]}, {"x": x[16:], "labels": y[16:]}]
-    callback = SharpnessCallback(halves, None, root / "hf-by-hand", every=EVERY, tol=TOL)
+    name = "hf-by-hand-adamw" if adam else "hf-by-hand"
+    callback = SharpnessCallback(halves, None, root / name, every=EVERY, tol=TOL)
     args, state = SimpleNamespace(gradient_accumulation_steps=1), SimpleNamespace(global_step=0)
     callback.on_train_begin(args, state, None, model=model, optimizer=opt)
     mine = torch.chunk(torch.arange(len(x)), torch.distributed.get_world_size())

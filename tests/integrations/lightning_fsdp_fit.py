@@ -74,6 +74,7 @@ if __name__ == "__main__":
     write_shard(root, callback.measurer.tracker)
     if accelerator == "cpu":  # the same launch: the HF callback's path on a sharded model
         by_hand(root)
+        by_hand(root, adam=True)
     if accelerator != "cpu":
         report(root / "fsdp", sharded, "lightning ModelParallelStrategy",
                callback.measurer.tracker.dist.is_main)

@@ -15,6 +15,7 @@ import pytest
 from sharpcli.errors import SharpError
 from sharpcli.integrations.lightning import SharpnessCallback
 from tests.dashboards import assert_float32_board_holds, tensorboard_scalars
+from tests.integrations.hf_fsdp_fit import ADAM_LR
 from tests.integrations.lightning_fit import fit
 from tests.integrations.problem import (COMPARED, assert_same_rows, assert_two_processes_log_the_same,
                                         examples, plain_loop)
@@ -84,6 +85,13 @@ def test_a_module_sharded_by_fsdp2_logs_what_one_unsharded_process_does(one_proc
     assert_two_processes_log_the_same("tests.integrations.lightning_fsdp_fit", tmp_path,
                                       {"fsdp": callbacks[0], "hf-by-hand": callbacks[0]})
     assert all(json.loads((tmp_path / f"sharded{r}.json").read_text()) for r in (0, 1))
+    # and with the HF Trainer's default AdamW: λ₁(P⁻¹H) with P from its sharded state
+    reference = plain_loop(tmp_path / "adamw-loop", adamw_lr=ADAM_LR)
+    rows = pd.read_csv(tmp_path / "hf-by-hand-adamw" / "metrics.csv").to_dict("records")
+    assert_same_rows(rows, reference, phase="adamw")
+    measured = [(r["preconditioned_sharpness"], ref["preconditioned_sharpness"])
+                for r, ref in zip(rows[1:], reference[1:])]  # none before the first update
+    assert all(abs(r - ref) <= 1e-6 * ref for r, ref in measured), measured
 
 
 def test_bad_options_are_refused_when_the_callback_is_made(tmp_path):

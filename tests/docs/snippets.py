@@ -28,6 +28,10 @@ EXCLUDED = {
     ("docs/guides/large-models.md", "from torch.distributed.fsdp import fully_shard"):
         "runs in every process of a torchrun launch; tests/fsdp_spectra.py makes the same "
         "calls on 2 and 4 processes (tests/hessian/test_fsdp.py)",
+    ("docs/guides/callbacks.md", "from lightning.pytorch.strategies import ModelParallelStrategy"):
+        "a fragment (L, SharpnessCallback and data as in the script above) that runs in every "
+        "process of a launch; tests/integrations/lightning_fsdp_fit.py is the whole script, on "
+        "2 processes (tests/integrations/test_lightning.py)",
 }
 
 

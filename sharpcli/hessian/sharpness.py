@@ -67,7 +67,10 @@ def measure_sharpness(model: nn.Module, loss_fn, x, y=None, *,
     the call. `max_memory` (bytes, "1.5GB"; None: no bound) bounds what the solver keeps
     beyond the model and one product: a budget too small for max_iter basis vectors runs
     thick-restart Lanczos, where max_iter bounds the products
-    (docs/guides/large-models.md#memory-budget)."""
+    (docs/guides/large-models.md#memory-budget). A model sharded by FSDP2 is measured with
+    finite-difference products on a basis sharded like its parameters, by Lanczos for any
+    k; its eigenvectors are this process's shards, and `sum_` sums over the processes
+    (docs/guides/large-models.md#fsdp2)."""
     with full_precision():
         # an FSDP2 model's products are finite differences, its vectors shards (spectrum's too)
         op = HessianOperator(model, loss_fn, x, y, chunk_size=chunk_size, mode=mode, dist=dist,

@@ -43,14 +43,14 @@ def train(root: Path) -> tuple[SharpnessCallback, bool]:
                              per_device_train_batch_size=len(x) // (2 * world),
                              gradient_accumulation_steps=2, max_grad_norm=0.0,
                              lr_scheduler_type="constant", learning_rate=LR, report_to="none",
+                             # the Trainer makes the optimizer: under FSDP it refuses one given
+                             optim="sgd", optim_args=f"momentum={MOMENTUM}",
                              save_strategy="no", logging_strategy="no", disable_tqdm=True,
                              use_cpu=not torch.cuda.is_available(), fsdp=True, fsdp_config={"fsdp_version": 2,
                                                      "transformer_layer_cls_to_wrap": ["Linear"],
                                                      "reshard_after_forward": True})
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     dataset = [{"x": xi, "labels": yi} for xi, yi in zip(x, y)]
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback],
-                      optimizers=(opt, None))
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
     trainer.train()
     return callback, is_fsdp2(trainer.model)
 

@@ -26,9 +26,7 @@ from sharpcli.hessian.finite_difference import is_fsdp2
 from sharpcli.integrations.hf import SharpnessCallback
 from tests.integrations.fsdp_check import report
 from tests.integrations.hf_fit import Model
-from tests.integrations.problem import EVERY, LR, MOMENTUM, STEPS, TOL, examples
-
-ADAM_LR = 0.01
+from tests.integrations.problem import ADAM_LR, EVERY, LR, MOMENTUM, STEPS, TOL, examples
 
 
 def train(root: Path) -> tuple[SharpnessCallback, bool]:

@@ -19,6 +19,7 @@ import sharpcli
 from sharpcli.hessian.losses import mse_loss
 
 N, STEPS, EVERY, LR, MOMENTUM = 32, 30, 5, 0.2, 0.9
+ADAM_LR = 0.01  # AdamW's η where a test trains with it (the HF Trainer's default rule)
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_TIMEOUT = 300  # seconds, a whole 2-process launch of a trainer
 TOL = 1e-10  # λ₁ converged far below the 1e-6 of the comparisons

@@ -11,14 +11,16 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from sharpcli.errors import SharpError
+from sharpcli.integrations import measurer
 from sharpcli.integrations.lightning import SharpnessCallback
 from tests.dashboards import assert_float32_board_holds, tensorboard_scalars
-from tests.integrations.hf_fsdp_fit import ADAM_LR
 from tests.integrations.lightning_fit import fit
-from tests.integrations.problem import (COMPARED, assert_same_rows, assert_two_processes_log_the_same,
-                                        examples, plain_loop)
+from tests.integrations.problem import (ADAM_LR, COMPARED, assert_same_rows,
+                                        assert_two_processes_log_the_same, examples, mlp,
+                                        plain_loop)
 from tests.runners import sharp
 
 
@@ -92,6 +94,15 @@ def test_a_module_sharded_by_fsdp2_logs_what_one_unsharded_process_does(one_proc
     measured = [(r["preconditioned_sharpness"], ref["preconditioned_sharpness"])
                 for r, ref in zip(rows[1:], reference[1:])]  # none before the first update
     assert all(abs(r - ref) <= 1e-6 * ref for r, ref in measured), measured
+
+
+def test_checkpoints_of_a_model_sharded_by_fsdp2_are_refused_when_training_starts(tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(measurer, "is_fsdp2", lambda model: True)  # as for fully_shard's
+    callback = SharpnessCallback(examples(), "mse", tmp_path / "run", checkpoint_every=5)
+    model = mlp()
+    with pytest.raises(SharpError, match="checkpoint_every: .* sharded by FSDP2"):
+        callback.measurer.start(model, torch.optim.SGD(model.parameters(), lr=0.1))
 
 
 def test_bad_options_are_refused_when_the_callback_is_made(tmp_path):

@@ -7,7 +7,11 @@
 # the 26M GPT of benchmarks/gpt.py: its top-5 without a budget and within 100, 20, 14 and 10
 # vectors, products, time per product and peak memory ($GPU_CHECK_OUT/gpt/gpt-budgets.csv).
 # Then the same GPT sharded by FSDP2 in one nccl process: a training step against a
-# finite-difference product, and a short Lanczos ($GPU_CHECK_OUT/fsdp2.json).
+# finite-difference product, and a short Lanczos ($GPU_CHECK_OUT/fsdp2.json). Then the
+# trainer callbacks on an FSDP2 model, which accelerate does not shard on the CPU: the Hugging
+# Face Trainer with accelerate's FSDP version 2, and Lightning's ModelParallelStrategy (also
+# run on 2 CPU processes by tests/integrations/test_lightning.py); each prints one JSON line,
+# "pass" when its rows equal one unsharded process's to 1e-6 ($GPU_CHECK_OUT/*-fsdp2.json).
 #   benchmarks/gpu_check.sh [--data-dir DIR] [other flags of benchmarks/gpu_check.py]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +31,11 @@ echo "== the 26M GPT sharded by FSDP2 (nccl, one process): finite-difference pro
 mkdir -p "$OUT"
 timeout 300 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
     benchmarks/bench_fsdp.py --device cuda --sequences 16 --max-iter 20 | tee "$OUT/fsdp2.json"
+echo "== the callbacks on FSDP2 models (one nccl process): HF Trainer (fsdp_version 2), Lightning"
+for trainer in hf lightning; do
+    args=("$OUT/$trainer-fsdp2"); [ "$trainer" = lightning ] && args+=(cuda 1)
+    mkdir -p "$OUT/$trainer-fsdp2"
+    timeout 300 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
+        -m "tests.integrations.${trainer}_fsdp_fit" "${args[@]}" | grep '^{"trainer"' \
+        | tee "$OUT/$trainer-fsdp2.json" || echo "== $trainer under FSDP2: FAILED (output above)"
+done

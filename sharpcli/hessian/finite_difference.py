@@ -42,7 +42,7 @@ and the random number generators too.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import torch
@@ -51,6 +51,7 @@ from torch import nn
 
 from sharpcli.distributed import Dist
 from sharpcli.errors import SharpError
+from sharpcli.hessian.fsdp_precision import mixed_precision, supported, weights_dtype
 from sharpcli.hessian.params import measurement_mode
 
 ORDERS = {2: 3, 4: 5}  # formula order → the root of u in the step rule
@@ -131,7 +132,8 @@ def shard_by_class(model: nn.Module, classes: str, dist_: Dist) -> nn.Module:
 def compute_dtype(model: nn.Module, dtype: torch.dtype) -> torch.dtype:
     """The dtype FSDP2 computes in: a MixedPrecisionPolicy's param_dtype (bf16) where one is
     set, else the weights' own `dtype`. Finite differences are only as precise as the
-    gradient, so the step and the error estimate follow this one."""
+    gradient, so the step and the error estimate follow this one where the policy cannot be
+    set aside for the product (fsdp_precision.py: a torch whose FSDP2 keeps it elsewhere)."""
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:
@@ -219,8 +221,11 @@ class FiniteDifferenceHVP:
         # sums over coordinates: over FSDP2's processes, whatever the data's split (`dist_`)
         self.group = Dist.current() if self.sharded else dist_
         self.dtype = self.layout.params[0].dtype
-        # the unit roundoff of the gradient: bf16 under a MixedPrecisionPolicy
-        self.compute = compute_dtype(model, self.dtype) if self.sharded else self.dtype
+        # a MixedPrecisionPolicy (bf16) is set aside for each product where this torch allows
+        # (fsdp_precision.py); else the gradients, and the unit roundoff, are bf16's
+        self.set_aside = self.sharded and mixed_precision(model) and supported(model)
+        plain = not self.sharded or self.set_aside
+        self.compute = self.dtype if plain else compute_dtype(model, self.dtype)
         self.unit = torch.finfo(self.compute).eps / 2
         self.w_norm = math.sqrt(self._sum(sum(float(local(p).detach().double().pow(2).sum())
                                               for p in self.layout.params)))
@@ -254,7 +259,7 @@ class FiniteDifferenceHVP:
         taps = [(1, 8.0), (2, -1.0)] if self.order == 4 else [(1, 1.0)]
         denominator = 12 * eps if self.order == 4 else 2 * eps
         out = torch.zeros(self.layout.size, dtype=self.dtype, device=v.device)
-        with self._restored():
+        with self._restored(), weights_dtype(self.model) if self.set_aside else nullcontext():
             for multiple, coefficient in taps:
                 for sign in (1, -1):
                     self._shift(pieces, sign * multiple * eps)

@@ -150,6 +150,8 @@ class HessianOperator:
         formula = "4-point Richardson" if self._fd.order == 4 else "central"
         low = self._fd.compute
         where = "" if low == self.dtype else f", the gradients in {str(low)[6:]} (mixed precision)"
+        if self._fd.set_aside:  # fsdp_precision.py
+            where = f", in {str(low)[6:]} with FSDP2's mixed-precision policy set aside"
         return (f"products by {formula} finite differences of the gradient{where} (estimated "
                 f"relative error {self._fd.error_estimate():.0e})")
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sharpcli.errors import SharpError
+from sharpcli.hessian.finite_difference import is_fsdp2, reshard
 from sharpcli.training.loggers import parse_loggers
 from sharpcli.training.tracker import Tracker
 
@@ -58,6 +59,11 @@ class Measurer:
         """The Tracker of this training (under torchrun: every process makes it); its rows
         also go to the trainer's `loggers`, after any the caller named in `loggers=`."""
         self.close()
+        if self.options.get("checkpoint_every") and is_fsdp2(model):
+            # rank 0 writes the checkpoint, and holds only its shards of this model
+            raise SharpError("checkpoint_every: the callback's checkpoints hold the whole model, "
+                             "which no process holds when it is sharded by FSDP2; leave "
+                             "checkpoints to the trainer (torch.distributed.checkpoint)")
         options = dict(self.options)
         options["loggers"] = parse_loggers(options.get("loggers")) + list(loggers or [])
         if batch_loss is not None and "batch_loss" not in options:
@@ -70,7 +76,11 @@ class Measurer:
         if self.tracker is None:
             return None
         with torch.enable_grad():  # a trainer may call back under no_grad
-            return self.tracker.step(step, epoch)
+            row = self.tracker.step(step, epoch)
+        # An evaluation's forward without backward leaves FSDP2's root gathered, and its
+        # next forward would not gather the shards the update is about to change.
+        reshard(self.tracker.model)
+        return row
 
     def close(self) -> None:
         if self.tracker is not None:

@@ -31,6 +31,10 @@ EXCLUDED = {
     ("docs/guides/large-models.md", "for layer in model:                        # each Linear, then the root"):
         "runs in every process of a torchrun launch: its lines are tests/fsdp_spectra.py's "
         "`train`, run on 2 and 4 processes (test_fsdp.py checks both)",
+    ("docs/guides/callbacks.md", "from lightning.pytorch.strategies import ModelParallelStrategy"):
+        "a fragment (L, SharpnessCallback and data as in the script above) that runs in every "
+        "process of a launch; tests/integrations/lightning_fsdp_fit.py is the whole script, on "
+        "2 processes (tests/integrations/test_lightning.py)",
 }
 
 

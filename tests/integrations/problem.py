@@ -19,6 +19,7 @@ import sharpcli
 from sharpcli.hessian.losses import mse_loss
 
 N, STEPS, EVERY, LR, MOMENTUM = 32, 30, 5, 0.2, 0.9
+ADAM_LR = 0.01  # AdamW's η where a test trains with it (the HF Trainer's default rule)
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_TIMEOUT = 300  # seconds, a whole 2-process launch of a trainer
 TOL = 1e-10  # λ₁ converged far below the 1e-6 of the comparisons
@@ -38,12 +39,14 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
 
 
-def plain_loop(run_dir, model: nn.Module | None = None) -> list[dict]:
+def plain_loop(run_dir, model: nn.Module | None = None, adamw_lr: float | None = None) -> list[dict]:
     """The reference: `STEPS` full-batch updates, the Tracker's rows at w_t before update t
-    for t < STEPS (a trainer does not measure the weights after its last update)."""
+    for t < STEPS (a trainer does not measure the weights after its last update); AdamW at
+    `adamw_lr` instead of SGD with momentum when given."""
     model = model or mlp()
     x, y = examples()
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    opt = (torch.optim.AdamW(model.parameters(), lr=adamw_lr) if adamw_lr is not None else
+           torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM))
     with sharpcli.Tracker(model, mse_loss, x, y, optimizer=opt, run_dir=run_dir, every=EVERY,
                           tol=TOL) as tracker:
         for step in range(STEPS):
@@ -54,12 +57,13 @@ def plain_loop(run_dir, model: nn.Module | None = None) -> list[dict]:
     return tracker.rows
 
 
-def assert_same_rows(rows: list[dict], reference: list[dict], rel: float = 1e-6) -> None:
+def assert_same_rows(rows: list[dict], reference: list[dict], rel: float = 1e-6,
+                     phase: str = "gd") -> None:
     assert [r["step"] for r in rows] == [r["step"] for r in reference] == list(range(0, STEPS, EVERY))
     for row, ref in zip(rows, reference):
         for key in COMPARED:
             assert abs(row[key] - ref[key]) <= rel * abs(ref[key]), (key, row, ref)
-        assert row["phase"] == ref["phase"] == "gd" and row["sharpness_converged"] == 1
+        assert row["phase"] == ref["phase"] == phase and row["sharpness_converged"] == 1
 
 
 def write_shard(root: Path, tracker) -> None:

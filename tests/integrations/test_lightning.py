@@ -6,17 +6,21 @@ Lightning's DDP strategy on 2 processes, the rows of 1 process."""
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from sharpcli.errors import SharpError
+from sharpcli.integrations import measurer
 from sharpcli.integrations.lightning import SharpnessCallback
 from tests.dashboards import assert_float32_board_holds, tensorboard_scalars
 from tests.integrations.lightning_fit import fit
-from tests.integrations.problem import (COMPARED, assert_same_rows, assert_two_processes_log_the_same,
-                                        examples, plain_loop)
+from tests.integrations.problem import (ADAM_LR, COMPARED, assert_same_rows,
+                                        assert_two_processes_log_the_same, examples, mlp,
+                                        plain_loop)
 from tests.runners import sharp
 
 
@@ -69,6 +73,36 @@ def test_two_ddp_processes_log_what_one_does(one_process, tmp_path):
     root, callbacks = one_process
     assert_two_processes_log_the_same("tests.integrations.lightning_fit", tmp_path,
                                       dict(zip(('steploss', 'lossfn'), callbacks)))
+
+
+@pytest.mark.slow
+def test_a_module_sharded_by_fsdp2_logs_what_one_unsharded_process_does(one_process, tmp_path):
+    """Lightning's ModelParallelStrategy, 2 CPU processes (gloo): the module shards itself
+    with fully_shard in configure_model, so no process holds a whole weight matrix, and the
+    callback measures it with finite-difference products on a sharded Lanczos basis. Rank
+    0's rows equal the unsharded process's: λ₁ to 1e-6 (measured 1e-10 in float64), ‖g‖,
+    η, the edge and the loss of the training that went on after each measurement. So do
+    the Hugging Face callback's, driven by hand around an FSDP2 loop in the same launch."""
+    root, callbacks = one_process
+    assert_two_processes_log_the_same("tests.integrations.lightning_fsdp_fit", tmp_path,
+                                      {"fsdp": callbacks[0], "hf-by-hand": callbacks[0]})
+    assert all(json.loads((tmp_path / f"sharded{r}.json").read_text()) for r in (0, 1))
+    # and with the HF Trainer's default AdamW: λ₁(P⁻¹H) with P from its sharded state
+    reference = plain_loop(tmp_path / "adamw-loop", adamw_lr=ADAM_LR)
+    rows = pd.read_csv(tmp_path / "hf-by-hand-adamw" / "metrics.csv").to_dict("records")
+    assert_same_rows(rows, reference, phase="adamw")
+    measured = [(r["preconditioned_sharpness"], ref["preconditioned_sharpness"])
+                for r, ref in zip(rows[1:], reference[1:])]  # none before the first update
+    assert all(abs(r - ref) <= 1e-6 * ref for r, ref in measured), measured
+
+
+def test_checkpoints_of_a_model_sharded_by_fsdp2_are_refused_when_training_starts(tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(measurer, "is_fsdp2", lambda model: True)  # as for fully_shard's
+    callback = SharpnessCallback(examples(), "mse", tmp_path / "run", checkpoint_every=5)
+    model = mlp()
+    with pytest.raises(SharpError, match="checkpoint_every: .* sharded by FSDP2"):
+        callback.measurer.start(model, torch.optim.SGD(model.parameters(), lr=0.1))
 
 
 def test_bad_options_are_refused_when_the_callback_is_made(tmp_path):

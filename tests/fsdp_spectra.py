@@ -42,6 +42,8 @@ SEED, HUTCHINSON, HUTCH_PP, SLQ, ROW_PROBES = 7, 16, 24, dict(runs=2, iters=15),
 # the Tracker in `train`'s loop: 24 examples (the same share for 2 or 4 processes), steps
 # 0..STEPS, a row every EVERY (the loop's own numbers)
 EXAMPLES, STEPS, EVERY = 24, 2, 2
+# the MLP's batches: each costs every product a gathered forward and backward per process
+CHUNK = 8
 
 
 def mlp(dtype):
@@ -50,8 +52,8 @@ def mlp(dtype):
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer)
     fully_shard(model)
-    # chunks of 5 examples: the processes hold different numbers of batches
-    return model, dict(loss_fn=loss_fn, data=x, y=y, chunk_size=5)
+    # 23 examples in chunks of CHUNK: 3 batches, 2 and 1 on 2 processes, 1, 1, 1 and none on 4
+    return model, dict(loss_fn=loss_fn, data=x, y=y, chunk_size=CHUNK)
 
 
 def gpt2(dtype):
@@ -84,12 +86,12 @@ def estimates() -> dict:
     run's nodes and weights; and `sharpcli.spectrum`'s trace and density rows of it."""
     model, args = mlp(torch.float64)
     loss_fn, x, y = args["loss_fn"], args["data"], args["y"]
-    op = sharpcli.hessian(model, loss_fn, x, y, chunk_size=5)
+    op = sharpcli.hessian(model, loss_fn, x, y, chunk_size=CHUNK)
     hutch = sharpcli.trace(op, probes=HUTCHINSON, seed=SEED)
     plus = sharpcli.trace(op, method="hutch++", probes=HUTCH_PP, seed=SEED)
     slq = sharpcli.density(op, seed=SEED, **SLQ)
     # the rows' trace: the first ROW_PROBES of the same probes; their density: one short run
-    rows = sharpcli.spectrum(model, loss_fn, x, y, chunk_size=5, top_k=1, tol=1e-3, trace=True,
+    rows = sharpcli.spectrum(model, loss_fn, x, y, chunk_size=CHUNK, top_k=1, tol=1e-3, trace=True,
                              trace_probes=ROW_PROBES, trace_tol=0, density=True, density_runs=1,
                              density_iters=5, seed=SEED)
     return {"hutchinson": [hutch.value, hutch.stderr, hutch.samples, hutch.products],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sharpcli.errors import SharpError
-from sharpcli.flows.sdcp import pairs, smat, solve_sdcp, svec
+from sharpcli.flows.sdcp import congruence, pairs, smat, solve_sdcp, svec
 
 
 def instance(k: int, seed: int, rank_deficit: int = 0):
@@ -110,3 +110,18 @@ def test_bad_shapes_and_solver():
         solve_sdcp(np.eye(2), np.eye(2))
     with pytest.raises(ValueError, match="solver must be"):
         solve_sdcp(np.eye(3), np.eye(2), solver="mosek")
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_svec_coordinates_and_the_barriers_hessian(k):
+    """svec is an isometry (⟨X, Y⟩ = svec(X)·svec(Y)), smat its inverse, and `congruence(Z)`
+    the map X ↦ ZXZ on svec coordinates: each entry ⟨Eₚ, Z E_q Z⟩ from the basis matrices
+    themselves."""
+    rng = np.random.default_rng(k)
+    X, Y, A = (rng.normal(size=(k, k)) for _ in range(3))
+    X, Y, Z = X + X.T, Y + Y.T, A @ A.T + np.eye(k)
+    assert svec(X) @ svec(Y) == pytest.approx(np.sum(X * Y), rel=1e-12)
+    assert np.allclose(smat(svec(X), k), X, rtol=0, atol=1e-14)
+    basis = [smat(e, k) for e in np.eye(len(pairs(k)))]
+    expected = np.array([[np.sum(Ep * (Z @ Eq @ Z)) for Eq in basis] for Ep in basis])
+    assert np.allclose(congruence(Z), expected, rtol=1e-12, atol=1e-12)

@@ -144,7 +144,7 @@ def _barrier(Q: np.ndarray, b: np.ndarray, k: int, tol: float) -> tuple[np.ndarr
     mu, steps = size ** 2, 0
     floor = tol * size ** 2 / k
     while True:
-        final = mu <= floor
+        final, previous = mu <= floor, math.inf
         for _ in range(100):  # Newton on the barrier problem at this μ
             Z = np.linalg.inv(smat(x, k))
             grad = Q @ x + b - mu * svec(Z)
@@ -157,6 +157,11 @@ def _barrier(Q: np.ndarray, b: np.ndarray, k: int, tol: float) -> tuple[np.ndarr
             x = _feasible(x, step / (1 + math.sqrt(decrement)) if decrement >= 1 / 16 else step, k)
             if decrement <= (1e-16 if final else 1e-2):
                 break
+            # at the last μ, Newton's quadratic convergence ends at rounding (λ² near 1e-9
+            # at k = 13, where 100 more steps changed nothing): stop once it stalls there
+            if final and decrement < 1e-6 and decrement > previous / 2:
+                break
+            previous = decrement
         if final:
             return x, steps
         mu = max(mu / 20, floor)

@@ -125,3 +125,15 @@ def test_svec_coordinates_and_the_barriers_hessian(k):
     basis = [smat(e, k) for e in np.eye(len(pairs(k)))]
     expected = np.array([[np.sum(Ep * (Z @ Eq @ Z)) for Eq in basis] for Ep in basis])
     assert np.allclose(congruence(Z), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_last_barrier_stops_where_rounding_does():
+    """At the last μ Newton's decrement stalls near 1e-9 (rounding) rather than reaching
+    1e-16: the solver stops there (164 steps in all on this instance when it ran on to the
+    100-step cap, an X the same to 1e-15; 71 now), the conditions met as before."""
+    Q, B = instance(5, 0)
+    sol = solve_sdcp(Q, B)
+    check_conditions(sol)
+    assert sol.newton_steps < 100
+    theirs = solve_sdcp(Q, B, solver="cvxpy").X
+    assert np.allclose(sol.X, theirs, atol=1e-5 * (1 + np.abs(theirs).max()))

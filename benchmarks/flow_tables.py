@@ -39,8 +39,8 @@ def column(run: Path, flow_dir: Path, distance_every: int) -> tuple[dict, object
         "loss": f"**{s.loss_gap:.2%}**",
         "own": f"{s.own_loss_gap:.2%}",
         "stable loss": f"{s.stable_loss_gap:.2%}",
-        "central sharpness": f"{s.sharpness['central']:.4g} against 2/η = {edge:.4g} (within "
-                             f"{s.sharpness_spread:.1e} where Σ ≠ 0)",
+        "central sharpness": f"{s.sharpness['central']:.4g} against 2/η = {edge:.4g} (largest "
+                             f"relative departure where Σ ≠ 0: {s.sharpness_spread:.1e})",
         "run sharpness": f"{s.sharpness['gd']:.4g} ({s.sharpness['gd'] / edge:.2f} × 2/η)",
         "stable sharpness": f"{s.sharpness['stable']:.4g} ({stable.loc[last, 'sharpness']:.4g})",
         "central distance": f"**{dist['central'][0]:.3g}** ({dist['central'][1]:.3g})",
@@ -57,10 +57,10 @@ def table(columns: list[tuple[str, dict]], summary) -> str:
     """Rows named after the run's optimizer and sharpness (GD's λ₁, RMSProp's λ₁(P⁻¹H))."""
     name, lam, window = summary.name, summary.measure, f"{summary.window:g}"
     rows = [
-        (f"steps compared: from the run's arrival at the edge (its first {lam} ≥ 0.9·2/η) "
-         "or the flows' start", "steps"),
-        (f"central flow's predicted loss against {name}'s loss averaged over {window} steps: "
-         "median relative gap", "loss"),
+        ((f"steps compared: from the run's arrival at the edge (its first {lam} ≥ 0.9·2/η) "
+          "or the flows' start"), "steps"),
+        ((f"central flow's predicted loss against {name}'s loss averaged over {window} "
+          "steps: median relative gap"), "loss"),
         ("the same for the central flow's own L(w) (no ½⟨H, Σ⟩)", "own"),
         ("the same for the stable flow's loss", "stable loss"),
         (f"central flow's {lam} (median)", "central sharpness"),
@@ -68,8 +68,8 @@ def table(columns: list[tuple[str, dict]], summary) -> str:
         (f"stable flow's {lam} (median; at the last step)", "stable sharpness"),
         (f"‖w_central − w_{name}‖ at the checkpoints (median; at the last)", "central distance"),
         (f"‖w_stable − w_{name}‖ at the checkpoints (median; at the last)", "stable distance"),
-        (f"{name}'s squared displacement from its local average along Σ's eigenvectors, "
-         f"averaged over {window} steps, against the flow's σᵢ² (median ratio)", "sigma"),
+        ((f"{name}'s squared displacement from its local average along Σ's eigenvectors, "
+          f"averaged over {window} steps, against the flow's σᵢ² (median ratio)"), "sigma"),
     ]
     head = "| | " + " | ".join(label for label, _ in columns) + " |"
     out = [head, "| --- |" + " --- |" * len(columns)]

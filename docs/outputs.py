@@ -109,12 +109,13 @@ def flow_sentence(folder: Path, seconds: dict) -> str:
     run = folder / "reports" / "flow-lr0.3"
     _, s, distance = column(run, run, 10)
     lam = s.sharpness
-    return (f"its predicted loss is within a median {s.loss_gap:.2%} of GD's "
+    return (f"over steps {s.edge_step}–{s.last_step} its predicted loss is within a median "
+            f"{s.loss_gap:.2%} of GD's "
             f"{s.window:g}-step average, its λ₁ at 2/η to {s.sharpness_spread:.1e} (GD's "
             f"{lam['gd'] * s.lr / 2 - 1:.0%} above), its weights a median "
             f"{distance['central'][0]:.3g} from GD's against gradient flow's "
             f"{distance['stable'][0]:.3g}; the flow took {seconds['flow-gd'] / 60:.0f} "
-            f"minutes of CPU")
+            f"minutes of CPU, one thread")
 
 
 DEFAULT_RUN = "reports/mnist1d-mlp-gd-lr0.3-seed0"
@@ -163,7 +164,8 @@ OUTPUTS = [
     # step for the covariance check (61 MB for the default run)
     Output("flow-gd", "docs/guides/flow.md",
            ["sharp flow reports/flow-lr0.3 --quiet",
-            "python benchmarks/flow_tables.py --distance-every 10 'η = 0.3=reports/flow-lr0.3'"],
+            ("python benchmarks/flow_tables.py --distance-every 10 "
+             "'η = 0.3=reports/flow-lr0.3'")],
            setup=[f"sharp train {FLOW_TRAIN} --run-name flow-lr0.3 --quiet"], markdown=True),
     Output("readme-flow", "README.md", [], inline=flow_sentence),
     Output("flow-rmsprop", "docs/guides/flow.md",
@@ -185,10 +187,11 @@ def environment() -> dict:
 
 
 def scratch(folder: Path) -> Path:
-    """A folder where `examples/` is the clone's, as in the clone itself."""
+    """A folder where `examples/` and `benchmarks/` are the clone's, as in the clone itself."""
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "examples").exists():
-        (folder / "examples").symlink_to(ROOT / "examples")
+    for name in ("examples", "benchmarks"):
+        if not (folder / name).exists():
+            (folder / name).symlink_to(ROOT / name)
     return folder
 
 

@@ -81,6 +81,7 @@ def tracker_rmsprop_run(tmp_path, monkeypatch, checkpoint_every):
     """A hand-written full-batch RMSProp loop measured by sharpcli.Tracker (MSE, η = 0.01:
     λ₁(P⁻¹H) passes 2/η = 200 within a few steps), 9 steps; its model factory and data."""
     import torch
+
     import sharpcli
     (tmp_path / "rmsmodels.py").write_text(TRACKER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))

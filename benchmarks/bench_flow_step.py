@@ -3,12 +3,14 @@ refresh, third-derivative products, complementarity solve): from GD's weights at
 two warm-up steps, then STEPS steps timed in CPU seconds of the process (one torch thread),
 which other work on a shared machine disturbs far less than wall time (RESULTS.md §8b).
 
-    python benchmarks/bench_flow_step.py START STEPS LABEL [RUN]
+    python benchmarks/bench_flow_step.py START STEPS LABEL [RUN [STATE]]
 
 LABEL `before` runs FlowSettings without the refresh argument (so that an older sharpcli on
 PYTHONPATH runs too), `after` (or any other label) with Rayleigh–Ritz refreshes,
 `after-norefresh` without. RUN:
-a default `sharp train --checkpoint-every 100` run folder."""
+a default `sharp train --checkpoint-every 100` run folder. STATE: a flow-state.pt of `sharp
+flow` on RUN, to time the central flow from its own saved state rather than from GD's weights
+at START (off the flow, where block Lanczos takes more products than on it)."""
 import sys, time, json
 import torch
 import sharpcli.flows.central as central
@@ -37,7 +39,11 @@ if hasattr(central, "rayleigh_ritz"):
 central.solve_sdcp = timed("sdcp", central.solve_sdcp)
 if hasattr(central, "adaptive_oscillation"):
     import sharpcli.flows.adaptive as ad; ad.solve_sdcp = central.solve_sdcp
-state = FlowState(gd_weights(flow, start))
+if len(sys.argv) > 5:  # STATE: a flow-state.pt, the central flow itself at its saved step
+    saved = torch.load(sys.argv[5], weights_only=True)["central"]
+    state = FlowState(saved["weights"], saved["vectors"])
+else:
+    state = FlowState(gd_weights(flow, start))
 for _ in range(2):  # warm up: off GD's iterate onto the flow, warm eigenvectors
     central.central_step(obj, state, settings)
 for k in times: times[k] = 0.0

@@ -2,7 +2,8 @@
 for the figures: each output is the stdout of its commands, run in a scratch folder, and
 replaces what the page holds between `<!-- output: NAME -->` and `<!-- /output -->`.
 
-    python docs/outputs.py               every output (about 5 minutes on 2 idle CPU cores)
+    python docs/outputs.py               every output (about 5 minutes on 2 idle CPU cores,
+                                         and about half an hour more for the flows' tables)
     python docs/outputs.py NAME...       some of them
     python docs/outputs.py --list        their names, pages and whether CI reruns them
 

@@ -161,13 +161,16 @@ OUTPUTS = [
            keep=without_trainer_summary),
     Output("readme-callbacks", "README.md", [], inline=callbacks_sentence),
     # the flows guide's tables: the default run flowed to step 1000 (the command's CPU time
-    # is the README's), and a short full-batch RMSProp run, both with a checkpoint at every
-    # step for the covariance check (61 MB for the default run)
+    # is the README's) and the same with η = 0.2 (set up, not timed), and a short full-batch
+    # RMSProp run, all with a checkpoint at every step for the covariance check (61 MB each
+    # for the default runs)
     Output("flow-gd", "docs/guides/flow.md",
            ["sharp flow reports/flow-lr0.3 --quiet",
             ("python benchmarks/flow_tables.py --distance-every 10 "
-             "'η = 0.3=reports/flow-lr0.3'")],
-           setup=[f"sharp train {FLOW_TRAIN} --run-name flow-lr0.3 --quiet"], markdown=True),
+             "'η = 0.3=reports/flow-lr0.3' 'η = 0.2=reports/flow-lr0.2'")],
+           setup=[f"sharp train {FLOW_TRAIN} --run-name flow-lr0.3 --quiet",
+                  f"sharp train --lr 0.2 {FLOW_TRAIN} --run-name flow-lr0.2 --quiet && "
+                  "sharp flow reports/flow-lr0.2 --quiet"], markdown=True),
     Output("readme-flow", "README.md", [], inline=flow_sentence),
     Output("flow-rmsprop", "docs/guides/flow.md",
            ["sharp flow reports/rms --quiet",

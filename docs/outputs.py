@@ -2,7 +2,8 @@
 for the figures: each output is the stdout of its commands, run in a scratch folder, and
 replaces what the page holds between `<!-- output: NAME -->` and `<!-- /output -->`.
 
-    python docs/outputs.py               every output (about 5 minutes on 2 idle CPU cores)
+    python docs/outputs.py               every output (about 5 minutes on 2 idle CPU cores,
+                                         and about half an hour more for the flows' tables)
     python docs/outputs.py NAME...       some of them
     python docs/outputs.py --list        their names, pages and whether CI reruns them
 
@@ -45,6 +46,8 @@ class Output:
     rtol: float = 0.0
     volatile: tuple[str, ...] = (TIMES,)
     inline: object = None          # callable(folder, seconds) -> str: a sentence, not a block
+    markdown: bool = False         # stdout is Markdown (a table): shown as such, the
+                                   # commands named under it
 
 
 def rows_only(i, lines):
@@ -99,7 +102,27 @@ def callbacks_sentence(folder: Path, seconds: dict) -> str:
             f"{seconds['callbacks-hf']:.0f} s, `sharp eos` included")
 
 
+def flow_sentence(folder: Path, seconds: dict) -> str:
+    """The README's claim about the default run's central flow, from output flow-gd's run."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from flow_tables import column  # the flows guide's table, whose numbers these are
+
+    run = folder / "reports" / "flow-lr0.3"
+    _, s, distance = column(run, run, 10)
+    lam = s.sharpness
+    return (f"over steps {s.edge_step}–{s.last_step} its predicted loss is within a median "
+            f"{s.loss_gap:.2%} of GD's "
+            f"{s.window:g}-step average, its λ₁ at 2/η to {s.sharpness_spread:.1e} (GD's "
+            f"{lam['gd'] * s.lr / 2 - 1:.0%} above), its weights a median "
+            f"{distance['central'][0]:.3g} from GD's against gradient flow's "
+            f"{distance['stable'][0]:.3g}; the flow took {seconds['flow-gd'] / 60:.0f} "
+            f"minutes of CPU, one thread")
+
+
 DEFAULT_RUN = "reports/mnist1d-mlp-gd-lr0.3-seed0"
+FLOW_TRAIN = "--eval-every 1 --checkpoint-every 1 --sharpness-every 10"  # the flows guide's
+RMSPROP_TRAIN = ("--optimizer rmsprop --lr 0.003 --train-size 200 --test-size 50 --width 16 "
+                 "--steps 150 --eval-every 1 --sharpness-every 2 --checkpoint-every 1")
 DEFAULT_TRAIN = "sharp train --quiet"  # the default run most pages read
 OUTPUTS = [
     # the default run in 6 s: rerun by the tests. Past the edge its last digits move with the
@@ -137,6 +160,22 @@ OUTPUTS = [
            ["python examples/hf_callback.py && sharp eos reports/hf"],
            keep=without_trainer_summary),
     Output("readme-callbacks", "README.md", [], inline=callbacks_sentence),
+    # the flows guide's tables: the default run flowed to step 1000 (the command's CPU time
+    # is the README's) and the same with η = 0.2 (set up, not timed), and a short full-batch
+    # RMSProp run, all with a checkpoint at every step for the covariance check (61 MB each
+    # for the default runs)
+    Output("flow-gd", "docs/guides/flow.md",
+           ["sharp flow reports/flow-lr0.3 --quiet",
+            ("python benchmarks/flow_tables.py --distance-every 10 "
+             "'η = 0.3=reports/flow-lr0.3' 'η = 0.2=reports/flow-lr0.2'")],
+           setup=[f"sharp train {FLOW_TRAIN} --run-name flow-lr0.3 --quiet",
+                  f"sharp train --lr 0.2 {FLOW_TRAIN} --run-name flow-lr0.2 --quiet && "
+                  "sharp flow reports/flow-lr0.2 --quiet"], markdown=True),
+    Output("readme-flow", "README.md", [], inline=flow_sentence),
+    Output("flow-rmsprop", "docs/guides/flow.md",
+           ["sharp flow reports/rms --quiet",
+            "python benchmarks/flow_tables.py 'RMSProp, η = 0.003=reports/rms'"],
+           setup=[f"sharp train {RMSPROP_TRAIN} --run-name rms --quiet"], markdown=True),
 ]
 BY_NAME = {o.name: o for o in OUTPUTS}
 
@@ -152,10 +191,11 @@ def environment() -> dict:
 
 
 def scratch(folder: Path) -> Path:
-    """A folder where `examples/` is the clone's, as in the clone itself."""
+    """A folder where `examples/` and `benchmarks/` are the clone's, as in the clone itself."""
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "examples").exists():
-        (folder / "examples").symlink_to(ROOT / "examples")
+    for name in ("examples", "benchmarks"):
+        if not (folder / name).exists():
+            (folder / name).symlink_to(ROOT / name)
     return folder
 
 
@@ -179,7 +219,8 @@ def generate(output: Output, folder: Path, seconds: dict, ran: set) -> str:
     for i, command in enumerate(output.commands):
         display, run = command if isinstance(command, tuple) else (command, command)
         lines = [line.rstrip() for line in shell(run, folder).rstrip("\n").splitlines()]
-        shown += [f"$ {display}"] + (output.keep(i, lines) if output.keep else lines)
+        shown += ([] if output.markdown else [f"$ {display}"]) + \
+            (output.keep(i, lines) if output.keep else lines)
     seconds[output.name] = _cpu() - start
     return "\n".join(shown)
 
@@ -197,6 +238,10 @@ def render(output: Output, text: str) -> str:
 
     if output.inline is not None:
         return f"{text} (torch {torch.__version__})"
+    if output.markdown:
+        made = "; ".join(f"`{c if isinstance(c, str) else c[0]}`"
+                         for c in [*output.setup, *output.commands])
+        return f"{text}\n\n*Made by {made}; printed by torch {torch.__version__} on the CPU.*"
     return f"```text\n{text}\n```\n\n*Printed by torch {torch.__version__} on the CPU.*"
 
 
@@ -257,6 +302,8 @@ def main(argv: list[str]) -> int:
     if any(o.name == "readme-callbacks" for o in chosen):  # its sentence needs both runs
         chosen = [o for o in OUTPUTS if o.name in ("callbacks-lightning", "callbacks-hf")
                   and o not in chosen] + chosen
+    if any(o.name == "readme-flow" for o in chosen) and BY_NAME["flow-gd"] not in chosen:
+        chosen = [BY_NAME["flow-gd"]] + chosen  # its sentence reads flow-gd's run
     # getting-started's `sharp train` makes the default run the others read: first
     first = [o for o in chosen if o.name == "getting-started-train"]
     chosen = first + [o for o in chosen if o not in first]

@@ -52,24 +52,38 @@ def pairs(k: int) -> list[tuple[int, int]]:
 
 
 @functools.cache
-def svec_basis(k: int) -> np.ndarray:
-    """U (m, k²) with svec(M) = U vec(M) for symmetric M and vec(smat(x)) = Uᵀx (read-only)."""
-    basis = np.zeros((k * (k + 1) // 2, k * k))
-    for p, (i, j) in enumerate(pairs(k)):
-        if i == j:
-            basis[p, i * k + i] = 1.0
-        else:
-            basis[p, i * k + j] = basis[p, j * k + i] = 1 / math.sqrt(2)
-    basis.flags.writeable = False
-    return basis
+def _index(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows I, columns J of the pairs i ≤ j in svec order and their scale (1 on the
+    diagonal, √2 off it), read-only."""
+    I, J = (np.array(side, dtype=np.intp).reshape(-1) for side in zip(*pairs(k))) if k else \
+        (np.zeros(0, dtype=np.intp),) * 2
+    scale = np.where(I == J, 1.0, math.sqrt(2))
+    for a in (I, J, scale):
+        a.flags.writeable = False
+    return I, J, scale
 
 
 def svec(m: np.ndarray) -> np.ndarray:
-    return svec_basis(len(m)) @ m.reshape(-1)
+    """x with ⟨M, N⟩ = svec(M)·svec(N) for symmetric M, N (M's symmetric part otherwise)."""
+    I, J, scale = _index(len(m))
+    return (m[I, J] + m[J, I]) * (scale / 2)
 
 
 def smat(x: np.ndarray, k: int) -> np.ndarray:
-    return (svec_basis(k).T @ x).reshape(k, k)
+    I, J, scale = _index(k)
+    m = np.empty((k, k))
+    m[I, J] = m[J, I] = x / scale
+    return m
+
+
+def congruence(Z: np.ndarray) -> np.ndarray:
+    """The map X ↦ ZXZ on svec coordinates, (m, m): entry (ij, kl) is ⟨Eᵢⱼ, Z Eₖₗ Z⟩ for the
+    orthonormal basis Eᵢᵢ = eᵢeᵢᵀ, Eᵢⱼ = (eᵢeⱼᵀ + eⱼeᵢᵀ)/√2, that is
+    (ZᵢₖZⱼₗ + ZᵢₗZⱼₖ)·sᵢⱼsₖₗ/2 with s = 1 on the diagonal and √2 off it: the Hessian of
+    −log det X, written out (a kron of k² × k² costs far more at k = 13)."""
+    I, J, scale = _index(len(Z))
+    cross = Z[np.ix_(I, I)] * Z[np.ix_(J, J)] + Z[np.ix_(I, J)] * Z[np.ix_(J, I)]
+    return 0.5 * np.outer(scale, scale) * cross
 
 
 def solve_sdcp(Q: np.ndarray, B: np.ndarray, *, tol: float = 1e-10,
@@ -124,18 +138,17 @@ def _barrier(Q: np.ndarray, b: np.ndarray, k: int, tol: float) -> tuple[np.ndarr
     size = float(np.abs(b).max())
     if size == 0:  # B = 0: X = 0 is a solution
         return np.zeros_like(b), 0
-    U = svec_basis(k)
     x = size * svec(np.eye(k))
     # x and Y scale with b, so μ (Y = μX⁻¹) with its square: the last μ has ⟨X, Y⟩ = kμ
     # = tol·max|b|², an error of about tol·max|b| in X where Y is not zero
     mu, steps = size ** 2, 0
     floor = tol * size ** 2 / k
     while True:
-        final = mu <= floor
+        final, previous = mu <= floor, math.inf
         for _ in range(100):  # Newton on the barrier problem at this μ
             Z = np.linalg.inv(smat(x, k))
             grad = Q @ x + b - mu * svec(Z)
-            hess = Q + mu * (U @ np.kron(Z, Z) @ U.T)
+            hess = Q + mu * congruence(Z)
             step = -np.linalg.solve(hess, grad)
             # λ² = gᵀH⁻¹g/μ, the Newton decrement of the self-concordant (objective)/μ: a step
             # of 1/(1 + λ) stays inside X ≻ 0 and decreases it, a full step once λ < 1/4
@@ -144,6 +157,11 @@ def _barrier(Q: np.ndarray, b: np.ndarray, k: int, tol: float) -> tuple[np.ndarr
             x = _feasible(x, step / (1 + math.sqrt(decrement)) if decrement >= 1 / 16 else step, k)
             if decrement <= (1e-16 if final else 1e-2):
                 break
+            # at the last μ, Newton's quadratic convergence ends at rounding (λ² near 1e-9
+            # at k = 13, where 100 more steps changed nothing): stop once it stalls there
+            if final and decrement < 1e-6 and decrement > previous / 2:
+                break
+            previous = decrement
         if final:
             return x, steps
         mu = max(mu / 20, floor)

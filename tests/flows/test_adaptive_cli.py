@@ -64,3 +64,61 @@ def test_start_and_adam(run, tmp_path):
     sharp(*train_args(tmp_path, "adam", "--optimizer", "adam", "--steps", 2)).ok()
     assert_one_line_error(sharp("flow", tmp_path / "reports" / "adam", "--quiet"), 2,
                           "no central flow for adam")
+
+
+TRACKER_MODULE = '''
+import torch
+from torch import nn
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
+'''
+
+
+def tracker_rmsprop_run(tmp_path, monkeypatch, checkpoint_every):
+    """A hand-written full-batch RMSProp loop measured by sharpcli.Tracker (MSE, η = 0.01:
+    λ₁(P⁻¹H) passes 2/η = 200 within a few steps), 9 steps; its model factory and data."""
+    import torch
+
+    import sharpcli
+    (tmp_path / "rmsmodels.py").write_text(TRACKER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from rmsmodels import mlp
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 5, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    torch.save({"x": x, "y": y}, tmp_path / "data.pt")
+    model = mlp()
+    opt = torch.optim.RMSprop(model.parameters(), lr=0.01)
+    run = tmp_path / "reports" / "loop"
+    with sharpcli.Tracker(model, "mse", x, y, optimizer=opt, run_dir=run, every=1,
+                          checkpoint_every=checkpoint_every) as tracker:
+        for step in range(9):
+            opt.zero_grad()
+            loss = 0.5 * ((model(x) - torch.nn.functional.one_hot(y, 3).float()) ** 2).sum(1).mean()
+            loss.backward()
+            tracker.step(step)
+            opt.step()
+    return run, ["--model-factory", "rmsmodels:mlp", "--data", tmp_path / "data.pt"]
+
+
+def test_a_tracker_rmsprop_run(tmp_path, monkeypatch):
+    """The Tracker records torch's RMSprop (alpha, eps) and saves its state with each
+    checkpoint, so `sharp flow` takes the run as it takes `sharp train`'s: from the first
+    checkpoint after step 0 with the ν saved there, λ₁(P⁻¹H) held at 2/η."""
+    run, source = tracker_rmsprop_run(tmp_path, monkeypatch, checkpoint_every=4)
+    sharp("flow", run, *source, "--substeps", 2, "--quiet").ok()
+    central = read_flow(run / "flow.csv").query("process == 'central'").set_index("step")
+    assert central.index.min() == 4 and central.index.max() == 8
+    held = central[central["sigma_trace"] > 0]
+    assert len(held) >= 2
+    assert ((held["sharpness"] - 200).abs() / 200).max() < 0.01  # 2/η, λ₁(P⁻¹H)
+    assert 0 < central.loc[8, "distance"] < central.loc[8, "train_loss"]  # w_RMSProp known there
+
+
+def test_a_tracker_rmsprop_run_without_checkpoints(tmp_path, monkeypatch):
+    """Without checkpoint_every the Tracker saves no weights and no ν: the flows have no
+    start, and say so in one line."""
+    run, source = tracker_rmsprop_run(tmp_path, monkeypatch, checkpoint_every=None)
+    assert_one_line_error(sharp("flow", run, *source, "--quiet"), 2, "no checkpoints")

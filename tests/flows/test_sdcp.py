@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sharpcli.errors import SharpError
-from sharpcli.flows.sdcp import pairs, smat, solve_sdcp, svec
+from sharpcli.flows.sdcp import congruence, pairs, smat, solve_sdcp, svec
 
 
 def instance(k: int, seed: int, rank_deficit: int = 0):
@@ -110,3 +110,30 @@ def test_bad_shapes_and_solver():
         solve_sdcp(np.eye(2), np.eye(2))
     with pytest.raises(ValueError, match="solver must be"):
         solve_sdcp(np.eye(3), np.eye(2), solver="mosek")
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_svec_coordinates_and_the_barriers_hessian(k):
+    """svec is an isometry (⟨X, Y⟩ = svec(X)·svec(Y)), smat its inverse, and `congruence(Z)`
+    the map X ↦ ZXZ on svec coordinates: each entry ⟨Eₚ, Z E_q Z⟩ from the basis matrices
+    themselves."""
+    rng = np.random.default_rng(k)
+    X, Y, A = (rng.normal(size=(k, k)) for _ in range(3))
+    X, Y, Z = X + X.T, Y + Y.T, A @ A.T + np.eye(k)
+    assert svec(X) @ svec(Y) == pytest.approx(np.sum(X * Y), rel=1e-12)
+    assert np.allclose(smat(svec(X), k), X, rtol=0, atol=1e-14)
+    basis = [smat(e, k) for e in np.eye(len(pairs(k)))]
+    expected = np.array([[np.sum(Ep * (Z @ Eq @ Z)) for Eq in basis] for Ep in basis])
+    assert np.allclose(congruence(Z), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_last_barrier_stops_where_rounding_does():
+    """At the last μ Newton's decrement stalls near 1e-9 (rounding) rather than reaching
+    1e-16: the solver stops there (164 steps in all on this instance when it ran on to the
+    100-step cap, an X the same to 1e-15; 71 now), the conditions met as before."""
+    Q, B = instance(5, 0)
+    sol = solve_sdcp(Q, B)
+    check_conditions(sol)
+    assert sol.newton_steps < 100
+    theirs = solve_sdcp(Q, B, solver="cvxpy").X
+    assert np.allclose(sol.X, theirs, atol=1e-5 * (1 + np.abs(theirs).max()))

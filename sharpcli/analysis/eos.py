@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sharpcli.config import (ADAPTIVE_PHASES, SAM_PHASES, Measure, Optimizer, phase_at,
+from sharpcli.config import (ADAPTIVE_PHASES, SAM_PHASES, Measure, phase_at,
                              sam_start_step)
 from sharpcli.edges import PRECONDITIONER_OF, EdgeRule
 from sharpcli.errors import SharpError, StrictCheckFailed

@@ -92,23 +92,6 @@ def require_processes(dist_: Dist | None) -> None:
                          "torchrun --nproc-per-node N (N ≥ 2)", param="fsdp")
 
 
-def load_sharded_weights(model: nn.Module, state: dict, where: str) -> None:
-    """`--fsdp factory`: whole weights (a state dict, every process reading the file) into
-    the model the factory sharded, each process keeping its shards
-    (torch.distributed.checkpoint's full-state-dict loading); one line when the factory's
-    model is not sharded or the weights do not fit it."""
-    if not is_fsdp2(model):
-        raise SharpError("{fsdp=factory}: the {model_factory} model is not sharded by FSDP2 "
-                         "(no parameter is a DTensor); call fully_shard in the factory, or give "
-                         "{fsdp} the module classes to shard", param=("fsdp", "model_factory"))
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    from sharpcli.workload.weights import check_fits
-
-    check_fits(model, state, where)  # DTensors have the whole shapes
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-
-
 def shard_by_class(model: nn.Module, classes: str, dist_: Dist) -> nn.Module:
     """`sharp spectrum --fsdp CLASS[,CLASS]`: `fully_shard` on every module of those classes
     (by class name), then on the root, as torchtitan shards per transformer block. Each

@@ -41,7 +41,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from sharpcli.distributed import SINGLE, Dist
 from sharpcli.errors import SharpWarning

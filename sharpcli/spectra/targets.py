@@ -17,12 +17,12 @@ from sharpcli.hessian.preconditioner import preconditioner_from_state
 from sharpcli.interrupt import check_stop
 from sharpcli.spectra.config import ModelSource
 from sharpcli.hessian.calls import Call
-from sharpcli.hessian.finite_difference import (FACTORY, load_sharded_weights, require_processes,
+from sharpcli.hessian.finite_difference import (FACTORY, require_processes,
                                                 shard_by_class)
 from sharpcli.workload.imports import build_user_model, import_object, resolve_call
 from sharpcli.workload.user_data import (UserData, UserSource, is_callable_spec,
                                          load_user_source, read_data)
-from sharpcli.workload.weights import load_weights, read_weights
+from sharpcli.workload.weights import load_sharded_weights, load_weights, read_weights
 from sharpcli.workload.data import DataSplits, load_dataset
 from sharpcli.workload.targets import Target, load_targets, report_dir_for
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from sharpcli.errors import SharpError
 from sharpcli.formats.checkpoints import CHECKPOINT_FORMAT, check_payload, load_payload
+from sharpcli.hessian.finite_difference import is_fsdp2
 
 
 @dataclass
@@ -58,3 +59,16 @@ def check_fits(model: nn.Module, state: dict, where: str) -> None:
         raise SharpError(f"{where}: the weights do not fit the model: {'; '.join(problems)}")
 
 
+def load_sharded_weights(model: nn.Module, state: dict, where: str) -> None:
+    """`--fsdp factory`: whole weights (a state dict, every process reading the file) into
+    the model the factory sharded, each process keeping its shards
+    (torch.distributed.checkpoint's full-state-dict loading); one line when the factory's
+    model is not sharded or the weights do not fit it."""
+    if not is_fsdp2(model):
+        raise SharpError("{fsdp=factory}: the {model_factory} model is not sharded by FSDP2 "
+                         "(no parameter is a DTensor); call fully_shard in the factory, or give "
+                         "{fsdp} the module classes to shard", param=("fsdp", "model_factory"))
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    check_fits(model, state, where)  # DTensors have the whole shapes
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))

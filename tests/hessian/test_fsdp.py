@@ -23,8 +23,9 @@ from sharpcli.cli.names import cli_message
 from sharpcli.errors import SharpError
 from sharpcli.hessian import HessianOperator
 from sharpcli.hessian.finite_difference import (STEP_SCALE, ParamLayout, is_fsdp2,
-                                                load_sharded_weights, resolve_hvp)
+                                                resolve_hvp)
 from sharpcli.linalg.results import make_generator
+from sharpcli.workload.weights import load_sharded_weights
 from tests import hf_case, token_cases
 from tests.fsdp_spectra import (EVERY, EXAMPLES, HUTCH_PP, HUTCHINSON, ROW_PROBES, SEED, SHARP,
                                 SLQ, STEPS, factory_csv)

@@ -25,7 +25,6 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.fsdp import fully_shard
 from torch.utils.data import DataLoader, TensorDataset
 
-from sharpcli.hessian.losses import mse_loss
 from sharpcli.integrations.lightning import SharpnessCallback
 from tests.integrations.fsdp_check import report
 from tests.integrations.hf_fsdp_fit import by_hand

@@ -9,15 +9,15 @@ user's policy is put back afterwards: the product is taken in float32, as sharpc
 every unsharded product (hessian/params.full_precision), and training goes on in bf16.
 
 FSDP2 has no public setter for its policy. It keeps it in three places, all read again at
-each all-gather: every `FSDPParam.mp_policy`, resolved into `param_dtype` / `reduce_dtype`
-by `FSDPParamGroup._init_mp_dtypes`; the state's `_mp_policy` (the cast of forward inputs
-and outputs); and the buffers of the first all-gather (`all_gather_outputs`, and
-`_unsharded_param`, a view of them), made once in that gather's dtype and reused. The
-switch replaces the first two, and sets the buffers aside so that the next gather makes
-float32 ones; restoring puts all three back. Every FSDP2 module is resharded on both sides
-of the switch, so that no gathered weight of one dtype outlives it. Where those internals
-are not found (another torch), `supported` is False and the products stay in the policy's
-dtype, which their note then names.
+each all-gather: every `FSDPParam.mp_policy` (torch 2.14: the group's `mp_policy`), resolved
+into `param_dtype` / `reduce_dtype` by `FSDPParamGroup._init_mp_dtypes`; the state's
+`_mp_policy` (the cast of forward inputs and outputs); and the buffers of the first all-gather
+(`all_gather_outputs`, and `_unsharded_param`, a view of them), made once in that
+gather's dtype and reused. The switch replaces the first two, and sets the buffers aside so
+that the next gather makes float32 ones; restoring puts all three back. Every FSDP2 module
+is resharded on both sides of the switch, so that no gathered weight of one dtype outlives
+it. Where those internals are not found (another torch), `supported` is False and the
+products stay in the policy's dtype, which their note then names.
 """
 
 from __future__ import annotations
@@ -97,20 +97,38 @@ def weights_dtype(model: nn.Module) -> Iterator[None]:
 
 def _switch(state, plain) -> tuple:
     """`plain` for the state and each of its parameters; returns what it replaced."""
-    params = [p for group in state._fsdp_param_groups for p in group.fsdp_params]
-    kept = (state._mp_policy, [(p.mp_policy, p.all_gather_outputs,
-                                p.__dict__.pop("_unsharded_param", None)) for p in params])
+    groups = state._fsdp_param_groups
+    params = [p for group in groups for p in group.fsdp_params]
+    kept = (state._mp_policy, [_group_policy(g) for g in groups],
+            [(p.mp_policy, p.all_gather_outputs, p.__dict__.pop("_unsharded_param", None))
+             for p in params])
     state._mp_policy = plain
+    for group in groups:
+        _set_group_policy(group, plain)
     for p in params:
         p.mp_policy, p.all_gather_outputs = plain, []  # the next gather makes float32 buffers
     _resolve(state)
     return kept
 
 
+# torch 2.14's groups resolve their parameters' dtypes from the group's own policy
+# (`FSDPParamGroup.mp_policy`); 2.15's from each parameter's: both are switched.
+def _group_policy(group):
+    return getattr(group, "mp_policy", None)
+
+
+def _set_group_policy(group, policy) -> None:
+    if hasattr(group, "mp_policy"):
+        group.mp_policy = policy
+
+
 def _restore(state, kept: tuple) -> None:
-    policy, per_param = kept
-    params = [p for group in state._fsdp_param_groups for p in group.fsdp_params]
+    policy, group_policies, per_param = kept
+    groups = state._fsdp_param_groups
+    params = [p for group in groups for p in group.fsdp_params]
     state._mp_policy = policy
+    for group, group_policy in zip(groups, group_policies):
+        _set_group_policy(group, group_policy)
     for p, (p_policy, outputs, unsharded) in zip(params, per_param):
         p.mp_policy, p.all_gather_outputs = p_policy, outputs
         p.__dict__.pop("_unsharded_param", None)  # the float32 one, freed by the reshard

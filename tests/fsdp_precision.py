@@ -12,7 +12,6 @@ the first Linear's weight had in each forward, and whether a training step's gra
 after the products equals the one before them bit for bit."""
 
 import json
-import os
 import sys
 
 import torch
@@ -22,6 +21,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 import sharpcli
 from sharpcli.hessian import finite_difference
 from tests.cases import MLP_CE
+from tests.fsdp_spectra import end_launch
 
 BF16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
 
@@ -87,10 +87,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
-    # FSDP2 keeps gloo's threads alive past destroy_process_group (torch 2.15: they are
-    # still there after it, unlike after plain collectives), and on 2 busy cores one of them
-    # now and then aborts the interpreter's teardown ("terminate called without an active
-    # exception", SIGABRT) after everything was written: this script's work is done here.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_launch()

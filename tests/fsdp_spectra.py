@@ -169,6 +169,16 @@ def command(weights: str, csv: str) -> list[int]:
     return codes
 
 
+def end_launch() -> None:
+    """This process's end, once its work is written. FSDP2 keeps gloo's threads alive past
+    destroy_process_group (torch 2.15: they are still there after it, unlike after plain
+    collectives), and on 2 busy cores one of them now and then aborts the interpreter's
+    teardown ("terminate called without an active exception", SIGABRT): skipped."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def main(out: str, cli: list[str]) -> None:
     dist.init_process_group("gloo")
     try:
@@ -188,10 +198,4 @@ def main(out: str, cli: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:])
-    # FSDP2 keeps gloo's threads alive past destroy_process_group (torch 2.15: they are
-    # still there after it, unlike after plain collectives), and on 2 busy cores one of them
-    # now and then aborts the interpreter's teardown ("terminate called without an active
-    # exception", SIGABRT) after everything was written: this script's work is done here.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_launch()

@@ -7,8 +7,6 @@ model sharded by FSDP2 under torchrun."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
@@ -17,7 +15,7 @@ from sharpcli.linalg.api import density, eigs, trace
 from sharpcli.linalg.results import LinalgInputError, random_vector
 from sharpcli.linalg.shard import Shards
 from sharpcli.linalg.trace import control_variate_trace
-from tests.linalg.test_shard import ThreadGroup
+from tests.linalg.test_shard import on_threads
 
 N = 120
 
@@ -47,21 +45,7 @@ class Slice:
 
 def on_slices(world: int, solve, a: torch.Tensor) -> list:
     """solve(op) on `world` threads, each with its slice of A's space; their results."""
-    group, out, errors = ThreadGroup(world), [None] * world, []
-
-    def run(rank):
-        try:
-            out[rank] = solve(Slice(a, rank, world, group.sum_(rank)))
-        except BaseException as err:  # noqa: BLE001 - surfaced below
-            errors.append(err)
-            group.barrier.abort()
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
-    return out
+    return on_threads(world, lambda rank, sum_: solve(Slice(a, rank, world, sum_)))
 
 
 def matrix() -> torch.Tensor:

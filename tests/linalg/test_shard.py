@@ -58,12 +58,19 @@ def spectrum(double: bool = True):
 def on_processes(world: int, solve, double: bool = True):
     """solve(op) on `world` threads, each with its summand of A; their results."""
     a = matrix_with_spectrum(spectrum(double), seed=1)
-    parts = [a / world] * world  # equal summands: A is their sum
+    part = a / world  # equal summands: A is their sum
+    out = on_threads(world, lambda rank, sum_: solve(Summand(part, Shards(rank, world, sum_))))
+    return out, DenseOperator(a)
+
+
+def on_threads(world: int, work) -> list:
+    """work(rank, sum_) on `world` threads, sum_ adding a tensor over them; their results. An
+    error in one thread releases the others and fails the test."""
     group, out, errors = ThreadGroup(world), [None] * world, []
 
     def run(rank):
         try:
-            out[rank] = solve(Summand(parts[rank], Shards(rank, world, group.sum_(rank))))
+            out[rank] = work(rank, group.sum_(rank))
         except BaseException as err:  # noqa: BLE001 - surfaced below
             errors.append(err)
             group.barrier.abort()
@@ -73,7 +80,7 @@ def on_processes(world: int, solve, double: bool = True):
     for t in threads:
         t.join(120)
     assert not errors, errors
-    return out, DenseOperator(a)
+    return out
 
 
 def budget(vectors: int) -> int:
